@@ -1,0 +1,424 @@
+"""StyleGAN2 generator in pure PyTorch, with the module tree and key names of rosinality/stylegan2-pytorch.
+
+rosinality's layout is what pSp, e4e, Style Transformer and StylePrompter ship, so those checkpoints load
+with no key mapping at all; NVlabs pickles are mapped onto it by `models/registry.py`.
+
+Differences from the official code, all numerically equivalent (see tests/test_stylegan2_parity.py):
+- The modulated conv modulates the *input* and demodulates the *output* (one shared-weight conv for the
+  whole batch, as the official `fused=False` branch) instead of building a per-sample grouped kernel: far
+  faster for batches on GPU, friendly to channels_last and autocast.
+- FIR up-sampling/blur are depthwise (transposed) convolutions instead of the generic `upfirdn2d`.
+- No compiled CUDA ops: `fused_leaky_relu` is `leaky_relu(x + b) * sqrt(2)`.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SQRT2 = math.sqrt(2.0)
+MIN_SIZE, MAX_SIZE = 4, 2048
+
+# A hook called after every StyledConv with (layer_index, feature); it may return a replacement feature.
+# layer_index counts conv1 (4x4) as 0 and convs[k] as k + 1, so StylePrompter's SMART point (the second
+# 16x16 conv) is layer 4.
+FeatureHook = Callable[[int, torch.Tensor], Optional[torch.Tensor]]
+
+NOISE_MODES = ("const", "random", "none")
+
+
+def config_f_channels(size: int, channel_multiplier: int = 2) -> dict[int, int]:
+    """The official width table (rosinality `Generator.channels`), extended to 2048."""
+    table = {
+        4: 512, 8: 512, 16: 512, 32: 512,
+        64: 256 * channel_multiplier, 128: 128 * channel_multiplier, 256: 64 * channel_multiplier,
+        512: 32 * channel_multiplier, 1024: 16 * channel_multiplier, 2048: 8 * channel_multiplier,
+    }
+    return {res: ch for res, ch in table.items() if res <= size}
+
+
+@dataclass(frozen=True)
+class StyleGAN2Config:
+    """Everything needed to build a generator; every field but `lr_mlp` is inferable from weight shapes."""
+
+    size: int = 1024
+    style_dim: int = 512
+    n_mlp: int = 8
+    channels: dict[int, int] = field(default_factory=dict)  # resolution -> width; {} means config-f
+    z_dim: Optional[int] = None  # NVlabs allows z_dim != w_dim; rosinality always has z_dim == style_dim
+    lr_mlp: float = 0.01
+    conv_clamp: Optional[float] = None  # NVlabs clamps every conv/ToRGB output (256 in ADA configs)
+
+    def __post_init__(self):
+        if self.size < MIN_SIZE or self.size > MAX_SIZE or self.size & (self.size - 1):
+            raise ValueError(f"StyleGAN2 size must be a power of two in {MIN_SIZE}..{MAX_SIZE}, got {self.size}")
+        if not self.channels:
+            object.__setattr__(self, "channels", config_f_channels(self.size))
+        channels = {int(k): int(v) for k, v in self.channels.items()}
+        missing = [r for r in self.resolutions if r not in channels]
+        if missing:
+            raise ValueError(f"channel widths missing for resolutions {missing}")
+        object.__setattr__(self, "channels", {r: channels[r] for r in self.resolutions})
+
+    @property
+    def log_size(self) -> int:
+        return int(math.log2(self.size))
+
+    @property
+    def resolutions(self) -> list[int]:
+        return [2 ** i for i in range(2, self.log_size + 1)]
+
+    @property
+    def n_latent(self) -> int:
+        return self.log_size * 2 - 2
+
+    @property
+    def num_noises(self) -> int:
+        return self.log_size * 2 - 3
+
+    @property
+    def input_dim(self) -> int:
+        return self.z_dim or self.style_dim
+
+    def noise_resolution(self, index: int) -> int:
+        return 2 ** ((index + 5) // 2)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channels"] = {str(k): v for k, v in self.channels.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StyleGAN2Config":
+        d = dict(d)
+        d["channels"] = {int(k): int(v) for k, v in d.get("channels", {}).items()}
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# --------------------------------------------------------------------------------------------- layers
+def fir_kernel_2d(taps: Sequence[float], gain: float) -> torch.Tensor:
+    k = torch.tensor(taps, dtype=torch.float32)
+    k = torch.outer(k, k)
+    return k / k.sum() * gain
+
+
+class PixelNorm(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(torch.mean(x * x, dim=1, keepdim=True) + 1e-8)
+
+
+class EqualLinear(nn.Module):
+    """Linear layer with equalised learning rate (weights stored as randn / lr_mul)."""
+
+    def __init__(self, in_dim: int, out_dim: int, bias_init: float = 0.0, lr_mul: float = 1.0,
+                 activation: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim) / lr_mul)
+        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init)))
+        self.scale = lr_mul / math.sqrt(in_dim)
+        self.lr_mul = lr_mul
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activation:
+            return F.leaky_relu(F.linear(x, self.weight * self.scale) + self.bias * self.lr_mul, 0.2) * SQRT2
+        return F.linear(x, self.weight * self.scale, self.bias * self.lr_mul)
+
+
+class FIRFilter(nn.Module):
+    """The [1,3,3,1] FIR filter as a persistent buffer (it is in the official state dict).
+
+    `upsample=True`: zero-insertion x2 then filter (ToRGB skip path, upfirdn2d up=2 pad (2,1)).
+    `upsample=False`: filter with pad 1 (blur after the stride-2 transposed conv, upfirdn2d pad (1,1)).
+    Both are depthwise (transposed) convolutions with the flipped kernel, which is what upfirdn2d computes.
+    """
+
+    def __init__(self, taps: Sequence[float] = (1, 3, 3, 1), upsample: bool = False):
+        super().__init__()
+        self.register_buffer("kernel", fir_kernel_2d(taps, gain=4.0))
+        self.upsample = upsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        k = self.kernel.flip([0, 1]).to(x.dtype)[None, None].expand(c, 1, *self.kernel.shape)
+        if self.upsample:
+            return F.conv_transpose2d(x, k, stride=2, padding=1, groups=c)
+        return F.conv2d(x, k, padding=1, groups=c)
+
+
+class ModulatedConv2d(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, style_dim: int, demodulate: bool = True,
+                 upsample: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(1, out_ch, in_ch, kernel_size, kernel_size))
+        self.modulation = EqualLinear(style_dim, in_ch, bias_init=1.0)
+        if upsample:
+            self.blur = FIRFilter(upsample=False)
+        self.scale = 1.0 / math.sqrt(in_ch * kernel_size ** 2)
+        self.padding = kernel_size // 2
+        self.demodulate = demodulate
+        self.upsample = upsample
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        # Styles and demodulation coefficients are tiny; keep them in fp32 even under autocast.
+        with _no_autocast(x.device.type):
+            s = self.modulation(w.float())  # [B, in]
+            weight = self.weight[0] * self.scale  # [out, in, k, k]
+            if self.demodulate:
+                demod = torch.rsqrt(s.square() @ weight.square().sum((2, 3)).t() + 1e-8)  # [B, out]
+        x = x * s.to(x.dtype)[:, :, None, None]
+        weight = weight.to(x.dtype)
+        if self.upsample:
+            x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
+            x = self.blur(x)
+        else:
+            x = F.conv2d(x, weight, padding=self.padding)
+        if self.demodulate:
+            x = x * demod.to(x.dtype)[:, :, None, None]
+        return x
+
+
+class NoiseInjection(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, noise: Optional[torch.Tensor]) -> torch.Tensor:
+        if noise is None:
+            return x
+        return x + self.weight.to(x.dtype) * noise.to(x.dtype)
+
+
+class BiasLeakyReLU(nn.Module):
+    """rosinality's FusedLeakyReLU, without the CUDA kernel; `clamp` is NVlabs' conv_clamp."""
+
+    def __init__(self, channels: int, clamp: Optional[float] = None):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.clamp = clamp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.leaky_relu(x + self.bias.to(x.dtype)[None, :, None, None], 0.2) * SQRT2
+        if self.clamp is not None:
+            x = x.clamp(-self.clamp, self.clamp)
+        return x
+
+
+class StyledConv(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, style_dim: int, upsample: bool = False,
+                 clamp: Optional[float] = None):
+        super().__init__()
+        self.conv = ModulatedConv2d(in_ch, out_ch, 3, style_dim, upsample=upsample)
+        self.noise = NoiseInjection()
+        self.activate = BiasLeakyReLU(out_ch, clamp)
+
+    def forward(self, x, w, noise=None):
+        return self.activate(self.noise(self.conv(x, w), noise))
+
+
+class ToRGB(nn.Module):
+    def __init__(self, in_ch: int, style_dim: int, upsample: bool = True, clamp: Optional[float] = None):
+        super().__init__()
+        if upsample:
+            self.upsample = FIRFilter(upsample=True)
+        self.conv = ModulatedConv2d(in_ch, 3, 1, style_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        self.clamp = clamp
+
+    def forward(self, x, w, skip=None):
+        out = self.conv(x, w) + self.bias.to(x.dtype)
+        if self.clamp is not None:
+            out = out.clamp(-self.clamp, self.clamp)
+        if skip is not None:
+            out = out + self.upsample(skip).to(out.dtype)
+        return out
+
+
+class ConstantInput(nn.Module):
+    def __init__(self, channels: int, size: int = 4):
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channels, size, size))
+
+    def forward(self, batch: int) -> torch.Tensor:
+        return self.input.expand(batch, -1, -1, -1)
+
+
+class _NoiseBuffers(nn.Module):
+    """Holds `noises.noise_i` [1,1,R,R] — fixed noise that ships with every official checkpoint."""
+
+    def __init__(self, config: StyleGAN2Config):
+        super().__init__()
+        for i in range(config.num_noises):
+            r = config.noise_resolution(i)
+            self.register_buffer(f"noise_{i}", torch.randn(1, 1, r, r))
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return getattr(self, f"noise_{i}")
+
+
+def _no_autocast(device_type: str):
+    return torch.autocast(device_type, enabled=False)
+
+
+# --------------------------------------------------------------------------------------------- model
+class StyleGAN2Generator(nn.Module):
+    def __init__(self, config: StyleGAN2Config):
+        super().__init__()
+        self.config = config
+        c, sd = config.channels, config.style_dim
+        clamp = config.conv_clamp
+
+        mapping = [PixelNorm()]
+        for i in range(config.n_mlp):
+            mapping.append(EqualLinear(config.input_dim if i == 0 else sd, sd, lr_mul=config.lr_mlp,
+                                       activation=True))
+        self.style = nn.Sequential(*mapping)
+
+        self.input = ConstantInput(c[4])
+        self.conv1 = StyledConv(c[4], c[4], sd, clamp=clamp)
+        self.to_rgb1 = ToRGB(c[4], sd, upsample=False, clamp=clamp)
+
+        self.convs = nn.ModuleList()
+        self.to_rgbs = nn.ModuleList()
+        in_ch = c[4]
+        for res in config.resolutions[1:]:
+            out_ch = c[res]
+            self.convs.append(StyledConv(in_ch, out_ch, sd, upsample=True, clamp=clamp))
+            self.convs.append(StyledConv(out_ch, out_ch, sd, clamp=clamp))
+            self.to_rgbs.append(ToRGB(out_ch, sd, clamp=clamp))
+            in_ch = out_ch
+        self.noises = _NoiseBuffers(config)
+
+    # ------------------------------------------------------------------ latent space
+    @property
+    def n_latent(self) -> int:
+        return self.config.n_latent
+
+    @property
+    def style_dim(self) -> int:
+        return self.config.style_dim
+
+    def mapping(self, z: torch.Tensor) -> torch.Tensor:
+        """z [B, z_dim] -> w [B, style_dim]."""
+        with _no_autocast(z.device.type):
+            return self.style(z.float())
+
+    @torch.no_grad()
+    def mean_latent(self, n: int = 4096, seed: int = 0) -> torch.Tensor:
+        """Monte-Carlo mean of W, [1, style_dim] (rosinality's `mean_latent`, but seeded)."""
+        device = self.input.input.device
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        z = torch.randn(n, self.config.input_dim, generator=gen).to(device)
+        return self.mapping(z).mean(0, keepdim=True)
+
+    def to_wplus(self, styles: Sequence[torch.Tensor], input_is_latent: bool = False, truncation: float = 1.0,
+                 truncation_latent: Optional[torch.Tensor] = None, inject_index: Optional[int] = None
+                 ) -> torch.Tensor:
+        """rosinality's style handling: map z (unless latent), truncate, broadcast, and mix two styles.
+
+        One 2-D style is broadcast to every layer, a 3-D style is used as is, two 2-D styles take rows
+        [0, inject_index) from the first and the rest from the second.
+        """
+        if not input_is_latent:
+            styles = [self.mapping(s) for s in styles]
+        if truncation < 1:
+            if truncation_latent is None:
+                raise ValueError("truncation < 1 needs truncation_latent (e.g. the checkpoint's latent_avg)")
+            t = truncation_latent.reshape(1, -1).to(styles[0])
+            styles = [t + truncation * (s - t) for s in styles]
+        n = self.n_latent
+        if len(styles) == 1:
+            s = styles[0]
+            return s if s.ndim == 3 else s.unsqueeze(1).expand(-1, n, -1)
+        if len(styles) != 2:
+            raise ValueError("to_wplus mixes at most two styles")
+        if inject_index is None:
+            raise ValueError("style mixing needs an explicit inject_index (1..n_latent-1)")
+        a = styles[0] if styles[0].ndim == 3 else styles[0].unsqueeze(1).expand(-1, n, -1)
+        b = styles[1] if styles[1].ndim == 3 else styles[1].unsqueeze(1).expand(-1, n, -1)
+        return torch.cat([a[:, :inject_index], b[:, inject_index:]], dim=1)
+
+    def truncate(self, wplus: torch.Tensor, psi: float, w_avg: torch.Tensor) -> torch.Tensor:
+        return w_avg.reshape(1, 1, -1).to(wplus) + psi * (wplus - w_avg.reshape(1, 1, -1).to(wplus))
+
+    # ------------------------------------------------------------------ synthesis
+    def make_noise(self, batch: int, mode: str = "const", seed: Optional[int] = None,
+                   device: Optional[torch.device] = None) -> list[Optional[torch.Tensor]]:
+        if mode not in NOISE_MODES:
+            raise ValueError(f"noise mode must be one of {NOISE_MODES}, got {mode!r}")
+        if mode == "none":
+            return [None] * self.config.num_noises
+        if mode == "const":
+            return [self.noises[i] for i in range(self.config.num_noises)]
+        device = device or self.input.input.device
+        gen = torch.Generator(device=device)
+        gen.manual_seed(torch.seed() if seed is None else seed)
+        return [torch.randn(batch, 1, r, r, generator=gen, device=device)
+                for r in map(self.config.noise_resolution, range(self.config.num_noises))]
+
+    def synthesis(self, wplus: torch.Tensor, noise: Optional[Sequence[Optional[torch.Tensor]]] = None,
+                  noise_mode: str = "const", noise_seed: Optional[int] = None,
+                  return_features: bool = False, feature_hook: Optional[FeatureHook] = None,
+                  dtype: Optional[torch.dtype] = None, channels_last: bool = False):
+        """W+ [B, n_latent, style_dim] -> image [B, 3, size, size] (nominal range [-1, 1], not clamped).
+
+        noise: explicit per-layer noise (overrides noise_mode); noise_mode "const" uses the checkpoint's
+        buffers (deterministic, what parity needs), "random" draws fresh N(0,1) (seeded by noise_seed),
+        "none" turns noise off. dtype=bfloat16/float16 runs the convolutions under autocast.
+        Returns the image, or (image, features) with features {"conv{L}": ..., "rgb{res}": ...}.
+        """
+        if wplus.ndim != 3 or wplus.shape[1:] != (self.n_latent, self.style_dim):
+            raise ValueError(f"expected W+ of shape [B, {self.n_latent}, {self.style_dim}], got {tuple(wplus.shape)}")
+        batch = wplus.shape[0]
+        if noise is None:
+            noise = self.make_noise(batch, noise_mode, noise_seed, wplus.device)
+        elif len(noise) != self.config.num_noises:
+            raise ValueError(f"expected {self.config.num_noises} noise tensors, got {len(noise)}")
+        features: dict[str, torch.Tensor] = {}
+
+        def emit(layer: int, x: torch.Tensor) -> torch.Tensor:
+            if feature_hook is not None:
+                replaced = feature_hook(layer, x)
+                if replaced is not None:
+                    x = replaced
+            if return_features:
+                features[f"conv{layer}"] = x
+            return x
+
+        autocast = (torch.autocast(wplus.device.type, dtype=dtype)
+                    if dtype in (torch.bfloat16, torch.float16) else nullcontext())
+        with autocast:
+            x = self.input(batch)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            x = emit(0, self.conv1(x, wplus[:, 0], noise[0]))
+            skip = self.to_rgb1(x, wplus[:, 1])
+            if return_features:
+                features["rgb4"] = skip
+            i = 1
+            for k, res in enumerate(self.config.resolutions[1:]):
+                up, conv, to_rgb = self.convs[2 * k], self.convs[2 * k + 1], self.to_rgbs[k]
+                x = emit(2 * k + 1, up(x, wplus[:, i], noise[2 * k + 1]))
+                x = emit(2 * k + 2, conv(x, wplus[:, i + 1], noise[2 * k + 2]))
+                skip = to_rgb(x, wplus[:, i + 2], skip)
+                if return_features:
+                    features[f"rgb{res}"] = skip
+                i += 2
+        image = skip.float().contiguous()
+        if return_features:
+            return image, features
+        return image
+
+    def forward(self, styles: Sequence[torch.Tensor], input_is_latent: bool = False, truncation: float = 1.0,
+                truncation_latent: Optional[torch.Tensor] = None, inject_index: Optional[int] = None,
+                return_latents: bool = False, **synthesis_kwargs):
+        """rosinality-compatible call: styles list -> image (and the W+ that was synthesised)."""
+        wplus = self.to_wplus(styles, input_is_latent, truncation, truncation_latent, inject_index)
+        out = self.synthesis(wplus, **synthesis_kwargs)
+        return (out, wplus) if return_latents else out
