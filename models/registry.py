@@ -1,0 +1,378 @@
+"""Checkpoint registry: the one place that turns a weights file into a model.
+
+Reading a file (`read_checkpoint`) is separate from knowing an architecture (`ARCHITECTURES`):
+1. the file's *format* is detected from its bytes (torch zip / legacy torch pickle, NVlabs pickle,
+   safetensors) and read without ever executing code from it;
+2. the container is unwrapped into named state dicts (`g_ema`, `g`, `decoder`, ...) plus extras
+   (`latent_avg`, `opts`, safetensors metadata);
+3. each architecture `detect`s itself from key names and `load`s by inferring every hyperparameter from
+   tensor shapes (spandrel-style: no config file needed).
+
+Errors are `CheckpointError` (a ValueError) naming the file and the formats TransEdit knows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import struct
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from .latent import model_fingerprint
+from .stylegan2 import StyleGAN2Config, StyleGAN2Generator
+
+KNOWN_FORMATS = (
+    "rosinality/pSp/e4e/Style Transformer/StylePrompter .pt or .pth ({'g_ema', 'latent_avg'} or "
+    "{'state_dict' with decoder.*, 'opts', 'latent_avg'})",
+    "NVlabs stylegan2-ada-pytorch / stylegan3-repo StyleGAN2 .pkl (G_ema)",
+    "TransEdit .safetensors (written by `transedit convert`) or a safetensors of rosinality g_ema keys",
+)
+TRANSEDIT_FORMAT_KEY = "transedit_format"
+
+
+class CheckpointError(ValueError):
+    def __init__(self, path, problem: str, hint: str = ""):
+        name = os.path.basename(str(path))
+        msg = f"{name}: {problem}"
+        if hint:
+            msg += f" {hint}"
+        super().__init__(msg)
+        self.path = str(path)
+
+
+def _formats_hint() -> str:
+    return "TransEdit reads: " + "; ".join(KNOWN_FORMATS) + "."
+
+
+# ----------------------------------------------------------------------------------------- reading
+@dataclass
+class RawCheckpoint:
+    path: str
+    format: str  # "torch" | "nvlabs-pkl" | "safetensors"
+    state_dicts: dict[str, dict[str, torch.Tensor]]  # named sub-state-dicts, e.g. {"g_ema": ..., "g": ...}
+    extras: dict = field(default_factory=dict)  # latent_avg, opts, metadata, config
+
+
+def _sniff(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if len(head) < 8:
+        raise CheckpointError(path, "file is empty or truncated.", _formats_hint())
+    if head[:4] == b"PK\x03\x04":
+        return "torch-zip"
+    if head[0] == 0x80:  # pickle protocol 2+: legacy torch.save or a plain pickle (NVlabs)
+        return "pickle"
+    (header_len,) = struct.unpack("<Q", head[:8])
+    if 2 <= header_len <= 100_000_000 and head[8:9] == b"{":
+        return "safetensors"
+    raise CheckpointError(path, "unrecognised file type (not a PyTorch, pickle or safetensors file).",
+                          _formats_hint())
+
+
+def _is_nvlabs_pickle(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    return b"torch_utils.persistence" in head or b"torch_utils\npersistence" in head
+
+
+def _torch_load(path: Path):
+    """torch.load with weights_only=True; rosinality's train.py also pickles an argparse.Namespace."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, struct.error) as e:
+        text = str(e)
+        if "Weights only load failed" in text or "Unsupported global" in text:
+            found = re.search(r"GLOBAL ([\w.]+)", text)
+            what = f" (it references {found.group(1)})" if found else ""
+            raise CheckpointError(path, f"refusing to load: the file contains code or objects that are not "
+                                  f"plain tensors{what}; TransEdit never executes code from weight files.",
+                                  "Convert it with the official code into a plain state dict, or use safetensors.")
+        raise CheckpointError(path, f"could not be read as a PyTorch checkpoint ({type(e).__name__}: "
+                              f"{text.splitlines()[0] if text else 'no detail'}); the file may be truncated "
+                              "or corrupt — download it again.", _formats_hint()) from None
+    except Exception as e:  # the unpickler raises pickle.UnpicklingError and others for hostile input
+        if e.__class__.__name__ == "UnpicklingError":
+            raise CheckpointError(path, f"refusing to load: {str(e).splitlines()[0]}; TransEdit never "
+                                  "executes code from weight files.") from None
+        raise
+
+
+def _read_safetensors(path: Path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        return load_file(str(path), device="cpu"), metadata
+    except Exception as e:  # safetensors raises its own SafetensorError (not a public class)
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise CheckpointError(path, f"is not a valid safetensors file ({e}); it may be truncated — "
+                              "download or convert it again.") from None
+
+
+def _strip_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def _strip_dataparallel(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if sd and all(k.startswith("module.") for k in sd):
+        return _strip_prefix(sd, "module.")
+    return sd
+
+
+def _tensor_dict(obj) -> Optional[dict[str, torch.Tensor]]:
+    if isinstance(obj, dict) and obj and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in obj.items()):
+        return dict(obj)
+    return None
+
+
+def read_checkpoint(path) -> RawCheckpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "file not found.", "Put weight files in ComfyUI's models folder and refresh.")
+    kind = _sniff(path)
+    if kind == "safetensors":
+        sd, metadata = _read_safetensors(path)
+        extras: dict = {"metadata": metadata}
+        if "latent_avg" in sd:
+            extras["latent_avg"] = sd.pop("latent_avg")
+        if metadata.get("config"):
+            extras["config"] = json.loads(metadata["config"])
+        name = metadata.get("weights", "g_ema")
+        return RawCheckpoint(str(path), "safetensors", {name: _strip_dataparallel(sd)}, extras)
+
+    if kind == "pickle" and _is_nvlabs_pickle(path):
+        from . import nvlabs_pickle
+
+        sd, config, w_avg = nvlabs_pickle.nvlabs_generator_state(path)
+        extras = {"config": config}
+        if w_avg is not None:
+            extras["latent_avg"] = w_avg
+        return RawCheckpoint(str(path), "nvlabs-pkl", {"g_ema": sd}, extras)
+
+    obj = _torch_load(path)
+    state_dicts: dict[str, dict[str, torch.Tensor]] = {}
+    extras = {}
+    if isinstance(obj, dict):
+        for name in ("g_ema", "g", "d"):
+            sd = _tensor_dict(obj.get(name))
+            if sd is not None:
+                state_dicts[name] = _strip_dataparallel(sd)
+        inner = _tensor_dict(obj.get("state_dict"))
+        if inner is not None:  # encoder training checkpoints: encoder.*, decoder.* (+ DataParallel module.)
+            for part in sorted({k.split(".", 1)[0] for k in inner}):
+                state_dicts[part] = _strip_dataparallel(_strip_prefix(inner, part + "."))
+        if not state_dicts and _tensor_dict(obj) is not None:
+            state_dicts["state_dict"] = _strip_dataparallel(obj)
+        if isinstance(obj.get("latent_avg"), torch.Tensor):
+            extras["latent_avg"] = obj["latent_avg"]
+        if isinstance(obj.get("opts"), dict):
+            extras["opts"] = obj["opts"]
+    if not state_dicts:
+        raise CheckpointError(path, "holds no state dict TransEdit recognises.", _formats_hint())
+    return RawCheckpoint(str(path), "torch", state_dicts, extras)
+
+
+# ------------------------------------------------------------------------------------ architectures
+@dataclass
+class ModelDescriptor:
+    """What a loader hands to the nodes: the module plus what is known about it."""
+
+    family: str
+    model: torch.nn.Module
+    config: object
+    source: str  # file path
+    source_format: str
+    weights: str  # which state dict inside the file (g_ema, g, decoder, ...)
+    fingerprint: str
+    latent_avg: Optional[torch.Tensor] = None  # [style_dim] W mean
+    latent_avg_source: str = "checkpoint"  # or "estimated"
+    supports_bf16: bool = True
+    supports_fp16: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.source)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    id: str
+    detect: Callable[[dict[str, torch.Tensor]], bool]
+    load: Callable[[RawCheckpoint, str], ModelDescriptor]
+
+
+STYLEGAN2_REQUIRED_KEYS = ("style.1.weight", "input.input", "conv1.conv.weight", "to_rgb1.conv.weight")
+
+
+def is_stylegan2_state_dict(sd: dict[str, torch.Tensor]) -> bool:
+    return all(k in sd for k in STYLEGAN2_REQUIRED_KEYS)
+
+
+def infer_stylegan2_config(sd: dict[str, torch.Tensor], path="<state dict>", **overrides) -> StyleGAN2Config:
+    """Every hyperparameter from shapes: style_dim, z_dim, n_mlp, size (from the ToRGB count), widths."""
+    try:
+        style_dim, z_dim = sd["style.1.weight"].shape
+        n_mlp = 0
+        while f"style.{n_mlp + 1}.weight" in sd:
+            n_mlp += 1
+        n_rgbs = 0
+        while f"to_rgbs.{n_rgbs}.conv.weight" in sd:
+            n_rgbs += 1
+        size = 2 ** (n_rgbs + 2)
+        channels = {4: int(sd["input.input"].shape[1])}
+        for k in range(n_rgbs):
+            channels[2 ** (k + 3)] = int(sd[f"convs.{2 * k}.conv.weight"].shape[1])
+    except (KeyError, ValueError, IndexError) as e:
+        raise CheckpointError(path, f"looks like a StyleGAN2 generator but its layout is incomplete ({e}).",
+                              _formats_hint()) from None
+    cfg = dict(size=size, style_dim=int(style_dim), n_mlp=n_mlp, channels=channels,
+               z_dim=None if z_dim == style_dim else int(z_dim))
+    cfg.update(overrides)
+    return StyleGAN2Config(**cfg)
+
+
+def _load_stylegan2(raw: RawCheckpoint, weights: str) -> ModelDescriptor:
+    sd = raw.state_dicts[weights]
+    stored = raw.extras.get("config") or {}
+    overrides = {k: stored[k] for k in ("lr_mlp", "conv_clamp") if k in stored and stored[k] is not None}
+    config = infer_stylegan2_config(sd, raw.path, **overrides)
+    model = StyleGAN2Generator(config)
+    sd = dict(sd)
+    # rosinality's FIR kernels are buffers but constant; checkpoints from stripped exports may omit them.
+    for key, buf in model.state_dict().items():
+        if key.endswith((".blur.kernel", ".upsample.kernel")) and key not in sd:
+            sd[key] = buf
+    result = model.load_state_dict(sd, strict=False)
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing {len(result.missing_keys)} keys (e.g. {result.missing_keys[:3]})")
+    if result.unexpected_keys:
+        problems.append(f"unexpected {len(result.unexpected_keys)} keys (e.g. {result.unexpected_keys[:3]})")
+    if problems:
+        raise CheckpointError(raw.path, f"StyleGAN2 weights '{weights}' do not match the layout inferred "
+                              f"from their shapes (size {config.size}, style_dim {config.style_dim}): "
+                              + "; ".join(problems) + ".")
+    model.eval().requires_grad_(False)
+    notes = []
+    latent_avg = raw.extras.get("latent_avg")
+    latent_avg_source = "checkpoint"
+    if latent_avg is not None and latent_avg.numel() != config.style_dim:
+        notes.append(f"ignored latent_avg of shape {tuple(latent_avg.shape)} (style_dim is {config.style_dim})")
+        latent_avg = None
+    if latent_avg is None:
+        # rosinality's train.py checkpoints carry no W mean; truncation needs one, so estimate it.
+        latent_avg = model.mean_latent(4096, seed=0).reshape(-1)
+        latent_avg_source = "estimated"
+        notes.append("no latent_avg in the file: estimated the W mean from 4096 samples (seed 0)")
+    latent_avg = latent_avg.reshape(-1).float()
+    if weights == "g":
+        notes.append("the file has no g_ema; using the non-EMA generator 'g'")
+    return ModelDescriptor(
+        family="stylegan2", model=model, config=config, source=raw.path, source_format=raw.format,
+        weights=weights, fingerprint=model_fingerprint("stylegan2", config.to_dict(), sd),
+        latent_avg=latent_avg, latent_avg_source=latent_avg_source, notes=notes)
+
+
+ARCHITECTURES: list[Architecture] = [
+    Architecture("stylegan2", is_stylegan2_state_dict, _load_stylegan2),
+]
+
+# Which sub-state-dict to prefer for each role, best first.
+GENERATOR_WEIGHTS_ORDER = ("g_ema", "decoder", "state_dict", "g")
+
+
+def load_stylegan2(path) -> ModelDescriptor:
+    """Load a StyleGAN2 generator from any supported file (the EMA weights when there are several)."""
+    raw = read_checkpoint(path)
+    arch = ARCHITECTURES[0]
+    for name in GENERATOR_WEIGHTS_ORDER + tuple(raw.state_dicts):
+        sd = raw.state_dicts.get(name)
+        if sd is not None and arch.detect(sd):
+            return arch.load(raw, name)
+    stylegan3 = any(re.match(r"synthesis\.L\d+_", k) or k.startswith("synthesis.input.freqs")
+                    for sd in raw.state_dicts.values() for k in sd)
+    if stylegan3:
+        raise CheckpointError(path, "is a StyleGAN3 generator, which TransEdit does not support yet.",
+                              "Use a StyleGAN2 (or StyleGAN2-ADA) checkpoint.")
+    found = ", ".join(f"'{n}' ({len(sd)} tensors, e.g. {next(iter(sd), '-')})" for n, sd in raw.state_dicts.items())
+    raise CheckpointError(path, f"contains no StyleGAN2 generator (found {found}).", _formats_hint())
+
+
+# ----------------------------------------------------------------------------------------- writing
+def atomic_write(path, write: Callable[[str], None], overwrite: bool = False) -> Path:
+    """Write via a temp file in the same folder, then move into place; never clobber unless asked."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if someone created `path` meanwhile: no clobbering
+            except FileExistsError:
+                raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it") from None
+            except OSError:  # filesystems without hard links
+                os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def save_stylegan2_safetensors(desc: ModelDescriptor, path, overwrite: bool = False) -> Path:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in desc.model.state_dict().items()}
+    if desc.latent_avg is not None:
+        tensors["latent_avg"] = desc.latent_avg.detach().cpu().float().contiguous()
+    metadata = {
+        TRANSEDIT_FORMAT_KEY: "stylegan2",
+        "config": json.dumps(desc.config.to_dict()),
+        "weights": desc.weights,
+        "latent_avg_source": desc.latent_avg_source,
+        "converted_from": os.path.basename(desc.source),
+        "converted_from_format": desc.source_format,
+    }
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), overwrite)
+
+
+def save_random_generator(path, config: Optional[StyleGAN2Config] = None, seed: int = 0,
+                          overwrite: bool = False) -> Path:
+    """Random-weight generator in an official container (tests, demo, benchmarks).
+
+    `.pt`/`.pth` writes rosinality's `{'g_ema', 'latent_avg'}`; `.safetensors` writes TransEdit's format.
+    """
+    config = config or StyleGAN2Config(size=64, style_dim=64, n_mlp=2, channels={4: 32, 8: 32, 16: 32, 32: 32, 64: 16})
+    torch.manual_seed(seed)
+    model = StyleGAN2Generator(config).eval()
+    with torch.no_grad():  # official init leaves these at constants; perturb so every term matters
+        for name, p in model.named_parameters():
+            if name.endswith(("noise.weight", "activate.bias")) or (name.endswith(".bias") and "to_rgb" in name):
+                p.add_(0.1 * torch.randn_like(p))
+    latent_avg = model.mean_latent(1024, seed=seed).reshape(-1)
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        desc = ModelDescriptor("stylegan2", model, config, str(path), "random", "g_ema",
+                               model_fingerprint("stylegan2", config.to_dict(), model.state_dict()), latent_avg)
+        return save_stylegan2_safetensors(desc, path, overwrite)
+    container = {"g_ema": model.state_dict(), "latent_avg": latent_avg}
+    return atomic_write(path, lambda tmp: torch.save(container, tmp), overwrite)
+

@@ -1,0 +1,10 @@
+"""ComfyUI glue: one module per stage plus `comfy_bridge`, the only module that imports ComfyUI."""
+from . import stylegan
+
+_STAGES = (stylegan,)
+
+NODE_CLASS_MAPPINGS = {}
+NODE_DISPLAY_NAME_MAPPINGS = {}
+for _stage in _STAGES:
+    NODE_CLASS_MAPPINGS.update(_stage.NODE_CLASS_MAPPINGS)
+    NODE_DISPLAY_NAME_MAPPINGS.update(_stage.NODE_DISPLAY_NAME_MAPPINGS)

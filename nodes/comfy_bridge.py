@@ -1,0 +1,199 @@
+"""The only module that touches ComfyUI (`comfy.*`, `folder_paths`).
+
+Everything ComfyUI provides — model folders, devices, memory management, progress bars, Cancel — is
+reached through here. Without ComfyUI (unit tests, the CLI, benchmarks) every function falls back to
+plain PyTorch, so nodes run anywhere.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+import torch
+
+log = logging.getLogger("TransEdit")
+
+try:  # inside ComfyUI
+    import comfy.model_management as _mm
+    import comfy.model_patcher as _model_patcher
+    import comfy.utils as _comfy_utils
+    import folder_paths as _folder_paths
+
+    IN_COMFYUI = True
+except ImportError:  # plain PyTorch
+    _mm = _model_patcher = _comfy_utils = _folder_paths = None
+    IN_COMFYUI = False
+
+# ComfyUI folder name -> (subfolder of models/, file extensions)
+MODEL_FOLDERS: dict[str, tuple[str, set[str]]] = {
+    "stylegan": ("stylegan", {".pt", ".pth", ".pkl", ".safetensors"}),
+    "gan_encoders": ("gan_encoders", {".pt", ".pth", ".safetensors"}),
+    "latent_directions": ("latent_directions", {".pt", ".pth", ".npy", ".safetensors"}),
+    "vit": ("vit", {".pth", ".pt", ".safetensors", ".bin"}),
+    "put": ("put", {".pth", ".pt", ".safetensors"}),
+}
+
+# Used when ComfyUI is absent: $TRANSEDIT_MODELS_DIR/<folder>, default ./models/<folder>.
+_fallback_paths: dict[str, list[str]] = {}
+
+
+# ------------------------------------------------------------------------------------ model folders
+def register_model_folders() -> None:
+    """Add TransEdit's folders to folder_paths without clobbering what the user configured.
+
+    extra_model_paths.yaml may already have created an entry (possibly with an empty extension set,
+    which ComfyUI reads as "any file"): keep its paths first, append the default folder, and only
+    widen a non-empty extension set. Never raises because a folder is missing.
+    """
+    if not IN_COMFYUI:
+        return
+    for name, (sub, exts) in MODEL_FOLDERS.items():
+        default = os.path.join(_folder_paths.models_dir, sub)
+        try:
+            os.makedirs(default, exist_ok=True)
+        except OSError as e:  # read-only installs: the folder simply won't exist
+            log.warning("TransEdit: could not create %s (%s)", default, e)
+        entry = _folder_paths.folder_names_and_paths.get(name)
+        if entry is None:
+            _folder_paths.folder_names_and_paths[name] = ([default], set(exts))
+            continue
+        paths, known_exts = entry[0], entry[1]
+        if default not in paths:
+            paths.append(default)
+        if known_exts:
+            known_exts.update(exts)
+
+
+def _fallback_folder(name: str) -> list[str]:
+    if name not in _fallback_paths:
+        root = os.environ.get("TRANSEDIT_MODELS_DIR", os.path.join(os.getcwd(), "models"))
+        _fallback_paths[name] = [os.path.join(root, MODEL_FOLDERS[name][0])]
+    return _fallback_paths[name]
+
+
+def set_fallback_folder(name: str, paths: list[str]) -> None:
+    """Point a folder somewhere when running without ComfyUI (tests, CLI)."""
+    _fallback_paths[name] = list(paths)
+
+
+def list_models(name: str) -> list[str]:
+    if IN_COMFYUI:
+        return _folder_paths.get_filename_list(name)
+    exts = MODEL_FOLDERS[name][1]
+    found = []
+    for root in _fallback_folder(name):
+        for dirpath, _, files in os.walk(root, followlinks=True):
+            for f in files:
+                if os.path.splitext(f)[1].lower() in exts:
+                    found.append(os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/"))
+    return sorted(found)
+
+
+def model_path(name: str, filename: str) -> Optional[str]:
+    if IN_COMFYUI:
+        return _folder_paths.get_full_path(name, filename)
+    for root in _fallback_folder(name):
+        candidate = os.path.join(root, filename)
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def folder_paths_for(name: str) -> list[str]:
+    if IN_COMFYUI:
+        return list(_folder_paths.get_folder_paths(name))
+    return list(_fallback_folder(name))
+
+
+# ------------------------------------------------------------------------------------------ devices
+def compute_device() -> torch.device:
+    if IN_COMFYUI:
+        return _mm.get_torch_device()
+    override = os.environ.get("TRANSEDIT_DEVICE")
+    if override:
+        return torch.device(override)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def offload_device() -> torch.device:
+    return _mm.unet_offload_device() if IN_COMFYUI else torch.device("cpu")
+
+
+def intermediate_device() -> torch.device:
+    if IN_COMFYUI and hasattr(_mm, "intermediate_device"):
+        return _mm.intermediate_device()
+    return torch.device("cpu")
+
+
+def supports_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu"
+
+
+def oom_exception() -> type[BaseException]:
+    if IN_COMFYUI and hasattr(_mm, "OOM_EXCEPTION"):
+        return _mm.OOM_EXCEPTION
+    return getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+def soft_empty_cache() -> None:
+    if IN_COMFYUI:
+        _mm.soft_empty_cache()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ------------------------------------------------------------------------------------ managed models
+class ManagedModel:
+    """A torch module that ComfyUI's memory manager can load, offload and count.
+
+    Inside ComfyUI it is a ModelPatcher, so "Free model and node cache", other models' loads and OOM
+    recovery can unload it. Outside it just moves the module.
+    """
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+        self.size = sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+        self.patcher = None
+        if IN_COMFYUI:
+            self.patcher = _model_patcher.ModelPatcher(module, load_device=compute_device(),
+                                                       offload_device=offload_device(), size=self.size)
+
+    def load(self) -> torch.nn.Module:
+        """Put the module on the compute device (ComfyUI frees room for it first) and return it."""
+        if self.patcher is not None:
+            _mm.load_models_gpu([self.patcher])
+            return self.patcher.model
+        device = compute_device()
+        return self.module.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+
+# ------------------------------------------------------------------------------ progress and cancel
+class Progress:
+    """ComfyUI's ProgressBar (with optional preview images) or nothing."""
+
+    def __init__(self, total: int):
+        self.total = max(int(total), 1)
+        self.done = 0
+        self._bar = _comfy_utils.ProgressBar(self.total) if IN_COMFYUI else None
+
+    def update(self, steps: int = 1, preview=None) -> None:
+        """preview: a PIL image shown on the node while it runs."""
+        self.done = min(self.done + steps, self.total)
+        if self._bar is not None:
+            if preview is not None:
+                self._bar.update_absolute(self.done, self.total, ("JPEG", preview, 512))
+            else:
+                self._bar.update_absolute(self.done, self.total)
+
+
+def check_interrupt() -> None:
+    """Raise ComfyUI's interrupt exception if the user pressed Cancel (never catch it)."""
+    if IN_COMFYUI:
+        _mm.throw_exception_if_processing_interrupted()

@@ -1,0 +1,67 @@
+"""Small helpers shared by every stage's nodes: error messages and ComfyUI image conversion."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import comfy_bridge as bridge
+
+MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class NodeInputError(ValueError):
+    """A user-facing error: which node, which input, what is wrong, how to fix it."""
+
+    def __init__(self, node: str, input_name: str, problem: str, fix: str = ""):
+        super().__init__(f"{node}: input '{input_name}' {problem}" + (f" Fix: {fix}" if fix else ""))
+        self.node, self.input_name = node, input_name
+
+
+def check_int(node: str, name: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise NodeInputError(node, name, f"must be an integer, got {type(value).__name__}.")
+    if not lo <= int(value) <= hi:
+        raise NodeInputError(node, name, f"must be between {lo} and {hi}, got {value}.",
+                             f"set {name} within {lo}..{hi}.")
+    return int(value)
+
+
+def check_float(node: str, name: str, value, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or value != value:
+        raise NodeInputError(node, name, f"must be a number, got {value!r}.")
+    if not lo <= float(value) <= hi:
+        raise NodeInputError(node, name, f"must be between {lo} and {hi}, got {value}.",
+                             f"set {name} within {lo}..{hi}.")
+    return float(value)
+
+
+def check_choice(node: str, name: str, value, choices) -> str:
+    if value not in choices:
+        raise NodeInputError(node, name, f"must be one of {list(choices)}, got {value!r}.")
+    return value
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """'auto' is bf16 on GPUs that have it (the fast path) and fp32 elsewhere (exact)."""
+    if precision == "fp16":
+        return torch.float16
+    wants_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if wants_bf16 and bridge.supports_bf16(device):
+        return torch.bfloat16
+    if precision == "bf16":
+        bridge.log.warning("TransEdit: %s has no bf16 support; running in fp32", device)
+    return torch.float32
+
+
+def gan_to_comfy_image(images: torch.Tensor) -> torch.Tensor:
+    """[B,3,H,W] in [-1,1] -> ComfyUI IMAGE [B,H,W,3] fp32 in [0,1] on the intermediate device."""
+    out = ((images.float() + 1.0) * 0.5).clamp_(0.0, 1.0).permute(0, 2, 3, 1)
+    return out.to(bridge.intermediate_device()).contiguous()
+
+
+def comfy_image_to_pil(image: torch.Tensor) -> Image.Image:
+    """One [H,W,3] ComfyUI image -> PIL (for progress previews)."""
+    arr = (image.detach().float().clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
+    return Image.fromarray(arr)

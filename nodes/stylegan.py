@@ -1,0 +1,224 @@
+"""StyleGAN stage: load a generator, sample latents, synthesise images."""
+from __future__ import annotations
+
+import torch
+
+from ..models.latent import StyleLatent
+from ..models.registry import ModelDescriptor, load_stylegan2
+from . import comfy_bridge as bridge
+from .common import (MAX_SEED, PRECISIONS, NodeInputError, check_choice, check_float, check_int,
+                     comfy_image_to_pil, gan_to_comfy_image, resolve_precision)
+
+CATEGORY = "TransEdit/StyleGAN"
+MAX_BATCH = 64
+NOISE_MODES = ("const", "random", "none")
+
+
+class StyleGANHandle:
+    """What flows on a TE_STYLEGAN wire: the loaded generator, managed by ComfyUI's memory manager."""
+
+    def __init__(self, descriptor: ModelDescriptor):
+        self.descriptor = descriptor
+        self.managed = bridge.ManagedModel(descriptor.model)
+
+    @property
+    def config(self):
+        return self.descriptor.config
+
+    @property
+    def name(self) -> str:
+        return self.descriptor.name
+
+    def load(self):
+        return self.managed.load()
+
+    def check_latent(self, latent, node: str, input_name: str = "latent") -> StyleLatent:
+        if not isinstance(latent, StyleLatent):
+            raise NodeInputError(node, input_name, f"must be a TE_LATENT, got {type(latent).__name__}.",
+                                 "connect the output of a TransEdit latent node.")
+        cfg = self.config
+        if latent.n_latent != cfg.n_latent or latent.style_dim != cfg.style_dim:
+            raise NodeInputError(
+                node, input_name,
+                f"holds W+ of shape [{latent.n_latent}, {latent.style_dim}] from '{latent.generator_name or '?'}', "
+                f"but generator '{self.name}' needs [{cfg.n_latent}, {cfg.style_dim}].",
+                "connect a latent made with this generator, or load the generator the latent came from.")
+        if latent.generator and latent.generator != self.descriptor.fingerprint:
+            bridge.log.warning("%s: latent was made with '%s', generating with '%s' (same shape, allowed)",
+                               node, latent.generator_name, self.name)
+        return latent
+
+    def __repr__(self) -> str:
+        c = self.config
+        return f"StyleGAN2({self.name}, {c.size}px, W+ {c.n_latent}x{c.style_dim})"
+
+
+def _check_generator(node: str, generator) -> StyleGANHandle:
+    if not isinstance(generator, StyleGANHandle):
+        raise NodeInputError(node, "generator", f"must be a TE_STYLEGAN, got {type(generator).__name__}.",
+                             "connect the output of 'TransEdit Load StyleGAN'.")
+    return generator
+
+
+class TransEditLoadStyleGAN:
+    DESCRIPTION = ("Loads a StyleGAN2 generator from models/stylegan: rosinality .pt (pSp/e4e/Style "
+                   "Transformer/StylePrompter checkpoints included), NVlabs StyleGAN2-ADA .pkl, or TransEdit "
+                   ".safetensors. Size, widths and latent shape are read from the weights.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "ckpt_name": (bridge.list_models("stylegan"), {
+                "tooltip": "Generator weights in ComfyUI/models/stylegan (e.g. stylegan2-ffhq-config-f.pt). "
+                           "Pickles are read without running any code from them."}),
+        }}
+
+    RETURN_TYPES = ("TE_STYLEGAN",)
+    RETURN_NAMES = ("generator",)
+    OUTPUT_TOOLTIPS = ("The generator, for Sample Latent / Generate and the inversion and edit nodes.",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, ckpt_name):
+        node = "TransEdit Load StyleGAN"
+        path = bridge.model_path("stylegan", ckpt_name)
+        if path is None:
+            raise NodeInputError(node, "ckpt_name", f"'{ckpt_name}' was not found in {bridge.folder_paths_for('stylegan')}.",
+                                 "put the file in ComfyUI/models/stylegan and press Refresh (R).")
+        descriptor = load_stylegan2(path)
+        for note in descriptor.notes:
+            bridge.log.info("TransEdit: %s: %s", descriptor.name, note)
+        return (StyleGANHandle(descriptor),)
+
+
+class TransEditSampleLatent:
+    DESCRIPTION = ("Draws random W+ latents: z ~ N(0, I) per image (seed + index, so image i is the same "
+                   "whatever the batch size), mapped to W and pulled toward the mean by truncation.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "generator": ("TE_STYLEGAN", {"tooltip": "The generator whose mapping network and W mean are used."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED,
+                             "tooltip": "Image i of the batch uses seed + i."}),
+            "batch_size": ("INT", {"default": 1, "min": 1, "max": MAX_BATCH,
+                                   "tooltip": "How many latents to draw."}),
+            "truncation": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 1.0, "step": 0.01,
+                                     "tooltip": "1 = full variety, lower = closer to the average image "
+                                                "(more typical, fewer artefacts), 0 = the average image."}),
+        }}
+
+    RETURN_TYPES = ("TE_LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("W+ latents [batch, n_latent, style_dim] for Generate and the edit nodes.",)
+    FUNCTION = "sample"
+    CATEGORY = CATEGORY
+
+    def sample(self, generator, seed, batch_size, truncation):
+        node = "TransEdit Sample Latent"
+        generator = _check_generator(node, generator)
+        seed = check_int(node, "seed", seed, 0, MAX_SEED)
+        batch_size = check_int(node, "batch_size", batch_size, 1, MAX_BATCH)
+        truncation = check_float(node, "truncation", truncation, 0.0, 1.0)
+        cfg = generator.config
+        z = torch.stack([torch.randn(cfg.input_dim, generator=torch.Generator().manual_seed((seed + i) % (MAX_SEED + 1)))
+                         for i in range(batch_size)])
+        module = generator.load()
+        device = next(module.parameters()).device
+        with torch.inference_mode():
+            w = module.mapping(z.to(device)).float().cpu()
+        w_avg = generator.descriptor.latent_avg.reshape(1, -1).float()
+        w = w_avg + truncation * (w - w_avg)
+        wplus = w.unsqueeze(1).repeat(1, cfg.n_latent, 1)
+        return (StyleLatent(wplus=wplus, generator=generator.descriptor.fingerprint,
+                            generator_name=generator.name,
+                            extras={"seed": seed, "truncation": truncation}),)
+
+
+class TransEditGenerate:
+    DESCRIPTION = "Synthesises images from W+ latents with a StyleGAN2 generator."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "generator": ("TE_STYLEGAN", {"tooltip": "The generator the latents belong to."}),
+            "latent": ("TE_LATENT", {"tooltip": "W+ latents from Sample Latent, an inversion or an edit node."}),
+            "noise_mode": (list(NOISE_MODES), {"default": "const",
+                                               "tooltip": "const: the checkpoint's fixed noise (reproducible, "
+                                                          "what the papers use); random: fresh per-pixel noise "
+                                                          "(seeded); none: no noise (smoother texture)."}),
+            "noise_seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED,
+                                   "tooltip": "Seed for noise_mode=random; image i uses noise_seed + i."}),
+            "precision": (list(PRECISIONS), {"default": "auto",
+                                             "tooltip": "auto: bf16 on GPUs that support it, fp32 otherwise. "
+                                                        "fp32 is bit-faithful to the official code."}),
+        }}
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("RGB images [batch, size, size, 3] in 0..1.",)
+    FUNCTION = "generate"
+    CATEGORY = CATEGORY
+
+    # Images per forward pass to start with; halved on out-of-memory.
+    chunk_size = 8
+
+    def generate(self, generator, latent, noise_mode, noise_seed, precision):
+        node = "TransEdit Generate"
+        generator = _check_generator(node, generator)
+        latent = generator.check_latent(latent, node)
+        noise_mode = check_choice(node, "noise_mode", noise_mode, NOISE_MODES)
+        noise_seed = check_int(node, "noise_seed", noise_seed, 0, MAX_SEED)
+        precision = check_choice(node, "precision", precision, PRECISIONS)
+        if not torch.isfinite(latent.wplus).all():
+            raise NodeInputError(node, "latent", "contains NaN or infinite values.",
+                                 "check the node that produced it (e.g. an edit strength that is too large).")
+
+        module = generator.load()
+        device = next(module.parameters()).device
+        dtype = resolve_precision(precision, device)
+        total = latent.batch_size
+        progress = bridge.Progress(total)
+        results, start, chunk = [], 0, self.chunk_size
+        oom = bridge.oom_exception()
+        while start < total:
+            bridge.check_interrupt()
+            stop = min(start + chunk, total)
+            try:
+                images = self._synthesise(module, latent.wplus[start:stop], device, dtype, noise_mode,
+                                          noise_seed + start)
+            except oom:
+                bridge.soft_empty_cache()
+                if chunk == 1:
+                    raise MemoryError(f"{node}: out of memory generating one {generator.config.size}px image; "
+                                      "use precision bf16/fp16 or free VRAM (unload other models).") from None
+                chunk = max(1, chunk // 2)
+                continue
+            results.append(images)
+            progress.update(stop - start, preview=comfy_image_to_pil(images[0]))
+            start = stop
+        return (torch.cat(results, 0),)
+
+    @staticmethod
+    def _synthesise(module, wplus, device, dtype, noise_mode, first_seed):
+        noise = None
+        if noise_mode == "random":  # per image, drawn on the CPU: same picture on every device
+            per_image = [module.make_noise(1, "random", seed=(first_seed + i) % (MAX_SEED + 1), device=torch.device("cpu"))
+                         for i in range(wplus.shape[0])]
+            noise = [torch.cat(layer, 0).to(device) for layer in zip(*per_image)]
+        with torch.inference_mode():
+            images = module.synthesis(wplus.to(device), noise=noise, noise_mode=noise_mode, dtype=dtype,
+                                      channels_last=device.type == "cuda")
+        return gan_to_comfy_image(images)
+
+
+NODE_CLASS_MAPPINGS = {
+    "TransEditLoadStyleGAN": TransEditLoadStyleGAN,
+    "TransEditSampleLatent": TransEditSampleLatent,
+    "TransEditGenerate": TransEditGenerate,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "TransEditLoadStyleGAN": "TransEdit Load StyleGAN",
+    "TransEditSampleLatent": "TransEdit Sample Latent",
+    "TransEditGenerate": "TransEdit Generate",
+}
