@@ -35,6 +35,8 @@ KNOWN_FORMATS = (
     "TransEdit .safetensors (written by `transedit convert`) or a safetensors of rosinality g_ema keys",
 )
 TRANSEDIT_FORMAT_KEY = "transedit_format"
+# Sub-models stored side by side in one encoder training checkpoint's state_dict.
+SUBMODEL_PREFIXES = ("encoder", "decoder", "classifier")
 
 
 class CheckpointError(ValueError):
@@ -165,14 +167,19 @@ def read_checkpoint(path) -> RawCheckpoint:
     state_dicts: dict[str, dict[str, torch.Tensor]] = {}
     extras = {}
     if isinstance(obj, dict):
-        for name in ("g_ema", "g", "d"):
-            sd = _tensor_dict(obj.get(name))
-            if sd is not None:
+        for key, name in (("g_ema", "g_ema"), ("G_ema", "g_ema"), ("g", "g"), ("G", "g"), ("d", "d")):
+            sd = _tensor_dict(obj.get(key))
+            if sd is not None and name not in state_dicts:
                 state_dicts[name] = _strip_dataparallel(sd)
         inner = _tensor_dict(obj.get("state_dict"))
-        if inner is not None:  # encoder training checkpoints: encoder.*, decoder.* (+ DataParallel module.)
-            for part in sorted({k.split(".", 1)[0] for k in inner}):
-                state_dicts[part] = _strip_dataparallel(_strip_prefix(inner, part + "."))
+        if inner is not None:
+            inner = _strip_dataparallel(inner)
+            state_dicts["state_dict"] = inner
+            # encoder training checkpoints: encoder.*, decoder.* (+ DataParallel module.) in one dict
+            for part in SUBMODEL_PREFIXES:
+                sub = _strip_dataparallel(_strip_prefix(inner, part + "."))
+                if sub:
+                    state_dicts[part] = sub
         if not state_dicts and _tensor_dict(obj) is not None:
             state_dicts["state_dict"] = _strip_dataparallel(obj)
         if isinstance(obj.get("latent_avg"), torch.Tensor):

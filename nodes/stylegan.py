@@ -192,7 +192,7 @@ class TransEditGenerate:
                 if chunk == 1:
                     raise MemoryError(f"{node}: out of memory generating one {generator.config.size}px image; "
                                       "use precision bf16/fp16 or free VRAM (unload other models).") from None
-                chunk = max(1, chunk // 2)
+                chunk = max(1, (stop - start) // 2)
                 continue
             results.append(images)
             progress.update(stop - start, preview=comfy_image_to_pil(images[0]))

@@ -1,0 +1,34 @@
+"""Shared test fixtures. Tests that need ../shared skip with a reason when it is absent."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("TRANSEDIT_SHARED", REPO.parent / "shared"))
+FIXTURES = SHARED / "fixtures"
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def fixture_dir(name: str) -> Path:
+    path = FIXTURES / name
+    if not path.is_dir():
+        pytest.skip(f"parity fixtures not found at {path} (../shared is only present in the project "
+                    "checkout and CI; a user's clone has no golden data)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sg2_fixtures() -> Path:
+    return fixture_dir("stylegan2_style_transformer")
+
+
+@pytest.fixture
+def tiny_config():
+    from transedit.models.stylegan2 import StyleGAN2Config
+
+    return StyleGAN2Config(size=32, style_dim=32, n_mlp=2, channels={4: 16, 8: 16, 16: 16, 32: 8})

@@ -1,0 +1,104 @@
+"""The pack as ComfyUI sees it: loaded by path, V1 mappings, tooltips, categories, model folders."""
+import importlib.util
+import re
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_by_path(name="ComfyUI-TransEdit-by-path"):
+    """What ComfyUI does: spec_from_file_location on the folder's __init__.py under an arbitrary name."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+            del sys.modules[key]
+    return module
+
+
+def test_loads_by_path_under_any_folder_name():
+    pack = load_by_path("my clone-of transedit")
+    assert set(pack.NODE_CLASS_MAPPINGS) >= {"TransEditLoadStyleGAN", "TransEditSampleLatent", "TransEditGenerate"}
+    assert set(pack.NODE_DISPLAY_NAME_MAPPINGS) == set(pack.NODE_CLASS_MAPPINGS)
+    assert pack.WEB_DIRECTORY == "./js" and (REPO / "js").is_dir() and list((REPO / "js").glob("*.js"))
+
+
+def test_every_node_is_documented():
+    import transedit
+
+    for node_id, cls in transedit.NODE_CLASS_MAPPINGS.items():
+        assert cls.CATEGORY.startswith("TransEdit/"), node_id
+        assert callable(getattr(cls, cls.FUNCTION)), node_id
+        assert cls.DESCRIPTION, node_id
+        spec = cls.INPUT_TYPES()
+        for section in spec.values():
+            for input_name, entry in section.items():
+                assert len(entry) == 2 and entry[1].get("tooltip"), f"{node_id}.{input_name} has no tooltip"
+        assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES) == len(cls.OUTPUT_TOOLTIPS)
+
+
+COMFY_IMPORT = re.compile(r"^\s*(import|from)\s+(comfy|folder_paths|server)\b", re.M)
+
+
+def test_only_the_bridge_imports_comfyui():
+    offenders = []
+    for path in list((REPO / "models").rglob("*.py")) + list((REPO / "nodes").rglob("*.py")) + list(REPO.glob("*.py")):
+        if COMFY_IMPORT.search(path.read_text()) and path.name != "comfy_bridge.py":
+            offenders.append(str(path.relative_to(REPO)))
+    assert offenders == []
+    assert COMFY_IMPORT.search((REPO / "nodes" / "comfy_bridge.py").read_text())
+
+
+@pytest.fixture
+def fake_comfy(tmp_path, monkeypatch):
+    """Minimal stand-ins for the ComfyUI modules the bridge imports."""
+    models_dir = tmp_path / "models"
+    fp = types.ModuleType("folder_paths")
+    fp.models_dir = str(models_dir)
+    user_dir = str(tmp_path / "my_gans")
+    # as extra_model_paths.yaml leaves it: the user's path, and an empty extension set ("any file")
+    fp.folder_names_and_paths = {"stylegan": ([user_dir], set()),
+                                 "vit": ([str(tmp_path / "vits")], {".pth"})}
+    comfy = types.ModuleType("comfy")
+    for sub in ("model_management", "model_patcher", "utils"):
+        mod = types.ModuleType(f"comfy.{sub}")
+        setattr(comfy, sub, mod)
+        monkeypatch.setitem(sys.modules, f"comfy.{sub}", mod)
+    monkeypatch.setitem(sys.modules, "comfy", comfy)
+    monkeypatch.setitem(sys.modules, "folder_paths", fp)
+    spec = importlib.util.spec_from_file_location("bridge_under_test", REPO / "nodes" / "comfy_bridge.py")
+    bridge = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bridge)
+    return bridge, fp, user_dir, models_dir
+
+
+def test_model_folders_do_not_clobber_user_config(fake_comfy):
+    bridge, fp, user_dir, models_dir = fake_comfy
+    assert bridge.IN_COMFYUI
+    bridge.register_model_folders()
+    bridge.register_model_folders()  # idempotent
+    paths, exts = fp.folder_names_and_paths["stylegan"]
+    assert paths == [user_dir, str(models_dir / "stylegan")]
+    assert exts == set()  # "any file" stays "any file"
+    vit_paths, vit_exts = fp.folder_names_and_paths["vit"]
+    assert vit_paths[0].endswith("vits") and {".pth", ".safetensors"} <= vit_exts
+    for name in ("stylegan", "gan_encoders", "latent_directions", "vit", "put"):
+        assert name in fp.folder_names_and_paths
+        assert (models_dir / name).is_dir()
+
+
+def test_model_folders_never_raise_on_unwritable_models_dir(fake_comfy, tmp_path):
+    bridge, fp, _, _ = fake_comfy
+    blocker = tmp_path / "file_not_dir"
+    blocker.write_text("x")
+    fp.models_dir = str(blocker)  # makedirs under a file fails
+    bridge.register_model_folders()
+    assert str(blocker / "put") in fp.folder_names_and_paths["put"][0]
