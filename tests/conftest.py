@@ -13,6 +13,12 @@ FIXTURES = SHARED / "fixtures"
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
+# TRANSEDIT_TEST_DEVICE=cuda runs the parity tests on a GPU (TF32 off: fp32 must mean fp32).
+TEST_DEVICE = torch.device(os.environ.get("TRANSEDIT_TEST_DEVICE", "cpu"))
+if TEST_DEVICE.type == "cuda":
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
 
 def fixture_dir(name: str) -> Path:
     path = FIXTURES / name

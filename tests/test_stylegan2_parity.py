@@ -8,13 +8,15 @@ from safetensors.torch import load_file
 from transedit.models.registry import infer_stylegan2_config, load_stylegan2
 from transedit.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator
 
+from conftest import TEST_DEVICE
+
 # The spec (atol 1e-5) with the fixture README's rtol for fp32 CPU.
 TOL = dict(atol=1e-5, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
 def io(sg2_fixtures):
-    return load_file(sg2_fixtures / "io_stylegan2_small.safetensors")
+    return {k: v.to(TEST_DEVICE) for k, v in load_file(sg2_fixtures / "io_stylegan2_small.safetensors").items()}
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +26,11 @@ def gen(sg2_fixtures):
                           n_mlp=meta["constructor"]["n_mlp"], channels=meta["channels_patch"]["small"])
     g = StyleGAN2Generator(cfg).eval()
     g.load_state_dict(load_file(sg2_fixtures / "stylegan2_small.safetensors"), strict=True)
-    return g
+    return g.to(TEST_DEVICE)
 
 
 def close(actual, expected):
-    torch.testing.assert_close(actual, expected, **TOL)
+    torch.testing.assert_close(actual, expected.to(actual.device), **TOL)
 
 
 @torch.no_grad()
@@ -123,10 +125,11 @@ def test_feature_hook_replaces_layer_4(gen, io):
                                   "style_transformer_small.pt", "edit_transformer_small.pt"])
 def test_registry_loads_every_fixture_container(sg2_fixtures, io, path):
     desc = load_stylegan2(sg2_fixtures / path)
+    desc.model.to(TEST_DEVICE)
     assert desc.config.size == 64 and desc.config.n_latent == 10 and desc.config.style_dim == 64
     close(desc.model.synthesis(io["in_w_plus"]), io["out_img_b_wplus"])
     if path == "stylegan2_small_rosinality.pt":
-        close(desc.latent_avg, io["in_mean_latent"].reshape(-1))
+        close(desc.latent_avg, io["in_mean_latent"].reshape(-1).cpu())
         assert desc.latent_avg_source == "checkpoint"
 
 
