@@ -5,8 +5,8 @@
 
 Random config-f weights (widths as the official FFHQ 1024 model; 256 uses the same table), W+ input,
 the checkpoint's constant noise. Each case is timed after warm-up with the device synchronised.
-`--baseline` also times the official per-sample grouped-conv formulation of the modulated conv (the
-one rosinality's `fused=True` path uses), for comparison with TransEdit's shared-weight formulation.
+`--baseline` also times the "shared" formulation of the modulated conv (shared weights, modulated
+activations) next to the default "grouped" one; `--sweep` adds channels_last on/off.
 """
 from __future__ import annotations
 
@@ -20,42 +20,19 @@ import time
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 
-from transedit.models import stylegan2
 from transedit.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def grouped_modulated_conv(self, x, w):
-    """Reference formulation: one demodulated kernel per sample, applied as a grouped conv."""
-    b, in_ch, h, wd = x.shape
-    s = self.modulation(w.float())
-    weight = self.scale * self.weight * s[:, None, :, None, None]  # [B, out, in, k, k]
-    if self.demodulate:
-        weight = weight * torch.rsqrt(weight.square().sum((2, 3, 4)) + 1e-8)[:, :, None, None, None]
-    out_ch, k = weight.shape[1], weight.shape[-1]
-    weight = weight.to(x.dtype)
-    x = x.reshape(1, b * in_ch, h, wd)
-    if self.upsample:
-        weight = weight.transpose(1, 2).reshape(b * in_ch, out_ch, k, k)
-        out = F.conv_transpose2d(x, weight, stride=2, groups=b)
-        out = self.blur(out.reshape(b, out_ch, *out.shape[-2:]))
-        return out
-    out = F.conv2d(x, weight.reshape(b * out_ch, in_ch, k, k), padding=self.padding, groups=b)
-    return out.reshape(b, out_ch, *out.shape[-2:])
-
-
 @contextmanager
-def formulation(name: str):
-    original = stylegan2.ModulatedConv2d.forward
-    if name == "grouped":
-        stylegan2.ModulatedConv2d.forward = grouped_modulated_conv
+def formulation(g, name: str):
+    g.set_modconv_formulation(name)
     try:
         yield
     finally:
-        stylegan2.ModulatedConv2d.forward = original
+        g.set_modconv_formulation("grouped")
 
 
 class RSSPeak:
@@ -96,7 +73,7 @@ def bench_case(g, size, batch, dtype_name, device, warmup, reps, channels_last, 
     run = g.synthesis
     if compiled:
         run = torch.compile(g.synthesis, dynamic=False)
-    with formulation(form), torch.inference_mode():
+    with formulation(g, form), torch.inference_mode():
         t0 = time.perf_counter()
         for _ in range(warmup):
             run(w, dtype=dtype, channels_last=channels_last)
@@ -149,6 +126,8 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--baseline", action="store_true", help="also time the grouped-conv formulation")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (CUDA)")
+    ap.add_argument("--sweep", action="store_true",
+                    help="time every formulation x channels_last combination (to choose defaults)")
     ap.add_argument("--out", default=None, help="JSON file (default: print)")
     args = ap.parse_args(argv)
 
@@ -167,11 +146,13 @@ def main(argv=None):
             if dtype_name != "fp32":
                 errors.append({"size": size, **fp32_reference_error(g, device, dtype_name)})
             for batch in map(int, args.batches.split(",")):
-                variants = [("shared", device.type == "cuda", False)]
-                if args.baseline:
-                    variants.append(("grouped", False, False))
+                variants = [("grouped", False, False)]
+                if args.sweep:
+                    variants = [(f, cl, False) for f in ("grouped", "shared") for cl in (False, True)]
+                elif args.baseline:
+                    variants.append(("shared", False, False))
                 if args.compile and device.type == "cuda":
-                    variants.append(("shared", True, True))
+                    variants.append(("grouped", False, True))
                 for form, cl, comp in variants:
                     r = bench_case(g, size, batch, dtype_name, device, warmup, reps, cl, form, comp)
                     print(json.dumps(r), flush=True)

@@ -207,8 +207,7 @@ class TransEditGenerate:
                          for i in range(wplus.shape[0])]
             noise = [torch.cat(layer, 0).to(device) for layer in zip(*per_image)]
         with torch.inference_mode():
-            images = module.synthesis(wplus.to(device), noise=noise, noise_mode=noise_mode, dtype=dtype,
-                                      channels_last=device.type == "cuda")
+            images = module.synthesis(wplus.to(device), noise=noise, noise_mode=noise_mode, dtype=dtype)
         return gan_to_comfy_image(images)
 
 

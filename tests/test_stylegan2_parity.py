@@ -19,14 +19,15 @@ def io(sg2_fixtures):
     return {k: v.to(TEST_DEVICE) for k, v in load_file(sg2_fixtures / "io_stylegan2_small.safetensors").items()}
 
 
-@pytest.fixture(scope="module")
-def gen(sg2_fixtures):
+@pytest.fixture(scope="module", params=["grouped", "shared"])
+def gen(sg2_fixtures, request):
+    """Both formulations of the modulated conv must match the official code."""
     meta = json.loads((sg2_fixtures / "stylegan2_small.json").read_text())
     cfg = StyleGAN2Config(size=meta["constructor"]["size"], style_dim=meta["constructor"]["style_dim"],
                           n_mlp=meta["constructor"]["n_mlp"], channels=meta["channels_patch"]["small"])
     g = StyleGAN2Generator(cfg).eval()
     g.load_state_dict(load_file(sg2_fixtures / "stylegan2_small.safetensors"), strict=True)
-    return g.to(TEST_DEVICE)
+    return g.set_modconv_formulation(request.param).to(TEST_DEVICE)
 
 
 def close(actual, expected):
