@@ -160,8 +160,9 @@ class TransEditGenerate:
     FUNCTION = "generate"
     CATEGORY = CATEGORY
 
-    # Images per forward pass to start with; halved on out-of-memory.
-    chunk_size = 8
+    # Images per forward pass to start with (halved on out-of-memory). None = by device: measured on
+    # 2 CPU cores, batch 1 is ~1.3x faster per image than batch 8 (cache locality); GPUs want batches.
+    chunk_size = None
 
     def generate(self, generator, latent, noise_mode, noise_seed, precision):
         node = "TransEdit Generate"
@@ -179,7 +180,8 @@ class TransEditGenerate:
         dtype = resolve_precision(precision, device)
         total = latent.batch_size
         progress = bridge.Progress(total)
-        results, start, chunk = [], 0, self.chunk_size
+        results, start = [], 0
+        chunk = self.chunk_size or (1 if device.type == "cpu" else 8)
         oom = bridge.oom_exception()
         while start < total:
             bridge.check_interrupt()

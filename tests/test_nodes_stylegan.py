@@ -81,6 +81,7 @@ def test_noise_modes(gen):
 
 def test_chunked_batches_equal_one_pass(gen, monkeypatch):
     lat = sample(gen, batch=7)
+    monkeypatch.setattr(TransEditGenerate, "chunk_size", 7)
     whole = generate(gen, lat)
     monkeypatch.setattr(TransEditGenerate, "chunk_size", 3)
     torch.testing.assert_close(generate(gen, lat), whole)
@@ -99,6 +100,7 @@ def test_out_of_memory_halves_the_chunk(gen, monkeypatch):
         return real(module, wplus, *args)
 
     monkeypatch.setattr(TransEditGenerate, "_synthesise", staticmethod(flaky))
+    monkeypatch.setattr(TransEditGenerate, "chunk_size", 8)
     torch.testing.assert_close(generate(gen, lat), whole)
     assert calls[:3] == [6, 3, 1]  # each retry halves what failed
 
