@@ -1,0 +1,126 @@
+"""Run every example workflow (workflows/*.json) in a real headless ComfyUI and collect the images.
+
+    python demo.py [--out demo_output] [--models DIR ...] [--workflow NAME ...]
+
+Sets up a pinned ComfyUI on first use (tests/comfy_harness.py), looks for the weight files each
+workflow names in the model folders (laid out like ComfyUI's models/: DIR/stylegan/<file>), and runs
+on the CPU. A file that is not found is replaced by tiny random weights under the same name, and the
+demo says so loudly: those pictures show that the pipeline runs, not what a trained model draws.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent
+sys.path.insert(0, str(REPO / "tests"))
+import comfy_harness as h  # noqa: E402
+
+DEFAULT_MODELS = REPO / "models_demo"
+
+
+def banner(lines: list[str]) -> str:
+    width = max(len(line) for line in lines) + 4
+    bar = "!" * (width + 2)
+    body = "\n".join(f"! {line.ljust(width - 2)} !" for line in lines)
+    return f"\n{bar}\n{body}\n{bar}\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=REPO / "demo_output", help="where the images go (default: demo_output/)")
+    ap.add_argument("--models", type=Path, action="append", default=None,
+                    help="a models root (DIR/<folder>/<file>, like ComfyUI/models); repeatable. Default: "
+                         f"{DEFAULT_MODELS.name}/ and, with ${h.COMFYUI_OVERRIDE_ENV}, that ComfyUI's models/")
+    ap.add_argument("--workflow", action="append", default=None,
+                    help="run only these workflows (file name or stem); default: all in workflows/")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per workflow (default 900)")
+    ap.add_argument("--keep-server-dir", action="store_true", help="keep the server's folder and log")
+    args = ap.parse_args(argv)
+
+    paths = h.workflow_files()
+    if args.workflow:
+        wanted = {Path(w).stem for w in args.workflow}
+        paths = [p for p in paths if p.stem in wanted]
+        missing = wanted - {p.stem for p in paths}
+        if missing:
+            print(f"no such workflow(s) in {h.WORKFLOWS_DIR}: {', '.join(sorted(missing))}", file=sys.stderr)
+            return 2
+    if not paths:
+        print(f"no workflows found in {h.WORKFLOWS_DIR}", file=sys.stderr)
+        return 2
+    workflows = {p: h.load_workflow(p) for p in paths}
+
+    comfy_root = h.ensure_comfyui(log=lambda s: print(f"[demo] {s}", flush=True))
+    search = list(args.models) if args.models else [DEFAULT_MODELS]
+    if not args.models and os.environ.get(h.COMFYUI_OVERRIDE_ENV):
+        search.append(comfy_root / "models")
+    print(f"[demo] ComfyUI: {comfy_root}")
+    print(f"[demo] looking for weights in: {', '.join(str(s) for s in search)}")
+
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"workflows": {}, "tiny_random_weights": []}
+    failures = 0
+    with tempfile.TemporaryDirectory(prefix="transedit-demo-weights-") as tiny_dir:
+        models, tiny = h.prepare_models(workflows.values(), search, tiny_dir)
+        for folder, files in models.items():
+            for name, path in files.items():
+                kind = "TINY RANDOM" if (folder, name) in tiny else "found"
+                print(f"[demo] {folder}/{name}: {kind} ({path})")
+        if tiny:
+            summary["tiny_random_weights"] = [f"{f}/{n}" for f, n in tiny]
+            print(banner([
+                "THE IMAGES BELOW COME FROM TINY RANDOM WEIGHTS, NOT FROM A TRAINED MODEL.",
+                "Missing: " + ", ".join(f"{f}/{n}" for f, n in tiny),
+                "They prove the nodes and workflows run in ComfyUI; they look like coloured noise.",
+                "For real pictures put the official files in <models>/<folder>/ and pass --models <models>",
+                "(see README: 'Where the weights go').",
+            ]), flush=True)
+
+        t0 = time.monotonic()
+        with h.ComfyServer(comfy_root, models=models, keep=args.keep_server_dir) as server:
+            print(f"[demo] ComfyUI ready in {server.startup_seconds:.1f} s ({server.url})")
+            for path, wf in workflows.items():
+                t = time.monotonic()
+                try:
+                    _, history = server.run_workflow(wf, timeout=args.timeout)
+                except h.ComfyError as e:
+                    failures += 1
+                    print(f"[demo] {path.name}: FAILED\n{e}", file=sys.stderr, flush=True)
+                    summary["workflows"][path.name] = {"ok": False, "error": str(e).splitlines()[0]}
+                    continue
+                seconds = time.monotonic() - t
+                dest = out / path.stem
+                if dest.exists():
+                    shutil.rmtree(dest)
+                dest.mkdir(parents=True)
+                copied = []
+                for img in server.output_images(history):
+                    target = dest / img.filename
+                    shutil.copyfile(img.path, target)
+                    copied.append(target)
+                summary["workflows"][path.name] = {"ok": True, "seconds": round(seconds, 2),
+                                                   "images": [str(c.relative_to(out)) for c in copied]}
+                print(f"[demo] {path.name}: {len(copied)} image(s) in {seconds:.1f} s")
+                for c in copied:
+                    print(f"         {c}")
+            if args.keep_server_dir:
+                print(f"[demo] server folder kept: {server.base}")
+        summary["total_seconds"] = round(time.monotonic() - t0, 1)
+
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if tiny:
+        print(banner(["REMINDER: these images are from TINY RANDOM weights, not a trained model."]))
+    print(f"[demo] done: {len(workflows) - failures}/{len(workflows)} workflow(s) ran; images in {out}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

