@@ -1,7 +1,7 @@
 """ComfyUI glue: one module per stage plus `comfy_bridge`, the only module that imports ComfyUI."""
-from . import stylegan
+from . import faces, stylegan
 
-_STAGES = (stylegan,)
+_STAGES = (stylegan, faces)
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}

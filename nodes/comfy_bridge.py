@@ -32,6 +32,7 @@ MODEL_FOLDERS: dict[str, tuple[str, set[str]]] = {
     "latent_directions": ("latent_directions", {".pt", ".pth", ".npy", ".safetensors"}),
     "vit": ("vit", {".pth", ".pt", ".safetensors", ".bin"}),
     "put": ("put", {".pth", ".pt", ".safetensors"}),
+    "face_landmarks": ("face_landmarks", {".dat"}),  # optional dlib shape predictor for Align Face
 }
 
 # Used when ComfyUI is absent: $TRANSEDIT_MODELS_DIR/<folder>, default ./models/<folder>.

@@ -1,0 +1,209 @@
+"""Face stage: FFHQ alignment before inversion, paste-back into the photo afterwards."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..models import face_align as fa
+from . import comfy_bridge as bridge
+from .common import NodeInputError, check_choice, check_float, check_int, comfy_image_to_pil
+
+CATEGORY = "TransEdit/Face"
+MEDIAPIPE = "mediapipe (bundled models)"
+NO_FACE_CHOICES = ("error", "pass through")
+PADDING_CHOICES = fa.PADDING_MODES
+MASK_SHAPES = fa.MASK_SHAPES
+COLOR_MATCH = ("lab", "rgb", "off")
+
+
+@dataclass
+class FaceAlignment:
+    """What flows on a TE_ALIGN wire: per image, how the aligned square maps back into the photo."""
+
+    records: list  # fa.AlignRecord per image
+    found: list  # bool per image: False = no face, the centred square was used (paste-back skips it)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def _detector_choices() -> list[str]:
+    dats = [f for f in bridge.list_models("face_landmarks") if f.lower().endswith(".dat")]
+    return [MEDIAPIPE] + [f"dlib: {f}" for f in dats]
+
+
+def _make_detector(node: str, choice: str):
+    if choice == MEDIAPIPE:
+        try:
+            return fa.MediaPipeLandmarks(max_num_faces=8)
+        except fa.MissingDependencyError as e:
+            raise NodeInputError(node, "detector", f"needs mediapipe, which is not installed ({e}).",
+                                 'run `pip install "mediapipe>=0.10,<0.11"` in ComfyUI\'s Python, or choose a '
+                                 "dlib shape_predictor_68_face_landmarks.dat placed in models/face_landmarks.") from None
+    if choice.startswith("dlib: "):
+        name = choice[len("dlib: "):]
+        path = bridge.model_path("face_landmarks", name)
+        if path is None:
+            raise NodeInputError(node, "detector", f"'{name}' was not found.", "put it in models/face_landmarks.")
+        try:
+            return fa.DlibLandmarks(path)
+        except fa.MissingDependencyError as e:
+            raise NodeInputError(node, "detector", f"needs dlib, which is not installed ({e}).",
+                                 "`pip install dlib`, or choose mediapipe.") from None
+    raise NodeInputError(node, "detector", f"unknown detector {choice!r}.", f"choose one of {_detector_choices()}.")
+
+
+def _check_images(node: str, name: str, images) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise NodeInputError(node, name, f"must be an IMAGE [B, H, W, C], got "
+                             f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}.")
+    if images.shape[0] == 0:
+        raise NodeInputError(node, name, "is an empty batch.", "connect at least one image.")
+    if images.shape[1] < 8 or images.shape[2] < 8:
+        raise NodeInputError(node, name, f"is {images.shape[2]}x{images.shape[1]} pixels, too small to hold a face.",
+                             "use a larger photo.")
+    images = images.float()
+    if images.shape[-1] == 1:
+        images = images.expand(-1, -1, -1, 3)
+    return torch.nan_to_num(images[..., :3], nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)
+
+
+class TransEditAlignFace:
+    DESCRIPTION = ("Finds a face in each photo and crops it the way FFHQ was made (eyes level, fixed eye and "
+                   "mouth positions). StyleGAN encoders only work on such crops. Connect TE_ALIGN to Paste Back.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE", {"tooltip": "Photos; one face per image is aligned."}),
+            "detector": (_detector_choices(), {"tooltip": "mediapipe needs `pip install \"mediapipe>=0.10,<0.11\"` "
+                                                          "(offline, models bundled). dlib needs dlib and "
+                                                          "shape_predictor_68_face_landmarks.dat in models/face_landmarks."}),
+            "output_size": ("INT", {"default": 1024, "min": 64, "max": 2048, "step": 64,
+                                    "tooltip": "Side of the aligned square. Encoders resize to 256 themselves; "
+                                               "1024 keeps detail for the before/after and paste-back."}),
+            "face_index": ("INT", {"default": 0, "min": 0, "max": 63,
+                                   "tooltip": "Which face when there are several: 0 = the largest."}),
+            "if_no_face": (list(NO_FACE_CHOICES), {"tooltip": "error: stop and name the image; pass through: use "
+                                                             "the centred square and leave that photo untouched "
+                                                             "in Paste Back."}),
+            "padding": (list(PADDING_CHOICES), {"default": "blur",
+                                                 "tooltip": "How to fill where the crop leaves the photo: blur is "
+                                                            "FFHQ's reflect-and-blur."}),
+        }}
+
+    RETURN_TYPES = ("IMAGE", "TE_ALIGN")
+    RETURN_NAMES = ("aligned", "align")
+    OUTPUT_TOOLTIPS = ("Aligned face squares [B, S, S, 3].", "The transform per image, for Paste Back.")
+    FUNCTION = "align"
+    CATEGORY = CATEGORY
+
+    def align(self, images, detector, output_size, face_index, if_no_face, padding):
+        node = "TransEdit Align Face"
+        images = _check_images(node, "images", images)
+        size = check_int(node, "output_size", output_size, 64, 2048)
+        face_index = check_int(node, "face_index", face_index, 0, 63)
+        if_no_face = check_choice(node, "if_no_face", if_no_face, NO_FACE_CHOICES)
+        padding = check_choice(node, "padding", padding, PADDING_CHOICES)
+        finder = _make_detector(node, detector)
+        progress = bridge.Progress(images.shape[0])
+        out, records, found = [], [], []
+        try:
+            for i, image in enumerate(images):
+                bridge.check_interrupt()
+                faces = finder.detect_landmarks(image)
+                if len(faces) > face_index:
+                    aligned, recs = fa.align_faces(image[None], [faces], output_size=size, face_index=face_index,
+                                                   padding=padding)
+                    aligned, record = aligned[0], recs[0]
+                    found.append(True)
+                elif if_no_face == "error":
+                    what = "no face" if not faces else f"only {len(faces)} face(s), face_index is {face_index}"
+                    raise NodeInputError(node, "images", f"image {i} of the batch: {what} found.",
+                                         "use a photo with a clearly visible face, lower face_index, or set "
+                                         "if_no_face to 'pass through'.")
+                else:
+                    h, w = image.shape[:2]
+                    aligned, record = fa.align_to_quad(image, fa.centre_quad(h, w), size, padding=padding)
+                    found.append(False)
+                    bridge.log.warning("%s: no face in image %d; passing its centre square through", node, i)
+                out.append(aligned)
+                records.append(record)
+                progress.update(1, preview=comfy_image_to_pil(aligned))
+        finally:
+            close = getattr(finder, "close", None)
+            if close is not None:
+                close()
+        aligned = torch.stack(out).to(bridge.intermediate_device())
+        return (aligned, FaceAlignment(records, found))
+
+
+class TransEditPasteBack:
+    DESCRIPTION = ("Puts edited aligned faces back into the original photos with a feathered, colour-matched "
+                   "blend; the MASK output is the pasted region (e.g. for a diffusion inpaint pass).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "original": ("IMAGE", {"tooltip": "The photos that went into Align Face."}),
+            "edited": ("IMAGE", {"tooltip": "Edited aligned faces (any square size), one per photo."}),
+            "align": ("TE_ALIGN", {"tooltip": "From Align Face, for the same photos."}),
+            "mask_shape": (list(MASK_SHAPES), {"default": "ellipse",
+                                               "tooltip": "Shape of the blended region in the aligned square."}),
+            "feather": ("FLOAT", {"default": 0.04, "min": 0.0, "max": 0.5, "step": 0.01,
+                                  "tooltip": "Softness of the mask edge, as a fraction of the face square."}),
+            "color_match": (list(COLOR_MATCH), {"default": "lab",
+                                                "tooltip": "Match the edited face's colour statistics to the "
+                                                           "photo inside the mask (lab is perceptual)."}),
+        }}
+
+    RETURN_TYPES = ("IMAGE", "MASK")
+    RETURN_NAMES = ("images", "mask")
+    OUTPUT_TOOLTIPS = ("Photos with the edited faces pasted in.", "Where the face was pasted (0..1).")
+    FUNCTION = "paste"
+    CATEGORY = CATEGORY
+
+    def paste(self, original, edited, align, mask_shape, feather, color_match):
+        node = "TransEdit Paste Back"
+        original = _check_images(node, "original", original)
+        edited = _check_images(node, "edited", edited)
+        if not isinstance(align, FaceAlignment):
+            raise NodeInputError(node, "align", f"must be a TE_ALIGN, got {type(align).__name__}.",
+                                 "connect the 'align' output of TransEdit Align Face.")
+        mask_shape = check_choice(node, "mask_shape", mask_shape, MASK_SHAPES)
+        feather = check_float(node, "feather", feather, 0.0, 0.5)
+        color_match = check_choice(node, "color_match", color_match, COLOR_MATCH)
+        n = len(align)
+        if original.shape[0] != n:
+            raise NodeInputError(node, "original", f"has {original.shape[0]} images but 'align' describes {n}.",
+                                 "connect the same photos that went into Align Face.")
+        if edited.shape[0] != n:
+            raise NodeInputError(node, "edited", f"has {edited.shape[0]} images but 'align' describes {n}.",
+                                 "generate one edited face per aligned photo.")
+        if edited.shape[1] != edited.shape[2]:
+            raise NodeInputError(node, "edited", f"is {edited.shape[2]}x{edited.shape[1]}; aligned faces are square.")
+        for i, rec in enumerate(align.records):
+            if tuple(rec.source_size) != tuple(original.shape[1:3]):
+                raise NodeInputError(node, "original", f"image {i} is {original.shape[2]}x{original.shape[1]} but was "
+                                     f"{rec.source_size[1]}x{rec.source_size[0]} when aligned.",
+                                     "connect the same photos that went into Align Face.")
+        out, masks = original.clone(), torch.zeros(original.shape[:3])
+        todo = [i for i, ok in enumerate(align.found) if ok]
+        if todo:
+            composited, mask = fa.paste_back(original[todo], edited[todo], [align.records[i] for i in todo],
+                                             feather=feather, mask_shape=mask_shape,
+                                             color_match=False if color_match == "off" else color_match)
+            out[todo], masks[todo] = composited.float(), mask.float()
+        device = bridge.intermediate_device()
+        return (out.to(device), masks.to(device))
+
+
+NODE_CLASS_MAPPINGS = {
+    "TransEditAlignFace": TransEditAlignFace,
+    "TransEditPasteBack": TransEditPasteBack,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "TransEditAlignFace": "TransEdit Align Face",
+    "TransEditPasteBack": "TransEdit Paste Back",
+}
