@@ -25,6 +25,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .errors import CheckpointError
 from .latent import model_fingerprint
 from .stylegan2 import StyleGAN2Config, StyleGAN2Generator
 
@@ -37,16 +38,6 @@ KNOWN_FORMATS = (
 TRANSEDIT_FORMAT_KEY = "transedit_format"
 # Sub-models stored side by side in one encoder training checkpoint's state_dict.
 SUBMODEL_PREFIXES = ("encoder", "decoder", "classifier")
-
-
-class CheckpointError(ValueError):
-    def __init__(self, path, problem: str, hint: str = ""):
-        name = os.path.basename(str(path))
-        msg = f"{name}: {problem}"
-        if hint:
-            msg += f" {hint}"
-        super().__init__(msg)
-        self.path = str(path)
 
 
 def _formats_hint() -> str:
