@@ -267,6 +267,8 @@ def _load_stylegan2(raw: RawCheckpoint, weights: str) -> ModelDescriptor:
     notes = []
     latent_avg = raw.extras.get("latent_avg")
     latent_avg_source = "checkpoint"
+    if latent_avg is not None and latent_avg.ndim >= 2 and latent_avg.shape[-1] == config.style_dim:
+        latent_avg = latent_avg.reshape(-1, config.style_dim).mean(0)  # pSp/e4e store it repeated per W+ row
     if latent_avg is not None and latent_avg.numel() != config.style_dim:
         notes.append(f"ignored latent_avg of shape {tuple(latent_avg.shape)} (style_dim is {config.style_dim})")
         latent_avg = None
@@ -307,6 +309,96 @@ def load_stylegan2(path) -> ModelDescriptor:
                               "Use a StyleGAN2 (or StyleGAN2-ADA) checkpoint.")
     found = ", ".join(f"'{n}' ({len(sd)} tensors, e.g. {next(iter(sd), '-')})" for n, sd in raw.state_dicts.items())
     raise CheckpointError(path, f"contains no StyleGAN2 generator (found {found}).", _formats_hint())
+
+
+# ------------------------------------------------------------------------------------------ encoders
+ENCODER_FAMILIES = ("style_transformer", "psp", "e4e")
+
+
+@dataclass
+class EncoderDescriptor:
+    """An inversion encoder (images -> W+) and the StyleGAN2 generator bundled in the same file, if any."""
+
+    family: str
+    model: torch.nn.Module  # models.inversion.LatentEncoder
+    config: object
+    source: str
+    generator: Optional[ModelDescriptor]
+    opts: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.source)
+
+    @property
+    def input_size(self) -> int:
+        return 256  # every supported encoder is trained on 256x256 crops (official transforms)
+
+
+def detect_encoder_family(sd: dict[str, torch.Tensor], opts: dict) -> Optional[str]:
+    if "z" in sd and any(k.startswith("transformerlayer_coarse.") for k in sd):
+        return "style_transformer"
+    if "styles.0.convs.0.weight" in sd and "latlayer1.weight" in sd:
+        # pSp and e4e share every key name; only the training options tell them apart.
+        return "e4e" if str(opts.get("encoder_type", "")) == "Encoder4Editing" else "psp"
+    return None
+
+
+def load_encoder(path) -> EncoderDescriptor:
+    """Load a Style Transformer / pSp / e4e training checkpoint ({'state_dict', 'opts', 'latent_avg'})."""
+    from .inversion import LatentEncoder
+    from .psp import build_psp_encoder, infer_psp_config
+    from .style_transformer import StyleTransformerEncoder, infer_style_transformer_config
+
+    raw = read_checkpoint(path)
+    opts = dict(raw.extras.get("opts") or {})
+    enc_sd = raw.state_dicts.get("encoder")
+    if enc_sd is None:
+        if any(is_stylegan2_state_dict(sd) for sd in raw.state_dicts.values()):
+            raise CheckpointError(path, "is a StyleGAN2 generator, not an inversion encoder.",
+                                  "Load it with 'TransEdit Load StyleGAN' (models/stylegan).")
+        raise CheckpointError(path, "contains no inversion encoder (expected a training checkpoint with "
+                              "'state_dict' holding encoder.* keys).", "TransEdit reads Style Transformer, pSp and "
+                              "e4e checkpoints (from their official repositories).")
+    family = detect_encoder_family(enc_sd, opts)
+    if family is None:
+        if any(k.startswith("transformerlayer.") for k in enc_sd):
+            raise CheckpointError(path, "is a Style Transformer EditTransformer (reference-based editing), "
+                                  "not an inversion encoder.", "Use it with the latent edit nodes.")
+        raise CheckpointError(path, f"has an encoder TransEdit does not recognise (keys like "
+                              f"{sorted(enc_sd)[:3]}).", "Supported: Style Transformer, pSp, e4e.")
+    notes = []
+    generator = None
+    dec_sd = raw.state_dicts.get("decoder")
+    if dec_sd is not None and is_stylegan2_state_dict(dec_sd):
+        generator = _load_stylegan2(raw, "decoder")
+    if family == "style_transformer":
+        config = infer_style_transformer_config(enc_sd, opts)
+        module = StyleTransformerEncoder(config)
+    else:
+        config = infer_psp_config(enc_sd, opts, kind=family)
+        module = build_psp_encoder(config)
+    result = module.load_state_dict(enc_sd, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(path, f"{family} encoder weights do not match the layout inferred from their shapes "
+                              f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}).")
+    if generator is not None and (generator.config.n_latent, generator.config.style_dim) != (module.n_latent, module.style_dim):
+        raise CheckpointError(path, f"its encoder predicts W+ [{module.n_latent}, {module.style_dim}] but its "
+                              f"bundled generator takes [{generator.config.n_latent}, {generator.config.style_dim}].")
+    if family == "style_transformer" and generator is None:
+        raise CheckpointError(path, "is a Style Transformer encoder without its StyleGAN2 decoder; its queries "
+                              "come from the decoder's mapping network, so the file must hold both (as the "
+                              "official checkpoints do).")
+    latent_avg = raw.extras.get("latent_avg")
+    if latent_avg is None and getattr(config, "start_from_latent_avg", False):
+        if generator is None:
+            raise CheckpointError(path, "has no latent_avg and no generator to take it from.")
+        latent_avg = generator.latent_avg
+        notes.append(f"no latent_avg in the file: using the generator's ({generator.latent_avg_source})")
+    mapping = generator.model if family == "style_transformer" else None
+    model = LatentEncoder(module, latent_avg, mapping=mapping).eval().requires_grad_(False)
+    return EncoderDescriptor(family, model, config, str(path), generator, opts, notes)
 
 
 # ----------------------------------------------------------------------------------------- writing
@@ -373,4 +465,47 @@ def save_random_generator(path, config: Optional[StyleGAN2Config] = None, seed: 
         return save_stylegan2_safetensors(desc, path, overwrite)
     container = {"g_ema": model.state_dict(), "latent_avg": latent_avg}
     return atomic_write(path, lambda tmp: torch.save(container, tmp), overwrite)
+
+
+def save_random_encoder(path, family: str = "style_transformer", generator_config: Optional[StyleGAN2Config] = None,
+                        seed: int = 0, overwrite: bool = False) -> Path:
+    """A tiny random encoder + its decoder in the official training-checkpoint container (tests, demo).
+
+    {'state_dict': encoder.module.* + decoder.module.*, 'opts': {...}, 'latent_avg'} — the layout
+    Style Transformer, pSp and e4e release their checkpoints in.
+    """
+    from .irse import IRSEConfig
+    from .psp import PSPConfig, build_psp_encoder
+    from .style_transformer import StyleTransformerConfig, StyleTransformerEncoder
+
+    if family not in ENCODER_FAMILIES:
+        raise ValueError(f"family must be one of {ENCODER_FAMILIES}, got {family!r}")
+    gcfg = generator_config or StyleGAN2Config(size=64, style_dim=64, n_mlp=2,
+                                               channels={4: 32, 8: 32, 16: 32, 32: 32, 64: 16})
+    torch.manual_seed(seed)
+    generator = StyleGAN2Generator(gcfg).eval()
+    sd = gcfg.style_dim
+    backbone = IRSEConfig(input_width=16, widths=(16, 32, 48, sd), units=(1, 1, 1, 1))
+    if family == "style_transformer":
+        encoder = StyleTransformerEncoder(StyleTransformerConfig(backbone=backbone, d_model=sd, nhead=4,
+                                                                 dim_feedforward=2 * sd, n_latent=gcfg.n_latent))
+        opts = {"encoder_type": "StyleTransformer", "output_size": gcfg.size}
+    else:
+        n = gcfg.n_latent
+        encoder = build_psp_encoder(PSPConfig(backbone=backbone, kind=family, n_styles=n, style_dim=sd,
+                                              coarse_ind=min(3, n), middle_ind=min(7, n)))
+        opts = {"encoder_type": "Encoder4Editing" if family == "e4e" else "GradualStyleEncoder",
+                "output_size": gcfg.size, "start_from_latent_avg": True}
+    encoder.eval()
+    with torch.no_grad():  # BN running stats away from identity so eval-mode BN matters
+        for name, buf in encoder.named_buffers():
+            if name.endswith("running_var"):
+                buf.uniform_(0.5, 1.5)
+            elif name.endswith("running_mean"):
+                buf.normal_(0, 0.1)
+    latent_avg = generator.mean_latent(512, seed=seed).reshape(-1)
+    state = {f"encoder.module.{k}": v for k, v in encoder.state_dict().items()}
+    state.update({f"decoder.module.{k}": v for k, v in generator.state_dict().items()})
+    container = {"state_dict": state, "opts": opts, "latent_avg": latent_avg}
+    return atomic_write(Path(path), lambda tmp: torch.save(container, tmp), overwrite)
 

@@ -1,7 +1,7 @@
 """ComfyUI glue: one module per stage plus `comfy_bridge`, the only module that imports ComfyUI."""
-from . import faces, stylegan
+from . import faces, inversion, stylegan
 
-_STAGES = (stylegan, faces)
+_STAGES = (stylegan, faces, inversion)
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}

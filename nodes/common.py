@@ -43,6 +43,22 @@ def check_choice(node: str, name: str, value, choices) -> str:
     return value
 
 
+def check_images(node: str, name: str, images, min_size: int = 8) -> torch.Tensor:
+    """A ComfyUI IMAGE as fp32 RGB in [0, 1]: greyscale expanded, alpha dropped, NaN/inf cleaned."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise NodeInputError(node, name, f"must be an IMAGE [B, H, W, C], got "
+                             f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}.")
+    if images.shape[0] == 0:
+        raise NodeInputError(node, name, "is an empty batch.", "connect at least one image.")
+    if images.shape[1] < min_size or images.shape[2] < min_size:
+        raise NodeInputError(node, name, f"is {images.shape[2]}x{images.shape[1]} pixels; at least "
+                             f"{min_size}x{min_size} is needed.", "use a larger image.")
+    images = images.float()
+    if images.shape[-1] == 1:
+        images = images.expand(-1, -1, -1, 3)
+    return torch.nan_to_num(images[..., :3], nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """'auto' is bf16 on GPUs that have it (the fast path) and fp32 elsewhere (exact)."""
     if precision == "fp16":

@@ -7,7 +7,7 @@ import torch
 
 from ..models import face_align as fa
 from . import comfy_bridge as bridge
-from .common import NodeInputError, check_choice, check_float, check_int, comfy_image_to_pil
+from .common import NodeInputError, check_choice, check_float, check_images, check_int, comfy_image_to_pil
 
 CATEGORY = "TransEdit/Face"
 MEDIAPIPE = "mediapipe (bundled models)"
@@ -54,21 +54,6 @@ def _make_detector(node: str, choice: str):
     raise NodeInputError(node, "detector", f"unknown detector {choice!r}.", f"choose one of {_detector_choices()}.")
 
 
-def _check_images(node: str, name: str, images) -> torch.Tensor:
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-        raise NodeInputError(node, name, f"must be an IMAGE [B, H, W, C], got "
-                             f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}.")
-    if images.shape[0] == 0:
-        raise NodeInputError(node, name, "is an empty batch.", "connect at least one image.")
-    if images.shape[1] < 8 or images.shape[2] < 8:
-        raise NodeInputError(node, name, f"is {images.shape[2]}x{images.shape[1]} pixels, too small to hold a face.",
-                             "use a larger photo.")
-    images = images.float()
-    if images.shape[-1] == 1:
-        images = images.expand(-1, -1, -1, 3)
-    return torch.nan_to_num(images[..., :3], nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)
-
-
 class TransEditAlignFace:
     DESCRIPTION = ("Finds a face in each photo and crops it the way FFHQ was made (eyes level, fixed eye and "
                    "mouth positions). StyleGAN encoders only work on such crops. Connect TE_ALIGN to Paste Back.")
@@ -101,7 +86,7 @@ class TransEditAlignFace:
 
     def align(self, images, detector, output_size, face_index, if_no_face, padding):
         node = "TransEdit Align Face"
-        images = _check_images(node, "images", images)
+        images = check_images(node, "images", images)
         size = check_int(node, "output_size", output_size, 64, 2048)
         face_index = check_int(node, "face_index", face_index, 0, 63)
         if_no_face = check_choice(node, "if_no_face", if_no_face, NO_FACE_CHOICES)
@@ -166,8 +151,8 @@ class TransEditPasteBack:
 
     def paste(self, original, edited, align, mask_shape, feather, color_match):
         node = "TransEdit Paste Back"
-        original = _check_images(node, "original", original)
-        edited = _check_images(node, "edited", edited)
+        original = check_images(node, "original", original)
+        edited = check_images(node, "edited", edited)
         if not isinstance(align, FaceAlignment):
             raise NodeInputError(node, "align", f"must be a TE_ALIGN, got {type(align).__name__}.",
                                  "connect the 'align' output of TransEdit Align Face.")

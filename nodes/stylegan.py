@@ -54,6 +54,9 @@ class StyleGANHandle:
 
 
 def _check_generator(node: str, generator) -> StyleGANHandle:
+    if generator is None:
+        raise NodeInputError(node, "generator", "is empty: the encoder file it came from holds no StyleGAN2 "
+                             "generator.", "load the generator with 'TransEdit Load StyleGAN'.")
     if not isinstance(generator, StyleGANHandle):
         raise NodeInputError(node, "generator", f"must be a TE_STYLEGAN, got {type(generator).__name__}.",
                              "connect the output of 'TransEdit Load StyleGAN'.")

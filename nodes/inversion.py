@@ -1,0 +1,147 @@
+"""Encoder inversion stage: photo -> W+ with Style Transformer, pSp or e4e."""
+from __future__ import annotations
+
+import torch
+
+from ..models.irse import preprocess_fast, preprocess_official
+from ..models.latent import StyleLatent
+from ..models.registry import EncoderDescriptor, load_encoder
+from . import comfy_bridge as bridge
+from .common import NodeInputError, PRECISIONS, check_choice, check_images, resolve_precision
+from .stylegan import StyleGANHandle
+
+CATEGORY = "TransEdit/Inversion"
+RESIZE_MODES = ("official (PIL)", "fast (torch)")
+
+
+class EncoderHandle:
+    """What flows on a TE_ENCODER wire."""
+
+    def __init__(self, descriptor: EncoderDescriptor):
+        self.descriptor = descriptor
+        self.managed = bridge.ManagedModel(descriptor.model)
+
+    @property
+    def name(self) -> str:
+        return self.descriptor.name
+
+    def load(self):
+        return self.managed.load()
+
+    def __repr__(self) -> str:
+        m = self.descriptor.model
+        return f"{self.descriptor.family}({self.name}, W+ {m.n_latent}x{m.style_dim})"
+
+
+class TransEditLoadEncoder:
+    DESCRIPTION = ("Loads an inversion encoder from models/gan_encoders: Style Transformer, pSp or e4e training "
+                   "checkpoints as released. Their StyleGAN2 decoder comes out as the second output, so one "
+                   "file is enough.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "encoder_name": (bridge.list_models("gan_encoders"), {
+                "tooltip": "Checkpoint in ComfyUI/models/gan_encoders (e.g. style_transformer_ffhq.pt, "
+                           "e4e_ffhq_encode.pt, psp_ffhq_encode.pt)."}),
+        }}
+
+    RETURN_TYPES = ("TE_ENCODER", "TE_STYLEGAN")
+    RETURN_NAMES = ("encoder", "generator")
+    OUTPUT_TOOLTIPS = ("The encoder, for Invert.",
+                       "The StyleGAN2 generator stored in the same file (the one the encoder was trained for).")
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, encoder_name):
+        node = "TransEdit Load Encoder"
+        path = bridge.model_path("gan_encoders", encoder_name)
+        if path is None:
+            raise NodeInputError(node, "encoder_name", f"'{encoder_name}' was not found in "
+                                 f"{bridge.folder_paths_for('gan_encoders')}.",
+                                 "put the file in ComfyUI/models/gan_encoders and press Refresh (R).")
+        descriptor = load_encoder(path)
+        for note in descriptor.notes:
+            bridge.log.info("TransEdit: %s: %s", descriptor.name, note)
+        generator = StyleGANHandle(descriptor.generator) if descriptor.generator is not None else None
+        return (EncoderHandle(descriptor), generator)
+
+
+class TransEditInvert:
+    DESCRIPTION = ("Encodes photos into StyleGAN W+ latents. Feed it FFHQ-aligned faces (TransEdit Align Face): "
+                   "the encoders are trained on such crops. Every image of a batch gets the result it gets alone.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "encoder": ("TE_ENCODER", {"tooltip": "From TransEdit Load Encoder."}),
+            "images": ("IMAGE", {"tooltip": "Aligned face crops (any size; resized to 256x256 as the official code does)."}),
+            "resize": (list(RESIZE_MODES), {"default": RESIZE_MODES[0],
+                                             "tooltip": "official: PIL bilinear exactly as the official "
+                                                        "transforms (bit-exact); fast: antialiased torch resize "
+                                                        "on the GPU (within one 8-bit level)."}),
+            "precision": (list(PRECISIONS), {"default": "auto",
+                                             "tooltip": "auto: bf16 on GPUs that support it, fp32 otherwise."}),
+        }}
+
+    RETURN_TYPES = ("TE_LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("W+ latents, one per image, for Generate and the edit nodes.",)
+    FUNCTION = "invert"
+    CATEGORY = CATEGORY
+
+    chunk_size = None  # None = by device (4 on CPU, 16 on GPU); halved on out-of-memory
+
+    def invert(self, encoder, images, resize, precision):
+        node = "TransEdit Invert"
+        if not isinstance(encoder, EncoderHandle):
+            raise NodeInputError(node, "encoder", f"must be a TE_ENCODER, got {type(encoder).__name__}.",
+                                 "connect the 'encoder' output of TransEdit Load Encoder.")
+        images = check_images(node, "images", images)
+        resize = check_choice(node, "resize", resize, RESIZE_MODES)
+        precision = check_choice(node, "precision", precision, PRECISIONS)
+        desc = encoder.descriptor
+        module = encoder.load()
+        device = next(module.parameters()).device
+        dtype = resolve_precision(precision, device)
+        total = images.shape[0]
+        progress = bridge.Progress(total)
+        chunk = self.chunk_size or (4 if device.type == "cpu" else 16)
+        oom = bridge.oom_exception()
+        results, start = [], 0
+        while start < total:
+            bridge.check_interrupt()
+            stop = min(start + chunk, total)
+            batch = images[start:stop]
+            if resize == RESIZE_MODES[0]:
+                x = preprocess_official(batch.cpu(), size=desc.input_size).to(device)
+            else:
+                x = preprocess_fast(batch.to(device), size=desc.input_size)
+            try:
+                with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                    wplus = module(x)
+            except oom:
+                bridge.soft_empty_cache()
+                if stop - start == 1:
+                    raise MemoryError(f"{node}: out of memory encoding one image; use precision bf16/fp16 or "
+                                      "free VRAM (unload other models).") from None
+                chunk = max(1, (stop - start) // 2)
+                continue
+            results.append(wplus.float().cpu())
+            progress.update(stop - start)
+            start = stop
+        wplus = torch.cat(results, 0)
+        gen = desc.generator
+        return (StyleLatent(wplus=wplus, generator=gen.fingerprint if gen is not None else "",
+                            generator_name=desc.name,
+                            extras={"encoder": desc.name, "family": desc.family}),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "TransEditLoadEncoder": TransEditLoadEncoder,
+    "TransEditInvert": TransEditInvert,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "TransEditLoadEncoder": "TransEdit Load Encoder",
+    "TransEditInvert": "TransEdit Invert",
+}
