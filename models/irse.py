@@ -312,21 +312,28 @@ def _to_uint8_list(images: ImagesLike) -> list[np.ndarray]:
     return [a[..., :3] for a in arr]
 
 
-def preprocess_official(images: ImagesLike, size: int = 256) -> torch.Tensor:
-    """The official inference transform, bit-exact: PIL RGB -> `Resize((size, size))` (PIL bilinear, which
-    antialiases) -> ToTensor (uint8 / 255) -> Normalize(0.5, 0.5). Returns float32 [B, 3, size, size] in [-1, 1].
+def _hw(size) -> tuple[int, int]:
+    """size: an int (square) or (height, width) — e.g. (192, 256) for the official cars transforms."""
+    return (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+
+
+def preprocess_official(images: ImagesLike, size=256) -> torch.Tensor:
+    """The official inference transform, bit-exact: PIL RGB -> `Resize((h, w))` (PIL bilinear, which
+    antialiases) -> ToTensor (uint8 / 255) -> Normalize(0.5, 0.5). Returns float32 [B, 3, h, w] in [-1, 1].
+    `size` is an int (square, 256 for faces) or (h, w) ((192, 256) for cars).
     """
     from PIL import Image
 
+    h, w = _hw(size)
     out = []
     for a in _to_uint8_list(images):
-        im = Image.fromarray(np.ascontiguousarray(a), "RGB").resize((size, size), Image.BILINEAR)
+        im = Image.fromarray(np.ascontiguousarray(a), "RGB").resize((w, h), Image.BILINEAR)
         t = torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
         out.append(t.sub(0.5).div(0.5))
     return torch.stack(out)
 
 
-def preprocess_fast(images: torch.Tensor, size: int = 256, channels_last_input: bool = True) -> torch.Tensor:
+def preprocess_fast(images: torch.Tensor, size=256, channels_last_input: bool = True) -> torch.Tensor:
     """Torch-only approximation of `preprocess_official` that stays on the images' device.
 
     images: float [B, H, W, 3] in [0, 1] (ComfyUI IMAGE; `channels_last_input=False` for [B, 3, H, W]) or
@@ -341,6 +348,7 @@ def preprocess_fast(images: torch.Tensor, size: int = 256, channels_last_input: 
     if x.dtype == torch.uint8:
         x = x.float() / 255
     x = x.float()
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    hw = _hw(size)
+    if tuple(x.shape[-2:]) != hw:
+        x = F.interpolate(x, size=hw, mode="bilinear", antialias=True, align_corners=False)
     return (x - 0.5) / 0.5

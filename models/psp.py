@@ -55,7 +55,7 @@ class GradualStyleBlock(nn.Module):
         if x.shape[-2:] != (1, 1):
             # The official `view(-1, out_c)` would silently turn extra pixels into extra "images".
             raise ValueError(f"GradualStyleBlock(spatial={self.spatial}) got a {tuple(x.shape[-2:])} map after "
-                             "its convs; the encoder input must be 256x256 (see preprocess_official)")
+                             "its convs; the encoder input must be 256x256 (192x256 for cars; see preprocess_official)")
         return self.linear(x.flatten(1))
 
 

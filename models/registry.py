@@ -332,8 +332,9 @@ class EncoderDescriptor:
         return os.path.basename(self.source)
 
     @property
-    def input_size(self) -> int:
-        return 256  # every supported encoder is trained on 256x256 crops (official transforms)
+    def input_size(self) -> tuple[int, int]:
+        """(h, w) the official transforms resize to: 256x256, or 192x256 for the cars encoders."""
+        return (192, 256) if str(self.opts.get("dataset_type", "")).startswith("cars") else (256, 256)
 
 
 def detect_encoder_family(sd: dict[str, torch.Tensor], opts: dict) -> Optional[str]:

@@ -117,3 +117,30 @@ def test_encoder_generator_mismatch_in_one_file(tmp_path):
 
     with pytest.raises(CheckpointError, match=r"mixed.pt: its encoder predicts W\+ \[10, 64\] but its bundled generator takes \[8, 64\]"):
         load_encoder(tmp_path / "mixed.pt")
+
+
+@pytest.mark.parametrize("family", ["psp", "e4e", "style_transformer"])
+def test_cars_checkpoints_use_the_official_192x256_input(tmp_path, family, monkeypatch):
+    import torch as T
+
+    from transedit.models import irse
+    from transedit.models.registry import load_encoder
+
+    path = save_random_encoder(tmp_path / "cars.pt", family)
+    ckpt = T.load(path, weights_only=True)
+    ckpt["opts"]["dataset_type"] = "cars_encode"
+    T.save(ckpt, path)
+    desc = load_encoder(path)
+    assert desc.input_size == (192, 256)
+    x = irse.preprocess_official(torch.rand(2, 300, 400, 3), size=desc.input_size)
+    assert x.shape == (2, 3, 192, 256)
+    with T.no_grad():
+        assert desc.model(x).shape == (2, 10, 64)
+    seen = []
+    real = irse.preprocess_official
+    monkeypatch.setattr("transedit.nodes.inversion.preprocess_official",
+                        lambda imgs, size: seen.append(size) or real(imgs, size))
+    bridge.set_fallback_folder("gan_encoders", [str(tmp_path)])
+    encoder, _ = TransEditLoadEncoder().load("cars.pt")
+    TransEditInvert().invert(encoder, photos(1), RESIZE_MODES[0], "fp32")
+    assert seen == [(192, 256)]
