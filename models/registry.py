@@ -402,6 +402,49 @@ def load_encoder(path) -> EncoderDescriptor:
     return EncoderDescriptor(family, model, config, str(path), generator, opts, notes)
 
 
+@dataclass
+class EditTransformerDescriptor:
+    """Style Transformer's reference-based EditTransformer and the generator stored beside it."""
+
+    model: torch.nn.Module  # models.style_transformer.EditTransformer
+    config: object
+    source: str
+    generator: Optional[ModelDescriptor]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.source)
+
+
+def load_edit_transformer(path) -> EditTransformerDescriptor:
+    """The official ref-edit checkpoint: {'state_dict': encoder.module.transformerlayer.*, decoder.module.*,
+    classifier.module.* (training-only, ignored as the official load_weights does), 'opts'}."""
+    from .style_transformer import EditTransformer, infer_edit_transformer_config
+
+    raw = read_checkpoint(path)
+    enc_sd = raw.state_dicts.get("encoder")
+    if enc_sd is None or not any(k.startswith("transformerlayer.") for k in enc_sd) or "z" in enc_sd:
+        raise CheckpointError(path, "is not a Style Transformer EditTransformer checkpoint (expected "
+                              "encoder.module.transformerlayer.* keys).",
+                              "Use the reference-editing checkpoint from sapphire497/style-transformer.")
+    config = infer_edit_transformer_config(enc_sd, raw.extras.get("opts"))
+    model = EditTransformer(config)
+    result = model.load_state_dict(enc_sd, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(path, f"EditTransformer weights do not match their inferred layout (missing "
+                              f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}).")
+    model.eval().requires_grad_(False)
+    generator = None
+    dec_sd = raw.state_dicts.get("decoder")
+    if dec_sd is not None and is_stylegan2_state_dict(dec_sd):
+        generator = _load_stylegan2(raw, "decoder")
+        if generator.config.style_dim != config.d_model:
+            raise CheckpointError(path, f"its EditTransformer works on {config.d_model}-wide codes but its "
+                                  f"generator's style_dim is {generator.config.style_dim}.")
+    return EditTransformerDescriptor(model, config, str(path), generator)
+
+
 # ----------------------------------------------------------------------------------------- writing
 def atomic_write(path, write: Callable[[str], None], overwrite: bool = False) -> Path:
     """Write via a temp file in the same folder, then move into place; never clobber unless asked."""
