@@ -1,7 +1,7 @@
 """ComfyUI glue: one module per stage plus `comfy_bridge`, the only module that imports ComfyUI."""
-from . import faces, inversion, stylegan
+from . import editing, faces, inversion, stylegan
 
-_STAGES = (stylegan, faces, inversion)
+_STAGES = (stylegan, faces, inversion, editing)
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}

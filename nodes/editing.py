@@ -1,0 +1,513 @@
+"""Edit stage: latent directions (InterFaceGAN, GANSpace, StyleCLIP, SeFa), layer mixing, sweeps and
+Style Transformer's reference-based EditTransformer. Every edit maps TE_LATENT -> TE_LATENT, so edits chain."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from ..models.directions import (GANSPACE_PCA_FILES, LAYER_GROUPS, DirectionError, LatentDirection,
+                                 ganspace_preset, load_direction, load_ganspace_pca, mix_wplus, parse_layers,
+                                 preset_names, sefa_direction)
+from ..models.latent import StyleLatent
+from ..models.registry import EditTransformerDescriptor, load_edit_transformer
+from . import comfy_bridge as bridge
+from .common import NodeInputError, check_choice, check_float, check_int
+from .stylegan import StyleGANHandle
+
+CATEGORY = "TransEdit/Edit"
+MAX_LAYER = 64  # W+ rows of the largest generator TransEdit builds (2048 px) are 20; room to spare
+MAX_STRENGTH = 100.0
+MAX_COMPONENT = 4095
+MAX_SWEEP_STEPS = 64
+MAX_OUTPUT_BATCH = 4096
+SEFA_ENTRY = "sefa: from the generator input (all layers)"
+PRESET_PREFIX = "preset: ganspace "
+LAYER_CHOICES = LAYER_GROUPS + ("custom",)
+
+
+def preset_label(domain: str, name: str) -> str:
+    return f"{PRESET_PREFIX}{domain} {name}"
+
+
+PRESET_LABELS = {preset_label(d, n): (d, n) for d, n in preset_names()}
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _check_latent(node: str, name: str, latent) -> StyleLatent:
+    if not isinstance(latent, StyleLatent):
+        raise NodeInputError(node, name, f"must be a TE_LATENT, got {type(latent).__name__}.",
+                             "connect the output of Sample Latent, Invert or another edit node.")
+    if latent.batch_size == 0:
+        raise NodeInputError(node, name, "is an empty batch.", "connect a latent with at least one item.")
+    return latent
+
+
+def _check_direction(node: str, direction) -> LatentDirection:
+    if not isinstance(direction, LatentDirection):
+        raise NodeInputError(node, "direction", f"must be a TE_DIRECTION, got {type(direction).__name__}.",
+                             "connect the output of TransEdit Load Direction or TransEdit SeFa.")
+    return direction
+
+
+def _fit_direction(node: str, direction: LatentDirection, latent: StyleLatent, start: int, end: int):
+    """The direction's vector for this latent and the [start, end) rows, or a NodeInputError."""
+    try:
+        direction.resolve_vector(latent.n_latent, latent.style_dim)
+    except DirectionError as e:
+        raise NodeInputError(node, "direction", f"{e}.", "use a direction made for this generator "
+                             f"(W+ [{latent.n_latent}, {latent.style_dim}]).") from None
+    try:
+        s, e = direction.layer_range(latent.n_latent, None if start == -1 else start, None if end == -1 else end)
+    except DirectionError as err:
+        name = "end_layer" if end != -1 else ("start_layer" if start != -1 else "direction")
+        fix = (f"use 0 <= start_layer < end_layer <= {latent.n_latent} (end_layer is exclusive; -1 keeps the "
+               "direction's own range).")
+        if name == "direction":
+            fix = (f"this direction was made for a generator with more W+ layers; set start_layer/end_layer "
+                   f"within 0..{latent.n_latent} or use a direction for this generator.")
+        raise NodeInputError(node, name, f"{err}", fix) from None
+    if direction.generator and latent.generator and direction.generator != latent.generator:
+        bridge.log.warning("%s: direction '%s' was made for generator '%s', the latent comes from '%s' "
+                           "(same shape, allowed)", node, direction.name, direction.generator_name or
+                           direction.generator, latent.generator_name or latent.generator)
+    return s, e
+
+
+def _take_extras(extras: dict, old_batch: int, index: torch.Tensor) -> dict:
+    """Carry per-item extras (tensors/lists with one entry per latent, e.g. source images for paste-back)
+    along a re-indexed batch: output item k takes input item index[k]. Everything else is kept as is."""
+    out = {}
+    for key, value in extras.items():
+        if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == old_batch:
+            out[key] = value.index_select(0, index.to(value.device))
+        elif isinstance(value, (list, tuple)) and len(value) == old_batch and old_batch != 1:
+            out[key] = type(value)(value[int(i)] for i in index)
+        elif isinstance(value, (list, tuple)) and len(value) == 1 and old_batch == 1:
+            out[key] = type(value)(value[0] for _ in index)
+        else:
+            out[key] = value
+    return out
+
+
+def _with_edit(latent: StyleLatent, wplus: torch.Tensor, record: dict,
+               index: Optional[torch.Tensor] = None) -> StyleLatent:
+    extras = dict(latent.extras) if index is None else _take_extras(latent.extras, latent.batch_size, index)
+    extras["edits"] = list(latent.extras.get("edits", [])) + [record]
+    return StyleLatent(wplus=wplus.float().cpu().contiguous(), generator=latent.generator,
+                       generator_name=latent.generator_name, extras=extras)
+
+
+def _broadcast_index(node: str, a: StyleLatent, b: StyleLatent, a_name: str, b_name: str):
+    if (a.n_latent, a.style_dim) != (b.n_latent, b.style_dim):
+        raise NodeInputError(node, b_name, f"holds W+ [{b.n_latent}, {b.style_dim}] but '{a_name}' holds "
+                             f"[{a.n_latent}, {a.style_dim}].", "use latents from the same generator.")
+    na, nb = a.batch_size, b.batch_size
+    if na == nb or nb == 1:
+        return torch.arange(na), na
+    if na == 1:
+        return torch.zeros(nb, dtype=torch.long), nb
+    raise NodeInputError(node, b_name, f"has a batch of {nb} but '{a_name}' has {na}; they cannot be paired.",
+                         f"use equal batch sizes (item i with item i) or a batch of 1 (applied to every item).")
+
+
+# -------------------------------------------------------------------------------------------- loading
+def _find_direction_file(filename: str) -> Optional[str]:
+    """A file in latent_directions by its basename (any subfolder), for the GANSpace presets."""
+    for rel in bridge.list_models("latent_directions"):
+        if os.path.basename(rel) == filename:
+            return bridge.model_path("latent_directions", rel)
+    return None
+
+
+class TransEditLoadDirection:
+    DESCRIPTION = ("Loads a latent edit direction from models/latent_directions (InterFaceGAN .pt, GANSpace PCA "
+                   ".pt, StyleCLIP/CLIP2StyleGAN .npy, TransEdit .safetensors), one of e4e's GANSpace presets "
+                   "(needs e4e's ffhq_pca.pt / cars_pca.pt in that folder), or a SeFa direction computed from "
+                   "the connected generator.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        choices = bridge.list_models("latent_directions") + list(PRESET_LABELS) + [SEFA_ENTRY]
+        return {
+            "required": {
+                "direction": (choices, {
+                    "tooltip": "A file in ComfyUI/models/latent_directions (subfolders allowed); "
+                               "'preset: ganspace ...' = an edit e4e documents (component, layers, strength); "
+                               "'sefa' = closed-form direction from the generator input."}),
+                "component": ("INT", {"default": 0, "min": 0, "max": MAX_COMPONENT,
+                                      "tooltip": "Which component: for a GANSpace PCA file (its PCA component, "
+                                                 "applied to every layer) and for the SeFa entry (0 = the "
+                                                 "strongest). Ignored by other files and the presets."}),
+            },
+            "optional": {
+                "generator": ("TE_STYLEGAN", {"tooltip": "Only for the SeFa entry: the generator whose "
+                                                         "modulation weights are factorised."}),
+            },
+        }
+
+    RETURN_TYPES = ("TE_DIRECTION",)
+    RETURN_NAMES = ("direction",)
+    OUTPUT_TOOLTIPS = ("The direction with its layer range and default strength, for Apply Direction and "
+                       "Latent Sweep.",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, direction, component=0, generator=None):
+        node = "TransEdit Load Direction"
+        component = check_int(node, "component", component, 0, MAX_COMPONENT)
+        if direction == SEFA_ENTRY:
+            if not isinstance(generator, StyleGANHandle):
+                raise NodeInputError(node, "generator", "is needed for the SeFa entry but is not connected"
+                                     + ("" if generator is None else f" (got {type(generator).__name__})") + ".",
+                                     "connect a TE_STYLEGAN (TransEdit Load StyleGAN) to 'generator'.")
+            return (_sefa(node, generator, component, 0, -1),)
+        if direction in PRESET_LABELS:
+            domain, name = PRESET_LABELS[direction]
+            filename = GANSPACE_PCA_FILES[domain]
+            path = _find_direction_file(filename)
+            if path is None:
+                raise NodeInputError(node, "direction", f"'{direction}' needs GANSpace's PCA file {filename}, "
+                                     f"which is not in {bridge.folder_paths_for('latent_directions')}.",
+                                     f"download {filename} from the e4e repository (editings/ganspace_pca/) into "
+                                     "ComfyUI/models/latent_directions and press Refresh (R).")
+            try:
+                return (ganspace_preset(load_ganspace_pca(path), domain, name),)
+            except DirectionError as e:
+                raise NodeInputError(node, "direction", f"'{direction}' cannot be built from {path}: {e}",
+                                     f"use the {filename} that e4e ships (80 components).") from None
+        path = bridge.model_path("latent_directions", direction)
+        if path is None:
+            raise NodeInputError(node, "direction", f"'{direction}' was not found in "
+                                 f"{bridge.folder_paths_for('latent_directions')}.",
+                                 "put the file in ComfyUI/models/latent_directions and press Refresh (R).")
+        try:
+            return (load_direction(path, component),)
+        except DirectionError as e:
+            raise NodeInputError(node, "component", f"{e}", "pick an existing component.") from None
+
+
+def _sefa(node: str, generator: StyleGANHandle, component: int, start: int, end: int) -> LatentDirection:
+    cfg = generator.config
+    n = cfg.n_latent
+    if component >= cfg.style_dim:
+        raise NodeInputError(node, "component", f"is {component} but the generator's style_dim is "
+                             f"{cfg.style_dim}, so SeFa has components 0..{cfg.style_dim - 1}.",
+                             "pick a smaller component (0 = the strongest).")
+    e = n if end == -1 else end
+    if start > e:
+        raise NodeInputError(node, "start_layer", f"({start}) is after end_layer ({e}): the range is reversed.",
+                             f"use 0 <= start_layer < end_layer <= {n} (end_layer is exclusive).")
+    if start == e:
+        raise NodeInputError(node, "end_layer", f"equals start_layer ({start}): the range is empty "
+                             "(end_layer is exclusive).", f"use end_layer > start_layer, at most {n}.")
+    if e > n:
+        raise NodeInputError(node, "end_layer", f"is {e} but generator '{generator.name}' has only {n} W+ layers.",
+                             f"use end_layer <= {n}, or -1 for the last layer.")
+    return sefa_direction(generator.descriptor.model, component, start, e,
+                          fingerprint=generator.descriptor.fingerprint, generator_name=generator.name)
+
+
+class TransEditSeFa:
+    DESCRIPTION = ("SeFa (closed-form factorisation): the unit eigenvectors of AᵀA, where A stacks the "
+                   "generator's style-modulation weights of the chosen layers (rows normalised, as the official "
+                   "genforce/sefa code). Works for any loaded generator, no files. Component 0 changes the image "
+                   "most; the direction acts on the same layers it was computed from.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "generator": ("TE_STYLEGAN", {"tooltip": "The generator whose modulation weights are factorised."}),
+            "component": ("INT", {"default": 0, "min": 0, "max": MAX_COMPONENT,
+                                  "tooltip": "Eigenvector index, sorted by eigenvalue (0 = strongest)."}),
+            "start_layer": ("INT", {"default": 0, "min": 0, "max": MAX_LAYER,
+                                    "tooltip": "First W+ layer to factorise and edit (0 = 4x4; coarse 0-3 = "
+                                               "pose/shape, middle 4-7, fine 8+ = colour/texture)."}),
+            "end_layer": ("INT", {"default": -1, "min": -1, "max": MAX_LAYER,
+                                  "tooltip": "Layer after the last one (exclusive); -1 = through the last layer."}),
+        }}
+
+    RETURN_TYPES = ("TE_DIRECTION",)
+    RETURN_NAMES = ("direction",)
+    OUTPUT_TOOLTIPS = ("A unit direction in W acting on the chosen layers; default strength 3 (the official "
+                       "demo's sweep end).",)
+    FUNCTION = "factorize"
+    CATEGORY = CATEGORY
+
+    def factorize(self, generator, component, start_layer, end_layer):
+        node = "TransEdit SeFa"
+        if not isinstance(generator, StyleGANHandle):
+            raise NodeInputError(node, "generator", f"must be a TE_STYLEGAN, got {type(generator).__name__}.",
+                                 "connect the output of TransEdit Load StyleGAN.")
+        component = check_int(node, "component", component, 0, MAX_COMPONENT)
+        start_layer = check_int(node, "start_layer", start_layer, 0, MAX_LAYER)
+        end_layer = check_int(node, "end_layer", end_layer, -1, MAX_LAYER)
+        return (_sefa(node, generator, component, start_layer, end_layer),)
+
+
+# -------------------------------------------------------------------------------------------- editing
+_LAYER_INPUTS = {
+    "start_layer": ("INT", {"default": -1, "min": -1, "max": MAX_LAYER,
+                            "tooltip": "First W+ layer to edit; -1 = the direction's own range."}),
+    "end_layer": ("INT", {"default": -1, "min": -1, "max": MAX_LAYER,
+                          "tooltip": "Layer after the last one edited (exclusive, as in e4e's GANSpace tuples); "
+                                     "-1 = the direction's own range."}),
+}
+_STRENGTH_NOTE = ("multiplier of the direction's default strength (InterFaceGAN/StyleCLIP files: 1; e4e presets: "
+                  "the preset's value; SeFa: 3). GANSpace directions set the coordinate along the component to "
+                  "this value, so 0 moves to the average rather than leaving the latent unchanged.")
+
+
+def _check_layers(node: str, start_layer, end_layer) -> tuple[int, int]:
+    return (check_int(node, "start_layer", start_layer, -1, MAX_LAYER),
+            check_int(node, "end_layer", end_layer, -1, MAX_LAYER))
+
+
+class TransEditApplyDirection:
+    DESCRIPTION = ("Moves W+ latents along a direction on a range of layers. Chainable: apply several "
+                   "directions one after another. InterFaceGAN/StyleCLIP/SeFa add strength x direction; GANSpace "
+                   "sets the component's coordinate (as e4e applies it).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "latent": ("TE_LATENT", {"tooltip": "W+ latents to edit (from Sample Latent, Invert or another edit)."}),
+            "direction": ("TE_DIRECTION", {"tooltip": "From TransEdit Load Direction or TransEdit SeFa."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": -MAX_STRENGTH, "max": MAX_STRENGTH, "step": 0.05,
+                                   "tooltip": "Edit amount: " + _STRENGTH_NOTE}),
+            **_LAYER_INPUTS,
+        }}
+
+    RETURN_TYPES = ("TE_LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The edited latents (same batch size), for Generate or further edits.",)
+    FUNCTION = "apply"
+    CATEGORY = CATEGORY
+
+    def apply(self, latent, direction, strength, start_layer, end_layer):
+        node = "TransEdit Apply Direction"
+        latent = _check_latent(node, "latent", latent)
+        direction = _check_direction(node, direction)
+        strength = check_float(node, "strength", strength, -MAX_STRENGTH, MAX_STRENGTH)
+        start_layer, end_layer = _check_layers(node, start_layer, end_layer)
+        s, e = _fit_direction(node, direction, latent, start_layer, end_layer)
+        value = strength * direction.default_strength
+        wplus = direction.apply(latent.wplus, value, s, e)
+        return (_with_edit(latent, wplus, {"direction": direction.name, "kind": direction.kind,
+                                           "strength": value, "layers": [s, e]}),)
+
+
+class TransEditLatentSweep:
+    DESCRIPTION = ("A strip of variations along a direction: every input latent at `steps` strengths evenly "
+                   "spaced from from_strength to to_strength. Output order is image-major: item i * steps + j is "
+                   "input i at step j, so a batch of B gives B x steps latents (B strips of steps).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "latent": ("TE_LATENT", {"tooltip": "W+ latents; each becomes one strip."}),
+            "direction": ("TE_DIRECTION", {"tooltip": "From TransEdit Load Direction or TransEdit SeFa."}),
+            "from_strength": ("FLOAT", {"default": -1.0, "min": -MAX_STRENGTH, "max": MAX_STRENGTH, "step": 0.05,
+                                        "tooltip": "Strength of the first step: " + _STRENGTH_NOTE}),
+            "to_strength": ("FLOAT", {"default": 1.0, "min": -MAX_STRENGTH, "max": MAX_STRENGTH, "step": 0.05,
+                                      "tooltip": "Strength of the last step (same units as from_strength)."}),
+            "steps": ("INT", {"default": 5, "min": 2, "max": MAX_SWEEP_STEPS,
+                              "tooltip": "Variations per input latent (both ends included)."}),
+            **_LAYER_INPUTS,
+        }}
+
+    RETURN_TYPES = ("TE_LATENT",)
+    RETURN_NAMES = ("latents",)
+    OUTPUT_TOOLTIPS = ("batch x steps latents, image-major (input 0's strip first), for Generate.",)
+    FUNCTION = "sweep"
+    CATEGORY = CATEGORY
+
+    def sweep(self, latent, direction, from_strength, to_strength, steps, start_layer, end_layer):
+        node = "TransEdit Latent Sweep"
+        latent = _check_latent(node, "latent", latent)
+        direction = _check_direction(node, direction)
+        lo = check_float(node, "from_strength", from_strength, -MAX_STRENGTH, MAX_STRENGTH)
+        hi = check_float(node, "to_strength", to_strength, -MAX_STRENGTH, MAX_STRENGTH)
+        steps = check_int(node, "steps", steps, 2, MAX_SWEEP_STEPS)
+        start_layer, end_layer = _check_layers(node, start_layer, end_layer)
+        if latent.batch_size * steps > MAX_OUTPUT_BATCH:
+            raise NodeInputError(node, "steps", f"x a batch of {latent.batch_size} gives "
+                                 f"{latent.batch_size * steps} latents (at most {MAX_OUTPUT_BATCH}).",
+                                 "use fewer steps or a smaller batch.")
+        s, e = _fit_direction(node, direction, latent, start_layer, end_layer)
+        values = torch.linspace(lo, hi, steps, dtype=torch.float64).tolist()
+        per_step = [direction.apply(latent.wplus, v * direction.default_strength, s, e) for v in values]
+        wplus = torch.stack(per_step, 1).reshape(-1, latent.n_latent, latent.style_dim)  # [B*steps, n, C]
+        index = torch.arange(latent.batch_size).repeat_interleave(steps)
+        return (_with_edit(latent, wplus, {"sweep": direction.name, "kind": direction.kind,
+                                           "strengths": [v * direction.default_strength for v in values],
+                                           "layers": [s, e], "order": "image-major"}, index),)
+
+
+class TransEditMixLatents:
+    DESCRIPTION = ("Layer-wise style mixing, the weight-free reference edit: the chosen W+ layers of A are "
+                   "blended toward B. Coarse (layers 0-3, 4-8 px) carries pose and face shape, middle (4-7, "
+                   "16-32 px) features, fine (8+) colours and texture. Batches pair item by item, or a batch of "
+                   "1 is applied to every item of the other.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "latent_a": ("TE_LATENT", {"tooltip": "The latents to edit (their other layers are kept)."}),
+            "latent_b": ("TE_LATENT", {"tooltip": "The reference latents whose layers are taken."}),
+            "layers": (list(LAYER_CHOICES), {"default": "coarse",
+                                             "tooltip": "Which W+ layers to take from B: StyleGAN's groups by "
+                                                        "resolution (coarse 0-3, middle 4-7, fine 8+), or "
+                                                        "'custom' to use custom_layers."}),
+            "custom_layers": ("STRING", {"default": "0-3", "multiline": False,
+                                         "tooltip": "Used when layers is 'custom': rows like '0-3, 8, 10-11' "
+                                                    "(ranges inclusive)."}),
+            "weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                 "tooltip": "1 = B's layers replace A's; 0.5 = halfway; 0 = A unchanged."}),
+        }}
+
+    RETURN_TYPES = ("TE_LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The mixed latents (A's generator and per-image extras; the larger batch size).",)
+    FUNCTION = "mix"
+    CATEGORY = CATEGORY
+
+    def mix(self, latent_a, latent_b, layers, custom_layers, weight):
+        node = "TransEdit Mix Latents"
+        a = _check_latent(node, "latent_a", latent_a)
+        b = _check_latent(node, "latent_b", latent_b)
+        layers = check_choice(node, "layers", layers, LAYER_CHOICES)
+        weight = check_float(node, "weight", weight, 0.0, 1.0)
+        index, _ = _broadcast_index(node, a, b, "latent_a", "latent_b")
+        name, spec = ("custom_layers", str(custom_layers)) if layers == "custom" else ("layers", layers)
+        try:
+            rows = parse_layers(spec, a.n_latent)
+        except DirectionError as e:
+            raise NodeInputError(node, name, f"{e}", "choose layers that exist in this latent "
+                                 f"(0..{a.n_latent - 1}).") from None
+        wplus = mix_wplus(a.wplus, b.wplus, rows, weight)
+        return (_with_edit(a, wplus, {"mix": b.generator_name or "latent_b", "layers": rows, "weight": weight},
+                           index),)
+
+
+# ------------------------------------------------------------------------------------ reference editing
+class EditTransformerHandle:
+    """What flows on a TE_EDIT_TRANSFORMER wire."""
+
+    def __init__(self, descriptor: EditTransformerDescriptor):
+        self.descriptor = descriptor
+        self.managed = bridge.ManagedModel(descriptor.model)
+
+    @property
+    def name(self) -> str:
+        return self.descriptor.name
+
+    @property
+    def config(self):
+        return self.descriptor.config
+
+    def load(self):
+        return self.managed.load()
+
+    def __repr__(self) -> str:
+        return f"EditTransformer({self.name}, d_model {self.config.d_model})"
+
+
+class TransEditLoadEditTransformer:
+    DESCRIPTION = ("Loads Style Transformer's reference-based EditTransformer (the official ref-edit checkpoint "
+                   "from sapphire497/style-transformer) from models/gan_encoders.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "transformer_name": (bridge.list_models("gan_encoders"), {
+                "tooltip": "The EditTransformer checkpoint in ComfyUI/models/gan_encoders ({'state_dict' with "
+                           "encoder.module.transformerlayer.*, 'opts'})."}),
+        }}
+
+    RETURN_TYPES = ("TE_EDIT_TRANSFORMER",)
+    RETURN_NAMES = ("edit_transformer",)
+    OUTPUT_TOOLTIPS = ("The EditTransformer, for TransEdit Reference Edit.",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, transformer_name):
+        node = "TransEdit Load Edit Transformer"
+        path = bridge.model_path("gan_encoders", transformer_name)
+        if path is None:
+            raise NodeInputError(node, "transformer_name", f"'{transformer_name}' was not found in "
+                                 f"{bridge.folder_paths_for('gan_encoders')}.",
+                                 "put the file in ComfyUI/models/gan_encoders and press Refresh (R).")
+        descriptor = load_edit_transformer(path)
+        for note in descriptor.notes:
+            bridge.log.info("TransEdit: %s: %s", descriptor.name, note)
+        return (EditTransformerHandle(descriptor),)
+
+
+class TransEditReferenceEdit:
+    DESCRIPTION = ("Reference-based editing with Style Transformer's EditTransformer: the source latent's W+ rows "
+                   "attend to the reference latent's and take on its attribute (as trained, e.g. smile or age). "
+                   "Batches pair item by item, or a batch of 1 is applied to every item of the other.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "edit_transformer": ("TE_EDIT_TRANSFORMER", {"tooltip": "From TransEdit Load Edit Transformer."}),
+            "latent": ("TE_LATENT", {"tooltip": "The source latents to edit (e.g. an inverted photo)."}),
+            "reference": ("TE_LATENT", {"tooltip": "The reference latents that show the wanted attribute."}),
+        }}
+
+    RETURN_TYPES = ("TE_LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The edited W+ latents (used directly as the new codes, as the official code does).",)
+    FUNCTION = "edit"
+    CATEGORY = CATEGORY
+
+    def edit(self, edit_transformer, latent, reference):
+        node = "TransEdit Reference Edit"
+        if not isinstance(edit_transformer, EditTransformerHandle):
+            raise NodeInputError(node, "edit_transformer", f"must be a TE_EDIT_TRANSFORMER, got "
+                                 f"{type(edit_transformer).__name__}.",
+                                 "connect the output of TransEdit Load Edit Transformer.")
+        src = _check_latent(node, "latent", latent)
+        ref = _check_latent(node, "reference", reference)
+        d_model = edit_transformer.config.d_model
+        if src.style_dim != d_model:
+            raise NodeInputError(node, "latent", f"has style_dim {src.style_dim} but EditTransformer "
+                                 f"'{edit_transformer.name}' works on {d_model}-wide codes.",
+                                 "use latents from the generator the EditTransformer was trained with.")
+        index, _ = _broadcast_index(node, src, ref, "latent", "reference")
+        for name, lat in (("latent", src), ("reference", ref)):
+            if not torch.isfinite(lat.wplus).all():
+                raise NodeInputError(node, name, "contains NaN or infinite values.",
+                                     "check the node that produced it (e.g. an edit strength that is too large).")
+        a, b = src.wplus, ref.wplus
+        if a.shape[0] != b.shape[0]:
+            a, b = (a.expand(b.shape[0], -1, -1), b) if a.shape[0] == 1 else (a, b.expand(a.shape[0], -1, -1))
+        module = edit_transformer.load()
+        device = next(module.parameters()).device
+        bridge.check_interrupt()
+        with torch.inference_mode():
+            out = module(a.to(device, torch.float32), b.to(device, torch.float32)).float().cpu()
+        return (_with_edit(src, out, {"reference_edit": edit_transformer.name}, index),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "TransEditLoadDirection": TransEditLoadDirection,
+    "TransEditApplyDirection": TransEditApplyDirection,
+    "TransEditSeFa": TransEditSeFa,
+    "TransEditMixLatents": TransEditMixLatents,
+    "TransEditLoadEditTransformer": TransEditLoadEditTransformer,
+    "TransEditReferenceEdit": TransEditReferenceEdit,
+    "TransEditLatentSweep": TransEditLatentSweep,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "TransEditLoadDirection": "TransEdit Load Direction",
+    "TransEditApplyDirection": "TransEdit Apply Direction",
+    "TransEditSeFa": "TransEdit SeFa",
+    "TransEditMixLatents": "TransEdit Mix Latents",
+    "TransEditLoadEditTransformer": "TransEdit Load Edit Transformer",
+    "TransEditReferenceEdit": "TransEdit Reference Edit",
+    "TransEditLatentSweep": "TransEdit Latent Sweep",
+}
