@@ -1,11 +1,16 @@
 """Run every example workflow (workflows/*.json) in a real headless ComfyUI and collect the images.
 
-    python demo.py [--out demo_output] [--models DIR ...] [--workflow NAME ...]
+    python demo.py [--out demo_output] [--models DIR ...] [--inputs DIR ...] [--workflow NAME ...]
 
 Sets up a pinned ComfyUI on first use (tests/comfy_harness.py), looks for the weight files each
-workflow names in the model folders (laid out like ComfyUI's models/: DIR/stylegan/<file>), and runs
-on the CPU. A file that is not found is replaced by tiny random weights under the same name, and the
-demo says so loudly: those pictures show that the pipeline runs, not what a trained model draws.
+workflow names in the model folders (laid out like ComfyUI's models/: DIR/stylegan/<file>,
+DIR/gan_encoders/<file>), and runs on the CPU. A file that is not found is replaced by tiny random
+weights under the same name, and the demo says so loudly: those pictures show that the pipeline runs,
+not what a trained model draws.
+
+Pictures a workflow loads (Load Image) are looked for in the --inputs folders (like ComfyUI's input/);
+one that is not found is replaced by a real face photo, scikit-image's astronaut (NASA, public domain),
+under the same name, and the demo says so.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ sys.path.insert(0, str(REPO / "tests"))
 import comfy_harness as h  # noqa: E402
 
 DEFAULT_MODELS = REPO / "models_demo"
+DEFAULT_INPUTS = REPO / "demo_inputs"
 
 
 def banner(lines: list[str]) -> str:
@@ -38,6 +44,9 @@ def main(argv=None) -> int:
     ap.add_argument("--models", type=Path, action="append", default=None,
                     help="a models root (DIR/<folder>/<file>, like ComfyUI/models); repeatable. Default: "
                          f"{DEFAULT_MODELS.name}/ and, with ${h.COMFYUI_OVERRIDE_ENV}, that ComfyUI's models/")
+    ap.add_argument("--inputs", type=Path, action="append", default=None,
+                    help="a folder with the pictures the workflows load (like ComfyUI/input); repeatable. "
+                         f"Default: {DEFAULT_INPUTS.name}/ and, with ${h.COMFYUI_OVERRIDE_ENV}, that ComfyUI's input/")
     ap.add_argument("--workflow", action="append", default=None,
                     help="run only these workflows (file name or stem); default: all in workflows/")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per workflow (default 900)")
@@ -63,13 +72,31 @@ def main(argv=None) -> int:
         search.append(comfy_root / "models")
     print(f"[demo] ComfyUI: {comfy_root}")
     print(f"[demo] looking for weights in: {', '.join(str(s) for s in search)}")
+    input_search = list(args.inputs) if args.inputs else [DEFAULT_INPUTS]
+    if not args.inputs and os.environ.get(h.COMFYUI_OVERRIDE_ENV):
+        input_search.append(comfy_root / "input")
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"workflows": {}, "tiny_random_weights": []}
+    summary = {"workflows": {}, "tiny_random_weights": [], "stand_in_input_images": []}
     failures = 0
     with tempfile.TemporaryDirectory(prefix="transedit-demo-weights-") as tiny_dir:
         models, tiny = h.prepare_models(workflows.values(), search, tiny_dir)
+        try:
+            inputs, stand_ins = h.prepare_inputs(workflows.values(), input_search, Path(tiny_dir) / "input")
+        except ImportError as e:  # the stand-in photo comes from scikit-image
+            print(f"[demo] a workflow loads a picture that is not in {', '.join(str(s) for s in input_search)}, "
+                  f"and the stand-in photo needs scikit-image ({e}); pip install scikit-image, or pass "
+                  "--inputs DIR with the picture", file=sys.stderr)
+            return 2
+        for name, path in inputs.items():
+            if name in stand_ins:
+                print(f"[demo] input/{name}: not found in {', '.join(str(s) for s in input_search)}; "
+                      f"NOTE: using {h.EXAMPLE_FACE_SOURCE} (a 512x512 face photo, NASA, public domain) instead. "
+                      "Put your own photo under that name in --inputs DIR to use it.")
+            else:
+                print(f"[demo] input/{name}: found ({path})")
+        summary["stand_in_input_images"] = [f"input/{n} = {h.EXAMPLE_FACE_SOURCE}" for n in stand_ins]
         for folder, files in models.items():
             for name, path in files.items():
                 kind = "TINY RANDOM" if (folder, name) in tiny else "found"
@@ -79,13 +106,13 @@ def main(argv=None) -> int:
             print(banner([
                 "THE IMAGES BELOW COME FROM TINY RANDOM WEIGHTS, NOT FROM A TRAINED MODEL.",
                 "Missing: " + ", ".join(f"{f}/{n}" for f, n in tiny),
-                "They prove the nodes and workflows run in ComfyUI; they look like coloured noise.",
+                "They prove the nodes and workflows run in ComfyUI; generated faces look like coloured noise.",
                 "For real pictures put the official files in <models>/<folder>/ and pass --models <models>",
                 "(see README: 'Where the weights go').",
             ]), flush=True)
 
         t0 = time.monotonic()
-        with h.ComfyServer(comfy_root, models=models, keep=args.keep_server_dir) as server:
+        with h.ComfyServer(comfy_root, models=models, inputs=inputs, keep=args.keep_server_dir) as server:
             print(f"[demo] ComfyUI ready in {server.startup_seconds:.1f} s ({server.url})")
             for path, wf in workflows.items():
                 t = time.monotonic()
@@ -101,9 +128,13 @@ def main(argv=None) -> int:
                 if dest.exists():
                     shutil.rmtree(dest)
                 dest.mkdir(parents=True)
-                copied = []
+                copied, previews = [], 0
                 for img in server.output_images(history):
-                    target = dest / img.filename
+                    if img.type == "temp":  # Preview Image: ComfyUI names these with a random part
+                        previews += 1
+                        target = dest / f"preview_node{img.node_id}_{previews:02d}{Path(img.filename).suffix}"
+                    else:
+                        target = dest / img.filename
                     shutil.copyfile(img.path, target)
                     copied.append(target)
                 summary["workflows"][path.name] = {"ok": True, "seconds": round(seconds, 2),

@@ -8,6 +8,9 @@
 - `ComfyServer` starts `python main.py --cpu` on a free loopback port in a fresh throw-away copy of
   that folder (own models/, output/, input/, temp/, custom_nodes/ with the pack linked in), waits until
   it answers, and kills its process group on exit.
+- `prepare_models` / `prepare_inputs` find the weight files and input pictures the workflows name, making
+  tiny random official-format weights and writing a real face photo (scikit-image's astronaut) for what
+  is missing.
 - `ComfyServer.queue_prompt / wait_for / run` drive the HTTP API; `ui_to_api` turns a workflow saved
   by the frontend (UI format) into the API format, as the frontend's "Queue Prompt" does.
 
@@ -201,6 +204,7 @@ def ensure_comfyui(cache_dir: Optional[os.PathLike] = None, python: str = sys.ex
 # Which input of which node names a file, and in which ComfyUI model folder that file lives.
 MODEL_INPUTS: dict[tuple[str, str], str] = {
     ("TransEditLoadStyleGAN", "ckpt_name"): "stylegan",
+    ("TransEditLoadEncoder", "encoder_name"): "gan_encoders",
 }
 
 
@@ -210,11 +214,19 @@ def _save_tiny_stylegan(path: Path, seed: int = 0) -> Path:
     return save_random_generator(path, seed=seed, overwrite=True)
 
 
+def _save_tiny_encoder(path: Path, seed: int = 0) -> Path:
+    """Style Transformer encoder + 64px decoder in the official training-checkpoint container."""
+    from transedit.models.registry import save_random_encoder
+
+    return save_random_encoder(path, family="style_transformer", seed=seed, overwrite=True)
+
+
 # folder -> writer(path) of a small random-weight file in an official container format
 TINY_WEIGHT_MAKERS: dict[str, Callable[[Path], Path]] = {
     "stylegan": _save_tiny_stylegan,
+    "gan_encoders": _save_tiny_encoder,
 }
-TINY_STYLEGAN_SIZE = 64  # what save_random_generator's default config generates
+TINY_STYLEGAN_SIZE = 64  # what save_random_generator's / save_random_encoder's default configs generate
 
 
 def make_tiny_weights(folder: str, filename: str, dest_dir: os.PathLike) -> Path:
@@ -242,6 +254,74 @@ def workflow_model_files(ui_workflow: dict) -> list[tuple[str, str]]:
             if isinstance(name, str) and (folder, name) not in found:
                 found.append((folder, name))
     return found
+
+
+# ------------------------------------------------------------------------------------ input images
+# Which input of which node names a picture in ComfyUI's input/ folder.
+IMAGE_INPUTS: tuple[tuple[str, str], ...] = (("LoadImage", "image"),)
+EXAMPLE_FACE_SOURCE = "skimage.data.astronaut()"  # what stands in for a missing input picture
+
+
+def _annotated_name(name: str) -> str:
+    """'photo.png [input]' -> 'photo.png' (the frontend may store ComfyUI's annotated file names)."""
+    for tag in (" [input]", " [output]", " [temp]"):
+        if name.endswith(tag):
+            return name[: -len(tag)]
+    return name
+
+
+def workflow_input_files(ui_workflow: dict) -> list[str]:
+    """File names (relative to ComfyUI's input/) of every picture a UI-format workflow loads."""
+    found = []
+    for node in ui_workflow.get("nodes", []):
+        if node.get("mode", 0) == MODE_NEVER:
+            continue
+        for node_type, input_name in IMAGE_INPUTS:
+            if node.get("type") != node_type:
+                continue
+            values = node.get("widgets_values")
+            if isinstance(values, dict):
+                name = values.get(input_name)
+            else:  # LoadImage: [file name, "image" (the upload button)]
+                name = values[0] if values else None
+            if isinstance(name, str) and name:
+                name = _annotated_name(name)
+                if name not in found:
+                    found.append(name)
+    return found
+
+
+def write_example_face(path: os.PathLike) -> Path:
+    """A real 512x512 photo with one face (scikit-image's astronaut, public domain, NASA) as PNG."""
+    from PIL import Image
+    from skimage import data
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(data.astronaut()).convert("RGB").save(path, format="PNG")
+    return path
+
+
+def prepare_inputs(ui_workflows: Iterable[dict], search_dirs: Iterable[os.PathLike], stand_in_dir: os.PathLike,
+                   ) -> tuple[dict[str, Path], list[str]]:
+    """Find each workflow's input pictures; write the example face photo for what is missing.
+
+    search_dirs are folders laid out like ComfyUI's input/ (<dir>/<name>). Returns
+    ({name: path}, [names that got the example photo]).
+    """
+    inputs: dict[str, Path] = {}
+    stand_ins: list[str] = []
+    search_dirs = list(search_dirs)
+    for wf in ui_workflows:
+        for name in workflow_input_files(wf):
+            if name in inputs:
+                continue
+            hit = next((Path(d) / name for d in search_dirs if (Path(d) / name).is_file()), None)
+            if hit is None:
+                hit = write_example_face(Path(stand_in_dir) / name)
+                stand_ins.append(name)
+            inputs[name] = hit
+    return inputs, stand_ins
 
 
 # ------------------------------------------------------------------------------- UI -> API format
@@ -386,18 +466,21 @@ class ComfyServer:
     """A headless ComfyUI on a free loopback port, in its own throw-away folder.
 
     models: {folder: {file name: source path}} — linked (or copied) into models/<folder>/.
+    inputs: {file name: source path} — copied into input/ (what LoadImage lists).
     custom_nodes: {folder name: path} — linked into custom_nodes/ (default: this repo as
     ComfyUI-TransEdit).
     """
 
     def __init__(self, comfy_root: Optional[os.PathLike] = None, *,
                  models: Optional[Mapping[str, Mapping[str, os.PathLike]]] = None,
+                 inputs: Optional[Mapping[str, os.PathLike]] = None,
                  custom_nodes: Optional[Mapping[str, os.PathLike]] = None,
                  base_dir: Optional[os.PathLike] = None, extra_args: Iterable[str] = (),
                  startup_timeout: float = 120.0, python: str = sys.executable, keep: bool = False,
                  env: Optional[Mapping[str, str]] = None):
         self.comfy_root = Path(comfy_root) if comfy_root else ensure_comfyui()
         self.models = {k: dict(v) for k, v in (models or {}).items()}
+        self.inputs = dict(inputs or {})
         self.custom_nodes = dict(custom_nodes if custom_nodes is not None else {PACK_FOLDER_NAME: REPO})
         self._base_arg = base_dir
         self.extra_args = list(extra_args)
@@ -440,6 +523,8 @@ class ComfyServer:
             os.symlink(Path(path).resolve(), self.root / "custom_nodes" / name, target_is_directory=True)
         for folder, files in self.models.items():
             self.add_model(folder, files)
+        for name, src in self.inputs.items():
+            self.add_input(name, src)
         self.log_path = self.base / "comfyui.log"
 
     def add_model(self, folder: str, files: Mapping[str, os.PathLike]) -> None:
@@ -455,6 +540,18 @@ class ComfyServer:
                 os.symlink(Path(src).resolve(), dest)
             except OSError:
                 shutil.copy2(src, dest)
+
+    def add_input(self, name: str, src: os.PathLike) -> Path:
+        """Copy a file into input/ as `name`. LoadImage lists input/ on every /prompt, so this works
+        while the server runs too (a copy, not a link: ComfyUI treats input/ as its own)."""
+        dest = self.input_dir / name
+        if not dest.resolve().is_relative_to(self.input_dir.resolve()):
+            raise ValueError(f"input name {name!r} leaves the input folder")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists() or dest.is_symlink():
+            dest.unlink()
+        shutil.copyfile(src, dest)
+        return dest
 
     def start(self) -> "ComfyServer":
         self._layout()

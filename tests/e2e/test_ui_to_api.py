@@ -100,3 +100,27 @@ def test_unknown_node_type_is_named():
 def test_workflow_model_files():
     wf_path = h.WORKFLOWS_DIR / "stylegan_generate.json"
     assert ("stylegan", "stylegan2-ffhq-config-f.pt") in h.workflow_model_files(h.load_workflow(wf_path))
+    inv = h.load_workflow(h.WORKFLOWS_DIR / "invert_reconstruct.json")
+    assert h.workflow_model_files(inv) == [("gan_encoders", "style_transformer_ffhq.pt")]
+
+
+def test_workflow_input_files():
+    g = wf([node(1, "LoadImage", ["a.png", "image"]), node(2, "LoadImage", {"image": "b.png [input]"}),
+            node(3, "LoadImage", ["a.png", "image"]), node(4, "LoadImage", ["muted.png", "image"], mode=h.MODE_NEVER)],
+           [])
+    assert h.workflow_input_files(g) == ["a.png", "b.png"]
+    inv = h.load_workflow(h.WORKFLOWS_DIR / "invert_reconstruct.json")
+    assert h.workflow_input_files(inv) == ["transedit_example_face.png"]
+
+
+def test_prepare_inputs_finds_or_writes_the_example_face(tmp_path):
+    from PIL import Image
+
+    found_dir = tmp_path / "mine"
+    found_dir.mkdir()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(found_dir / "a.png")
+    g = wf([node(1, "LoadImage", ["a.png", "image"]), node(2, "LoadImage", ["face.png", "image"])], [])
+    inputs, stand_ins = h.prepare_inputs([g], [tmp_path / "absent", found_dir], tmp_path / "made")
+    assert inputs["a.png"] == found_dir / "a.png" and stand_ins == ["face.png"]
+    with Image.open(inputs["face.png"]) as im:
+        assert im.format == "PNG" and im.size == (512, 512) and im.mode == "RGB"
