@@ -19,6 +19,15 @@ class NodeInputError(ValueError):
         self.node, self.input_name = node, input_name
 
 
+def require_model_file(node: str, input_name: str, folder: str, filename: str) -> str:
+    """The full path of a file chosen from a model folder, or an error that says where it belongs."""
+    path = bridge.model_path(folder, filename)
+    if path is None:
+        raise NodeInputError(node, input_name, f"'{filename}' was not found in {bridge.folder_paths_for(folder)}.",
+                             f"put the file in ComfyUI/models/{folder} and press Refresh (R).")
+    return path
+
+
 def check_int(node: str, name: str, value, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise NodeInputError(node, name, f"must be an integer, got {type(value).__name__}.")

@@ -13,7 +13,7 @@ from ..models.directions import (GANSPACE_PCA_FILES, LAYER_GROUPS, DirectionErro
 from ..models.latent import StyleLatent
 from ..models.registry import EditTransformerDescriptor, load_edit_transformer
 from . import comfy_bridge as bridge
-from .common import NodeInputError, check_choice, check_float, check_int
+from .common import NodeInputError, check_choice, check_float, check_int, require_model_file
 from .stylegan import StyleGANHandle
 
 CATEGORY = "TransEdit/Edit"
@@ -177,11 +177,7 @@ class TransEditLoadDirection:
             except DirectionError as e:
                 raise NodeInputError(node, "direction", f"'{direction}' cannot be built from {path}: {e}",
                                      f"use the {filename} that e4e ships (80 components).") from None
-        path = bridge.model_path("latent_directions", direction)
-        if path is None:
-            raise NodeInputError(node, "direction", f"'{direction}' was not found in "
-                                 f"{bridge.folder_paths_for('latent_directions')}.",
-                                 "put the file in ComfyUI/models/latent_directions and press Refresh (R).")
+        path = require_model_file(node, "direction", "latent_directions", direction)
         try:
             return (load_direction(path, component),)
         except DirectionError as e:
@@ -434,12 +430,8 @@ class TransEditLoadEditTransformer:
 
     def load(self, transformer_name):
         node = "TransEdit Load Edit Transformer"
-        path = bridge.model_path("gan_encoders", transformer_name)
-        if path is None:
-            raise NodeInputError(node, "transformer_name", f"'{transformer_name}' was not found in "
-                                 f"{bridge.folder_paths_for('gan_encoders')}.",
-                                 "put the file in ComfyUI/models/gan_encoders and press Refresh (R).")
-        descriptor = load_edit_transformer(path)
+        descriptor = load_edit_transformer(require_model_file(node, "transformer_name", "gan_encoders",
+                                                              transformer_name))
         for note in descriptor.notes:
             bridge.log.info("TransEdit: %s: %s", descriptor.name, note)
         return (EditTransformerHandle(descriptor),)

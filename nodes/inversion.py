@@ -7,7 +7,8 @@ from ..models.irse import preprocess_fast, preprocess_official
 from ..models.latent import StyleLatent
 from ..models.registry import EncoderDescriptor, load_encoder
 from . import comfy_bridge as bridge
-from .common import NodeInputError, PRECISIONS, check_choice, check_images, resolve_precision
+from .common import (NodeInputError, PRECISIONS, check_choice, check_images, require_model_file,
+                     resolve_precision)
 from .stylegan import StyleGANHandle
 
 CATEGORY = "TransEdit/Inversion"
@@ -55,12 +56,7 @@ class TransEditLoadEncoder:
 
     def load(self, encoder_name):
         node = "TransEdit Load Encoder"
-        path = bridge.model_path("gan_encoders", encoder_name)
-        if path is None:
-            raise NodeInputError(node, "encoder_name", f"'{encoder_name}' was not found in "
-                                 f"{bridge.folder_paths_for('gan_encoders')}.",
-                                 "put the file in ComfyUI/models/gan_encoders and press Refresh (R).")
-        descriptor = load_encoder(path)
+        descriptor = load_encoder(require_model_file(node, "encoder_name", "gan_encoders", encoder_name))
         for note in descriptor.notes:
             bridge.log.info("TransEdit: %s: %s", descriptor.name, note)
         generator = StyleGANHandle(descriptor.generator) if descriptor.generator is not None else None

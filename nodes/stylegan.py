@@ -7,7 +7,7 @@ from ..models.latent import StyleLatent
 from ..models.registry import ModelDescriptor, load_stylegan2
 from . import comfy_bridge as bridge
 from .common import (MAX_SEED, PRECISIONS, NodeInputError, check_choice, check_float, check_int,
-                     comfy_image_to_pil, gan_to_comfy_image, resolve_precision)
+                     comfy_image_to_pil, gan_to_comfy_image, require_model_file, resolve_precision)
 
 CATEGORY = "TransEdit/StyleGAN"
 MAX_BATCH = 64
@@ -84,11 +84,7 @@ class TransEditLoadStyleGAN:
 
     def load(self, ckpt_name):
         node = "TransEdit Load StyleGAN"
-        path = bridge.model_path("stylegan", ckpt_name)
-        if path is None:
-            raise NodeInputError(node, "ckpt_name", f"'{ckpt_name}' was not found in {bridge.folder_paths_for('stylegan')}.",
-                                 "put the file in ComfyUI/models/stylegan and press Refresh (R).")
-        descriptor = load_stylegan2(path)
+        descriptor = load_stylegan2(require_model_file(node, "ckpt_name", "stylegan", ckpt_name))
         for note in descriptor.notes:
             bridge.log.info("TransEdit: %s: %s", descriptor.name, note)
         return (StyleGANHandle(descriptor),)
