@@ -109,7 +109,7 @@ def _broadcast_index(node: str, a: StyleLatent, b: StyleLatent, a_name: str, b_n
     if na == 1:
         return torch.zeros(nb, dtype=torch.long), nb
     raise NodeInputError(node, b_name, f"has a batch of {nb} but '{a_name}' has {na}; they cannot be paired.",
-                         f"use equal batch sizes (item i with item i) or a batch of 1 (applied to every item).")
+                         "use equal batch sizes (item i with item i) or a batch of 1 (applied to every item).")
 
 
 # -------------------------------------------------------------------------------------------- loading
