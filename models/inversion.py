@@ -51,5 +51,7 @@ class LatentEncoder(nn.Module):
     def forward(self, x: torch.Tensor, return_features: bool = False):
         out = self._run(x, return_features)
         codes, feats = out if return_features else (out, None)
-        wplus = self.encoder.add_latent_avg(codes, self.latent_avg)
+        # Under autocast the heads return bf16/fp16; W+ itself is kept in fp32 (latent_avg is large).
+        with torch.autocast(codes.device.type, enabled=False):
+            wplus = self.encoder.add_latent_avg(codes.float(), self.latent_avg)
         return (wplus, feats) if return_features else wplus

@@ -144,3 +144,13 @@ def test_cars_checkpoints_use_the_official_192x256_input(tmp_path, family, monke
     encoder, _ = TransEditLoadEncoder().load("cars.pt")
     TransEditInvert().invert(encoder, photos(1), RESIZE_MODES[0], "fp32")
     assert seen == [(192, 256)]
+
+
+def test_low_precision_keeps_wplus_in_fp32():
+    from transedit.models.registry import load_encoder
+
+    desc = load_encoder(bridge.model_path("gan_encoders", "psp.pt"))
+    x = torch.rand(1, 3, 256, 256) * 2 - 1
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        w = desc.model(x)
+    assert w.dtype == torch.float32
