@@ -6,6 +6,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .irse import add_latent_avg
+
 
 class LatentEncoder(nn.Module):
     """Any TransEdit encoder plus its checkpoint's latent_avg.
@@ -52,6 +54,7 @@ class LatentEncoder(nn.Module):
         out = self._run(x, return_features)
         codes, feats = out if return_features else (out, None)
         # Under autocast the heads return bf16/fp16; W+ itself is kept in fp32 (latent_avg is large).
+        add = getattr(self.encoder, "add_latent_avg", None) or add_latent_avg
         with torch.autocast(codes.device.type, enabled=False):
-            wplus = self.encoder.add_latent_avg(codes.float(), self.latent_avg)
+            wplus = add(codes.float(), self.latent_avg)
         return (wplus, feats) if return_features else wplus

@@ -50,6 +50,9 @@ class StyleLatent:
     def with_wplus(self, wplus: torch.Tensor) -> "StyleLatent":
         return replace(self, wplus=wplus)
 
+    def with_extras(self, extras: dict) -> "StyleLatent":
+        return replace(self, extras=extras)
+
     def __len__(self) -> int:
         return self.batch_size
 

@@ -179,6 +179,13 @@ def read_checkpoint(path) -> RawCheckpoint:
             extras["opts"] = obj["opts"]
     if not state_dicts:
         raise CheckpointError(path, "holds no state dict TransEdit recognises.", _formats_hint())
+    decoder = state_dicts.get("decoder")
+    if decoder and any(k.startswith("generator.") for k in decoder):
+        # StylePrompter's full checkpoint: decoder = {generator.*: StyleGAN2, smart_block.*: SMART}
+        state_dicts["decoder"] = _strip_prefix(decoder, "generator.")
+        smart = _strip_prefix(decoder, "smart_block.")
+        if smart:
+            state_dicts["smart"] = smart
     return RawCheckpoint(str(path), "torch", state_dicts, extras)
 
 
@@ -312,7 +319,7 @@ def load_stylegan2(path) -> ModelDescriptor:
 
 
 # ------------------------------------------------------------------------------------------ encoders
-ENCODER_FAMILIES = ("style_transformer", "psp", "e4e")
+ENCODER_FAMILIES = ("style_transformer", "psp", "e4e", "styleprompter")
 
 
 @dataclass
@@ -326,6 +333,7 @@ class EncoderDescriptor:
     generator: Optional[ModelDescriptor]
     opts: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    smart: Optional[torch.nn.Module] = None  # StylePrompter's SMART block (full checkpoints only)
 
     @property
     def name(self) -> str:
@@ -334,10 +342,14 @@ class EncoderDescriptor:
     @property
     def input_size(self) -> tuple[int, int]:
         """(h, w) the official transforms resize to: 256x256, or 192x256 for the cars encoders."""
+        if self.family == "styleprompter":
+            return (self.config.img_size, self.config.img_size)
         return (192, 256) if str(self.opts.get("dataset_type", "")).startswith("cars") else (256, 256)
 
 
 def detect_encoder_family(sd: dict[str, torch.Tensor], opts: dict) -> Optional[str]:
+    if "latent_tok" in sd and any(k.startswith("layers.0.blocks.") for k in sd):
+        return "styleprompter"
     if "z" in sd and any(k.startswith("transformerlayer_coarse.") for k in sd):
         return "style_transformer"
     if "styles.0.convs.0.weight" in sd and "latlayer1.weight" in sd:
@@ -350,7 +362,9 @@ def load_encoder(path) -> EncoderDescriptor:
     """Load a Style Transformer / pSp / e4e training checkpoint ({'state_dict', 'opts', 'latent_avg'})."""
     from .inversion import LatentEncoder
     from .psp import build_psp_encoder, infer_psp_config
+    from .smart import SMART, infer_smart_config
     from .style_transformer import StyleTransformerEncoder, infer_style_transformer_config
+    from .styleprompter import StylePrompterEncoder, infer_styleprompter_config
 
     raw = read_checkpoint(path)
     opts = dict(raw.extras.get("opts") or {})
@@ -377,6 +391,9 @@ def load_encoder(path) -> EncoderDescriptor:
     if family == "style_transformer":
         config = infer_style_transformer_config(enc_sd, opts)
         module = StyleTransformerEncoder(config)
+    elif family == "styleprompter":
+        config = infer_styleprompter_config(enc_sd, opts)
+        module = StylePrompterEncoder(config)
     else:
         config = infer_psp_config(enc_sd, opts, kind=family)
         module = build_psp_encoder(config)
@@ -397,9 +414,18 @@ def load_encoder(path) -> EncoderDescriptor:
             raise CheckpointError(path, "has no latent_avg and no generator to take it from.")
         latent_avg = generator.latent_avg
         notes.append(f"no latent_avg in the file: using the generator's ({generator.latent_avg_source})")
+    smart = None
+    smart_sd = raw.state_dicts.get("smart")
+    if family == "styleprompter" and smart_sd:
+        smart = SMART(infer_smart_config(smart_sd, kv_shapes=[side for side, _ in config.feature_shapes()]))
+        result = smart.load_state_dict(smart_sd, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise CheckpointError(path, f"SMART weights do not match their inferred layout (missing "
+                                  f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}).")
+        smart.eval().requires_grad_(False)
     mapping = generator.model if family == "style_transformer" else None
     model = LatentEncoder(module, latent_avg, mapping=mapping).eval().requires_grad_(False)
-    return EncoderDescriptor(family, model, config, str(path), generator, opts, notes)
+    return EncoderDescriptor(family, model, config, str(path), generator, opts, notes, smart)
 
 
 @dataclass

@@ -397,6 +397,14 @@ class StylePrompterEncoder(nn.Module):
         if latent_avg is not None:
             self.set_latent_avg(latent_avg)
 
+    @property
+    def n_latent(self) -> int:
+        return self.config.n_latent
+
+    @property
+    def style_dim(self) -> int:
+        return self.config.style_dim
+
     def set_latent_avg(self, latent_avg: Optional[torch.Tensor]) -> "StylePrompterEncoder":
         if latent_avg is None:
             self.latent_avg.zero_()

@@ -7,7 +7,7 @@ from ..models.irse import preprocess_fast, preprocess_official
 from ..models.latent import StyleLatent
 from ..models.registry import EncoderDescriptor, load_encoder
 from . import comfy_bridge as bridge
-from .common import (NodeInputError, PRECISIONS, check_choice, check_images, require_model_file,
+from .common import (NodeInputError, PRECISIONS, check_choice, check_float, check_images, require_model_file,
                      resolve_precision)
 from .stylegan import StyleGANHandle
 
@@ -21,6 +21,7 @@ class EncoderHandle:
     def __init__(self, descriptor: EncoderDescriptor):
         self.descriptor = descriptor
         self.managed = bridge.ManagedModel(descriptor.model)
+        self._smart_handle = None  # made on first use by SMART Refine
 
     @property
     def name(self) -> str:
@@ -105,6 +106,9 @@ class TransEditInvert:
         chunk = self.chunk_size or (4 if device.type == "cpu" else 16)
         oom = bridge.oom_exception()
         results, start = [], 0
+        keep_features = desc.family == "styleprompter"  # SMART refines with the encoder's features
+        features: list = []
+        inter = bridge.intermediate_device()
         while start < total:
             bridge.check_interrupt()
             stop = min(start + chunk, total)
@@ -115,8 +119,14 @@ class TransEditInvert:
                 x = preprocess_fast(batch.to(device), size=desc.input_size)
             try:
                 with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                    wplus = module(x)
+                    if keep_features:
+                        wplus, feats = module(x, return_features=True)
+                        # per image, on the intermediate device (not pinned in VRAM), fp32
+                        features.extend([[f[i].float().to(inter) for f in feats] for i in range(x.shape[0])])
+                    else:
+                        wplus = module(x)
             except oom:
+                del features[start:]
                 bridge.soft_empty_cache()
                 if stop - start == 1:
                     raise MemoryError(f"{node}: out of memory encoding one image; use precision bf16/fp16 or "
@@ -128,16 +138,83 @@ class TransEditInvert:
             start = stop
         wplus = torch.cat(results, 0)
         gen = desc.generator
+        extras = {"encoder": desc.name, "family": desc.family}
+        if keep_features:
+            extras["smart_features"] = features
         return (StyleLatent(wplus=wplus, generator=gen.fingerprint if gen is not None else "",
-                            generator_name=desc.name,
-                            extras={"encoder": desc.name, "family": desc.family}),)
+                            generator_name=desc.name, extras=extras),)
+
+
+class SmartHandle:
+    """StylePrompter's SMART block from a full checkpoint, managed like any model."""
+
+    def __init__(self, module, name: str):
+        self.module, self.name = module, name
+        self.managed = bridge.ManagedModel(module)
+
+    @property
+    def config(self):
+        return self.module.config
+
+    def load(self):
+        return self.managed.load()
+
+
+class TransEditSMARTRefine:
+    DESCRIPTION = ("StylePrompter's SMART: at render time, refines the generator's 16x16 style feature with the "
+                   "encoder's multi-scale features — sharper, more faithful inversions that stay editable. "
+                   "Edits may come before or after this node.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "latent": ("TE_LATENT", {"tooltip": "A latent from TransEdit Invert with a StylePrompter checkpoint "
+                                                "(edited or not)."}),
+            "encoder": ("TE_ENCODER", {"tooltip": "The StylePrompter *full* checkpoint (it holds SMART)."}),
+            "beta1": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
+                                "tooltip": "Scales the attention values (how much encoder detail is injected)."}),
+            "beta2": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05,
+                                "tooltip": "Scales the feed-forward residual."}),
+        }}
+
+    RETURN_TYPES = ("TE_LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The same W+, marked for SMART refinement; TransEdit Generate applies it.",)
+    FUNCTION = "refine"
+    CATEGORY = CATEGORY
+
+    def refine(self, latent, encoder, beta1, beta2):
+        node = "TransEdit SMART Refine"
+        if not isinstance(latent, StyleLatent):
+            raise NodeInputError(node, "latent", f"must be a TE_LATENT, got {type(latent).__name__}.")
+        if not isinstance(encoder, EncoderHandle):
+            raise NodeInputError(node, "encoder", f"must be a TE_ENCODER, got {type(encoder).__name__}.",
+                                 "connect TransEdit Load Encoder with a StylePrompter full checkpoint.")
+        beta1 = check_float(node, "beta1", beta1, 0.0, 2.0)
+        beta2 = check_float(node, "beta2", beta2, 0.0, 2.0)
+        desc = encoder.descriptor
+        if desc.smart is None:
+            raise NodeInputError(node, "encoder", f"'{desc.name}' has no SMART block (a {desc.family} "
+                                 "checkpoint, or StylePrompter's baseline).",
+                                 "load StylePrompter's full checkpoint (the one trained with SMART).")
+        feats = latent.extras.get("smart_features")
+        if not feats or len(feats) != latent.batch_size:
+            raise NodeInputError(node, "latent", "carries no StylePrompter encoder features.",
+                                 "invert the images with a StylePrompter checkpoint (TransEdit Invert) first.")
+        if encoder._smart_handle is None:
+            encoder._smart_handle = SmartHandle(desc.smart, desc.name)
+        extras = dict(latent.extras)
+        extras["smart"] = {"handle": encoder._smart_handle, "beta": (beta1, beta2)}
+        return (latent.with_extras(extras),)
 
 
 NODE_CLASS_MAPPINGS = {
     "TransEditLoadEncoder": TransEditLoadEncoder,
     "TransEditInvert": TransEditInvert,
+    "TransEditSMARTRefine": TransEditSMARTRefine,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "TransEditLoadEncoder": "TransEdit Load Encoder",
     "TransEditInvert": "TransEdit Invert",
+    "TransEditSMARTRefine": "TransEdit SMART Refine",
 }

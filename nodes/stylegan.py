@@ -174,6 +174,7 @@ class TransEditGenerate:
             raise NodeInputError(node, "latent", "contains NaN or infinite values.",
                                  "check the node that produced it (e.g. an edit strength that is too large).")
 
+        smart = self._smart_for(node, generator, latent)
         module = generator.load()
         device = next(module.parameters()).device
         dtype = resolve_precision(precision, device)
@@ -185,9 +186,15 @@ class TransEditGenerate:
         while start < total:
             bridge.check_interrupt()
             stop = min(start + chunk, total)
+            hook = None
+            if smart is not None:  # StylePrompter's SMART refines layer 4 with this chunk's encoder features
+                smart_module, beta = smart
+                feats = latent.extras["smart_features"][start:stop]
+                levels = [torch.stack([f[level] for f in feats]).to(device) for level in range(len(feats[0]))]
+                hook = smart_module.hook(levels, beta=beta)
             try:
                 images = self._synthesise(module, latent.wplus[start:stop], device, dtype, noise_mode,
-                                          noise_seed + start)
+                                          noise_seed + start, hook)
             except oom:
                 bridge.soft_empty_cache()
                 if chunk == 1:
@@ -201,14 +208,33 @@ class TransEditGenerate:
         return (torch.cat(results, 0),)
 
     @staticmethod
-    def _synthesise(module, wplus, device, dtype, noise_mode, first_seed):
+    def _smart_for(node, generator, latent):
+        """(SMART module on the device, betas) when the latent went through SMART Refine, else None."""
+        smart = latent.extras.get("smart")
+        if smart is None:
+            return None
+        feats = latent.extras.get("smart_features")
+        if not feats or len(feats) != latent.batch_size:
+            raise NodeInputError(node, "latent", "is marked for SMART refinement but lost its encoder features.",
+                                 "connect SMART Refine after the edit nodes, or re-run Invert.")
+        handle = smart["handle"]
+        need, have = handle.config.q_channel, generator.config.channels.get(16)
+        if have != need:
+            raise NodeInputError(node, "generator", f"'{generator.name}' has a {have}-channel 16x16 feature but the "
+                                 f"SMART block from '{handle.name}' refines a {need}-channel one.",
+                                 "render the refined latent with the generator from the same StylePrompter checkpoint.")
+        return handle.load(), smart["beta"]
+
+    @staticmethod
+    def _synthesise(module, wplus, device, dtype, noise_mode, first_seed, feature_hook=None):
         noise = None
         if noise_mode == "random":  # per image, drawn on the CPU: same picture on every device
             per_image = [module.make_noise(1, "random", seed=(first_seed + i) % (MAX_SEED + 1), device=torch.device("cpu"))
                          for i in range(wplus.shape[0])]
             noise = [torch.cat(layer, 0).to(device) for layer in zip(*per_image)]
         with torch.inference_mode():
-            images = module.synthesis(wplus.to(device), noise=noise, noise_mode=noise_mode, dtype=dtype)
+            images = module.synthesis(wplus.to(device), noise=noise, noise_mode=noise_mode, dtype=dtype,
+                                      feature_hook=feature_hook)
         return gan_to_comfy_image(images)
 
 
