@@ -103,7 +103,7 @@ __all__ = [
     "MASK_SHAPES",
 ]
 
-MEDIAPIPE_INSTALL = 'pip install "mediapipe>=0.10,<0.11"'
+MEDIAPIPE_INSTALL = 'pip install "mediapipe==0.10.14"'
 MASK_SHAPES = ("ellipse", "square", "face")
 PADDING_MODES = ("blur", "reflect", "zeros")
 _MASK_RES = 256
@@ -304,7 +304,7 @@ class MediaPipeLandmarks:
 
     Uses the legacy ``mediapipe.solutions.face_mesh`` API of mediapipe 0.10.x,
     whose wheels ship the face detector and mesh models, so it runs offline.
-    Install with ``pip install "mediapipe>=0.10,<0.11"``.
+    Install with ``pip install "mediapipe==0.10.14"``.
 
     ``eye_mode="contour"`` (default) averages six eye-contour points like the
     FFHQ recipe averages the dlib eye contours; ``"iris"`` uses the iris
@@ -369,7 +369,7 @@ def _import_mediapipe():
     if solutions is None or not hasattr(solutions, "face_mesh"):
         raise MissingDependencyError(
             f"mediapipe {getattr(mp, '__version__', '?')} lacks the legacy "
-            f"mediapipe.solutions.face_mesh API this node uses. Install a 0.10.x release: {MEDIAPIPE_INSTALL}"
+            f"mediapipe.solutions.face_mesh API this node uses. Install that release: {MEDIAPIPE_INSTALL}"
         )
     return mp
 

@@ -39,7 +39,7 @@ def _make_detector(node: str, choice: str):
             return fa.MediaPipeLandmarks(max_num_faces=8)
         except fa.MissingDependencyError as e:
             raise NodeInputError(node, "detector", f"needs mediapipe, which is not installed ({e}).",
-                                 'run `pip install "mediapipe>=0.10,<0.11"` in ComfyUI\'s Python, or choose a '
+                                 'run `pip install "mediapipe==0.10.14"` in ComfyUI\'s Python, or choose a '
                                  "dlib shape_predictor_68_face_landmarks.dat placed in models/face_landmarks.") from None
     if choice.startswith("dlib: "):
         name = choice[len("dlib: "):]
@@ -62,7 +62,7 @@ class TransEditAlignFace:
     def INPUT_TYPES(cls):
         return {"required": {
             "images": ("IMAGE", {"tooltip": "Photos; one face per image is aligned."}),
-            "detector": (_detector_choices(), {"tooltip": "mediapipe needs `pip install \"mediapipe>=0.10,<0.11\"` "
+            "detector": (_detector_choices(), {"tooltip": "mediapipe needs `pip install \"mediapipe==0.10.14\"` "
                                                           "(offline, models bundled). dlib needs dlib and "
                                                           "shape_predictor_68_face_landmarks.dat in models/face_landmarks."}),
             "output_size": ("INT", {"default": 1024, "min": 64, "max": 2048, "step": 64,
