@@ -546,7 +546,9 @@ def save_random_encoder(path, family: str = "style_transformer", generator_confi
     """
     from .irse import IRSEConfig
     from .psp import PSPConfig, build_psp_encoder
+    from .smart import SMART, SMARTConfig
     from .style_transformer import StyleTransformerConfig, StyleTransformerEncoder
+    from .styleprompter import StylePrompterConfig, StylePrompterEncoder
 
     if family not in ENCODER_FAMILIES:
         raise ValueError(f"family must be one of {ENCODER_FAMILIES}, got {family!r}")
@@ -556,7 +558,17 @@ def save_random_encoder(path, family: str = "style_transformer", generator_confi
     generator = StyleGAN2Generator(gcfg).eval()
     sd = gcfg.style_dim
     backbone = IRSEConfig(input_width=16, widths=(16, 32, 48, sd), units=(1, 1, 1, 1))
-    if family == "style_transformer":
+    smart = None
+    if family == "styleprompter":  # the reduced geometry of the official parity fixture
+        spc = StylePrompterConfig(embed_dim=16, depths=(1, 2, 2, 1), num_heads=(2, 4, 8, 16),
+                                  n_latent=gcfg.n_latent, head_hidden=128, style_dim=sd, cpb_hidden=64)
+        encoder = StylePrompterEncoder(spc)
+        shapes = spc.feature_shapes()
+        q = gcfg.channels[16]
+        smart = SMART(SMARTConfig(q_channel=q, embed_dim=q, kv_channels=[c for _, c in shapes],
+                                  kv_shapes=[side for side, _ in shapes], ffn_dim=2 * q)).eval()
+        opts = {"encoder_type": "StylePrompter", "output_size": gcfg.size}
+    elif family == "style_transformer":
         encoder = StyleTransformerEncoder(StyleTransformerConfig(backbone=backbone, d_model=sd, nhead=4,
                                                                  dim_feedforward=2 * sd, n_latent=gcfg.n_latent))
         opts = {"encoder_type": "StyleTransformer", "output_size": gcfg.size}
@@ -575,7 +587,11 @@ def save_random_encoder(path, family: str = "style_transformer", generator_confi
                 buf.normal_(0, 0.1)
     latent_avg = generator.mean_latent(512, seed=seed).reshape(-1)
     state = {f"encoder.module.{k}": v for k, v in encoder.state_dict().items()}
-    state.update({f"decoder.module.{k}": v for k, v in generator.state_dict().items()})
+    if smart is None:
+        state.update({f"decoder.module.{k}": v for k, v in generator.state_dict().items()})
+    else:  # StylePrompter's full layout: the generator and SMART side by side under the decoder
+        state.update({f"decoder.module.generator.{k}": v for k, v in generator.state_dict().items()})
+        state.update({f"decoder.module.smart_block.{k}": v for k, v in smart.state_dict().items()})
     container = {"state_dict": state, "opts": opts, "latent_avg": latent_avg}
     return atomic_write(Path(path), lambda tmp: torch.save(container, tmp), overwrite)
 

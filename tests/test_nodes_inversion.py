@@ -154,3 +154,19 @@ def test_low_precision_keeps_wplus_in_fp32():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         w = desc.model(x)
     assert w.dtype == torch.float32
+
+
+def test_styleprompter_random_full_checkpoint_end_to_end(tmp_path):
+    """Without the fixtures: a tiny official-layout StylePrompter full checkpoint through every node."""
+    from transedit.nodes.inversion import TransEditSMARTRefine
+
+    save_random_encoder(tmp_path / "sp.pt", "styleprompter")
+    bridge.set_fallback_folder("gan_encoders", [str(tmp_path)])
+    encoder, generator = TransEditLoadEncoder().load("sp.pt")
+    assert encoder.descriptor.family == "styleprompter" and encoder.descriptor.smart is not None
+    lat = TransEditInvert().invert(encoder, photos(2), RESIZE_MODES[0], "fp32")[0]
+    assert len(lat.extras["smart_features"]) == 2
+    plain = TransEditGenerate().generate(generator, lat, "const", 0, "fp32")[0]
+    refined = TransEditSMARTRefine().refine(lat, encoder, 1.0, 1.0)[0]
+    out = TransEditGenerate().generate(generator, refined, "const", 0, "fp32")[0]
+    assert out.shape == plain.shape == (2, 64, 64, 3) and (out - plain).abs().max() > 1e-4
