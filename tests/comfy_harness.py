@@ -205,6 +205,15 @@ def ensure_comfyui(cache_dir: Optional[os.PathLike] = None, python: str = sys.ex
 MODEL_INPUTS: dict[tuple[str, str], str] = {
     ("TransEditLoadStyleGAN", "ckpt_name"): "stylegan",
     ("TransEditLoadEncoder", "encoder_name"): "gan_encoders",
+    ("TransEditLoadDirection", "direction"): "latent_directions",
+}
+# Values of those inputs that name no file (Load Direction's GANSpace presets and SeFa entry).
+NO_FILE_PREFIXES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("TransEditLoadDirection", "direction"): ("preset: ", "sefa: "),
+}
+# Weights that only the user can supply (no tiny stand-in exists): the graph's diffusion part.
+USER_MODEL_INPUTS: dict[tuple[str, str], str] = {
+    ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
 }
 
 
@@ -221,12 +230,31 @@ def _save_tiny_encoder(path: Path, seed: int = 0) -> Path:
     return save_random_encoder(path, family="style_transformer", seed=seed, overwrite=True)
 
 
+def _save_tiny_direction(path: Path, seed: Optional[int] = None) -> Path:
+    """An InterFaceGAN-style direction as e4e ships them (a (1, style_dim) tensor in a .pt file), for the
+    tiny generators' 64-wide W. Seeded by the file name, so age.pt and smile.pt differ."""
+    import zlib
+
+    import torch
+
+    if path.suffix.lower() not in (".pt", ".pth"):
+        raise ValueError(f"tiny directions are written as .pt tensors, not '{path.suffix}' ({path.name})")
+    gen = torch.Generator().manual_seed(zlib.crc32(path.name.encode()) if seed is None else seed)
+    torch.save(torch.randn(1, TINY_STYLE_DIM, generator=gen), path)
+    return path
+
+
 # folder -> writer(path) of a small random-weight file in an official container format
 TINY_WEIGHT_MAKERS: dict[str, Callable[[Path], Path]] = {
     "stylegan": _save_tiny_stylegan,
     "gan_encoders": _save_tiny_encoder,
+    "latent_directions": _save_tiny_direction,
 }
+# Folders whose tiny files are each made afresh (cheap, and must differ per name); for the others one
+# random model is copied under every name of the same format.
+TINY_PER_NAME = {"latent_directions"}
 TINY_STYLEGAN_SIZE = 64  # what save_random_generator's / save_random_encoder's default configs generate
+TINY_STYLE_DIM = 64  # their W width (W+ is 10 x 64)
 
 
 def make_tiny_weights(folder: str, filename: str, dest_dir: os.PathLike) -> Path:
@@ -239,19 +267,27 @@ def make_tiny_weights(folder: str, filename: str, dest_dir: os.PathLike) -> Path
     return Path(maker(path))
 
 
-def workflow_model_files(ui_workflow: dict) -> list[tuple[str, str]]:
-    """(model folder, file name) for every weights file a UI-format workflow asks for."""
+def workflow_model_files(ui_workflow: dict, model_inputs: Optional[Mapping[tuple[str, str], str]] = None,
+                         ) -> list[tuple[str, str]]:
+    """(model folder, file name) for every weights file a UI-format workflow asks for (default: the pack's
+    loaders, MODEL_INPUTS; pass USER_MODEL_INPUTS for the diffusion checkpoints)."""
     found = []
     for node in ui_workflow.get("nodes", []):
-        for (node_type, input_name), folder in MODEL_INPUTS.items():
+        if node.get("mode", 0) == MODE_NEVER:
+            continue
+        for (node_type, input_name), folder in (MODEL_INPUTS if model_inputs is None else model_inputs).items():
             if node.get("type") != node_type:
                 continue
             values = node.get("widgets_values")
             if isinstance(values, dict):
                 name = values.get(input_name)
-            else:  # the pack's loaders have the file name as their first widget
+            else:  # these loaders have the file name as their first widget
                 name = values[0] if values else None
-            if isinstance(name, str) and (folder, name) not in found:
+            if not isinstance(name, str) or not name:
+                continue
+            if name.startswith(NO_FILE_PREFIXES.get((node_type, input_name), ())):
+                continue
+            if (folder, name) not in found:
                 found.append((folder, name))
     return found
 
@@ -659,10 +695,13 @@ class ComfyServer:
             self._object_info = self.get_json("/object_info", timeout=60)
         return self._object_info
 
-    def queue_prompt(self, api_prompt: dict, client_id: str = "transedit-harness") -> str:
-        """POST /prompt; returns the prompt id. Raises PromptRejected (with node_errors) on HTTP 400."""
+    def submit(self, api_prompt: dict, client_id: str = "transedit-harness") -> dict:
+        """POST /prompt; returns the server's answer: {"prompt_id", "number", "node_errors"}. This ComfyUI
+        queues a prompt when at least one output node validates; node_errors then names the nodes
+        whose outputs were left out. Raises PromptRejected (with node_errors) on HTTP 400 (no output
+        validates)."""
         try:
-            answer = self._request("POST", "/prompt", {"prompt": api_prompt, "client_id": client_id})
+            return self._request("POST", "/prompt", {"prompt": api_prompt, "client_id": client_id})
         except urllib.error.HTTPError as e:
             raw = e.read()
             try:
@@ -670,7 +709,10 @@ class ComfyServer:
             except ValueError:
                 body = {"error": raw.decode(errors="replace")}
             raise PromptRejected(e.code, body, self.log_tail(30)) from None
-        return answer["prompt_id"]
+
+    def queue_prompt(self, api_prompt: dict, client_id: str = "transedit-harness") -> str:
+        """POST /prompt; returns the prompt id. Raises PromptRejected (with node_errors) on HTTP 400."""
+        return self.submit(api_prompt, client_id)["prompt_id"]
 
     def history(self, prompt_id: str) -> Optional[dict]:
         return self.get_json(f"/history/{urllib.parse.quote(prompt_id)}").get(prompt_id)
@@ -728,30 +770,33 @@ class ComfyServer:
         return dest
 
 
+def _find_model(folder: str, name: str, search_dirs: Iterable[os.PathLike]) -> Optional[Path]:
+    for root in search_dirs:
+        for cand in (Path(root) / folder / name, Path(root) / name):
+            if cand.is_file():
+                return cand
+    return None
+
+
 def prepare_models(ui_workflows: Iterable[dict], search_dirs: Iterable[os.PathLike], tiny_dir: os.PathLike,
                    ) -> tuple[dict[str, dict[str, Path]], list[tuple[str, str]]]:
     """Find each workflow's weight files; make tiny random ones for what is missing.
 
     search_dirs are model roots laid out like ComfyUI's models/ (<root>/<folder>/<file>); a file
     directly in a root is accepted too. Returns ({folder: {name: path}}, [(folder, name) made tiny]).
+    Only the pack's own files (MODEL_INPUTS) are handled; see find_user_models for the diffusion part.
     """
     models: dict[str, dict[str, Path]] = {}
     tiny: list[tuple[str, str]] = []
     cache: dict[str, Path] = {}
+    search_dirs = list(search_dirs)
     for wf in ui_workflows:
         for folder, name in workflow_model_files(wf):
             if name in models.get(folder, {}):
                 continue
-            hit = None
-            for root in search_dirs:
-                for cand in (Path(root) / folder / name, Path(root) / name):
-                    if cand.is_file():
-                        hit = cand
-                        break
-                if hit:
-                    break
+            hit = _find_model(folder, name, search_dirs)
             if hit is None:
-                if folder not in cache or Path(name).suffix != cache[folder].suffix:
+                if folder in TINY_PER_NAME or folder not in cache or Path(name).suffix != cache[folder].suffix:
                     hit = make_tiny_weights(folder, name, Path(tiny_dir) / folder)
                     cache[folder] = hit
                 else:  # same random weights under another name of the same format
@@ -761,3 +806,160 @@ def prepare_models(ui_workflows: Iterable[dict], search_dirs: Iterable[os.PathLi
                 tiny.append((folder, name))
             models.setdefault(folder, {})[name] = hit
     return models, tiny
+
+
+def find_user_models(ui_workflows: Iterable[dict], search_dirs: Iterable[os.PathLike],
+                     ) -> tuple[dict[str, dict[str, Path]], list[tuple[str, str]]]:
+    """The weights only the user can supply (USER_MODEL_INPUTS, e.g. a Stable Diffusion checkpoint):
+    ({folder: {name: path}} found in search_dirs, [(folder, name) missing]). Nothing is made up."""
+    found: dict[str, dict[str, Path]] = {}
+    missing: list[tuple[str, str]] = []
+    search_dirs = list(search_dirs)
+    for wf in ui_workflows:
+        for folder, name in workflow_model_files(wf, USER_MODEL_INPUTS):
+            if name in found.get(folder, {}) or (folder, name) in missing:
+                continue
+            hit = _find_model(folder, name, search_dirs)
+            if hit is None:
+                missing.append((folder, name))
+            else:
+                found.setdefault(folder, {})[name] = hit
+    return found, missing
+
+
+# ------------------------------------------------------------------- running part of a graph
+def _linked_sources(node: dict) -> list[str]:
+    return [str(v[0]) for v in node.get("inputs", {}).values() if isinstance(v, list) and len(v) == 2]
+
+
+def drop_nodes(api_prompt: dict, node_ids: Iterable[str]) -> tuple[dict, list[str]]:
+    """An API prompt without node_ids and without everything that takes an input from them, directly
+    or further down. Returns (new prompt, dropped ids)."""
+    dropped = {str(i) for i in node_ids if str(i) in api_prompt}
+    changed = True
+    while changed:
+        changed = False
+        for node_id, node in api_prompt.items():
+            if node_id not in dropped and any(src in dropped for src in _linked_sources(node)):
+                dropped.add(node_id)
+                changed = True
+    kept = {k: json.loads(json.dumps(v)) for k, v in api_prompt.items() if k not in dropped}
+    return kept, sorted(dropped, key=lambda k: (len(k), k))
+
+
+def unavailable_user_models(api_prompt: dict, object_info: Mapping[str, dict]) -> dict[str, str]:
+    """{node id: file name} of the prompt's USER_MODEL_INPUTS loaders whose file this server does not
+    list (e.g. Load Checkpoint with no Stable Diffusion checkpoint in models/checkpoints)."""
+    missing = {}
+    for node_id, node in api_prompt.items():
+        for (node_type, input_name), _folder in USER_MODEL_INPUTS.items():
+            if node["class_type"] != node_type:
+                continue
+            value = node["inputs"].get(input_name)
+            spec = ((object_info.get(node_type) or {}).get("input", {}).get("required") or {}).get(input_name)
+            listed = spec[0] if spec and isinstance(spec[0], list) else []
+            if isinstance(value, str) and value not in listed:
+                missing[node_id] = value
+    return missing
+
+
+def without_unavailable_user_models(api_prompt: dict, object_info: Mapping[str, dict]) -> tuple[dict, list[str]]:
+    """The part of the prompt that runs without the user-only weights this server lacks: their loaders
+    and everything downstream of them are dropped (for edit_to_diffusion.json: the whole Stable Diffusion
+    part, leaving the TransEdit edit and its Save Image). Returns (prompt, dropped ids)."""
+    return drop_nodes(api_prompt, unavailable_user_models(api_prompt, object_info))
+
+
+def output_node_ids(api_prompt: dict, object_info: Mapping[str, dict]) -> list[str]:
+    return [k for k, v in api_prompt.items() if (object_info.get(v["class_type"]) or {}).get("output_node")]
+
+
+# ------------------------------------------------------------------------ graph type checks
+def _input_specs(info: dict) -> dict:
+    specs = {}
+    for section in ("required", "optional"):
+        specs.update(info.get("input", {}).get(section, {}) or {})
+    return specs
+
+
+def _spec_type(spec) -> str:
+    type_ = spec[0]
+    return "COMBO" if isinstance(type_, list) else str(type_)
+
+
+def _types_match(out_type: str, in_type: str) -> bool:
+    if "*" in (out_type, in_type):
+        return True
+    # ComfyUI accepts "A,B" (a union) on either side; compare as sets
+    return bool(set(str(out_type).split(",")) & set(str(in_type).split(",")))
+
+
+def check_workflow_types(ui_workflow: dict, object_info: Mapping[str, dict]) -> list[str]:
+    """What is wrong with a UI-format workflow against a server's /object_info: node types it does not
+    know, links whose origin output type differs from the target input type (either may be "*"),
+    slots/inputs that do not exist, and saved slot types that differ from what the server declares.
+    Frontend-only nodes (Note, Reroute, PrimitiveNode) are checked by what they connect, not by type.
+    Returns human-readable problems (empty = fine)."""
+    problems = []
+    nodes = {n["id"]: n for n in ui_workflow.get("nodes", [])}
+    for node in nodes.values():
+        if node["type"] not in _VIRTUAL_NODES and node["type"] not in object_info:
+            problems.append(f"node {node['id']}: type '{node['type']}' is not in /object_info")
+
+    def output_type(node, slot):
+        if node["type"] in _VIRTUAL_NODES:
+            outs = node.get("outputs") or []
+            return outs[slot].get("type", "*") if slot < len(outs) else None
+        outs = object_info.get(node["type"], {}).get("output") or []
+        if slot >= len(outs):
+            return None
+        t = outs[slot]
+        return "COMBO" if isinstance(t, list) else str(t)
+
+    def input_type(node, slot):
+        ins = node.get("inputs") or []
+        if slot >= len(ins):
+            return None, None
+        name = ins[slot]["name"]
+        if node["type"] in _VIRTUAL_NODES:
+            return name, ins[slot].get("type", "*")
+        spec = _input_specs(object_info.get(node["type"], {})).get(name)
+        return name, (None if spec is None else _spec_type(spec))
+
+    for link in ui_workflow.get("links", []):
+        if isinstance(link, dict):
+            lid, src, sslot, dst, dslot, ltype = (link["id"], link["origin_id"], link["origin_slot"],
+                                                  link["target_id"], link["target_slot"], link.get("type"))
+        else:
+            lid, src, sslot, dst, dslot, ltype = link[:6]
+        s, d = nodes.get(src), nodes.get(dst)
+        if s is None or d is None:
+            problems.append(f"link {lid}: node {src if s is None else dst} does not exist")
+            continue
+        if (s["type"] not in _VIRTUAL_NODES and s["type"] not in object_info) or \
+                (d["type"] not in _VIRTUAL_NODES and d["type"] not in object_info):
+            continue  # reported above
+        out_t = output_type(s, sslot)
+        name, in_t = input_type(d, dslot)
+        where = f"link {lid} ({s['type']} #{src} slot {sslot} -> {d['type']} #{dst} '{name}')"
+        if out_t is None:
+            problems.append(f"{where}: {s['type']} has no output slot {sslot}")
+            continue
+        if in_t is None:
+            problems.append(f"{where}: {d['type']} has no input " + (f"'{name}'" if name else f"slot {dslot}"))
+            continue
+        if not _types_match(out_t, in_t):
+            problems.append(f"{where}: output type {out_t} does not fit input type {in_t}")
+        if ltype is not None and not _types_match(ltype, out_t):
+            problems.append(f"{where}: the link is saved as {ltype}, the output is {out_t}")
+    for node in nodes.values():
+        if node["type"] in _VIRTUAL_NODES or node["type"] not in object_info:
+            continue
+        server_outs = object_info[node["type"]].get("output") or []
+        for i, out in enumerate(node.get("outputs") or []):
+            want = server_outs[i] if i < len(server_outs) else None
+            want = "COMBO" if isinstance(want, list) else want
+            if want is None or not _types_match(out.get("type", "*"), want):
+                problems.append(f"node {node['id']} ({node['type']}): output {i} is saved as {out.get('type')}, "
+                                f"the server declares {want}")
+    return problems

@@ -1,8 +1,11 @@
 """End-to-end: a real headless ComfyUI (CPU) loads the pack and runs every workflows/*.json over HTTP.
 
-The server gets tiny random weights under the file names the workflows ask for, and a real face photo
-(scikit-image's astronaut, 512x512) under the name each LoadImage asks for. The tests skip only when
-ComfyUI cannot be installed (no package index); with TRANSEDIT_REQUIRE_E2E=1 (CI) they fail instead.
+The server gets tiny random weights under the file names the workflows ask for (generators, encoders,
+InterFaceGAN-style directions), and a real face photo (scikit-image's astronaut, 512x512) under the name
+each LoadImage asks for. A Stable Diffusion checkpoint is never made up: workflows with a diffusion part
+(edit_to_diffusion.json) run up to it (its loader and everything downstream are dropped), and the whole
+graph is checked by ComfyUI's own validation. The tests skip only when ComfyUI cannot be installed (no
+package index); with TRANSEDIT_REQUIRE_E2E=1 (CI) they fail instead.
 """
 from __future__ import annotations
 
@@ -23,6 +26,12 @@ pytestmark = pytest.mark.e2e
 WORKFLOWS = h.workflow_files()
 OTHER_GENERATOR = "tiny-other-32px.pt"  # a generator with another latent shape
 INVERT_WORKFLOW = h.WORKFLOWS_DIR / "invert_reconstruct.json"
+EDIT_WORKFLOW = h.WORKFLOWS_DIR / "invert_edit.json"
+DIFFUSION_WORKFLOW = h.WORKFLOWS_DIR / "edit_to_diffusion.json"
+# What edit_to_diffusion.json's diffusion part is made of: dropped when there is no SD checkpoint.
+DIFFUSION_PART = {"CheckpointLoaderSimple", "CLIPTextEncode", "VAEEncode", "SetLatentNoiseMask", "KSampler",
+                  "VAEDecode", "SaveImage"}
+NOT_A_CHECKPOINT = "e2e-not-a-checkpoint.safetensors"  # a file that is listed but cannot be loaded
 NO_FACE_IMAGE = "e2e_no_face.png"  # put into the running server's input/ by the test that needs it
 CORNER = 48  # side of the corner patches that paste-back must leave untouched (the face is mid-top)
 
@@ -69,6 +78,17 @@ def _stylegan_prompt(server) -> dict:
 
 def _invert_prompt(server) -> dict:
     return h.ui_to_api(h.load_workflow(INVERT_WORKFLOW), server.object_info())
+
+
+def _edit_prompt(server) -> dict:
+    return h.ui_to_api(h.load_workflow(EDIT_WORKFLOW), server.object_info())
+
+
+def _runnable_prompt(server, ui_workflow: dict) -> tuple[dict, list[str]]:
+    """The workflow as an API prompt without the parts that need weights only the user has (the SD
+    checkpoint and what depends on it); returns (prompt, dropped node ids)."""
+    prompt = h.ui_to_api(ui_workflow, server.object_info())
+    return h.without_unavailable_user_models(prompt, server.object_info())
 
 
 def _upstream(prompt: dict, node_id: str, input_name: str) -> tuple[str, dict]:
@@ -149,6 +169,9 @@ def test_object_info_lists_every_pack_node(server):
     assert "stylegan2-ffhq-config-f.pt" in ckpts and OTHER_GENERATOR in ckpts
     encoders = info["TransEditLoadEncoder"]["input"]["required"]["encoder_name"][0]
     assert "style_transformer_ffhq.pt" in encoders
+    directions = info["TransEditLoadDirection"]["input"]["required"]["direction"][0]
+    assert "age.pt" in directions and "smile.pt" in directions, directions
+    assert any(d.startswith("preset: ") for d in directions) and any(d.startswith("sefa: ") for d in directions)
     assert info["TransEditAlignFace"]["input"]["required"]["detector"][0][0] == "mediapipe (bundled models)"
 
 
@@ -160,8 +183,36 @@ def test_workflow_input_images_are_in_the_input_folder(server):
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_nodes_and_link_types_match_object_info(server, path):
+    """Every node type is one this ComfyUI knows, and every link joins an output and an input of the same
+    type (or "*"), as /object_info declares them: what the frontend checks when it loads the file."""
+    problems = h.check_workflow_types(h.load_workflow(path), server.object_info())
+    assert not problems, f"{path.name}:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_model_files_are_listed(server, path):
+    """The file names the pack's loaders ask for are the ones their COMBOs list (models/<folder>/<name>)."""
+    info = server.object_info()
+    wf = h.load_workflow(path)
+    for (node_type, input_name), folder in h.MODEL_INPUTS.items():
+        listed = info[node_type]["input"]["required"][input_name][0]
+        for f, name in h.workflow_model_files(wf):
+            if f == folder:
+                assert name in listed, f"{path.name}: {node_type}.{input_name} = {name!r} is not listed"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_workflow_runs(server, path):
-    prompt, history = server.run_workflow(h.load_workflow(path), timeout=600)
+    prompt, dropped = _runnable_prompt(server, h.load_workflow(path))
+    if path == DIFFUSION_WORKFLOW:  # no SD checkpoint here: exactly the diffusion part is left out
+        full = h.ui_to_api(h.load_workflow(path), server.object_info())
+        assert {full[k]["class_type"] for k in dropped} == DIFFUSION_PART, dropped
+        assert not any(v["class_type"] in DIFFUSION_PART - {"SaveImage"} for v in prompt.values())
+    else:
+        assert not dropped, f"{path.name}: needs {dropped}, which only the user can supply"
+    assert h.output_node_ids(prompt, server.object_info()), f"{path.name}: nothing left to run"
+    history = server.run(prompt, timeout=600)
     assert history["status"]["status_str"] == "success" and history["status"]["completed"]
     images = server.output_images(history)
     assert images, f"{path.name} saved no image"
@@ -316,3 +367,108 @@ def test_photo_without_a_face_passes_through_unchanged(server, tmp_path):
     photo = _input_pixels(server, NO_FACE_IMAGE)
     assert saved[0].shape == photo.shape and np.array_equal(saved[0], photo), \
         "with no face and 'pass through', Paste Back must return the photo unchanged"
+
+
+# ------------------------------------------------------------------------------------ editing
+def _pasted(server, prompt: dict, prefix: str) -> np.ndarray:
+    (save, _), = _pasted_photos(prompt)
+    prompt[save]["inputs"]["filename_prefix"] = prefix
+    saved = _saved_by(server, server.run(prompt), save)
+    assert len(saved) == 1
+    return saved[0]
+
+
+def test_edits_change_the_face_and_strength_zero_reconstructs(server):
+    """Invert + Apply Direction (age, smile) + Paste Back: with both strengths 0 the photo equals what
+    invert_reconstruct.json gives (same encoder, same alignment); with the workflow's strengths the face
+    changes, and only the face."""
+    recon = _pasted(server, _invert_prompt(server), "e2e/recon")
+    prompt = _edit_prompt(server)
+    appliers = _nodes_of(prompt, "TransEditApplyDirection")
+    assert len(appliers) == 2
+    files = sorted(_upstream(prompt, a, "direction")[1]["inputs"]["direction"] for a in appliers)
+    assert files == ["age.pt", "smile.pt"]
+    assert all(prompt[a]["inputs"]["strength"] != 0 for a in appliers)
+    edited = _pasted(server, copy.deepcopy(prompt), "e2e/edited")
+    for a in appliers:
+        prompt[a]["inputs"]["strength"] = 0.0
+    unedited = _pasted(server, prompt, "e2e/strength0")
+    assert np.abs(unedited - recon).max() <= 1, "strength 0 should give the plain reconstruction"
+    diff = np.abs(edited - recon).max(-1)
+    assert diff.max() > 8 and (diff > 2).mean() > 0.01, "the edit changed (almost) nothing"
+    assert np.array_equal(edited[:CORNER, :CORNER], recon[:CORNER, :CORNER])
+
+
+def test_latent_sweep_strip(server):
+    """invert_edit.json's sweep: `steps` different faces, from -3 to +3 along age; its middle step
+    (strength 0) is the unedited inversion, as Generate draws it from Invert's latent."""
+    prompt = _edit_prompt(server)
+    sweep = _nodes_of(prompt, "TransEditLatentSweep")[0]
+    inputs = prompt[sweep]["inputs"]
+    steps = inputs["steps"]
+    assert steps % 2 == 1 and inputs["from_strength"] == -inputs["to_strength"] != 0
+    (gen,) = [g for g in _nodes_of(prompt, "TransEditGenerate") if prompt[g]["inputs"]["latent"][0] == sweep]
+    (save,) = [k for k in _nodes_of(prompt, "SaveImage") if prompt[k]["inputs"]["images"][0] == gen]
+    invert = inputs["latent"][0]
+    assert prompt[invert]["class_type"] == "TransEditInvert"
+    plain = str(max(int(k) for k in prompt) + 1)
+    prompt[plain] = {"class_type": "TransEditGenerate",
+                     "inputs": {**prompt[gen]["inputs"], "latent": [invert, 0]}}
+    preview = str(int(plain) + 1)
+    prompt[preview] = {"class_type": "PreviewImage", "inputs": {"images": [plain, 0]}}
+    prompt, _ = h.drop_nodes(prompt, _nodes_of(prompt, "TransEditPasteBack"))  # not needed here
+    history = server.run(prompt)
+    strip = _saved_by(server, history, save)
+    (middle,) = _saved_by(server, history, preview)
+    assert len(strip) == steps
+    for arr in strip:
+        assert arr.shape == (h.TINY_STYLEGAN_SIZE, h.TINY_STYLEGAN_SIZE, 3)
+    for a, b in zip(strip, strip[1:]):
+        assert np.abs(a - b).max() > 8, "two neighbouring sweep steps look the same"
+    assert np.abs(strip[steps // 2] - middle).max() <= 2, "the sweep's strength-0 step is not the inversion"
+
+
+# ---------------------------------------------------------------------------------- diffusion
+def _diffusion_prompt(server) -> dict:
+    return h.ui_to_api(h.load_workflow(DIFFUSION_WORKFLOW), server.object_info())
+
+
+def test_edit_to_diffusion_lacks_only_the_checkpoint(server):
+    """Queued whole, ComfyUI's validation finds exactly one problem, the missing SD checkpoint. This
+    ComfyUI then runs the outputs that do validate: the TransEdit edit is saved, the diffusion one not."""
+    prompt = _diffusion_prompt(server)
+    (loader,) = _nodes_of(prompt, "CheckpointLoaderSimple")
+    assert h.unavailable_user_models(prompt, server.object_info()) == {loader: prompt[loader]["inputs"]["ckpt_name"]}
+    answer = server.submit(prompt)
+    errors = {k: v["errors"] for k, v in answer["node_errors"].items() if v.get("errors")}
+    assert list(errors) == [loader], errors
+    assert [e["type"] for e in errors[loader]] == ["value_not_in_list"], errors
+    assert "ckpt_name" in json.dumps(errors[loader])
+    (final,) = [k for k in _nodes_of(prompt, "SaveImage") if _upstream(prompt, k, "images")[1]["class_type"]
+                == "VAEDecode"]
+    assert answer["node_errors"][loader]["dependent_outputs"] == [final], answer["node_errors"]  # left out
+    history = server.wait_for(answer["prompt_id"])
+    (save, _), = _pasted_photos(prompt)
+    assert set(history["outputs"]) == {save}, history["outputs"].keys()
+
+
+def test_edit_to_diffusion_validates_with_a_listed_checkpoint(server, tmp_path):
+    """With a file in models/checkpoints the whole graph passes validation (links, types, sampler and
+    scheduler names, the MASK into Set Latent Noise Mask) and runs until Load Checkpoint reads the file;
+    this one is not a checkpoint, so it fails there, in ComfyUI's own loader."""
+    fake = tmp_path / NOT_A_CHECKPOINT
+    fake.write_bytes(b"\x00" * 64)
+    server.add_model("checkpoints", {NOT_A_CHECKPOINT: fake})
+    prompt = _diffusion_prompt(server)
+    (loader,) = _nodes_of(prompt, "CheckpointLoaderSimple")
+    prompt[loader]["inputs"]["ckpt_name"] = NOT_A_CHECKPOINT
+    (mask_node,) = _nodes_of(prompt, "SetLatentNoiseMask")
+    paste_id, paste = _upstream(prompt, mask_node, "mask")
+    assert paste["class_type"] == "TransEditPasteBack" and prompt[mask_node]["inputs"]["mask"][1] == 1
+    (sampler,) = _nodes_of(prompt, "KSampler")
+    assert 0.2 <= prompt[sampler]["inputs"]["denoise"] <= 0.6
+    assert _upstream(prompt, sampler, "latent_image")[0] == mask_node
+    with pytest.raises(h.PromptFailed) as exc:  # validation passed: it was queued and ran
+        server.run(prompt)
+    assert exc.value.error["node_id"] == loader and exc.value.error["node_type"] == "CheckpointLoaderSimple", \
+        exc.value.error
