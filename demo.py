@@ -4,9 +4,14 @@
 
 Sets up a pinned ComfyUI on first use (tests/comfy_harness.py), looks for the weight files each
 workflow names in the model folders (laid out like ComfyUI's models/: DIR/stylegan/<file>,
-DIR/gan_encoders/<file>), and runs on the CPU. A file that is not found is replaced by tiny random
-weights under the same name, and the demo says so loudly: those pictures show that the pipeline runs,
-not what a trained model draws.
+DIR/gan_encoders/<file>, DIR/latent_directions/<file>), and runs on the CPU. A file that is not found
+is replaced by tiny random weights under the same name (directions: random InterFaceGAN-style vectors),
+and the demo says so loudly: those pictures show that the pipeline runs, not what a trained model draws.
+
+A workflow with a Stable Diffusion part (edit_to_diffusion.json) needs your SD checkpoint in
+DIR/checkpoints/<file>; nothing stands in for it. Without it the demo runs the graph up to the
+diffusion part (the TransEdit edit is saved) and says that the rest was skipped; with it, everything
+runs (slowly, on the CPU).
 
 Pictures a workflow loads (Load Image) are looked for in the --inputs folders (like ComfyUI's input/);
 one that is not found is replaced by a real face photo, scikit-image's astronaut (NASA, public domain),
@@ -36,6 +41,12 @@ def banner(lines: list[str]) -> str:
     bar = "!" * (width + 2)
     body = "\n".join(f"! {line.ljust(width - 2)} !" for line in lines)
     return f"\n{bar}\n{body}\n{bar}\n"
+
+
+def node_label(ui_workflow: dict, node_id: str) -> str:
+    """A node's type (its title if it has one) in the UI-format workflow, for messages."""
+    node = next((n for n in ui_workflow["nodes"] if str(n["id"]) == str(node_id)), {})
+    return node.get("title") or node.get("type", "?")
 
 
 def main(argv=None) -> int:
@@ -78,10 +89,14 @@ def main(argv=None) -> int:
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"workflows": {}, "tiny_random_weights": [], "stand_in_input_images": []}
+    summary = {"workflows": {}, "tiny_random_weights": [], "stand_in_input_images": [],
+               "missing_user_checkpoints": []}
     failures = 0
     with tempfile.TemporaryDirectory(prefix="transedit-demo-weights-") as tiny_dir:
         models, tiny = h.prepare_models(workflows.values(), search, tiny_dir)
+        user_models, user_missing = h.find_user_models(workflows.values(), search)
+        for folder, files in user_models.items():
+            models.setdefault(folder, {}).update(files)
         try:
             inputs, stand_ins = h.prepare_inputs(workflows.values(), input_search, Path(tiny_dir) / "input")
         except ImportError as e:  # the stand-in photo comes from scikit-image
@@ -101,6 +116,16 @@ def main(argv=None) -> int:
             for name, path in files.items():
                 kind = "TINY RANDOM" if (folder, name) in tiny else "found"
                 print(f"[demo] {folder}/{name}: {kind} ({path})")
+        for folder, name in user_missing:
+            print(f"[demo] {folder}/{name}: NOT FOUND (your Stable Diffusion checkpoint; nothing stands in for it)")
+        if user_missing:
+            summary["missing_user_checkpoints"] = [f"{f}/{n}" for f, n in user_missing]
+            print(banner([
+                "NO STABLE DIFFUSION CHECKPOINT: the diffusion part of the workflows will be SKIPPED.",
+                "Missing: " + ", ".join(f"{f}/{n}" for f, n in user_missing),
+                "Those graphs run up to the diffusion part (the TransEdit edit is saved); the diffusion",
+                "part needs your own SD checkpoint: put it in <models>/checkpoints/ and pass --models <models>.",
+            ]), flush=True)
         if tiny:
             summary["tiny_random_weights"] = [f"{f}/{n}" for f, n in tiny]
             print(banner([
@@ -117,8 +142,17 @@ def main(argv=None) -> int:
             for path, wf in workflows.items():
                 t = time.monotonic()
                 try:
-                    _, history = server.run_workflow(wf, timeout=args.timeout)
-                except h.ComfyError as e:
+                    info = server.object_info()
+                    prompt, dropped = h.without_unavailable_user_models(h.ui_to_api(wf, info), info)
+                    if dropped:
+                        needs = sorted(set(h.unavailable_user_models(h.ui_to_api(wf, info), info).values()))
+                        print(f"[demo] {path.name}: running up to the diffusion part only. SKIPPED (needs your "
+                              f"SD checkpoint {', '.join(needs)} in <models>/checkpoints/): "
+                              + ", ".join(f"{node_label(wf, i)} #{i}" for i in dropped), flush=True)
+                    if not h.output_node_ids(prompt, info):
+                        raise h.ComfyError("nothing left to run without the missing checkpoint(s)")
+                    history = server.run(prompt, timeout=args.timeout)
+                except (h.ComfyError, ValueError) as e:
                     failures += 1
                     print(f"[demo] {path.name}: FAILED\n{e}", file=sys.stderr, flush=True)
                     summary["workflows"][path.name] = {"ok": False, "error": str(e).splitlines()[0]}
@@ -139,7 +173,12 @@ def main(argv=None) -> int:
                     copied.append(target)
                 summary["workflows"][path.name] = {"ok": True, "seconds": round(seconds, 2),
                                                    "images": [str(c.relative_to(out)) for c in copied]}
-                print(f"[demo] {path.name}: {len(copied)} image(s) in {seconds:.1f} s")
+                if dropped:
+                    summary["workflows"][path.name].update(
+                        complete=False, skipped_nodes=[f"{node_label(wf, i)} #{i}" for i in dropped],
+                        skipped_because="no Stable Diffusion checkpoint: " + ", ".join(needs))
+                print(f"[demo] {path.name}: {len(copied)} image(s) in {seconds:.1f} s"
+                      + (" (UP TO THE DIFFUSION PART ONLY: no SD checkpoint)" if dropped else ""))
                 for c in copied:
                     print(f"         {c}")
             if args.keep_server_dir:
@@ -149,6 +188,9 @@ def main(argv=None) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if tiny:
         print(banner(["REMINDER: these images are from TINY RANDOM weights, not a trained model."]))
+    if user_missing:
+        print(banner(["REMINDER: the diffusion part was SKIPPED (no Stable Diffusion checkpoint: "
+                      + ", ".join(f"{f}/{n}" for f, n in user_missing) + ")."]))
     print(f"[demo] done: {len(workflows) - failures}/{len(workflows)} workflow(s) ran; images in {out}")
     return 1 if failures else 0
 

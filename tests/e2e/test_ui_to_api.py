@@ -124,3 +124,93 @@ def test_prepare_inputs_finds_or_writes_the_example_face(tmp_path):
     assert inputs["a.png"] == found_dir / "a.png" and stand_ins == ["face.png"]
     with Image.open(inputs["face.png"]) as im:
         assert im.format == "PNG" and im.size == (512, 512) and im.mode == "RGB"
+
+
+def test_workflow_model_files_directions_and_checkpoints():
+    edit = h.load_workflow(h.WORKFLOWS_DIR / "invert_edit.json")
+    assert h.workflow_model_files(edit) == [("gan_encoders", "style_transformer_ffhq.pt"),
+                                            ("latent_directions", "age.pt"), ("latent_directions", "smile.pt")]
+    assert h.workflow_model_files(edit, h.USER_MODEL_INPUTS) == []
+    diff = h.load_workflow(h.WORKFLOWS_DIR / "edit_to_diffusion.json")
+    assert h.workflow_model_files(diff, h.USER_MODEL_INPUTS) == [("checkpoints", "v1-5-pruned-emaonly.safetensors")]
+    presets = wf([node(1, "TransEditLoadDirection", ["preset: ganspace ffhq smile", 0]),
+                  node(2, "TransEditLoadDirection", ["sefa: from the generator input (all layers)", 3]),
+                  node(3, "TransEditLoadDirection", ["sub/pose.pt", 0])], [])
+    assert h.workflow_model_files(presets) == [("latent_directions", "sub/pose.pt")]
+
+
+def test_tiny_directions_differ_per_name(tmp_path):
+    import torch
+
+    g = wf([node(1, "TransEditLoadDirection", ["age.pt", 0]), node(2, "TransEditLoadDirection", ["smile.pt", 0])],
+           [])
+    models, tiny = h.prepare_models([g], [], tmp_path)
+    assert tiny == [("latent_directions", "age.pt"), ("latent_directions", "smile.pt")]
+    age, smile = (torch.load(models["latent_directions"][n], weights_only=True) for n in ("age.pt", "smile.pt"))
+    assert age.shape == smile.shape == (1, h.TINY_STYLE_DIM) and not torch.equal(age, smile)
+
+
+def test_find_user_models(tmp_path):
+    diff = h.load_workflow(h.WORKFLOWS_DIR / "edit_to_diffusion.json")
+    found, missing = h.find_user_models([diff], [tmp_path])
+    assert found == {} and missing == [("checkpoints", "v1-5-pruned-emaonly.safetensors")]
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "v1-5-pruned-emaonly.safetensors").write_bytes(b"x")
+    found, missing = h.find_user_models([diff], [tmp_path])
+    assert missing == [] and found["checkpoints"]["v1-5-pruned-emaonly.safetensors"].is_file()
+
+
+TYPED_INFO = {
+    "Loader": {"input": {"required": {"ckpt_name": [["a.ckpt"]]}}, "output": ["MODEL", "VAE"],
+               "output_node": False},
+    "Img": {"input": {"required": {}}, "output": ["IMAGE"], "output_node": False},
+    "Enc": {"input": {"required": {"pixels": ["IMAGE"], "vae": ["VAE"]}}, "output": ["LATENT"]},
+    "Any": {"input": {"required": {"x": ["*"]}}, "output": []},
+    "Save": {"input": {"required": {"latent": ["LATENT"]}}, "output": [], "output_node": True},
+    "CheckpointLoaderSimple": {"input": {"required": {"ckpt_name": [["a.ckpt"]]}}, "output": ["MODEL"]},
+}
+
+
+def _typed_graph(link_from_slot=1, link_type="VAE"):
+    return wf([node(1, "Loader", ["a.ckpt"], outputs=[{"name": "MODEL", "type": "MODEL", "links": None},
+                                                      {"name": "VAE", "type": "VAE", "links": [2]}]),
+               node(2, "Img", outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [1, 4]}]),
+               node(3, "Enc", inputs=[{"name": "pixels", "type": "IMAGE", "link": 1},
+                                      {"name": "vae", "type": "VAE", "link": 2}],
+                    outputs=[{"name": "LATENT", "type": "LATENT", "links": [3]}]),
+               node(4, "Save", inputs=[{"name": "latent", "type": "LATENT", "link": 3}]),
+               node(5, "Any", inputs=[{"name": "x", "type": "*", "link": 4}]),
+               node(6, "Note", ["text"])],
+              [[1, 2, 0, 3, 0, "IMAGE"], [2, 1, link_from_slot, 3, 1, link_type], [3, 3, 0, 4, 0, "LATENT"],
+               [4, 2, 0, 5, 0, "IMAGE"]])
+
+
+def test_check_workflow_types():
+    assert h.check_workflow_types(_typed_graph(), TYPED_INFO) == []
+    problems = h.check_workflow_types(_typed_graph(link_from_slot=0, link_type="MODEL"), TYPED_INFO)
+    assert len(problems) == 1 and "MODEL does not fit input type VAE" in problems[0], problems
+    problems = h.check_workflow_types(_typed_graph(link_from_slot=5), TYPED_INFO)
+    assert problems and "no output slot 5" in problems[0], problems
+    g = _typed_graph()
+    g["nodes"][2]["inputs"][1]["name"] = "vae_renamed"
+    assert any("has no input 'vae_renamed'" in p for p in h.check_workflow_types(g, TYPED_INFO))
+    g = _typed_graph()
+    g["nodes"][0]["type"] = "GoneNode"
+    assert any("'GoneNode' is not in /object_info" in p for p in h.check_workflow_types(g, TYPED_INFO))
+    g = _typed_graph()
+    g["nodes"][0]["outputs"][1]["type"] = "CLIP"  # saved slot type disagrees with the server
+    assert any("output 1 is saved as CLIP" in p for p in h.check_workflow_types(g, TYPED_INFO))
+
+
+def test_drop_nodes_and_unavailable_user_models():
+    prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "mine.safetensors"}},
+              "2": {"class_type": "Img", "inputs": {}},
+              "3": {"class_type": "Enc", "inputs": {"pixels": ["2", 0], "vae": ["1", 0]}},
+              "4": {"class_type": "Save", "inputs": {"latent": ["3", 0]}},
+              "5": {"class_type": "Any", "inputs": {"x": ["2", 0]}}}
+    assert h.unavailable_user_models(prompt, TYPED_INFO) == {"1": "mine.safetensors"}
+    kept, dropped = h.without_unavailable_user_models(prompt, TYPED_INFO)
+    assert dropped == ["1", "3", "4"] and set(kept) == {"2", "5"}
+    prompt["1"]["inputs"]["ckpt_name"] = "a.ckpt"
+    assert h.without_unavailable_user_models(prompt, TYPED_INFO) == (prompt, [])
+    assert h.output_node_ids(prompt, TYPED_INFO) == ["4"]
