@@ -102,3 +102,20 @@ def test_model_folders_never_raise_on_unwritable_models_dir(fake_comfy, tmp_path
     fp.models_dir = str(blocker)  # makedirs under a file fails
     bridge.register_model_folders()
     assert str(blocker / "put") in fp.folder_names_and_paths["put"][0]
+
+
+def test_pyproject_metadata():
+    import tomllib
+
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    project = meta["project"]
+    assert project["name"] == "transedit" and re.fullmatch(r"\d+\.\d+\.\d+", project["version"])
+    assert not any(dep.split("=")[0].split(">")[0].split("<")[0].strip() in ("torch", "torchvision")
+                   for dep in project["dependencies"]), "torch must not be a dependency"
+    comfy = meta["tool"]["comfy"]
+    assert comfy["DisplayName"] == "TransEdit" and comfy["PublisherId"]
+    assert (REPO / "js" / comfy["Icon"].rsplit("/js/", 1)[1]).is_file()
+    reqs = [line.strip() for line in (REPO / "requirements.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    assert sorted(reqs) == sorted(project["dependencies"])
+
