@@ -224,10 +224,13 @@ def _save_tiny_stylegan(path: Path, seed: int = 0) -> Path:
 
 
 def _save_tiny_encoder(path: Path, seed: int = 0) -> Path:
-    """Style Transformer encoder + 64px decoder in the official training-checkpoint container."""
+    """A tiny encoder + 64px decoder in the official container; the family follows the file name
+    (styleprompter* -> full StylePrompter with SMART, *e4e* / *psp*, else Style Transformer)."""
     from transedit.models.registry import save_random_encoder
 
-    return save_random_encoder(path, family="style_transformer", seed=seed, overwrite=True)
+    name = Path(path).name.lower()
+    family = next((f for f in ("styleprompter", "e4e", "psp") if f in name), "style_transformer")
+    return save_random_encoder(path, family=family, seed=seed, overwrite=True)
 
 
 def _save_tiny_direction(path: Path, seed: Optional[int] = None) -> Path:
@@ -252,7 +255,7 @@ TINY_WEIGHT_MAKERS: dict[str, Callable[[Path], Path]] = {
 }
 # Folders whose tiny files are each made afresh (cheap, and must differ per name); for the others one
 # random model is copied under every name of the same format.
-TINY_PER_NAME = {"latent_directions"}
+TINY_PER_NAME = {"latent_directions", "gan_encoders"}  # encoders: the family follows the file name
 TINY_STYLEGAN_SIZE = 64  # what save_random_generator's / save_random_encoder's default configs generate
 TINY_STYLE_DIM = 64  # their W width (W+ is 10 x 64)
 
