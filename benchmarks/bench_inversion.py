@@ -5,10 +5,15 @@
 
 image [B, 3, 256, 256] in [-1, 1] -> encoder -> W+ [B, 18, 512] -> StyleGAN2 synthesis -> [B, 3, 1024, 1024].
 Random weights at the official full sizes (IR-SE-50 trunk, Style Transformer d_model 512 / 4 heads / FFN 1024,
-18 pSp / e4e style heads, config-f 1024 generator), the checkpoint's constant noise.
+18 pSp / e4e style heads, StylePrompter's SwinV2-T encoder (window 16, 18 latent tokens) and SMART block,
+config-f 1024 generator), the checkpoint's constant noise.
 
-Per (family, batch, dtype) case: encoder-only latency, generator latency (timed once per batch x dtype, the
-same for every family), end-to-end total latency (encoder then generator, measured, not summed), images/s
+`styleprompter` is the baseline checkpoint's path (encoder -> W+ -> generator); `styleprompter_smart` the full
+checkpoint's: the encoder also returns its four feature levels and SMART refines the generator's 16x16 style
+feature through `feature_hook` (the Invert -> SMART Refine -> Generate nodes' path).
+
+Per (family, batch, dtype) case: encoder-only latency, generator latency (timed once per batch x dtype x SMART
+on/off, shared by the families), end-to-end total latency (encoder then generator, measured, not summed), images/s
 and peak memory (CUDA max_memory_allocated above what was allocated before the case / CPU RSS above the
 level after warm-up). Medians of `--reps` after `--warmup` calls, the device synchronised around each call.
 
@@ -43,10 +48,12 @@ from bench_stylegan import DTYPES, RSSPeak, sync  # noqa: E402
 
 from transedit.models.inversion import LatentEncoder  # noqa: E402
 from transedit.models.psp import PSPConfig, build_psp_encoder  # noqa: E402
+from transedit.models.smart import SMART, SMARTConfig  # noqa: E402
+from transedit.models.styleprompter import StylePrompterConfig, StylePrompterEncoder  # noqa: E402
 from transedit.models.style_transformer import StyleTransformerConfig, StyleTransformerEncoder  # noqa: E402
 from transedit.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator  # noqa: E402
 
-FAMILIES = ("style_transformer", "psp", "e4e")
+FAMILIES = ("style_transformer", "psp", "e4e", "styleprompter", "styleprompter_smart")
 GEN_SIZE = 1024
 ENC_SIZE = 256
 
@@ -57,6 +64,9 @@ def build_encoder(family: str, g: StyleGAN2Generator, device):
     w_avg = g.mean_latent(1024)[0]  # [512]; a stand-in for the checkpoint's latent_avg
     if family == "style_transformer":
         enc = StyleTransformerEncoder(StyleTransformerConfig())
+        latent_avg = w_avg
+    elif family.startswith("styleprompter"):
+        enc = StylePrompterEncoder(StylePrompterConfig())  # SwinV2-T geometry of the official checkpoints
         latent_avg = w_avg
     else:
         enc = build_psp_encoder(PSPConfig(kind=family))
@@ -110,13 +120,25 @@ def encoder_call(family, wrapped, enc, latent_avg, g, x, dtype_name, device, off
             return lambda: enc.add_latent_avg(enc(x, mapping=g), latent_avg)  # queries re-mapped every call
         return lambda: enc.add_latent_avg(enc(x), latent_avg)
     dtype = DTYPES[dtype_name]
+    features = family == "styleprompter_smart"  # SMART needs the encoder's multi-scale features too
     if dtype == torch.float32:
-        return lambda: wrapped(x)
+        return lambda: wrapped(x, return_features=features)
 
     def run():
         with torch.autocast(device.type, dtype=dtype):
-            return wrapped(x)
+            return wrapped(x, return_features=features)
     return run
+
+
+def build_smart(device):
+    """StylePrompter's SMART block at the official size (query 16x16x512, 4 encoder levels), random weights."""
+    torch.manual_seed(3)
+    return SMART(SMARTConfig()).eval().requires_grad_(False).to(device)
+
+
+def split_output(out):
+    """Encoder output -> (W+, features or None)."""
+    return out if isinstance(out, tuple) else (out, None)
 
 
 def check_wplus(w, batch, g):
@@ -176,19 +198,26 @@ def main(argv=None):
     torch.manual_seed(0)
     g = StyleGAN2Generator(StyleGAN2Config(size=GEN_SIZE)).eval().requires_grad_(False).to(device)
     encoders = {f: build_encoder(f, g, device) for f in families}
+    smart = build_smart(device) if "styleprompter_smart" in families else None
 
     results = []
     gen_cache: dict[tuple[int, str], dict] = {}
 
-    def generator_timing(batch, dtype_name, w):
-        key = (batch, dtype_name)
+    def synthesise(w, feats, dtype):
+        """The Generate node's call: SMART (when features are given) refines layer 4 through the hook."""
+        hook = None if feats is None else smart.hook([f.float() for f in feats])
+        return g.synthesis(w.float(), dtype=dtype, feature_hook=hook)
+
+    def generator_timing(batch, dtype_name, w, feats):
+        key = (batch, dtype_name, feats is not None)
         if key not in gen_cache:
             dtype = DTYPES[dtype_name]
             with torch.inference_mode():
-                img, t = timer(lambda: g.synthesis(w, dtype=dtype))
+                img, t = timer(lambda: synthesise(w, feats, dtype))
             check_image(img, batch)
             gen_cache[key] = t
-            print(json.dumps({"generator": {"batch": batch, "dtype": dtype_name, **t}}), flush=True)
+            print(json.dumps({"generator": {"batch": batch, "dtype": dtype_name, "smart": feats is not None, **t}}),
+                  flush=True)
         return gen_cache[key]
 
     for batch in batches:
@@ -205,12 +234,14 @@ def main(argv=None):
                        "encoder_dtype": dtype_name, "generator_dtype": dtype_name, "device": device.type,
                        "pipeline": "full" if pipeline else "encoder_only"}
                 if official and family != "style_transformer" and "fp32" in dtypes:
-                    row["same_as"] = "transedit fp32 row (pSp / e4e precompute nothing)"
+                    row["same_as"] = ("transedit fp32 row (pSp / e4e / StylePrompter precompute nothing; the official "
+                                      "StylePrompter's eager softmax attention is the same arithmetic as SDPA's)")
                     results.append(row)  # filled from that row below
                     continue
                 run_enc = encoder_call(family, wrapped, enc, latent_avg, g, x, dtype_name, device, official)
                 with torch.inference_mode():
-                    w, te = timer(run_enc)
+                    out, te = timer(run_enc)
+                w, feats = split_output(out)
                 check_wplus(w, batch, g)
                 row["encoder_ms"] = te["ms_median"]
                 row["encoder_ms_min"] = te["ms_min"]
@@ -219,11 +250,11 @@ def main(argv=None):
                 row["encoder_images_per_s"] = round(batch / (te["ms_median"] / 1e3), 3)
                 if pipeline:
                     w = w.float().detach()
-                    tg = generator_timing(batch, dtype_name, w)
+                    tg = generator_timing(batch, dtype_name, w, feats)
                     gdtype = DTYPES[dtype_name]
 
                     def run_total():
-                        return g.synthesis(run_enc().float(), dtype=gdtype)
+                        return synthesise(*split_output(run_enc()), gdtype)
                     with torch.inference_mode():
                         img, tt = timer(run_total)
                     check_image(img, batch)
@@ -256,7 +287,8 @@ def main(argv=None):
 
     report = {
         "benchmark": "inversion_encoder_plus_generator",
-        "weights": "random; IR-SE-50 encoders at official sizes, config-f 1024 generator",
+        "weights": ("random; IR-SE-50 encoders and StylePrompter's SwinV2-T encoder (+ SMART) at official sizes, "
+                    "config-f 1024 generator"),
         "input": f"[B, 3, {ENC_SIZE}, {ENC_SIZE}] uniform in [-1, 1] -> W+ [B, 18, 512] -> [B, 3, {GEN_SIZE}, {GEN_SIZE}]",
         "timing": (f"median of {reps} after {warmup} warm-up call(s), device synchronised; generator timed once "
                    "per (batch, dtype) and shared by the families; total = encoder + generator measured end to end; "
@@ -265,7 +297,8 @@ def main(argv=None):
         "peak_memory": ("CUDA: max_memory_allocated above the allocation before the timed calls (weights excluded)"
                         if device.type == "cuda" else
                         "CPU: process RSS above its level after warm-up, sampled every 2 ms (weights excluded)"),
-        "parameters": {"generator": n_params(g), **{f: n_params(encoders[f][1]) for f in families}},
+        "parameters": {"generator": n_params(g), **{f: n_params(encoders[f][1]) for f in families},
+                       **({"smart": n_params(smart)} if smart is not None else {})},
         "machine": {
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
             "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),

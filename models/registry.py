@@ -158,7 +158,8 @@ def read_checkpoint(path) -> RawCheckpoint:
     state_dicts: dict[str, dict[str, torch.Tensor]] = {}
     extras = {}
     if isinstance(obj, dict):
-        for key, name in (("g_ema", "g_ema"), ("G_ema", "g_ema"), ("g", "g"), ("G", "g"), ("d", "d")):
+        for key, name in (("g_ema", "g_ema"), ("G_ema", "g_ema"), ("g", "g"), ("G", "g"), ("d", "d"),
+                          ("teacher", "teacher"), ("student", "student"), ("model", "model")):
             sd = _tensor_dict(obj.get(key))
             if sd is not None and name not in state_dicts:
                 state_dicts[name] = _strip_dataparallel(sd)
@@ -469,6 +470,96 @@ def load_edit_transformer(path) -> EditTransformerDescriptor:
             raise CheckpointError(path, f"its EditTransformer works on {config.d_model}-wide codes but its "
                                   f"generator's style_dim is {generator.config.style_dim}.")
     return EditTransformerDescriptor(model, config, str(path), generator)
+
+
+# -------------------------------------------------------------------------------------- DINO ViT
+DINO_REQUIRED_KEYS = ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.attn.qkv.weight")
+# DINO training checkpoints keep the ViT under backbone.* (teacher/student, DataParallel module.*).
+DINO_WEIGHTS_ORDER = ("teacher", "state_dict", "model", "g_ema", "student")
+DINO_HINT = ("Put a DINO ViT in models/vit: the official dino_vitbase8_pretrain.pth (or _small / patch16) from "
+             "facebookresearch/dino, or timm's vit_*_224.dino model.safetensors.")
+
+
+@dataclass
+class DinoDescriptor:
+    model: torch.nn.Module  # models.dino.DinoViT, frozen, eval
+    config: object  # models.dino.DinoConfig
+    source: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.source)
+
+
+def _dino_candidate(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    sd = _strip_dataparallel(sd)
+    if sd and all(k.startswith("backbone.") or k.startswith("head.") for k in sd):
+        sd = _strip_prefix(sd, "backbone.")
+    return sd
+
+
+def load_dino(path) -> DinoDescriptor:
+    """A DINO ViT (any size/patch) from an official .pth (backbone or full training checkpoint) or timm
+    .safetensors, loaded strictly; refuses other ViTs (DINOv2, supervised classifiers) with the reason."""
+    from .dino import DinoViT, infer_dino_config
+
+    raw = read_checkpoint(path)
+    names = [n for n in DINO_WEIGHTS_ORDER if n in raw.state_dicts] + \
+        [n for n in raw.state_dicts if n not in DINO_WEIGHTS_ORDER]
+    for name in names:
+        sd = _dino_candidate(raw.state_dicts[name])
+        if not all(k in sd for k in DINO_REQUIRED_KEYS):
+            continue
+        if any(k in sd for k in ("mask_token", "register_tokens")) or "blocks.0.ls1.gamma" in sd:
+            raise CheckpointError(path, "is a DINOv2 ViT; Splice's losses are defined on DINO (v1) features.",
+                                  DINO_HINT)
+        head = sd.get("head.weight")
+        if head is not None and head.ndim == 2 and head.shape[0] == 1000:
+            raise CheckpointError(path, "is a supervised ImageNet ViT classifier (it has a 1000-class head); "
+                                  "Splice needs DINO's self-supervised features.", DINO_HINT)
+        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+        try:
+            config = infer_dino_config(sd, raw.extras.get("metadata"))
+        except (KeyError, ValueError, IndexError) as e:
+            raise CheckpointError(path, f"looks like a ViT but its layout is incomplete ({e}).", DINO_HINT) from None
+        model = DinoViT(config)
+        result = model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise CheckpointError(path, f"ViT weights do not match a DINO ViT (patch {config.patch_size}, dim "
+                                  f"{config.embed_dim}, depth {config.depth}): missing {result.missing_keys[:3]}, "
+                                  f"unexpected {result.unexpected_keys[:3]}.", DINO_HINT)
+        notes = []
+        if name == "teacher":
+            notes.append("training checkpoint: using the teacher backbone (what DINO releases)")
+        return DinoDescriptor(model.eval().requires_grad_(False), config, str(path), notes)
+    found = ", ".join(f"'{n}' ({len(sd)} tensors, e.g. {next(iter(sd), '-')})" for n, sd in raw.state_dicts.items())
+    raise CheckpointError(path, f"is not a DINO ViT (found {found}).", DINO_HINT)
+
+
+def save_random_dino(path, config=None, seed: int = 0, overwrite: bool = False) -> Path:
+    """A DINO ViT with random weights in the official key layout (timm-style safetensors, heads in metadata);
+    for tests and demos. Weights are drawn large enough that features are not degenerate."""
+    from safetensors.torch import save_file
+
+    from .dino import DinoConfig, DinoViT
+
+    config = config or DinoConfig(patch_size=8, embed_dim=64, depth=2, num_heads=4)
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for k, v in DinoViT(config).state_dict().items():
+        if k.endswith("norm1.weight") or k.endswith("norm2.weight") or k == "norm.weight":
+            t = 1 + 0.1 * torch.randn(v.shape, generator=gen)
+        elif v.ndim >= 2 and k not in ("cls_token", "pos_embed"):
+            fan_in = v[0].numel()
+            t = torch.randn(v.shape, generator=gen) / fan_in ** 0.5
+        else:
+            t = 0.5 * torch.randn(v.shape, generator=gen) if k in ("cls_token", "pos_embed") else \
+                0.1 * torch.randn(v.shape, generator=gen)
+        sd[k] = t.contiguous()
+    meta = {"arch": f"DINO ViT patch={config.patch_size} embed={config.embed_dim} depth={config.depth} "
+                    f"heads={config.num_heads} (random weights, TransEdit test model)"}
+    return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta), overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------------------- writing
