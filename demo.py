@@ -149,6 +149,11 @@ def main(argv=None) -> int:
                         print(f"[demo] {path.name}: running up to the diffusion part only. SKIPPED (needs your "
                               f"SD checkpoint {', '.join(needs)} in <models>/checkpoints/): "
                               + ", ".join(f"{node_label(wf, i)} #{i}" for i in dropped), flush=True)
+                    if any(folder == "vit" for folder, _ in tiny):  # tiny DINO: a short Splice says as much
+                        shortened = h.shorten_for_tiny_weights(prompt)
+                        if shortened:
+                            print(f"[demo] {path.name}: tiny random DINO, so Splice trains for "
+                                  f"{h.TINY_RUN_OVERRIDES['TransEditSplice']['steps']} steps only", flush=True)
                     if not h.output_node_ids(prompt, info):
                         raise h.ComfyError("nothing left to run without the missing checkpoint(s)")
                     history = server.run(prompt, timeout=args.timeout)

@@ -368,6 +368,22 @@ class SpliceSettings:
     compile: bool = False
 
 
+def _autograd_ready(module: nn.Module) -> nn.Module:
+    """Gradients flow *through* the frozen DINO to the generator, so its weights are saved for backward;
+    weights created under inference_mode (e.g. loaded by a host that runs everything in it) cannot be.
+    Replace any such tensors by ordinary copies, in place."""
+    if any(t.is_inference() for t in list(module.parameters()) + list(module.buffers())):
+        with torch.inference_mode(False), torch.no_grad():
+            for m in module.modules():
+                for name, p in list(m.named_parameters(recurse=False)):
+                    if p.is_inference():
+                        setattr(m, name, nn.Parameter(p.clone(), requires_grad=p.requires_grad))
+                for name, b in list(m.named_buffers(recurse=False)):
+                    if b is not None and b.is_inference():
+                        m._buffers[name] = b.clone()
+    return module
+
+
 @dataclass
 class StepReport:
     step: int
@@ -384,13 +400,18 @@ class SpliceTrainer:
 
     def __init__(self, dino: DinoViT, structure: torch.Tensor, appearance: torch.Tensor,
                  settings: Optional[SpliceSettings] = None, generator_config: Optional[SkipConfig] = None):
+        # Hosts such as ComfyUI run nodes under inference_mode; training needs autograd whatever the caller's mode.
+        with torch.inference_mode(False), torch.enable_grad():
+            self._init(dino, structure, appearance, settings, generator_config)
+
+    def _init(self, dino, structure, appearance, settings, generator_config):
         self.settings = s = settings or SpliceSettings()
         if structure.ndim != 4 or structure.shape[:2] != (1, 3) or appearance.ndim != 4 or appearance.shape[:2] != (1, 3):
             raise ValueError("structure and appearance must be single RGB images [1, 3, H, W]")
         self.device = structure.device
-        self.dino = dino
-        self.A = structure.float().contiguous()
-        self.B = appearance.to(self.device).float().contiguous()
+        self.dino = _autograd_ready(dino)
+        self.A = structure.float().clone().contiguous()  # clone: inference tensors cannot be saved for backward
+        self.B = appearance.to(self.device).float().clone().contiguous()
         init = torch.Generator().manual_seed(int(s.seed))
         self.gen = SkipGenerator(generator_config).reset_parameters(init).to(self.device)
         self.gen.train()
@@ -413,6 +434,10 @@ class SpliceTrainer:
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def step(self) -> StepReport:
+        with torch.inference_mode(False), torch.enable_grad():
+            return self._step()
+
+    def _step(self) -> StepReport:
         s, step = self.settings, self.step_index
         lambdas = self.loss.active(step)
         a_crop = self.augment.structure(self.A)

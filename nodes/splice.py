@@ -121,7 +121,8 @@ class TransEditLoadDINO:
 
     def load(self, vit_name):
         node = "TransEdit Load DINO"
-        descriptor = load_dino(require_model_file(node, "vit_name", "vit", vit_name))
+        with torch.inference_mode(False):  # Splice back-propagates through DINO: no inference tensors
+            descriptor = load_dino(require_model_file(node, "vit_name", "vit", vit_name))
         for note in descriptor.notes:
             bridge.log.info("TransEdit: %s: %s", descriptor.name, note)
         return (DinoHandle(descriptor),)

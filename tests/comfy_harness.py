@@ -206,6 +206,7 @@ MODEL_INPUTS: dict[tuple[str, str], str] = {
     ("TransEditLoadStyleGAN", "ckpt_name"): "stylegan",
     ("TransEditLoadEncoder", "encoder_name"): "gan_encoders",
     ("TransEditLoadDirection", "direction"): "latent_directions",
+    ("TransEditLoadDINO", "vit_name"): "vit",
 }
 # Values of those inputs that name no file (Load Direction's GANSpace presets and SeFa entry).
 NO_FILE_PREFIXES: dict[tuple[str, str], tuple[str, ...]] = {
@@ -247,11 +248,47 @@ def _save_tiny_direction(path: Path, seed: Optional[int] = None) -> Path:
     return path
 
 
+def _save_tiny_dino(path: Path, seed: int = 0) -> Path:
+    """A 2-block, 64-wide DINO ViT (patch 8) in DINO's key layout; .pth names get a plain torch state dict
+    (like the official release), others safetensors (like timm's)."""
+    import torch
+
+    from transedit.models.registry import save_random_dino
+
+    if Path(path).suffix.lower() in (".pth", ".pt", ".bin"):
+        with tempfile.TemporaryDirectory() as tmp:
+            st = save_random_dino(Path(tmp) / "dino.safetensors", seed=seed)
+            from safetensors.torch import load_file
+
+            torch.save(load_file(str(st)), path)
+        return Path(path)
+    return save_random_dino(path, seed=seed, overwrite=True)
+
+
+# Workflow settings that are shortened when a run uses tiny random weights (e2e tests, the demo without
+# real weights): Splice's presets train for minutes to hours, which says nothing more about tiny models.
+TINY_RUN_OVERRIDES: dict[str, dict] = {
+    "TransEditSplice": {"steps": 10, "output_size": 128, "preview_every": 5},
+}
+
+
+def shorten_for_tiny_weights(prompt: dict) -> list[str]:
+    """Apply TINY_RUN_OVERRIDES to an API prompt in place; returns the ids of the nodes changed."""
+    changed = []
+    for node_id, node in prompt.items():
+        overrides = TINY_RUN_OVERRIDES.get(node["class_type"])
+        if overrides:
+            node["inputs"].update(overrides)
+            changed.append(node_id)
+    return changed
+
+
 # folder -> writer(path) of a small random-weight file in an official container format
 TINY_WEIGHT_MAKERS: dict[str, Callable[[Path], Path]] = {
     "stylegan": _save_tiny_stylegan,
     "gan_encoders": _save_tiny_encoder,
     "latent_directions": _save_tiny_direction,
+    "vit": _save_tiny_dino,
 }
 # Folders whose tiny files are each made afresh (cheap, and must differ per name); for the others one
 # random model is copied under every name of the same format.
@@ -332,12 +369,24 @@ def workflow_input_files(ui_workflow: dict) -> list[str]:
 
 def write_example_face(path: os.PathLike) -> Path:
     """A real 512x512 photo with one face (scikit-image's astronaut, public domain, NASA) as PNG."""
+    return write_example_picture(path, "astronaut")
+
+
+# Stand-in pictures by file name: Splice's examples get a structure and a different appearance photo.
+EXAMPLE_PICTURES = {"appearance": "coffee", "structure": "chelsea"}
+
+
+def write_example_picture(path: os.PathLike, picture: Optional[str] = None) -> Path:
+    """A real photo from scikit-image as PNG: `picture` names it (astronaut, chelsea, coffee); by default
+    chosen from the file name (EXAMPLE_PICTURES), the astronaut's face otherwise."""
     from PIL import Image
     from skimage import data
 
     path = Path(path)
+    if picture is None:
+        picture = next((p for key, p in EXAMPLE_PICTURES.items() if key in path.name.lower()), "astronaut")
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(data.astronaut()).convert("RGB").save(path, format="PNG")
+    Image.fromarray(getattr(data, picture)()).convert("RGB").save(path, format="PNG")
     return path
 
 
@@ -357,7 +406,7 @@ def prepare_inputs(ui_workflows: Iterable[dict], search_dirs: Iterable[os.PathLi
                 continue
             hit = next((Path(d) / name for d in search_dirs if (Path(d) / name).is_file()), None)
             if hit is None:
-                hit = write_example_face(Path(stand_in_dir) / name)
+                hit = write_example_picture(Path(stand_in_dir) / name)
                 stand_ins.append(name)
             inputs[name] = hit
     return inputs, stand_ins
@@ -739,6 +788,10 @@ class ComfyServer:
                 raise ComfyError(f"prompt {prompt_id} did not finish within {timeout:.0f} s\n"
                                  f"--- server log ---\n{self.log_tail()}")
             time.sleep(poll)
+
+    def interrupt(self) -> None:
+        """POST /interrupt: what the frontend's Cancel button does."""
+        self._request("POST", "/interrupt", {})
 
     def run(self, api_prompt: dict, timeout: float = 600.0) -> dict:
         return self.wait_for(self.queue_prompt(api_prompt), timeout)

@@ -28,9 +28,14 @@ OTHER_GENERATOR = "tiny-other-32px.pt"  # a generator with another latent shape
 INVERT_WORKFLOW = h.WORKFLOWS_DIR / "invert_reconstruct.json"
 EDIT_WORKFLOW = h.WORKFLOWS_DIR / "invert_edit.json"
 DIFFUSION_WORKFLOW = h.WORKFLOWS_DIR / "edit_to_diffusion.json"
-# What edit_to_diffusion.json's diffusion part is made of: dropped when there is no SD checkpoint.
+SPLICE_WORKFLOW = h.WORKFLOWS_DIR / "splice.json"
+# What each workflow's diffusion part is made of: dropped when there is no SD checkpoint.
 DIFFUSION_PART = {"CheckpointLoaderSimple", "CLIPTextEncode", "VAEEncode", "SetLatentNoiseMask", "KSampler",
                   "VAEDecode", "SaveImage"}
+DIFFUSION_PARTS = {
+    DIFFUSION_WORKFLOW: DIFFUSION_PART,
+    h.WORKFLOWS_DIR / "splice_to_diffusion.json": DIFFUSION_PART - {"SetLatentNoiseMask"},
+}
 NOT_A_CHECKPOINT = "e2e-not-a-checkpoint.safetensors"  # a file that is listed but cannot be loaded
 NO_FACE_IMAGE = "e2e_no_face.png"  # put into the running server's input/ by the test that needs it
 CORNER = 48  # side of the corner patches that paste-back must leave untouched (the face is mid-top)
@@ -88,6 +93,7 @@ def _runnable_prompt(server, ui_workflow: dict) -> tuple[dict, list[str]]:
     """The workflow as an API prompt without the parts that need weights only the user has (the SD
     checkpoint and what depends on it); returns (prompt, dropped node ids)."""
     prompt = h.ui_to_api(ui_workflow, server.object_info())
+    h.shorten_for_tiny_weights(prompt)  # Splice: a few steps on the tiny DINO
     return h.without_unavailable_user_models(prompt, server.object_info())
 
 
@@ -205,10 +211,11 @@ def test_workflow_model_files_are_listed(server, path):
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_workflow_runs(server, path):
     prompt, dropped = _runnable_prompt(server, h.load_workflow(path))
-    if path == DIFFUSION_WORKFLOW:  # no SD checkpoint here: exactly the diffusion part is left out
+    if path in DIFFUSION_PARTS:  # no SD checkpoint here: exactly the diffusion part is left out
+        part = DIFFUSION_PARTS[path]
         full = h.ui_to_api(h.load_workflow(path), server.object_info())
-        assert {full[k]["class_type"] for k in dropped} == DIFFUSION_PART, dropped
-        assert not any(v["class_type"] in DIFFUSION_PART - {"SaveImage"} for v in prompt.values())
+        assert {full[k]["class_type"] for k in dropped} == part, dropped
+        assert not any(v["class_type"] in part - {"SaveImage"} for v in prompt.values())
     else:
         assert not dropped, f"{path.name}: needs {dropped}, which only the user can supply"
     assert h.output_node_ids(prompt, server.object_info()), f"{path.name}: nothing left to run"
@@ -472,3 +479,65 @@ def test_edit_to_diffusion_validates_with_a_listed_checkpoint(server, tmp_path):
         server.run(prompt)
     assert exc.value.error["node_id"] == loader and exc.value.error["node_type"] == "CheckpointLoaderSimple", \
         exc.value.error
+
+
+# ------------------------------------------------------------------------------------ Splice
+def _splice_prompt(server) -> dict:
+    prompt = h.ui_to_api(h.load_workflow(SPLICE_WORKFLOW), server.object_info())
+    h.shorten_for_tiny_weights(prompt)
+    return prompt
+
+
+def _splice_outputs(server, prompt, history) -> tuple[np.ndarray, np.ndarray]:
+    """(Splice's saved image, Apply Splice's saved image) of a splice.json run."""
+    saves = {_upstream(prompt, k, "images")[1]["class_type"]: k for k in _nodes_of(prompt, "SaveImage")}
+    (spliced,) = _saved_by(server, history, saves["TransEditSplice"])
+    (applied,) = _saved_by(server, history, saves["TransEditApplySplice"])
+    return spliced, applied
+
+
+def test_splice_workflow_outputs(server):
+    """Splice gives the structure photo's aspect at output_size, and Apply Splice on the structure photo
+    reproduces it (same trained generator, same input)."""
+    prompt = _splice_prompt(server)
+    (splice,) = _nodes_of(prompt, "TransEditSplice")
+    history = server.run(prompt)
+    spliced, applied = _splice_outputs(server, prompt, history)
+    _, load = _upstream(prompt, splice, "structure")
+    photo = _input_pixels(server, load["inputs"]["image"])
+    side = h.TINY_RUN_OVERRIDES["TransEditSplice"]["output_size"]
+    expected = (round(photo.shape[0] * side / max(photo.shape[:2])), round(photo.shape[1] * side / max(photo.shape[:2])))
+    assert spliced.shape[:2] == expected, (spliced.shape, expected)
+    assert applied.shape == photo.shape  # Apply Splice answers at its input's size
+    from PIL import Image
+
+    back = Image.fromarray(applied.astype(np.uint8)).resize(spliced.shape[1::-1], Image.BILINEAR)
+    diff = np.abs(np.asarray(back, dtype=np.int16) - spliced)
+    assert diff.mean() < 4.0, diff.mean()  # the same picture, up to resampling
+    assert spliced.std() > 1.0
+
+
+def test_splice_cancel_stops_quickly_and_leaves_nothing_behind(server):
+    """Cancel (POST /interrupt) during a 100 000-step Splice ends the prompt within seconds; the next run
+    with the earlier settings gives exactly the earlier result (no optimiser/generator state leaks)."""
+    import time
+
+    prompt = _splice_prompt(server)
+    (splice,) = _nodes_of(prompt, "TransEditSplice")
+    prompt[splice]["inputs"]["seed"] = 7
+    before = _splice_outputs(server, prompt, server.run(prompt))[0]
+
+    long_run = copy.deepcopy(prompt)
+    long_run[splice]["inputs"].update(steps=100_000, preset="official")
+    prompt_id = server.queue_prompt(long_run)
+    time.sleep(4.0)  # loading + some training steps
+    t0 = time.monotonic()
+    server.interrupt()
+    with pytest.raises(h.PromptFailed) as exc:
+        server.wait_for(prompt_id, timeout=60)
+    stopped_after = time.monotonic() - t0
+    assert any(m[0] == "execution_interrupted" for m in exc.value.messages), exc.value.messages
+    assert stopped_after < 10, f"Cancel took {stopped_after:.1f} s"
+
+    after = _splice_outputs(server, prompt, server.run(prompt))[0]
+    assert np.array_equal(before, after), "a cancelled run changed the next run's result"
