@@ -85,6 +85,7 @@ def preprocess(images: torch.Tensor, size: int = 224, max_size: Optional[int] = 
     pinned torchvision 0.10 did not antialias tensors, which only matters when downscaling. We keep the
     antialiased version on purpose: a large crop seen without it aliases badly at 224.
     """
+    images = images.float()  # generator outputs may be bf16 under autocast; resizing is done in fp32
     h, w = images.shape[-2:]
     out = resized_size(h, w, size, max_size)
     if out != (h, w):

@@ -544,7 +544,8 @@ def save_random_dino(path, config=None, seed: int = 0, overwrite: bool = False) 
 
     from .dino import DinoConfig, DinoViT
 
-    config = config or DinoConfig(patch_size=8, embed_dim=64, depth=2, num_heads=4)
+    # 64 channels per head, DINO's convention, so heads are inferred right from a plain .pth as well
+    config = config or DinoConfig(patch_size=8, embed_dim=128, depth=2, num_heads=2)
     gen = torch.Generator().manual_seed(seed)
     sd = {}
     for k, v in DinoViT(config).state_dict().items():

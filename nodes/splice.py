@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -18,7 +19,9 @@ CATEGORY = "TransEdit/Splice"
 # (see README "Splice presets" for the loss-vs-steps measurement behind them).
 PRESETS = {"fast": 800, "balanced": 2500, "official": 10_000}
 SPLICE_PRECISIONS = ("auto", "fp32", "bf16")
-MIN_SIDE = 32  # 4 ViT patches at patch 8; smaller images carry no structure to transfer
+# The generator halves its input five times and normalises with batch statistics, which needs >= 2x2
+# values at the deepest level: crops (>= 95 % of the side) of a 40 px image are the smallest that work.
+MIN_SIDE = 40
 MAX_ASPECT = 8.0
 MAX_OUTPUT = 2048
 
@@ -78,13 +81,17 @@ def _check_splice_images(node: str, name: str, images) -> torch.Tensor:
     return images
 
 
-def _resize_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
-    """[1, 3, H, W] -> long side `long_side` (aspect kept, antialiased); 0 keeps the size."""
-    h, w = image.shape[-2:]
+def _long_side_size(h: int, w: int, long_side: int) -> tuple[int, int]:
+    """(H, W) with the long side `long_side` and the aspect kept; 0 keeps (h, w)."""
     if long_side <= 0 or max(h, w) == long_side:
-        return image
+        return h, w
     scale = long_side / max(h, w)
-    size = (max(MIN_SIDE, round(h * scale)), max(MIN_SIDE, round(w * scale)))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
     return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
 
 
@@ -217,6 +224,11 @@ class TransEditSplice:
         lambdas.entire_ssim = lambdas.global_ssim
         lr = check_float(node, "learning_rate", learning_rate, 1e-5, 1e-1)
         pairs = _pairs(node, structure.shape[0], appearance.shape[0])
+        a_size = _long_side_size(*structure.shape[1:3], output_size)
+        if min(a_size) < MIN_SIDE:
+            raise NodeInputError(node, "output_size", f"{output_size} makes the {structure.shape[2]}x"
+                                 f"{structure.shape[1]} structure image {a_size[1]}x{a_size[0]}; its short side "
+                                 f"must be at least {MIN_SIDE} px.", "raise output_size (or use 0: native size).")
 
         dino = vit.load()
         device = next(dino.parameters()).device
@@ -224,9 +236,12 @@ class TransEditSplice:
         progress = bridge.Progress(steps * len(pairs))
         results, generators, sizes, stopped = [], [], [], []
         for n, (i, j) in enumerate(pairs):
-            a = _resize_long_side(structure[i:i + 1].permute(0, 3, 1, 2), output_size).to(device)
+            a = _resize(structure[i:i + 1].permute(0, 3, 1, 2), a_size).to(device)
+            # B only feeds 224-px DINO crops and the identity term: no need to keep it larger than A
             b = appearance[j:j + 1].permute(0, 3, 1, 2)
-            b = _resize_long_side(b, min(max(b.shape[-2:]), max(a.shape[-2:]))).to(device)
+            bh, bw = b.shape[-2:]
+            b_long = min(max(bh, bw), max(max(a_size), math.ceil(MIN_SIDE * max(bh, bw) / min(bh, bw))))
+            b = _resize(b, _long_side_size(bh, bw, b_long)).to(device)
             settings = SpliceSettings(
                 steps=steps, lr=lr, seed=(seed + n) % (MAX_SEED + 1), lambdas=lambdas,
                 autocast_dtype=None if dtype == torch.float32 else dtype,
