@@ -159,7 +159,7 @@ def read_checkpoint(path) -> RawCheckpoint:
     extras = {}
     if isinstance(obj, dict):
         for key, name in (("g_ema", "g_ema"), ("G_ema", "g_ema"), ("g", "g"), ("G", "g"), ("d", "d"),
-                          ("teacher", "teacher"), ("student", "student"), ("model", "model")):
+                          ("teacher", "teacher"), ("student", "student"), ("ema", "ema"), ("model", "model")):
             sd = _tensor_dict(obj.get(key))
             if sd is not None and name not in state_dicts:
                 state_dicts[name] = _strip_dataparallel(sd)
@@ -561,6 +561,157 @@ def save_random_dino(path, config=None, seed: int = 0, overwrite: bool = False) 
     meta = {"arch": f"DINO ViT patch={config.patch_size} embed={config.embed_dim} depth={config.depth} "
                     f"heads={config.num_heads} (random weights, TransEdit test model)"}
     return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta), overwrite=overwrite)
+
+
+# ------------------------------------------------------------------------------------------- PUT
+PUT_HINT = ("Put a PUT transformer checkpoint in models/put: the official OUTPUT/<exp>/checkpoint/last.pth of a "
+            "transformer_* / vit_* experiment (it contains the P-VQVAE), renamed as you like.")
+PUT_OPTION_KEYS = ("n_head", "num_heads", "block_activate", "act_layer", "combine_rec_and_gt", "masked_embed_start",
+                   "im_scale", "im_mean", "im_std")
+
+
+@dataclass
+class PUTDescriptor:
+    model: torch.nn.Module  # models.put PUTTransformerCVPR / PUTTransformerTPAMI (with .content_codec)
+    config: object  # models.put.PUTConfig
+    source: str
+    weights: str  # "ema" or "model"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.source)
+
+
+def _put_options(path: Path) -> tuple[dict, Optional[str]]:
+    """Hyperparameters no tensor shape shows (heads, activation, masked_embed_start, combine_rec_and_gt)
+    from the official config.yaml next to the checkpoint: <stem>.yaml, config.yaml, ../configs/config.yaml."""
+    candidates = [path.with_suffix(".yaml"), path.parent / "config.yaml", path.parent.parent / "configs" / "config.yaml"]
+    for cand in candidates:
+        if not cand.is_file():
+            continue
+        try:
+            import yaml  # ComfyUI itself depends on PyYAML
+
+            data = yaml.safe_load(cand.read_text())
+        except Exception:  # no PyYAML, or not YAML: fall back to shape inference
+            continue
+        found: dict = {}
+
+        def walk(node):
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    if k in PUT_OPTION_KEYS and k not in found and (not isinstance(v, (dict, list))
+                                                                   or (k.startswith("im_") and isinstance(v, list))):
+                        found[k] = v
+                    walk(v)
+            elif isinstance(node, list):
+                for v in node:
+                    walk(v)
+        walk(data)
+        return found, str(cand)
+    return {}, None
+
+
+def load_put(path, **overrides) -> PUTDescriptor:
+    """A PUT transformer (CVPR 2022 or TPAMI 2024) with its P-VQVAE from an official checkpoint (or a
+    safetensors of its state dict); EMA weights when the file has them."""
+    from .put import build_put, infer_put_config
+    from .put_codec import PatchVQVAE, infer_pvqvae_config
+
+    path = Path(path)
+    raw = read_checkpoint(path)
+    name = next((n for n in ("ema", "model", "state_dict", "g_ema") if n in raw.state_dicts), None)
+    if name is None:
+        name = next(iter(raw.state_dicts))
+    sd = raw.state_dicts[name]
+    if "to_logits.weight" not in sd or "emb_proj.weight" not in sd:
+        if any(k.startswith("encoder.pre_layers.") for k in sd) and any(k.startswith("quantize.") for k in sd):
+            raise CheckpointError(path, "is a P-VQVAE (PUT's auto-encoder) checkpoint, not a transformer; "
+                                  "inpainting needs the transformer checkpoint, which already contains the "
+                                  "P-VQVAE.", PUT_HINT)
+        raise CheckpointError(path, f"is not a PUT transformer (found e.g. {list(sd)[:3]}).", PUT_HINT)
+    codec_sd = _strip_prefix(sd, "content_codec.")
+    if not codec_sd:
+        raise CheckpointError(path, "holds a PUT transformer without its P-VQVAE (no content_codec.* weights); "
+                              "use the full checkpoint the official training wrote.", PUT_HINT)
+    options, source = _put_options(path)
+    options.update(overrides)
+    notes = [f"options from {source}: {options}"] if source else \
+        ["no config.yaml beside the checkpoint: heads = width / 64 (the official models' ratio)"]
+    # the transformer predicts exactly the codebook's unmasked codes, so its class count is the split
+    codec_over = {"masked_embed_start": int(options.get("masked_embed_start") or sd["to_logits.weight"].shape[0])}
+    for k in ("im_scale", "im_mean", "im_std"):  # image normalisation (ImageNet-normalised TPAMI models)
+        if k in options:
+            v = options[k]
+            codec_over[k] = tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else (float(v),) * 3
+    codec = PatchVQVAE(infer_pvqvae_config(codec_sd, **codec_over))
+    result = codec.load_state_dict(codec_sd, strict=False)
+    problems = [k for k in result.missing_keys] + [k for k in result.unexpected_keys if not k.startswith("loss.")]
+    if problems:
+        raise CheckpointError(path, f"its P-VQVAE weights do not match the layout inferred from their shapes "
+                              f"({problems[:3]}).", PUT_HINT)
+    tsd = {k: v for k, v in sd.items() if not k.startswith("content_codec.")}
+    config = infer_put_config(tsd, options)
+    model = build_put(config, codec)
+    result = model.load_state_dict(sd, strict=False)
+    missing = [k for k in result.missing_keys]
+    unexpected = [k for k in result.unexpected_keys if not k.startswith("content_codec.loss.")]
+    if missing or unexpected:
+        raise CheckpointError(path, f"PUT transformer weights do not match the inferred {config.version} layout "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]}).", PUT_HINT)
+    if name == "ema":
+        notes.append("using the EMA weights")
+    return PUTDescriptor(model.eval().requires_grad_(False), config, str(path), name, notes)
+
+
+def save_random_put(path, version: str = "cvpr2022", seed: int = 0, overwrite: bool = False) -> Path:
+    """A tiny PUT transformer with its P-VQVAE (64 px images, 8x8 patches, 8x8 tokens, codebook 64 = 32 + 32,
+    width 64, one head so `width // 64` infers it) and random weights, for tests and the demo. A `.pth`
+    path gets the official training container ({'last_epoch', 'last_iter', 'spend_time', 'model',
+    'optimizer_and_scheduler'}); a `.safetensors` path the bare state dict."""
+    from .put import PUTConfig, build_put
+    from .put_codec import PatchVQVAE, PVQVAEConfig
+
+    tpami = version == "tpami2024"
+    codec_cfg = PVQVAEConfig(version=version, patch_size=8, n_e=64, e_dim=64, masked_embed_start=32,
+                             enc_res_ch=64, enc_num_res_blocks=2, enc_out_ch=64, dec_in_ch=64, dec_res_ch=64,
+                             dec_num_res_blocks=2, dec_res_after_up=2 if tpami else 0,
+                             upsample="nearest" if tpami else "deconv",
+                             ref_downsample="downsample" if tpami else "conv", ref_res_blocks=tpami)
+    config = PUTConfig(version=version, dim=64, n_layer=2, n_head=1, token_shape=(8, 8), num_token=32,
+                       mlp_hidden=256, qkv_bias=tpami, learn_mask_emb=tpami, combine_rec_and_gt=tpami)
+    torch.manual_seed(seed)  # module init below; the weights themselves come from `gen`
+    model = build_put(config, PatchVQVAE(codec_cfg))
+    gen = torch.Generator().manual_seed(seed)
+    norms = {f"{name}.{p}" for name, mod in model.named_modules() if isinstance(mod, torch.nn.LayerNorm)
+             for p in ("weight", "bias")}
+    sd = {}
+    for k, v in model.state_dict().items():
+        if not v.is_floating_point():
+            t = v.clone()
+        elif k.endswith("quantize.embedding"):  # codebook entries spread like the encoder's features
+            t = torch.randn(v.shape, generator=gen)
+        elif k.endswith(("cluster_size", "embedding_avg")):
+            t = v.clone()
+        elif k in norms:
+            t = (1 if k.endswith("weight") else 0) + 0.1 * torch.randn(v.shape, generator=gen)
+        elif k in ("pos_emb", "mask_emb"):
+            t = 0.3 * torch.randn(v.shape, generator=gen)
+        elif v.ndim >= 2:
+            t = torch.randn(v.shape, generator=gen) / v[0].numel() ** 0.5
+        else:
+            t = 0.05 * torch.randn(v.shape, generator=gen)
+        sd[k] = t.contiguous()
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        meta = {"arch": f"PUT {version} tiny (random weights, TransEdit test model)"}
+        return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta), overwrite=overwrite)
+    container = {"last_epoch": 0, "last_iter": 0, "spend_time": 0.0, "model": sd,
+                 "optimizer_and_scheduler": {}}
+    return atomic_write(path, lambda tmp: torch.save(container, tmp), overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------------------- writing

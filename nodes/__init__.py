@@ -1,7 +1,7 @@
 """ComfyUI glue: one module per stage plus `comfy_bridge`, the only module that imports ComfyUI."""
-from . import editing, faces, inversion, splice, stylegan
+from . import editing, faces, inversion, put, splice, stylegan
 
-_STAGES = (stylegan, faces, inversion, editing, splice)
+_STAGES = (stylegan, faces, inversion, editing, splice, put)
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}

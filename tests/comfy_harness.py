@@ -207,6 +207,7 @@ MODEL_INPUTS: dict[tuple[str, str], str] = {
     ("TransEditLoadEncoder", "encoder_name"): "gan_encoders",
     ("TransEditLoadDirection", "direction"): "latent_directions",
     ("TransEditLoadDINO", "vit_name"): "vit",
+    ("TransEditLoadPUT", "put_name"): "put",
 }
 # Values of those inputs that name no file (Load Direction's GANSpace presets and SeFa entry).
 NO_FILE_PREFIXES: dict[tuple[str, str], tuple[str, ...]] = {
@@ -265,6 +266,15 @@ def _save_tiny_dino(path: Path, seed: int = 0) -> Path:
     return save_random_dino(path, seed=seed, overwrite=True)
 
 
+def _save_tiny_put(path: Path, seed: int = 0) -> Path:
+    """A tiny PUT transformer + P-VQVAE (64 px, 8x8 tokens) in the official training-checkpoint container;
+    TPAMI 2024 when the file name says "tpami", CVPR 2022 otherwise."""
+    from transedit.models.registry import save_random_put
+
+    version = "tpami2024" if "tpami" in Path(path).name.lower() else "cvpr2022"
+    return save_random_put(path, version=version, seed=seed, overwrite=True)
+
+
 # Workflow settings that are shortened when a run uses tiny random weights (e2e tests, the demo without
 # real weights): Splice's presets train for minutes to hours, which says nothing more about tiny models.
 TINY_RUN_OVERRIDES: dict[str, dict] = {
@@ -289,10 +299,11 @@ TINY_WEIGHT_MAKERS: dict[str, Callable[[Path], Path]] = {
     "gan_encoders": _save_tiny_encoder,
     "latent_directions": _save_tiny_direction,
     "vit": _save_tiny_dino,
+    "put": _save_tiny_put,
 }
 # Folders whose tiny files are each made afresh (cheap, and must differ per name); for the others one
 # random model is copied under every name of the same format.
-TINY_PER_NAME = {"latent_directions", "gan_encoders"}  # encoders: the family follows the file name
+TINY_PER_NAME = {"latent_directions", "gan_encoders", "put"}  # encoders / PUT: the version follows the file name
 TINY_STYLEGAN_SIZE = 64  # what save_random_generator's / save_random_encoder's default configs generate
 TINY_STYLE_DIM = 64  # their W width (W+ is 10 x 64)
 
@@ -376,9 +387,16 @@ def write_example_face(path: os.PathLike) -> Path:
 EXAMPLE_PICTURES = {"appearance": "coffee", "structure": "chelsea"}
 
 
+# Holes of the inpainting example (transparent pixels = Load Image's MASK): a rectangle and a disk.
+INPAINT_HOLES = {"rect": (300, 360, 60, 200), "disk": (130, 400, 28)}  # (y0, y1, x0, x1), (cy, cx, r)
+
+
 def write_example_picture(path: os.PathLike, picture: Optional[str] = None) -> Path:
     """A real photo from scikit-image as PNG: `picture` names it (astronaut, chelsea, coffee); by default
-    chosen from the file name (EXAMPLE_PICTURES), the astronaut's face otherwise."""
+    chosen from the file name (EXAMPLE_PICTURES), the astronaut's face otherwise. Names containing
+    "inpaint" get the astronaut with two transparent holes (INPAINT_HOLES), which ComfyUI's Load Image
+    turns into its MASK."""
+    import numpy as np
     from PIL import Image
     from skimage import data
 
@@ -386,7 +404,17 @@ def write_example_picture(path: os.PathLike, picture: Optional[str] = None) -> P
     if picture is None:
         picture = next((p for key, p in EXAMPLE_PICTURES.items() if key in path.name.lower()), "astronaut")
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(getattr(data, picture)()).convert("RGB").save(path, format="PNG")
+    rgb = np.asarray(Image.fromarray(getattr(data, picture)()).convert("RGB"))
+    if "inpaint" in path.name.lower():
+        alpha = np.full(rgb.shape[:2], 255, np.uint8)
+        y0, y1, x0, x1 = INPAINT_HOLES["rect"]
+        alpha[y0:y1, x0:x1] = 0
+        cy, cx, r = INPAINT_HOLES["disk"]
+        yy, xx = np.mgrid[:rgb.shape[0], :rgb.shape[1]]
+        alpha[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 0
+        Image.fromarray(np.dstack([rgb, alpha])).save(path, format="PNG")
+    else:
+        Image.fromarray(rgb).save(path, format="PNG")
     return path
 
 

@@ -35,6 +35,7 @@ DIFFUSION_PART = {"CheckpointLoaderSimple", "CLIPTextEncode", "VAEEncode", "SetL
 DIFFUSION_PARTS = {
     DIFFUSION_WORKFLOW: DIFFUSION_PART,
     h.WORKFLOWS_DIR / "splice_to_diffusion.json": DIFFUSION_PART - {"SetLatentNoiseMask"},
+    h.WORKFLOWS_DIR / "put_to_diffusion.json": DIFFUSION_PART,
 }
 NOT_A_CHECKPOINT = "e2e-not-a-checkpoint.safetensors"  # a file that is listed but cannot be loaded
 NO_FACE_IMAGE = "e2e_no_face.png"  # put into the running server's input/ by the test that needs it
@@ -541,3 +542,32 @@ def test_splice_cancel_stops_quickly_and_leaves_nothing_behind(server):
 
     after = _splice_outputs(server, prompt, server.run(prompt))[0]
     assert np.array_equal(before, after), "a cancelled run changed the next run's result"
+
+
+def test_put_workflow_fills_only_the_holes(server):
+    """put_inpaint.json on the transparent-holes photo: num_samples fills at the photo's size, different
+    from each other inside the holes, and identical to the photo away from them (feather band excluded)."""
+    prompt = h.ui_to_api(h.load_workflow(h.WORKFLOWS_DIR / "put_inpaint.json"), server.object_info())
+    (put,) = _nodes_of(prompt, "TransEditPUTInpaint")
+    settings = prompt[put]["inputs"]
+    _, load = _upstream(prompt, put, "images")
+    photo = _input_pixels(server, load["inputs"]["image"])
+    history = server.run(prompt)
+    (save,) = [k for k in _nodes_of(prompt, "SaveImage") if _upstream(prompt, k, "images")[0] == put]
+    fills = _saved_by(server, history, save)
+    assert len(fills) == settings["num_samples"] and all(f.shape == photo.shape for f in fills)
+    holes = np.zeros(photo.shape[:2], bool)
+    y0, y1, x0, x1 = h.INPAINT_HOLES["rect"]
+    holes[y0:y1, x0:x1] = True
+    cy, cx, r = h.INPAINT_HOLES["disk"]
+    yy, xx = np.mgrid[:photo.shape[0], :photo.shape[1]]
+    holes |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    band = settings["feather"] + 1
+    grown = np.zeros_like(holes)
+    for dy in range(-band, band + 1):  # holes grown by the feather radius
+        grown |= np.roll(np.roll(holes, dy, 0), 0, 1)
+    grown = np.logical_or.reduce([np.roll(grown, dx, 1) for dx in range(-band, band + 1)])
+    for fill in fills:
+        assert np.array_equal(fill[~grown], photo[~grown])
+        assert np.abs(fill[holes] - photo[holes]).mean() > 1.0
+    assert any(np.abs(fills[0][holes] - f[holes]).mean() > 0.5 for f in fills[1:])
