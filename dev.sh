@@ -19,9 +19,24 @@ setup() {
     "$VENV/bin/pip" install -q -e '.[tests]'
 }
 
+# The real-browser tests (tests/e2e/test_browser.py) need Chromium and playwright-core; without them they
+# skip with the reason. This installs both (Debian/Ubuntu: apt; Node.js >= 18 from apt when missing).
+browser_setup() {
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    if ! command -v chromium >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        $sudo apt-get update -qq
+        local pkgs="chromium"
+        command -v npm >/dev/null 2>&1 || pkgs="$pkgs nodejs npm"
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
+    fi
+    (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+}
+
 case "${1:-}" in
     setup) setup ;;
+    browser-setup) browser_setup ;;
     demo)  setup; shift; exec "$VENV/bin/python" demo.py "$@" ;;
     test)  setup; shift; exec "$VENV/bin/python" -m pytest -q "$@" ;;
-    *) echo "usage: ./dev.sh {demo|test|setup} [args...]" >&2; exit 2 ;;
+    *) echo "usage: ./dev.sh {demo|test|setup|browser-setup} [args...]" >&2; exit 2 ;;
 esac

@@ -1,31 +1,327 @@
-// TransEdit frontend extension: small, framework-free and feature-detected, so it never breaks the canvas.
+// TransEdit frontend extension. Small, framework-free and feature-detected: every hook checks that the API it
+// uses exists, so an older or newer ComfyUI frontend loses a feature at worst, never the canvas.
+//
+//  - before/after compare widget on nodes whose "executed" message carries `transedit_compare` (Generate with
+//    inverted latents, Paste Back, Splice, PUT Inpaint, Compare): drag the divider; click the strip below the
+//    picture for the next pair;
+//  - Load Direction shows the chosen direction's description, layer range and default strength (from the
+//    file's metadata, served by /transedit/directions);
+//  - node tint and a "TransEdit help" menu entry linking to the node reference and official weights;
+//  - workflows saved by another version of the pack (a different number of widget values) still load:
+//    missing values keep their defaults, invalid choices fall back to the default, and the node says so.
 import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
 
+const EXTENSION = "TransEdit.Canvas";
 const HELP_URL = "https://github.com/transedit/ComfyUI-TransEdit#node-reference";
+const COMPARE_KEY = "transedit_compare";
+const COMPARE_HEIGHT = 260;
+const STRIP = 18;
 
-app.registerExtension({
-  name: "TransEdit.NodeHelp",
+const state = (window.__transedit = window.__transedit || { loads: 0, compareWidgets: 0, warnings: [] });
+state.loads += 1;
+
+function viewUrl(ref) {
+  const q = `/view?filename=${encodeURIComponent(ref.filename)}&type=${encodeURIComponent(ref.type || "temp")}` +
+    `&subfolder=${encodeURIComponent(ref.subfolder || "")}`;
+  return typeof api?.apiURL === "function" ? api.apiURL(q) : q;
+}
+
+function loadImage(ref) {
+  return new Promise((resolve) => {
+    const img = new Image();
+    img.onload = () => resolve(img);
+    img.onerror = () => resolve(null);
+    img.src = viewUrl(ref);
+  });
+}
+
+function fitRect(img, x, y, w, h) {
+  const s = Math.min(w / img.naturalWidth, h / img.naturalHeight);
+  const dw = img.naturalWidth * s, dh = img.naturalHeight * s;
+  return [x + (w - dw) / 2, y + (h - dh) / 2, dw, dh];
+}
+
+// ------------------------------------------------------------------------------------------ compare widget
+function makeCompareWidget(node) {
+  const widget = {
+    name: "transedit_compare",
+    type: "transedit_compare",
+    value: null,
+    split: 0.5,
+    pair: 0,
+    pairs: [], // [{before: Image, after: Image}]
+    labels: ["before", "after"],
+    total: 0,
+    serialize: false,
+    options: { serialize: false },
+    computeSize(width) {
+      return [width, this.pairs.length ? COMPARE_HEIGHT : 0];
+    },
+    draw(ctx, node_, width, y) {
+      if (!this.pairs.length) return;
+      const margin = 6;
+      const x0 = margin, w = width - 2 * margin, h = COMPARE_HEIGHT - STRIP - margin;
+      const pair = this.pairs[this.pair % this.pairs.length];
+      this.last = { x0, y, w, h };
+      ctx.save();
+      ctx.fillStyle = "#111";
+      ctx.fillRect(x0, y, w, h);
+      const ref = pair.after || pair.before;
+      if (ref) {
+        const [rx, ry, rw, rh] = fitRect(ref, x0, y, w, h);
+        if (pair.after) ctx.drawImage(pair.after, rx, ry, rw, rh);
+        if (pair.before) {
+          ctx.save();
+          ctx.beginPath();
+          ctx.rect(rx, ry, rw * this.split, rh);
+          ctx.clip();
+          ctx.drawImage(pair.before, rx, ry, rw, rh);
+          ctx.restore();
+        }
+        const dx = rx + rw * this.split;
+        ctx.strokeStyle = "#fff";
+        ctx.lineWidth = 2;
+        ctx.beginPath();
+        ctx.moveTo(dx, ry);
+        ctx.lineTo(dx, ry + rh);
+        ctx.stroke();
+        ctx.font = "11px sans-serif";
+        ctx.fillStyle = "rgba(0,0,0,0.6)";
+        ctx.fillRect(rx, ry, ctx.measureText(this.labels[0]).width + 8, 16);
+        ctx.fillRect(rx + rw - ctx.measureText(this.labels[1]).width - 8, ry, ctx.measureText(this.labels[1]).width + 8, 16);
+        ctx.fillStyle = "#fff";
+        ctx.textAlign = "left";
+        ctx.fillText(this.labels[0], rx + 4, ry + 12);
+        ctx.textAlign = "right";
+        ctx.fillText(this.labels[1], rx + rw - 4, ry + 12);
+      }
+      ctx.textAlign = "center";
+      ctx.fillStyle = "#aaa";
+      ctx.font = "11px sans-serif";
+      const more = this.total > this.pairs.length ? ` (first ${this.pairs.length} of ${this.total})` : "";
+      const text = this.pairs.length > 1 ? `pair ${this.pair + 1}/${this.pairs.length}${more} — click here for the next`
+        : "drag to compare";
+      ctx.fillText(text, x0 + w / 2, y + h + 13);
+      ctx.restore();
+    },
+    mouse(event, pos) {
+      if (!this.last || !this.pairs.length) return false;
+      const { x0, y, w, h } = this.last;
+      const type = event.type || "";
+      if (pos[1] > y + h && /down/.test(type)) {
+        this.pair = (this.pair + 1) % this.pairs.length;
+        node.setDirtyCanvas?.(true, true);
+        return true;
+      }
+      if (/down|move/.test(type) && pos[1] <= y + h) {
+        this.split = Math.min(1, Math.max(0, (pos[0] - x0) / w));
+        node.setDirtyCanvas?.(true, true);
+        return true;
+      }
+      return false;
+    },
+  };
+  return widget;
+}
+
+async function showCompare(node, payload) {
+  if (!payload?.pairs?.length || typeof node.addCustomWidget !== "function") return;
+  let widget = node.widgets?.find((w) => w.name === "transedit_compare");
+  if (!widget) {
+    widget = node.addCustomWidget(makeCompareWidget(node)) || node.widgets?.find((w) => w.name === "transedit_compare");
+    state.compareWidgets += 1;
+  }
+  const pairs = await Promise.all(payload.pairs.map(async (p) => ({
+    before: await loadImage(p.before), after: await loadImage(p.after),
+  })));
+  widget.pairs = pairs.filter((p) => p.before || p.after);
+  widget.labels = payload.labels || widget.labels;
+  widget.total = payload.total || widget.pairs.length;
+  widget.pair = 0;
+  widget.value = { pairs: widget.pairs.length, loaded: widget.pairs.filter((p) => p.before && p.after).length };
+  if (typeof node.computeSize === "function" && typeof node.setSize === "function") {
+    const want = node.computeSize();
+    node.setSize([Math.max(node.size[0], want[0], 280), Math.max(node.size[1], want[1])]);
+  }
+  node.setDirtyCanvas?.(true, true);
+}
+
+// ------------------------------------------------------------------------------------ direction metadata
+let directionInfo = null;
+async function fetchDirections() {
+  if (directionInfo) return directionInfo;
+  try {
+    const res = typeof api?.fetchApi === "function" ? await api.fetchApi("/transedit/directions") : await fetch("/transedit/directions");
+    directionInfo = res.ok ? await res.json() : {};
+  } catch (e) {
+    directionInfo = {};
+  }
+  return directionInfo;
+}
+
+function describeDirection(info) {
+  if (!info) return "";
+  const parts = [];
+  if (info.description) parts.push(info.description);
+  if (info.layers) parts.push(`layers ${info.layers}`);
+  if (info.default_strength !== undefined && info.default_strength !== null) parts.push(`default strength ${info.default_strength}`);
+  if (info.kind) parts.push(info.kind);
+  return parts.join(" · ");
+}
+
+function attachDirectionInfo(node) {
+  const combo = node.widgets?.find((w) => w.name === "direction");
+  if (!combo) return;
+  const label = {
+    name: "transedit_direction_info", type: "transedit_info", value: "", serialize: false, options: { serialize: false },
+    computeSize(width) { return [width, this.value ? 34 : 0]; },
+    draw(ctx, node_, width, y) {
+      if (!this.value) return;
+      ctx.save();
+      ctx.fillStyle = "#9ab";
+      ctx.font = "11px sans-serif";
+      const words = this.value.split(" ");
+      let line = "", row = 0;
+      for (const word of words) {
+        const test = line ? `${line} ${word}` : word;
+        if (ctx.measureText(test).width > width - 20 && line) {
+          ctx.fillText(line, 10, y + 12 + 14 * row++);
+          line = word;
+          if (row > 1) break;
+        } else line = test;
+      }
+      if (row <= 1) ctx.fillText(line, 10, y + 12 + 14 * row);
+      ctx.restore();
+    },
+  };
+  if (typeof node.addCustomWidget !== "function") return;
+  node.addCustomWidget(label);
+  const update = async () => {
+    const all = await fetchDirections();
+    label.value = describeDirection(all?.[combo.value]);
+    node.setDirtyCanvas?.(true, true);
+  };
+  const original = combo.callback;
+  combo.callback = function () {
+    const r = original?.apply(this, arguments);
+    update();
+    return r;
+  };
+  update();
+}
+
+// ------------------------------------------------------------------------------ widget values from others
+const ownWidget = (w) => typeof w?.name === "string" && w.name.startsWith("transedit_");
+
+function repairWidgetValues(node, info, nodeData) {
+  const values = info?.widgets_values;
+  if (!Array.isArray(values) || !Array.isArray(node.widgets)) return;
+  const widgets = node.widgets.filter((w) => !ownWidget(w)); // what litegraph stores in widgets_values
+  const specs = { ...(nodeData?.input?.required || {}), ...(nodeData?.input?.optional || {}) };
+  let repaired = 0;
+  for (const w of widgets) {
+    const declared = specs[w.name]?.[1]?.default; // static choices declare a default; file lists do not
+    const choices = w.options?.values;
+    const unknownChoice = Array.isArray(choices) && choices.length && declared !== undefined && !choices.includes(w.value);
+    if (w.value === undefined || w.value === null || unknownChoice) {
+      const fallback = declared ?? w.options?.default;
+      if (fallback !== undefined) {
+        w.value = fallback;
+        repaired += 1;
+      }
+    }
+  }
+  if (values.length !== widgets.length || repaired) {
+    const msg = `${node.type}: the workflow has ${values.length} widget values, this version has ${widgets.length}` +
+      (repaired ? `; ${repaired} reset to defaults` : "") + ". Check the node's settings.";
+    state.warnings.push(msg);
+    node.__transeditWarning = msg;
+    console.warn(`[TransEdit] ${msg}`);
+    app.extensionManager?.toast?.add?.({ severity: "warn", summary: "TransEdit", detail: msg, life: 8000 });
+  }
+}
+
+// ----------------------------------------------------------------------------------------------- register
+const extension = {
+  name: EXTENSION,
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!nodeData?.category?.startsWith?.("TransEdit")) return;
-    // Tint TransEdit nodes so they are easy to spot in large graphs.
-    const onNodeCreated = nodeType.prototype.onNodeCreated;
-    nodeType.prototype.onNodeCreated = function () {
-      const result = onNodeCreated?.apply(this, arguments);
+    const proto = nodeType.prototype;
+    if (proto.__transeditPatched) return; // a pack reload must not wrap the hooks twice
+    proto.__transeditPatched = true;
+
+    const onNodeCreated = proto.onNodeCreated;
+    proto.onNodeCreated = function () {
+      const r = onNodeCreated?.apply(this, arguments);
       if (!this.color) this.color = "#2a3b4d";
       if (!this.bgcolor) this.bgcolor = "#1e2a36";
-      return result;
+      if (nodeData.name === "TransEditLoadDirection") {
+        try { attachDirectionInfo(this); } catch (e) { console.warn("[TransEdit] direction info", e); }
+      }
+      return r;
     };
-    // "TransEdit help" in the node's context menu opens the node reference.
-    const getExtraMenuOptions = nodeType.prototype.getExtraMenuOptions;
-    nodeType.prototype.getExtraMenuOptions = function (_, options) {
-      const result = getExtraMenuOptions?.apply(this, arguments);
+
+    const onExecuted = proto.onExecuted;
+    proto.onExecuted = function (message) {
+      const r = onExecuted?.apply(this, arguments);
+      const payload = message?.[COMPARE_KEY]?.[0];
+      if (payload) showCompare(this, payload).catch((e) => console.warn("[TransEdit] compare", e));
+      return r;
+    };
+
+    const onConfigure = proto.onConfigure;
+    proto.onConfigure = function (info) {
+      const r = onConfigure?.apply(this, arguments);
+      try { repairWidgetValues(this, info, nodeData); } catch (e) { console.warn("[TransEdit] configure", e); }
+      return r;
+    };
+
+    // the extension's own widgets (compare view, direction info) are not settings: keep them out of saved
+    // workflows, so a workflow saved after a run has exactly the node's widget values
+    const onSerialize = proto.onSerialize;
+    proto.onSerialize = function (o) {
+      const r = onSerialize?.apply(this, arguments);
+      if (Array.isArray(o?.widgets_values) && Array.isArray(this.widgets)) {
+        o.widgets_values = o.widgets_values.filter((_, i) => !ownWidget(this.widgets[i]));
+      }
+      return r;
+    };
+
+    const onDrawForeground = proto.onDrawForeground;
+    proto.onDrawForeground = function (ctx) {
+      const r = onDrawForeground?.apply(this, arguments);
+      if (this.__transeditWarning && ctx) {
+        ctx.save();
+        ctx.fillStyle = "#e8a33d";
+        ctx.font = "bold 14px sans-serif";
+        ctx.fillText("⚠", this.size[0] - 18, -8);
+        ctx.restore();
+      }
+      return r;
+    };
+
+    const getExtraMenuOptions = proto.getExtraMenuOptions;
+    proto.getExtraMenuOptions = function (_, options) {
+      const r = getExtraMenuOptions?.apply(this, arguments);
       if (Array.isArray(options)) {
         options.push({
           content: "TransEdit help",
-          callback: () => window.open(`${HELP_URL}-${nodeData.name.toLowerCase()}`, "_blank", "noopener"),
+          callback: () => window.open(`${HELP_URL}`, "_blank", "noopener"),
         });
+        if (this.__transeditWarning) {
+          options.push({ content: "TransEdit: why the warning?", callback: () => alert(this.__transeditWarning) });
+        }
       }
-      return result;
+      return r;
     };
   },
-});
+};
+
+if (!app?.extensions?.some?.((e) => e?.name === EXTENSION)) {
+  try {
+    app.registerExtension(extension);
+  } catch (e) {
+    console.warn("[TransEdit] extension not registered", e);
+  }
+}

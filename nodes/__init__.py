@@ -1,10 +1,13 @@
 """ComfyUI glue: one module per stage plus `comfy_bridge`, the only module that imports ComfyUI."""
-from . import editing, faces, inversion, put, splice, stylegan
+from . import comfy_bridge, compare, editing, faces, inversion, put, splice, stylegan
 
-_STAGES = (stylegan, faces, inversion, editing, splice, put)
+_STAGES = (stylegan, faces, inversion, editing, splice, put, compare)
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
 for _stage in _STAGES:
     NODE_CLASS_MAPPINGS.update(_stage.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_stage.NODE_DISPLAY_NAME_MAPPINGS)
+
+# data for the frontend extension (js/transedit.js): Load Direction's descriptions
+comfy_bridge.register_json_route("/transedit/directions", editing.direction_catalog)

@@ -198,3 +198,74 @@ def check_interrupt() -> None:
     """Raise ComfyUI's interrupt exception if the user pressed Cancel (never catch it)."""
     if IN_COMFYUI:
         _mm.throw_exception_if_processing_interrupted()
+
+
+_preview_counter = 0
+
+
+def save_temp_images(images: torch.Tensor, prefix: str = "transedit") -> list[dict]:
+    """Write IMAGE [B, H, W, 3] 0..1 as PNGs into ComfyUI's temp folder (wiped on restart) and return the
+    frontend's image references ({filename, subfolder, type}); outside ComfyUI, a process temp folder."""
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    global _preview_counter
+    if IN_COMFYUI:
+        root = _folder_paths.get_temp_directory()
+    else:
+        root = os.path.join(tempfile.gettempdir(), "transedit_previews")
+    sub = "transedit"
+    folder = os.path.join(root, sub)
+    os.makedirs(folder, exist_ok=True)
+    refs = []
+    arrays = (images.detach().float().clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    for arr in arrays:
+        _preview_counter += 1
+        name = f"{prefix}_{os.getpid()}_{_preview_counter:06d}.png"
+        tmp = os.path.join(folder, name + ".part")
+        Image.fromarray(arr[..., :3]).save(tmp, format="PNG", compress_level=1)
+        os.replace(tmp, os.path.join(folder, name))  # a half-written preview is never served
+        refs.append({"filename": name, "subfolder": sub, "type": "temp"})
+    return refs
+
+
+def with_ui(result: tuple, ui: Optional[dict]):
+    """A node's return value with frontend data (previews, compare pairs) attached when ComfyUI will show
+    it; called directly (tests, scripts) a node keeps returning its plain output tuple."""
+    if IN_COMFYUI and ui:
+        return {"ui": ui, "result": result}
+    return result
+
+
+def register_json_route(path: str, handler) -> bool:
+    """Serve handler() as JSON at GET `path` on ComfyUI's server (for the frontend extension); False when
+    there is no server (tests, scripts) or the route exists already (a pack reload)."""
+    if not IN_COMFYUI:
+        return False
+    try:
+        from aiohttp import web
+        from server import PromptServer
+    except ImportError:
+        return False
+    instance = getattr(PromptServer, "instance", None)
+    if instance is None:
+        return False
+    routes = getattr(instance, "routes", None)
+    if routes is None or path in _registered_routes:
+        return False
+
+    async def serve(request):
+        try:
+            return web.json_response(handler())
+        except Exception as e:  # a hint endpoint must never take the page down; the reason is shown
+            log.warning("TransEdit: %s failed: %s", path, e)
+            return web.json_response({"error": str(e)}, status=500)
+
+    routes.get(path)(serve)
+    _registered_routes.add(path)
+    return True
+
+
+_registered_routes: set = set()

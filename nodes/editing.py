@@ -184,6 +184,46 @@ class TransEditLoadDirection:
             raise NodeInputError(node, "component", f"{e}", "pick an existing component.") from None
 
 
+_CATALOG_CACHE: dict[str, tuple[float, dict]] = {}  # path -> (mtime, entry)
+
+
+def _layer_text(start: int, end: Optional[int]) -> str:
+    return f"{start}..{'last' if end is None else end - 1}"
+
+
+def direction_catalog() -> dict[str, dict]:
+    """What the frontend shows under Load Direction's list: for every entry, its kind, layer range, default
+    strength and a description (from the file's metadata; files are read once per modification time)."""
+    from ..models.directions import GANSPACE_PRESETS, load_direction
+
+    out: dict[str, dict] = {}
+    for label, (domain, name) in PRESET_LABELS.items():
+        component, start, end, strength = GANSPACE_PRESETS[domain][name]
+        out[label] = {"kind": "GANSpace preset", "layers": _layer_text(start, end), "default_strength": strength,
+                      "description": f"e4e's GANSpace {domain} '{name}': PCA component {component} "
+                                     f"(needs {GANSPACE_PCA_FILES[domain]})"}
+    out[SEFA_ENTRY] = {"kind": "SeFa", "layers": "all", "default_strength": 1.0,
+                       "description": "closed-form direction from the connected generator's weights "
+                                      "(component 0 = strongest)"}
+    for filename in bridge.list_models("latent_directions"):
+        path = bridge.model_path("latent_directions", filename)
+        if path is None:
+            continue
+        try:
+            mtime = os.path.getmtime(path)
+            cached = _CATALOG_CACHE.get(path)
+            if cached is None or cached[0] != mtime:
+                d = load_direction(path)
+                entry = {"kind": d.kind, "layers": _layer_text(d.start, d.end),
+                         "default_strength": d.default_strength,
+                         "description": str(d.extras.get("description") or d.extras.get("note") or d.name)}
+                _CATALOG_CACHE[path] = (mtime, entry)
+            out[filename] = _CATALOG_CACHE[path][1]
+        except (OSError, ValueError, KeyError, RuntimeError) as e:  # shown, not raised: it is only a hint
+            out[filename] = {"kind": "unreadable", "description": f"cannot be read: {e}"}
+    return out
+
+
 def _sefa(node: str, generator: StyleGANHandle, component: int, start: int, end: int) -> LatentDirection:
     cfg = generator.config
     n = cfg.n_latent

@@ -7,6 +7,7 @@ import torch
 
 from ..models import face_align as fa
 from . import comfy_bridge as bridge
+from .compare import compare_ui
 from .common import NodeInputError, check_choice, check_float, check_images, check_int, comfy_image_to_pil
 
 CATEGORY = "TransEdit/Face"
@@ -181,7 +182,7 @@ class TransEditPasteBack:
                                              color_match=False if color_match == "off" else color_match)
             out[todo], masks[todo] = composited.float(), mask.float()
         device = bridge.intermediate_device()
-        return (out.to(device), masks.to(device))
+        return bridge.with_ui((out.to(device), masks.to(device)), compare_ui(original, out, "photo", "pasted back"))
 
 
 NODE_CLASS_MAPPINGS = {

@@ -138,7 +138,8 @@ class TransEditInvert:
             start = stop
         wplus = torch.cat(results, 0)
         gen = desc.generator
-        extras = {"encoder": desc.name, "family": desc.family}
+        # the input photos ride along (CPU) so Generate can show photo | result in the compare widget
+        extras = {"encoder": desc.name, "family": desc.family, "source_images": images.detach().float().cpu()}
         if keep_features:
             extras["smart_features"] = features
         return (StyleLatent(wplus=wplus, generator=gen.fingerprint if gen is not None else "",

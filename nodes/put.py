@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from ..models.put import SamplerRNG, SamplingState, sample_tokens
 from ..models.registry import PUTDescriptor, load_put
 from . import comfy_bridge as bridge
+from .compare import compare_ui
 from .common import (MAX_SEED, NodeInputError, PRECISIONS, check_choice, check_float, check_images, check_int,
                      comfy_image_to_pil, require_model_file, resolve_precision)
 
@@ -291,7 +292,9 @@ class TransEditPUTInpaint:
             out_images.append(out.permute(0, 2, 3, 1).contiguous())
             out_masks.append(holes[i].float().expand(num_samples, -1, -1))
         inter = bridge.intermediate_device()
-        return (torch.cat(out_images, 0).to(inter), torch.cat(out_masks, 0).to(inter))
+        filled = torch.cat(out_images, 0)
+        return bridge.with_ui((filled.to(inter), torch.cat(out_masks, 0).to(inter)),
+                              compare_ui(images, filled, "input", "PUT fill"))
 
     @staticmethod
     def _fill(model, job, n, seed, plan, top_k, temperature, raster, dtype, device, progress):

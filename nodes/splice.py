@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ..models.registry import DinoDescriptor, load_dino
 from ..models.splice import SpliceLambdas, SpliceSettings, SpliceTrainer, apply_generator
 from . import comfy_bridge as bridge
+from .compare import compare_ui
 from .common import (MAX_SEED, NodeInputError, check_choice, check_float, check_images, check_int,
                      comfy_image_to_pil, require_model_file, resolve_precision)
 
@@ -255,7 +256,9 @@ class TransEditSplice:
         out = SpliceGenerators(generators, sizes, info={"vit": vit.name, "steps": stopped, "preset": preset,
                                                          "seed": seed})
         # every pair's result has the structure batch's (shared) size, so they stack
-        return (torch.cat(results, 0), out)
+        spliced = torch.cat(results, 0)
+        return bridge.with_ui((spliced, out), compare_ui(structure[[i for i, _ in pairs]], spliced, "structure",
+                                                         "splice"))
 
     @staticmethod
     def _train_pair(dino, a, b, settings, progress, preview_every):

@@ -6,6 +6,7 @@ import torch
 from ..models.latent import StyleLatent
 from ..models.registry import ModelDescriptor, load_stylegan2
 from . import comfy_bridge as bridge
+from .compare import compare_ui
 from .common import (MAX_SEED, PRECISIONS, NodeInputError, check_choice, check_float, check_int,
                      comfy_image_to_pil, gan_to_comfy_image, require_model_file, resolve_precision)
 
@@ -205,7 +206,9 @@ class TransEditGenerate:
             results.append(images)
             progress.update(stop - start, preview=comfy_image_to_pil(images[0]))
             start = stop
-        return (torch.cat(results, 0),)
+        out = torch.cat(results, 0)
+        # inverted latents remember their photos: the frontend shows photo | result with a divider
+        return bridge.with_ui((out,), compare_ui(latent.extras.get("source_images"), out, "photo", "generated"))
 
     @staticmethod
     def _smart_for(node, generator, latent):

@@ -119,3 +119,29 @@ def test_pyproject_metadata():
             if line.strip() and not line.startswith("#")]
     assert sorted(reqs) == sorted(project["dependencies"])
 
+
+
+def test_workflows_ship_thumbnails_and_downloadable_models():
+    """Every workflow is a UI-format graph with a .jpg thumbnail beside it (custom-node templates), and every
+    loader of a safetensors file with a public source says where to download it (properties.models)."""
+    import json
+
+    from PIL import Image
+
+    workflows = sorted((REPO / "workflows").glob("*.json"))
+    assert workflows
+    for wf in workflows:
+        graph = json.loads(wf.read_text())
+        assert isinstance(graph.get("nodes"), list) and "links" in graph, f"{wf.name} is not in the UI format"
+        thumb = wf.with_suffix(".jpg")
+        assert thumb.is_file(), f"{wf.name} has no thumbnail (python tests/make_thumbnails.py)"
+        with Image.open(thumb) as im:
+            assert im.format == "JPEG" and 200 <= im.width <= 1024 and thumb.stat().st_size < 300_000
+        for node in graph["nodes"]:
+            if node["type"] != "CheckpointLoaderSimple":
+                continue
+            models = node.get("properties", {}).get("models")
+            assert models, f"{wf.name}: {node['type']} has no properties.models"
+            for m in models:
+                assert m["name"] == node["widgets_values"][0] and m["name"].endswith(".safetensors")
+                assert m["url"].startswith("https://huggingface.co/") and m["directory"] == "checkpoints"

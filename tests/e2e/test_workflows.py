@@ -13,6 +13,7 @@ import copy
 import json
 import os
 import sys
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -457,7 +458,10 @@ def test_edit_to_diffusion_lacks_only_the_checkpoint(server):
     assert answer["node_errors"][loader]["dependent_outputs"] == [final], answer["node_errors"]  # left out
     history = server.wait_for(answer["prompt_id"])
     (save, _), = _pasted_photos(prompt)
-    assert set(history["outputs"]) == {save}, history["outputs"].keys()
+    saved = {k for k, v in history["outputs"].items() if v.get("images")}
+    assert saved == {save}, history["outputs"].keys()
+    # the other reports are the compare widget's pairs (Generate, Paste Back), not saved images
+    assert all(set(v) == {"transedit_compare"} for k, v in history["outputs"].items() if k != save)
 
 
 def test_edit_to_diffusion_validates_with_a_listed_checkpoint(server, tmp_path):
@@ -571,3 +575,24 @@ def test_put_workflow_fills_only_the_holes(server):
         assert np.array_equal(fill[~grown], photo[~grown])
         assert np.abs(fill[holes] - photo[holes]).mean() > 1.0
     assert any(np.abs(fills[0][holes] - f[holes]).mean() > 0.5 for f in fills[1:])
+
+
+def test_compare_pairs_and_direction_catalog_reach_the_frontend(server):
+    """What js/transedit.js consumes: Generate (of inverted latents) and Paste Back report before/after pairs
+    whose images the server serves, and /transedit/directions describes Load Direction's entries."""
+    prompt = _invert_prompt(server)
+    history = server.run(prompt)
+    outputs = history["outputs"]
+    reporting = {prompt[k]["class_type"] for k, v in outputs.items() if v.get("transedit_compare")}
+    assert {"TransEditGenerate", "TransEditPasteBack"} <= reporting, reporting
+    for node_id, out in outputs.items():
+        for payload in out.get("transedit_compare", []):
+            assert payload["pairs"] and len(payload["labels"]) == 2
+            for pair in payload["pairs"]:
+                for side in ("before", "after"):
+                    ref = pair[side]
+                    query = urllib.parse.urlencode({"filename": ref["filename"], "subfolder": ref["subfolder"],
+                                                    "type": ref["type"]})
+                    assert server._request("GET", f"/view?{query}")[:8] == b"\x89PNG\r\n\x1a\n"
+    catalog = server.get_json("/transedit/directions")
+    assert "preset: ganspace ffhq smile" in catalog and catalog["preset: ganspace ffhq smile"]["layers"]

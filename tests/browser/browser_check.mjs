@@ -1,0 +1,170 @@
+// Real-browser check of the TransEdit frontend against a running (headless) ComfyUI, driven by
+// tests/e2e/test_browser.py:  node browser_check.mjs '<json config>'
+//
+// config: { url, chromium, outDir, workflows: [{name, graph}], queue: name, extension: "/extensions/.../transedit.js",
+//           variants: [{name, graph}] }   (variants: workflows edited to look like another version of the pack)
+// Prints one JSON object (the report) on its last stdout line; screenshots go to outDir.
+import { chromium } from "playwright-core";
+import fs from "node:fs";
+import path from "node:path";
+
+const cfg = JSON.parse(process.argv[2]);
+const report = { extension: null, workflows: [], queued: null, variants: [], reload: null, console_errors: [] };
+
+const browser = await chromium.launch({
+  executablePath: cfg.chromium,
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run"],
+});
+// a fresh profile each run: launch() uses a new temporary user-data-dir
+const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+page.on("console", (msg) => {
+  if (msg.type() === "error") report.console_errors.push(`${msg.text()} (${msg.location()?.url || "?"})`);
+});
+page.on("pageerror", (err) => report.console_errors.push(`pageerror: ${err.message}`));
+
+async function openApp() {
+  await page.goto(cfg.url, { waitUntil: "load" });
+  await page.waitForFunction(() => window.app?.graph && window.app.extensions?.length > 0, null, { timeout: 60000 });
+  await page.waitForFunction(() => window.__transedit?.loads >= 1, null, { timeout: 30000 }).catch(() => {});
+  // record missing-node reports instead of relying on the dialog's markup only
+  await page.evaluate(() => {
+    window.__missing = [];
+    const show = app.showMissingNodesError?.bind(app);
+    if (show) app.showMissingNodesError = (types, ...rest) => { window.__missing.push(...types); return show(types, ...rest); };
+  });
+}
+
+// frame the whole graph and hide the floating menu, so screenshots (and the workflow thumbnails made from
+// them) show the graph itself
+async function frameGraph() {
+  await page.evaluate(() => {
+    const menu = document.querySelector(".comfy-menu");
+    if (menu) menu.style.display = "none";
+    const nodes = app.graph._nodes;
+    const ds = app.canvas?.ds;
+    if (!nodes.length || !ds) return;
+    let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+    for (const n of nodes) {
+      x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - 30);
+      x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
+    }
+    const W = app.canvas.canvas.width / (window.devicePixelRatio || 1), H = app.canvas.canvas.height / (window.devicePixelRatio || 1);
+    const scale = Math.min(1, 0.95 * Math.min(W / (x1 - x0), H / (y1 - y0)));
+    ds.scale = scale;
+    ds.offset[0] = (W / scale - (x1 - x0)) / 2 - x0;
+    ds.offset[1] = (H / scale - (y1 - y0)) / 2 - y0;
+    app.canvas.setDirty(true, true);
+  });
+  await page.waitForTimeout(300);
+}
+
+async function loadGraph(graph) {
+  return page.evaluate(async (g) => {
+    window.__missing = [];
+    let error = null;
+    try { await app.loadGraphData(g); } catch (e) { error = String(e?.stack || e); }
+    const dialog = document.querySelector(".comfy-missing-nodes");
+    return {
+      error,
+      missing: [...window.__missing],
+      missing_dialog: Boolean(dialog && dialog.offsetParent !== null),
+      nodes: app.graph._nodes.length,
+      types: app.graph._nodes.map((n) => n.type),
+    };
+  }, graph);
+}
+
+try {
+  await openApp();
+  report.extension = await page.evaluate(() => ({
+    registered: app.extensions.filter((e) => e.name === "TransEdit.Canvas").length,
+    loads: window.__transedit?.loads ?? 0,
+  }));
+
+  for (const wf of cfg.workflows) {
+    const result = await loadGraph(wf.graph);
+    await frameGraph();
+    const shot = path.join(cfg.outDir, `${wf.name}.png`);
+    await page.screenshot({ path: shot });
+    report.workflows.push({ name: wf.name, expected_nodes: wf.graph.nodes.length, screenshot: shot, ...result });
+  }
+
+  // queue one workflow from the canvas and wait for the compare widget to appear and draw
+  const queued = cfg.workflows.find((w) => w.name === cfg.queue);
+  if (queued) {
+    await loadGraph(queued.graph);
+    const before = await page.evaluate(async () => Object.keys(await (await fetch("/history")).json()).length);
+    await page.evaluate(() => app.queuePrompt(0, 1));
+    let status = null;
+    for (let t = 0; t < 600 && !status; t++) { // poll /history until the prompt finished (ok or not)
+      status = await page.evaluate(async (n) => {
+        const entries = Object.values(await (await fetch("/history")).json());
+        if (entries.length <= n) return null;
+        const st = entries[entries.length - 1].status;
+        return st && (st.completed || st.status_str === "error") ? st : null;
+      }, before);
+      if (!status) await page.waitForTimeout(500);
+    }
+    // both nodes that report pairs (Generate, Paste Back) must have their widget
+    await page.waitForFunction(() => app.graph._nodes.filter((n) => n.widgets?.some(
+      (w) => w.name === "transedit_compare" && w.value?.loaded > 0)).length >= 2, null, { timeout: 30000 }).catch(() => {});
+    let widget = null;
+    let dragged = null;
+    try {
+      await page.waitForFunction(() => app.graph._nodes.some((n) => n.widgets?.some(
+        (w) => w.name === "transedit_compare" && w.value?.loaded > 0)), null, { timeout: 30000 });
+      await page.evaluate(() => app.graph.setDirtyCanvas(true, true));
+      await page.waitForTimeout(500);
+      widget = await page.evaluate(() => {
+        const nodes = app.graph._nodes.filter((n) => n.widgets?.some((w) => w.name === "transedit_compare"));
+        return nodes.map((n) => {
+          const w = n.widgets.find((x) => x.name === "transedit_compare");
+          return { type: n.type, pairs: w.pairs.length, loaded: w.value?.loaded ?? 0, drawn: Boolean(w.last),
+            size: [n.size[0], n.size[1]] };
+        });
+      });
+      // drag the divider through the widget's mouse handler, as the canvas would
+      dragged = await page.evaluate(() => {
+        const n = app.graph._nodes.find((x) => x.widgets?.some((w) => w.name === "transedit_compare" && w.last));
+        const w = n?.widgets.find((x) => x.name === "transedit_compare");
+        if (!w) return null;
+        w.mouse({ type: "pointerdown" }, [w.last.x0 + w.last.w * 0.25, w.last.y + 10], n);
+        return w.split;
+      });
+    } catch (e) {
+      widget = { error: String(e) };
+    }
+    await frameGraph();
+    const shot = path.join(cfg.outDir, `${queued.name}.executed.png`);
+    await page.screenshot({ path: shot });
+    report.queued = { name: queued.name, status, widget, dragged, screenshot: shot };
+  }
+
+  // workflows saved by another version of the pack (surplus / missing widget values, unknown choices)
+  for (const v of cfg.variants || []) {
+    const result = await loadGraph(v.graph);
+    const state = await page.evaluate(() => ({
+      warnings: [...(window.__transedit?.warnings || [])],
+      values: app.graph._nodes.map((n) => ({ type: n.type, values: (n.widgets || []).filter((w) => w.serialize !== false && w.options?.serialize !== false).map((w) => w.value) })),
+    }));
+    await page.evaluate(() => { if (window.__transedit) window.__transedit.warnings = []; });
+    report.variants.push({ name: v.name, ...result, ...state });
+  }
+
+  // a pack reload: the extension module imported again must neither throw nor register twice
+  report.reload = await page.evaluate(async (ext) => {
+    let error = null;
+    try { await import(`${ext}?reload=${Date.now()}`); } catch (e) { error = String(e); }
+    return { error, loads: window.__transedit?.loads ?? 0,
+      registered: app.extensions.filter((e) => e.name === "TransEdit.Canvas").length };
+  }, cfg.extension);
+  const again = await loadGraph(cfg.workflows[0].graph);
+  report.reload.graph_after = again;
+} catch (e) {
+  report.fatal = String(e?.stack || e);
+} finally {
+  await browser.close();
+}
+fs.writeFileSync(path.join(cfg.outDir, "report.json"), JSON.stringify(report, null, 1));
+console.log(JSON.stringify(report));

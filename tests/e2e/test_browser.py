@@ -1,0 +1,157 @@
+"""The frontend in a real browser: Debian's Chromium driven by playwright-core (tests/browser) against the
+headless ComfyUI of the e2e tests, on tiny weights.
+
+Checks: the page loads and the extension's script runs (once, even after a pack reload); every workflow in
+workflows/ loads through the app's own graph loader with no missing-node report; one workflow queued from the
+canvas runs and the before/after compare widget appears, draws and follows the mouse; workflows saved by another
+version of the pack (surplus or missing widget values, an unknown choice) still load with defaults and a warning.
+A screenshot per workflow is kept in test_artifacts/browser/ (or $TRANSEDIT_ARTIFACTS).
+
+Needs `chromium` (apt) and `npm ci` in tests/browser; skipped with the reason when either is missing, unless
+TRANSEDIT_REQUIRE_BROWSER is set (CI), where that is a failure.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import comfy_harness as h  # noqa: E402
+
+pytestmark = pytest.mark.e2e
+
+BROWSER_DIR = Path(__file__).resolve().parents[1] / "browser"
+QUEUED = "invert_reconstruct"
+WORKFLOWS = sorted(h.WORKFLOWS_DIR.glob("*.json"))
+
+
+def _missing_tools() -> str | None:
+    chromium = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+    if chromium is None:
+        return "Chromium is not installed (apt-get install chromium)"
+    if shutil.which("node") is None:
+        return "Node.js is not installed"
+    if not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
+        return "playwright-core is not installed (cd tests/browser && npm ci)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def tools():
+    reason = _missing_tools()
+    if reason:
+        if os.environ.get("TRANSEDIT_REQUIRE_BROWSER"):
+            pytest.fail(f"{reason}, and TRANSEDIT_REQUIRE_BROWSER is set")
+        pytest.skip(reason)
+    return shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def comfy_root():
+    try:
+        return h.ensure_comfyui()
+    except h.ComfyUIUnavailable as e:
+        if os.environ.get("TRANSEDIT_REQUIRE_E2E"):
+            pytest.fail(f"ComfyUI could not be installed and TRANSEDIT_REQUIRE_E2E is set: {e}")
+        pytest.skip(f"ComfyUI could not be installed: {e}")
+
+
+def _variants() -> list[dict]:
+    """stylegan_generate.json as another version of the pack might have saved it."""
+    base = h.load_workflow(h.WORKFLOWS_DIR / "stylegan_generate.json")
+    surplus = copy.deepcopy(base)
+    for node in surplus["nodes"]:
+        if node["type"] == "TransEditSampleLatent":
+            node["widgets_values"] = list(node["widgets_values"]) + ["a value from a newer version"]
+    short = copy.deepcopy(base)
+    for node in short["nodes"]:
+        if node["type"] == "TransEditGenerate":
+            node["widgets_values"] = list(node["widgets_values"])[:1]  # an older version had fewer inputs
+        if node["type"] == "TransEditSampleLatent":
+            node["widgets_values"] = list(node["widgets_values"])
+    bad_choice = copy.deepcopy(base)
+    for node in bad_choice["nodes"]:
+        if node["type"] == "TransEditGenerate":
+            values = list(node["widgets_values"])
+            values[0] = "a mode this version does not have"
+            node["widgets_values"] = values
+    return [{"name": "surplus_values", "graph": surplus}, {"name": "fewer_values", "graph": short},
+            {"name": "unknown_choice", "graph": bad_choice}]
+
+
+@pytest.fixture(scope="module")
+def report(tools, comfy_root, tmp_path_factory):
+    tiny_dir = tmp_path_factory.mktemp("tiny_weights")
+    graphs = {p.stem: h.load_workflow(p) for p in WORKFLOWS}
+    models, _ = h.prepare_models(graphs.values(), [], tiny_dir)
+    inputs, _ = h.prepare_inputs(graphs.values(), [], tmp_path_factory.mktemp("input_images"))
+    out_dir = Path(os.environ.get("TRANSEDIT_ARTIFACTS", h.REPO / "test_artifacts")) / "browser"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    with h.ComfyServer(comfy_root, models=models, inputs=inputs) as srv:
+        extensions = srv.get_json("/extensions")
+        ext = next(e for e in extensions if e.endswith("/transedit.js"))
+        config = {"url": srv.url, "chromium": tools, "outDir": str(out_dir), "queue": QUEUED, "extension": ext,
+                  "workflows": [{"name": n, "graph": g} for n, g in graphs.items()], "variants": _variants()}
+        cfg_path = out_dir / "config.json"
+        cfg_path.write_text(json.dumps(config))
+        proc = subprocess.run(["node", str(BROWSER_DIR / "browser_check.mjs"), cfg_path.read_text()],
+                              cwd=BROWSER_DIR, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-4000:] + srv.log_tail()
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        result["server_log"] = srv.log_text()
+    assert "fatal" not in result, result.get("fatal")
+    return result
+
+
+def test_page_loads_and_extension_runs_once(report):
+    assert report["extension"] == {"registered": 1, "loads": 1}
+    errors = [e for e in report["console_errors"] if "transedit" in e.lower() or e.startswith("pageerror")]
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("name", [p.stem for p in WORKFLOWS])
+def test_every_workflow_loads_without_missing_nodes(report, name):
+    (wf,) = [w for w in report["workflows"] if w["name"] == name]
+    assert wf["error"] is None, wf["error"]
+    assert wf["missing"] == [] and not wf["missing_dialog"], wf["missing"]
+    assert wf["nodes"] == wf["expected_nodes"]
+    assert Path(wf["screenshot"]).stat().st_size > 10_000  # a real screenshot of the canvas
+
+
+def test_queued_workflow_runs_and_compare_widget_draws(report):
+    queued = report["queued"]
+    assert queued and queued["status"]["completed"], queued
+    widgets = queued["widget"]
+    assert isinstance(widgets, list) and widgets, widgets
+    types = {w["type"] for w in widgets}
+    assert {"TransEditGenerate", "TransEditPasteBack"} <= types, types
+    assert all(w["loaded"] >= 1 and w["drawn"] for w in widgets), widgets
+    # the divider, dragged to a quarter of the picture through the widget's own mouse handler
+    assert queued["dragged"] is not None and abs(queued["dragged"] - 0.25) < 0.05, queued["dragged"]
+    assert Path(queued["screenshot"]).is_file()
+    assert "Traceback" not in report["server_log"], report["server_log"][-3000:]
+
+
+def test_workflows_from_other_versions_load_with_defaults_and_a_warning(report):
+    by_name = {v["name"]: v for v in report["variants"]}
+    for name, variant in by_name.items():
+        assert variant["error"] is None and variant["missing"] == [], (name, variant)
+        assert variant["warnings"], f"{name}: no warning shown"
+    gen = [n for n in by_name["unknown_choice"]["values"] if n["type"] == "TransEditGenerate"][0]
+    assert gen["values"][0] == "const"  # the unknown choice fell back to the default
+    fewer = [n for n in by_name["fewer_values"]["values"] if n["type"] == "TransEditGenerate"][0]
+    assert None not in fewer["values"] and len(fewer["values"]) >= 3
+
+
+def test_pack_reload_keeps_one_extension(report):
+    reload = report["reload"]
+    assert reload["error"] is None and reload["registered"] == 1 and reload["loads"] == 2, reload
+    assert reload["graph_after"]["error"] is None and reload["graph_after"]["missing"] == []
