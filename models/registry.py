@@ -142,6 +142,10 @@ def read_checkpoint(path) -> RawCheckpoint:
             extras["latent_avg"] = sd.pop("latent_avg")
         if metadata.get("config"):
             extras["config"] = json.loads(metadata["config"])
+        if metadata.get("format") == "transedit-encoder":  # written by transedit.train: encoder.*, decoder.*, smart.*
+            extras["opts"] = json.loads(metadata.get("opts") or "{}")
+            parts = {part: _strip_prefix(sd, part + ".") for part in ("encoder", "decoder", "smart")}
+            return RawCheckpoint(str(path), "safetensors", {k: v for k, v in parts.items() if v}, extras)
         name = metadata.get("weights", "g_ema")
         return RawCheckpoint(str(path), "safetensors", {name: _strip_dataparallel(sd)}, extras)
 
@@ -320,7 +324,7 @@ def load_stylegan2(path) -> ModelDescriptor:
 
 
 # ------------------------------------------------------------------------------------------ encoders
-ENCODER_FAMILIES = ("style_transformer", "psp", "e4e", "styleprompter")
+ENCODER_FAMILIES = ("style_transformer", "psp", "e4e", "styleprompter", "swinstyleformer")
 
 
 @dataclass
@@ -343,12 +347,19 @@ class EncoderDescriptor:
     @property
     def input_size(self) -> tuple[int, int]:
         """(h, w) the official transforms resize to: 256x256, or 192x256 for the cars encoders."""
-        if self.family == "styleprompter":
+        if self.family in ("styleprompter", "swinstyleformer"):
             return (self.config.img_size, self.config.img_size)
+        if self.opts.get("input_size"):  # encoders trained by transedit.train at another size
+            side = int(self.opts["input_size"])
+            return (side, side)
         return (192, 256) if str(self.opts.get("dataset_type", "")).startswith("cars") else (256, 256)
 
 
 def detect_encoder_family(sd: dict[str, torch.Tensor], opts: dict) -> Optional[str]:
+    from .swinstyleformer import is_swinstyleformer_state_dict
+
+    if is_swinstyleformer_state_dict(sd):
+        return "swinstyleformer"
     if "latent_tok" in sd and any(k.startswith("layers.0.blocks.") for k in sd):
         return "styleprompter"
     if "z" in sd and any(k.startswith("transformerlayer_coarse.") for k in sd):
@@ -383,7 +394,8 @@ def load_encoder(path) -> EncoderDescriptor:
             raise CheckpointError(path, "is a Style Transformer EditTransformer (reference-based editing), "
                                   "not an inversion encoder.", "Use it with the latent edit nodes.")
         raise CheckpointError(path, f"has an encoder TransEdit does not recognise (keys like "
-                              f"{sorted(enc_sd)[:3]}).", "Supported: Style Transformer, pSp, e4e.")
+                              f"{sorted(enc_sd)[:3]}).", "Supported: Style Transformer, pSp, e4e, StylePrompter, "
+                              "and SwinStyleformer files written by transedit.train.")
     notes = []
     generator = None
     dec_sd = raw.state_dicts.get("decoder")
@@ -395,6 +407,14 @@ def load_encoder(path) -> EncoderDescriptor:
     elif family == "styleprompter":
         config = infer_styleprompter_config(enc_sd, opts)
         module = StylePrompterEncoder(config)
+    elif family == "swinstyleformer":
+        from .swinstyleformer import SwinStyleformerEncoder, infer_swinstyleformer_config
+
+        try:
+            config = infer_swinstyleformer_config(enc_sd, opts)
+        except ValueError as e:
+            raise CheckpointError(path, f"{e}.", "Export it with python -m transedit.train.") from None
+        module = SwinStyleformerEncoder(config)
     else:
         config = infer_psp_config(enc_sd, opts, kind=family)
         module = build_psp_encoder(config)

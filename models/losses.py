@@ -1,0 +1,159 @@
+"""Training losses for the inversion encoders (`transedit.train`): LPIPS, ArcFace identity, the latent
+discriminator and the distribution alignment loss. The pretrained networks are read from files the user
+provides (nothing is downloaded); every loss is optional.
+
+- :class:`LPIPS` — Zhang et al.'s learned perceptual metric (VGG16 variant, the one pSp / e4e / Style
+  Transformer / StylePrompter train with): torchvision's VGG16 ``features`` layout (a torchvision
+  ``vgg16-*.pth`` file) plus LPIPS's linear layers (``lpips/weights/v0.1/vgg.pth``).
+- :class:`IdentityLoss` — 1 - cosine similarity of ArcFace IR-SE-50 embeddings (pSp's ``model_ir_se50.pth``),
+  on the face crop pSp uses at 256².
+- :class:`LatentDiscriminator` — e4e's latent-code MLP discriminator (non-saturating loss, R1 on real codes).
+- :func:`moment_alignment` — SwinStyleformer's distribution alignment, as moment matching (see its module).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .irse import IRSEConfig, make_body, make_input_layer
+
+VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+LPIPS_TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in torchvision's numbering
+LPIPS_CHANNELS = (64, 128, 256, 512, 512)
+# LPIPS's input scaling layer: images in [-1, 1] shifted/scaled to ImageNet statistics
+LPIPS_SHIFT = (-0.030, -0.088, -0.188)
+LPIPS_SCALE = (0.458, 0.448, 0.450)
+
+
+def _state_dict_of(path) -> dict:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "net"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: not a state dict")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+class LPIPS(nn.Module):
+    def __init__(self):
+        super().__init__()
+        layers, c_in = [], 3
+        for v in VGG16_LAYOUT:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(c_in, v, 3, padding=1), nn.ReLU(inplace=False)]
+                c_in = v
+        self.features = nn.Sequential(*layers[:LPIPS_TAPS[-1] + 1])
+        self.lins = nn.ModuleList([nn.Conv2d(c, 1, 1, bias=False) for c in LPIPS_CHANNELS])
+        self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1))
+        self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1))
+
+    @classmethod
+    def from_files(cls, backbone_path, linear_path) -> "LPIPS":
+        model = cls()
+        vgg = {k[len("features."):]: v for k, v in _state_dict_of(backbone_path).items() if k.startswith("features.")}
+        missing = model.features.load_state_dict({k: v for k, v in vgg.items()
+                                                  if int(k.split(".")[0]) <= LPIPS_TAPS[-1]}, strict=True)
+        del missing
+        lin = _state_dict_of(linear_path)
+        for i, conv in enumerate(model.lins):
+            conv.weight.data.copy_(lin[f"lin{i}.model.1.weight"])
+        return model.eval().requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x, y [B, 3, H, W] in [-1, 1] -> distance [B]."""
+        h = torch.cat([x, y]).sub(self.shift).div(self.scale)
+        total = 0.0
+        taps = iter(zip(LPIPS_TAPS, self.lins))
+        tap, lin = next(taps)
+        for i, layer in enumerate(self.features):
+            h = layer(h)
+            if i == tap:
+                f = h / (h.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+                fx, fy = f.chunk(2)
+                total = total + lin((fx - fy) ** 2).mean(dim=(1, 2, 3))
+                nxt = next(taps, None)
+                if nxt is None:
+                    break
+                tap, lin = nxt
+        return total
+
+
+class ArcFaceIRSE50(nn.Module):
+    """ArcFace IR-SE-50 (the face-recognition network pSp's identity loss uses): 112² face -> 512-d."""
+
+    def __init__(self):
+        super().__init__()
+        cfg = IRSEConfig()
+        self.input_layer = make_input_layer(cfg)
+        self.body = make_body(cfg)
+        self.output_layer = nn.Sequential(nn.BatchNorm2d(512), nn.Dropout(0.6), nn.Flatten(),
+                                          nn.Linear(512 * 7 * 7, 512), nn.BatchNorm1d(512, affine=True))
+
+    def forward(self, x):
+        return F.normalize(self.output_layer(self.body(self.input_layer(x))), dim=1)
+
+
+class IdentityLoss(nn.Module):
+    def __init__(self, net: ArcFaceIRSE50):
+        super().__init__()
+        self.net = net.eval().requires_grad_(False)
+
+    @classmethod
+    def from_file(cls, path) -> "IdentityLoss":
+        net = ArcFaceIRSE50()
+        net.load_state_dict(_state_dict_of(path), strict=True)
+        return cls(net)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != 256:
+            x = F.interpolate(x, size=(256, 256), mode="bilinear", align_corners=False)
+        x = x[:, :, 35:223, 32:220]  # the face region of an FFHQ-aligned 256² crop (pSp)
+        return self.net(F.adaptive_avg_pool2d(x, 112))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """1 - cos(ArcFace(x), ArcFace(y)) per image [B]."""
+        return 1 - (self.embed(x) * self.embed(y).detach()).sum(1)
+
+
+class LatentDiscriminator(nn.Module):
+    """e4e's W discriminator: 4 x (Linear, LeakyReLU 0.2), Linear -> 1 logit per code."""
+
+    def __init__(self, style_dim: int = 512, width: int = 512, layers: int = 4):
+        super().__init__()
+        mods, c = [], style_dim
+        for _ in range(layers):
+            mods += [nn.Linear(c, width), nn.LeakyReLU(0.2)]
+            c = width
+        mods.append(nn.Linear(c, 1))
+        self.mlp = nn.Sequential(*mods)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return self.mlp(w)
+
+
+def discriminator_loss(disc: LatentDiscriminator, real_w: torch.Tensor, fake_w: torch.Tensor,
+                       r1_gamma: float = 10.0) -> torch.Tensor:
+    """Non-saturating loss on codes [N, C] plus R1 on the real ones (e4e)."""
+    real_w = real_w.detach().requires_grad_(r1_gamma > 0)
+    real = disc(real_w)
+    loss = F.softplus(disc(fake_w.detach())).mean() + F.softplus(-real).mean()
+    if r1_gamma > 0:
+        (grad,) = torch.autograd.grad(real.sum(), real_w, create_graph=True)
+        loss = loss + r1_gamma / 2 * grad.pow(2).sum(1).mean()
+    return loss
+
+
+def encoder_adversarial_loss(disc: LatentDiscriminator, fake_w: torch.Tensor) -> torch.Tensor:
+    return F.softplus(-disc(fake_w)).mean()
+
+
+def moment_alignment(pred_w: torch.Tensor, real_w: torch.Tensor) -> torch.Tensor:
+    """Distribution alignment as moment matching: |mean_p - mean_w|² + |cov_p - cov_w|²_F / C, codes [N, C]."""
+    mp, mr = pred_w.mean(0), real_w.mean(0)
+    cp = (pred_w - mp).T @ (pred_w - mp) / max(pred_w.shape[0] - 1, 1)
+    cr = (real_w - mr).T @ (real_w - mr) / max(real_w.shape[0] - 1, 1)
+    return (mp - mr).pow(2).sum() / pred_w.shape[1] + (cp - cr).pow(2).sum() / pred_w.shape[1]
