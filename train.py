@@ -453,7 +453,7 @@ class Trainer:
                     torch.distributed.all_reduce(p.grad)
                     p.grad /= self.world
             self.disc_opt.step()
-            logs["disc"] = float(d_loss)
+            logs["disc"] = float(d_loss.detach())
         self.step += 1
         logs["step"] = self.step
         return logs

@@ -134,6 +134,23 @@ def test_resume_continues_from_the_saved_step_exactly(generator, tmp_path):
     assert torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)["step"] == 6
 
 
+def test_bf16_gradient_accumulation_and_sample_grids(generator, tmp_path):
+    cfg = tiny_config(generator, tmp_path / "r", "psp", steps=2, batch=2, grad_accum=2, bf16=True, sample_every=1,
+                      lambda_wnorm=0.01, lambda_adv=0.1, lambda_align=0.1)
+    trainer = Trainer(cfg)
+    report = trainer.run()
+    assert report["step"] == 2 and all(torch.isfinite(torch.tensor(h["l2"])) for h in trainer.history)
+    assert {"l2", "latent", "wnorm", "adv", "align", "disc"} <= set(trainer.history[-1])
+    grids = sorted((tmp_path / "r" / "samples").glob("step_*.png"))
+    assert [g.name for g in grids] == ["step_0000001.png", "step_0000002.png"]
+    from PIL import Image
+
+    with Image.open(grids[0]) as im:  # targets above reconstructions, 2 images side by side at 32 px
+        assert im.size == (64, 64)
+    log = [json.loads(line) for line in (tmp_path / "r" / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2]
+
+
 def test_torchrun_two_ranks_agree(generator, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
