@@ -301,6 +301,11 @@ def load_direction(path, component: int = 0) -> LatentDirection:
     if pca is not None:
         return pca.direction(component, 0, None, 1.0, name=f"ganspace {name} #{component}")
     if isinstance(obj, dict):
+        nested = sorted(str(k) for k, v in obj.items() if isinstance(v, dict))
+        if nested:  # a model checkpoint ({'g_ema': {...}, 'latent_avg': ...}), not a direction
+            raise CheckpointError(path, f"is a model checkpoint (it holds {nested[:4]}), not a direction.",
+                                  "Load generators with Load StyleGAN and encoders with Load Encoder; directions "
+                                  "are single tensors or GANSpace PCA files.")
         tensors = [k for k, v in obj.items() if isinstance(v, torch.Tensor)]
         if len(tensors) == 1:  # e.g. {'direction': tensor} or {'boundary': tensor}
             return _direction_from_tensor(path, obj[tensors[0]], name)

@@ -113,6 +113,24 @@ def _read_safetensors(path: Path):
                               "download or convert it again.") from None
 
 
+def _check_weight_dtypes(path, module: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    """Refuse integer/bool tensors where the model has floating-point weights: load_state_dict would cast
+    them silently into nonsense."""
+    own = module.state_dict()
+    bad = [f"{k} ({v.dtype})" for k, v in sd.items()
+           if k in own and own[k].is_floating_point() and isinstance(v, torch.Tensor) and not v.is_floating_point()]
+    if bad:
+        raise CheckpointError(path, f"holds non-floating-point tensors where weights belong (e.g. {bad[:3]}); "
+                              "it is damaged or not a weight file.", "Download or convert it again.")
+    # shapes the layout inferred from the other tensors does not allow (load_state_dict would raise a bare
+    # RuntimeError about a module the user never heard of)
+    wrong = [f"{k} {tuple(v.shape)} (expected {tuple(own[k].shape)})" for k, v in sd.items()
+             if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise CheckpointError(path, f"has tensors whose shapes do not fit the rest of the file (e.g. {wrong[:2]}); "
+                              "it is damaged or was edited.", "Download or convert it again.")
+
+
 def _strip_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
@@ -265,6 +283,7 @@ def _load_stylegan2(raw: RawCheckpoint, weights: str) -> ModelDescriptor:
     for key, buf in model.state_dict().items():
         if key.endswith((".blur.kernel", ".upsample.kernel")) and key not in sd:
             sd[key] = buf
+    _check_weight_dtypes(raw.path, model, sd)
     result = model.load_state_dict(sd, strict=False)
     problems = []
     if result.missing_keys:
@@ -418,6 +437,7 @@ def load_encoder(path) -> EncoderDescriptor:
     else:
         config = infer_psp_config(enc_sd, opts, kind=family)
         module = build_psp_encoder(config)
+    _check_weight_dtypes(path, module, enc_sd)
     result = module.load_state_dict(enc_sd, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(path, f"{family} encoder weights do not match the layout inferred from their shapes "
@@ -439,6 +459,7 @@ def load_encoder(path) -> EncoderDescriptor:
     smart_sd = raw.state_dicts.get("smart")
     if family == "styleprompter" and smart_sd:
         smart = SMART(infer_smart_config(smart_sd, kv_shapes=[side for side, _ in config.feature_shapes()]))
+        _check_weight_dtypes(path, smart, smart_sd)
         result = smart.load_state_dict(smart_sd, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise CheckpointError(path, f"SMART weights do not match their inferred layout (missing "
@@ -477,6 +498,7 @@ def load_edit_transformer(path) -> EditTransformerDescriptor:
                               "Use the reference-editing checkpoint from sapphire497/style-transformer.")
     config = infer_edit_transformer_config(enc_sd, raw.extras.get("opts"))
     model = EditTransformer(config)
+    _check_weight_dtypes(path, model, enc_sd)
     result = model.load_state_dict(enc_sd, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(path, f"EditTransformer weights do not match their inferred layout (missing "
@@ -544,6 +566,7 @@ def load_dino(path) -> DinoDescriptor:
         except (KeyError, ValueError, IndexError) as e:
             raise CheckpointError(path, f"looks like a ViT but its layout is incomplete ({e}).", DINO_HINT) from None
         model = DinoViT(config)
+        _check_weight_dtypes(path, model, sd)
         result = model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise CheckpointError(path, f"ViT weights do not match a DINO ViT (patch {config.patch_size}, dim "
@@ -666,6 +689,7 @@ def load_put(path, **overrides) -> PUTDescriptor:
             v = options[k]
             codec_over[k] = tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else (float(v),) * 3
     codec = PatchVQVAE(infer_pvqvae_config(codec_sd, **codec_over))
+    _check_weight_dtypes(path, codec, codec_sd)
     result = codec.load_state_dict(codec_sd, strict=False)
     problems = [k for k in result.missing_keys] + [k for k in result.unexpected_keys if not k.startswith("loss.")]
     if problems:
@@ -674,6 +698,7 @@ def load_put(path, **overrides) -> PUTDescriptor:
     tsd = {k: v for k, v in sd.items() if not k.startswith("content_codec.")}
     config = infer_put_config(tsd, options)
     model = build_put(config, codec)
+    _check_weight_dtypes(path, model, sd)
     result = model.load_state_dict(sd, strict=False)
     missing = [k for k in result.missing_keys]
     unexpected = [k for k in result.unexpected_keys if not k.startswith("content_codec.loss.")]
