@@ -368,15 +368,16 @@ def sample_tokens(model: _PUTTransformer, feature: torch.Tensor, token: torch.Te
         return F.softmax(top_k_filter(lg, filter_ratio) * temperature, dim=-1)
 
     def write(rows, positions, samples, write_mask):
-        """Set tokens/features at (rows, positions) where write_mask [b, n]."""
-        nonlocal emb
+        """Set tokens/features at (rows, positions) where write_mask [b, n] (positions unique per row).
+        Gather/where/scatter rather than boolean indexing: no host sync per iteration."""
         with amp:
             feats = model.token_embedding(samples, positions).to(emb.dtype)
-        r = rows.view(-1, 1).expand_as(positions)
-        r, p = r[write_mask], positions[write_mask]
-        emb[r, p] = feats[write_mask]
-        token[r, p] = samples[write_mask]
-        known[r, p] = True
+        sub_emb, sub_tok, sub_known = emb[rows], token[rows], known[rows]
+        idx = positions.unsqueeze(-1).expand(-1, -1, sub_emb.shape[-1])
+        sub_emb.scatter_(1, idx, torch.where(write_mask.unsqueeze(-1), feats, sub_emb.gather(1, idx)))
+        sub_tok.scatter_(1, positions, torch.where(write_mask, samples, sub_tok.gather(1, positions)))
+        sub_known.scatter_(1, positions, sub_known.gather(1, positions) | write_mask)
+        emb[rows], token[rows], known[rows] = sub_emb, sub_tok, sub_known
 
     iteration = 0
     if model.config.version == "cvpr2022" and raster:
@@ -428,8 +429,9 @@ def sample_tokens(model: _PUTTransformer, feature: torch.Tensor, token: torch.Te
     all_pos = torch.arange(seq, device=token.device).expand(b, seq)
     for sn in nums:
         lg = logits_of(emb)  # [B, L, C]
-        filtered = top_k_filter(lg, filter_ratio)
-        probs = F.softmax(filtered * temperature, dim=-1)
+        # the official draws a sample at every position of every row; per-sample generators only need the
+        # chosen positions' distributions (a position's filtered maximum is its raw maximum)
+        probs = probs_of(lg) if rng.official else None
         if sn == -1 or sn >= seq:
             positions, fill = all_pos, ~known
         elif raster:
@@ -437,14 +439,14 @@ def sample_tokens(model: _PUTTransformer, feature: torch.Tensor, token: torch.Te
             positions = torch.topk(-order, k=sn, dim=1).indices
             fill = ~torch.gather(known, 1, positions)
         else:
-            conf = filtered.max(dim=-1).values.masked_fill(known, float("-inf"))
+            conf = lg.max(dim=-1).values.masked_fill(known, float("-inf"))
             positions = torch.topk(conf, k=sn, dim=1).indices
             fill = ~torch.gather(known, 1, positions)
-        if rng.official:  # the official draws a sample at every position of every row
+        if rng.official:
             samples = torch.gather(rng.draw(probs), 1, positions)
         else:
-            chosen = torch.gather(probs, 1, positions.unsqueeze(-1).expand(-1, -1, probs.shape[-1]))
-            samples = rng.draw(chosen, all_rows)
+            chosen = torch.gather(lg, 1, positions.unsqueeze(-1).expand(-1, -1, lg.shape[-1]))
+            samples = rng.draw(probs_of(chosen), all_rows)
         write(all_rows, positions, samples, fill)
         iteration += 1
         if on_iteration:
