@@ -33,21 +33,20 @@ import math
 import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if __package__ in (None, ""):  # python train.py from the repo: import the package by its installed name
-    from transedit.models import losses as L  # noqa: F401
-    __package__ = "transedit"
-
-from .models import losses as L  # noqa: E402
-from .models.inversion import LatentEncoder  # noqa: E402
-from .models.registry import atomic_write, load_encoder, load_stylegan2  # noqa: E402
+from .models import losses as L
+from .models.inversion import LatentEncoder
+from .models.irse import add_latent_avg, preprocess_official
+from .models.registry import atomic_write, load_encoder, load_stylegan2
 
 FAMILIES = ("style_transformer", "psp", "e4e", "styleprompter", "styleprompter_smart", "swinstyleformer")
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -134,23 +133,19 @@ class ImageFolder(torch.utils.data.Dataset):
             for k in range(len(self.files)):  # the next photo with a face
                 j = (i + k) % len(self.files)
                 with Image.open(self.files[j]) as im:
-                    arr = torch.frombuffer(bytearray(im.convert("RGB").tobytes()), dtype=torch.uint8)
-                    arr = arr.view(im.height, im.width, 3).float() / 255
+                    arr = np.array(im.convert("RGB"))  # a writable copy for torch
                 try:
                     aligned, _ = align_faces([arr], detector=self.detector, output_size=self.size)
                 except FaceAlignError:
                     self.no_face.add(self.files[j].name)
                     continue
-                return aligned[0].permute(2, 0, 1).clamp(0, 1) * 2 - 1
+                return preprocess_official(aligned.clamp(0, 1), self.size)[0]
             raise ValueError("--align: no image in --data has a detectable face")
-        with Image.open(self.files[i]) as im:
-            im = im.convert("RGB")
+        with Image.open(self.files[i]) as im:  # centre square, then exactly the inference transform
             w, h = im.size
             s = min(w, h)
-            im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-            im = im.resize((self.size, self.size), Image.BILINEAR)
-            x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(self.size, self.size, 3)
-        return x.permute(2, 0, 1).float() / 127.5 - 1
+            square = np.asarray(im.convert("RGB").crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)))
+        return preprocess_official([square], self.size)[0]
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -213,18 +208,12 @@ class Inverter(nn.Module):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         if self.family == "style_transformer":  # queries through the frozen mapping, so z trains too
             codes = enc(x, query=enc.compute_query(self._generator[0]))
-            return L_add(codes, self.wrapped.latent_avg), None
+            return add_latent_avg(codes.float(), self.wrapped.latent_avg), None
         if self.smart is not None:
             with torch.no_grad():
                 wplus, feats = self.wrapped(x, return_features=True)
             return wplus, feats
         return self.wrapped(x), None
-
-
-def L_add(codes, latent_avg):
-    from .models.irse import add_latent_avg
-
-    return add_latent_avg(codes.float(), latent_avg)
 
 
 # ------------------------------------------------------------------------------------------------ trainer
@@ -438,7 +427,7 @@ class Trainer:
         for micro in range(c.grad_accum):
             x, w_true = self._batch()
             total, parts = self._losses(x, w_true)
-            sync = self.ddp.no_sync() if self.ddp is not None and micro < c.grad_accum - 1 else _null()
+            sync = self.ddp.no_sync() if self.ddp is not None and micro < c.grad_accum - 1 else nullcontext()
             with sync:
                 (total / c.grad_accum).backward()
             for k, v in parts.items():
@@ -555,14 +544,6 @@ class Trainer:
                 "config": json.dumps(self.gen_desc.config.to_dict() if hasattr(self.gen_desc.config, "to_dict")
                                      else {}), "step": str(self.step)}
         return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta), overwrite=True)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .irse import IRSEConfig, make_body, make_input_layer
+from .registry import load_plain_state_dict
 
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 LPIPS_TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in torchvision's numbering
@@ -24,16 +25,6 @@ LPIPS_CHANNELS = (64, 128, 256, 512, 512)
 # LPIPS's input scaling layer: images in [-1, 1] shifted/scaled to ImageNet statistics
 LPIPS_SHIFT = (-0.030, -0.088, -0.188)
 LPIPS_SCALE = (0.458, 0.448, 0.450)
-
-
-def _state_dict_of(path) -> dict:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "net"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: not a state dict")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
 
 
 class LPIPS(nn.Module):
@@ -54,11 +45,10 @@ class LPIPS(nn.Module):
     @classmethod
     def from_files(cls, backbone_path, linear_path) -> "LPIPS":
         model = cls()
-        vgg = {k[len("features."):]: v for k, v in _state_dict_of(backbone_path).items() if k.startswith("features.")}
-        missing = model.features.load_state_dict({k: v for k, v in vgg.items()
-                                                  if int(k.split(".")[0]) <= LPIPS_TAPS[-1]}, strict=True)
-        del missing
-        lin = _state_dict_of(linear_path)
+        vgg = {k[len("features."):]: v for k, v in load_plain_state_dict(backbone_path).items()
+               if k.startswith("features.")}
+        model.features.load_state_dict({k: v for k, v in vgg.items() if int(k.split(".")[0]) <= LPIPS_TAPS[-1]})
+        lin = load_plain_state_dict(linear_path)
         for i, conv in enumerate(model.lins):
             conv.weight.data.copy_(lin[f"lin{i}.model.1.weight"])
         return model.eval().requires_grad_(False)
@@ -105,7 +95,7 @@ class IdentityLoss(nn.Module):
     @classmethod
     def from_file(cls, path) -> "IdentityLoss":
         net = ArcFaceIRSE50()
-        net.load_state_dict(_state_dict_of(path), strict=True)
+        net.load_state_dict(load_plain_state_dict(path))
         return cls(net)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

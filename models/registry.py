@@ -212,6 +212,23 @@ def read_checkpoint(path) -> RawCheckpoint:
     return RawCheckpoint(str(path), "torch", state_dicts, extras)
 
 
+def load_plain_state_dict(path) -> dict[str, torch.Tensor]:
+    """A plain state dict from a local .pth/.pt (pretrained helper networks: LPIPS, ArcFace, a Swin backbone):
+    weights_only loading with errors naming the file, unwrapped from {'state_dict' | 'model' | 'net': ...} and
+    DataParallel prefixes."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "file not found.")
+    obj = _torch_load(path)
+    for key in ("state_dict", "model", "net"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    sd = _tensor_dict(obj)
+    if sd is None:
+        raise CheckpointError(path, "is not a state dict of tensors.")
+    return _strip_dataparallel(sd)
+
+
 # ------------------------------------------------------------------------------------ architectures
 @dataclass
 class ModelDescriptor:

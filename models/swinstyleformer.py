@@ -205,18 +205,13 @@ def load_backbone_weights(encoder: SwinStyleformerEncoder, path) -> dict:
     tensors of the same shape are copied, relative-position bias tables are resized to this window
     (bicubic, as when fine-tuning Swin at another window), the classifier head and final norm are ignored.
     Returns counts {copied, resized, skipped}."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: not a Swin state dict")
+    from .registry import load_plain_state_dict
+
     own = encoder.backbone.state_dict()
     loaded, counts = {}, {"copied": 0, "resized": 0, "skipped": 0}
-    for k, v in obj.items():
-        k = k[len("module."):] if k.startswith("module.") else k
+    for k, v in load_plain_state_dict(path).items():
         k = k[len("backbone."):] if k.startswith("backbone.") else k
-        if k not in own or not isinstance(v, torch.Tensor):
+        if k not in own:
             counts["skipped"] += 1
             continue
         if v.shape == own[k].shape:

@@ -259,7 +259,7 @@ def register_json_route(path: str, handler) -> bool:
     async def serve(request):
         try:
             return web.json_response(handler())
-        except Exception as e:  # a hint endpoint must never take the page down; the reason is shown
+        except (OSError, ValueError, KeyError, RuntimeError) as e:  # a hint: answer with the reason, not a traceback
             log.warning("TransEdit: %s failed: %s", path, e)
             return web.json_response({"error": str(e)}, status=500)
 

@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..models.put import SamplerRNG, SamplingState, sample_tokens
+from ..models.put import SamplerRNG, SamplingState, sample_tokens, step_counts
 from ..models.registry import PUTDescriptor, load_put
 from . import comfy_bridge as bridge
 from .compare import compare_ui
@@ -129,8 +129,6 @@ def _holes_at(hole: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def _iterations(version: str, plan, n_unknown: int, raster: bool, seq: int) -> int:
     """How many transformer passes sampling will make (all samples share the mask)."""
-    from ..models.put import step_counts
-
     if n_unknown == 0:
         return 1
     if version == "tpami2024":

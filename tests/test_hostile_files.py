@@ -195,7 +195,6 @@ BROAD_HANDLERS_ALLOWED = {
     ("models/registry.py", "_put_options"): "an unreadable config.yaml falls back to shape inference",
     ("models/nvlabs_pickle.py", "_load_storage_bytes"): "hostile storage bytes; re-raised as CheckpointError",
     ("models/nvlabs_pickle.py", "read_nvlabs_pickle"): "hostile bytes; re-raised as CheckpointError",
-    ("nodes/comfy_bridge.py", "serve"): "the /transedit/directions hint endpoint, outside any prompt",
     ("train.py", "__init__"): "PIL's verify raises many types for broken image files; they are skipped and counted",
 }
 

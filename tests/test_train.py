@@ -293,11 +293,11 @@ def test_lpips_and_arcface_load_from_local_files_in_official_layouts(tmp_path):
     assert torch.allclose(d_same, torch.zeros(2), atol=1e-6) and (d_other > 0).all()
 
     arc = L.ArcFaceIRSE50()
-    torch.save({f"module.{k}" if False else k: v for k, v in arc.state_dict().items()}, tmp_path / "model_ir_se50.pth")
+    torch.save({f"module.{k}": v for k, v in arc.state_dict().items()}, tmp_path / "model_ir_se50.pth")  # DataParallel
     idl = L.IdentityLoss.from_file(tmp_path / "model_ir_se50.pth")
     faces = torch.rand(2, 3, 256, 256) * 2 - 1
     assert torch.allclose(idl(faces, faces), torch.zeros(2), atol=1e-5)
-    assert sorted(k.split(".")[0] for k in arc.state_dict()) [0] == "body"
+    assert {k.split(".")[0] for k in arc.state_dict()} == {"input_layer", "body", "output_layer"}  # official names
 
 
 def test_discriminator_and_alignment_losses():
