@@ -134,8 +134,11 @@ def supports_bf16(device: torch.device) -> bool:
 
 
 def oom_exception() -> type[BaseException]:
-    if IN_COMFYUI and hasattr(_mm, "OOM_EXCEPTION"):
-        return _mm.OOM_EXCEPTION
+    """The exception a device raises when it runs out of memory.
+
+    torch's own class, not ComfyUI's OOM_EXCEPTION: ComfyUI falls back to plain `Exception` when torch
+    lacks the class, and catching that would swallow Cancel. ComfyUI's check is an isinstance test, so
+    raising torch's class still makes it unload models after a failed prompt."""
     return getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 

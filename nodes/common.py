@@ -1,11 +1,15 @@
-"""Small helpers shared by every stage's nodes: error messages and ComfyUI image conversion."""
+"""Small helpers shared by every stage's nodes: error messages, batch chunking and ComfyUI image conversion."""
 from __future__ import annotations
+
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
 
 from . import comfy_bridge as bridge
+
+T = TypeVar("T")
 
 MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -26,6 +30,35 @@ def require_model_file(node: str, input_name: str, folder: str, filename: str) -
         raise NodeInputError(node, input_name, f"'{filename}' was not found in {bridge.folder_paths_for(folder)}.",
                              f"put the file in ComfyUI/models/{folder} and press Refresh (R).")
     return path
+
+
+def run_in_chunks(node: str, total: int, chunk: int, work: Callable[[int, int], T], *, what: str,
+                  advice: str) -> list[T]:
+    """work(start, stop) over items 0..total in chunks of `chunk`, results in order.
+
+    Cancel is checked before every chunk. Out of memory frees the cache and retries the failed chunk at half
+    its size (later chunks keep the smaller size); when a single item does not fit, the device's OOM
+    exception is raised again with a message naming the node, `what` failed and `advice` (what to lower),
+    so ComfyUI still recognises it as out-of-memory and unloads models. `work` must not leave partial
+    results behind when it raises."""
+    oom = bridge.oom_exception()
+    results: list[T] = []
+    start, chunk = 0, max(1, int(chunk))
+    while start < total:
+        bridge.check_interrupt()
+        stop = min(start + chunk, total)
+        try:
+            results.append(work(start, stop))
+        except oom:
+            bridge.soft_empty_cache()
+            if stop - start == 1:
+                raise oom(f"{node}: out of memory {what}. Fix: {advice}") from None
+            chunk = max(1, (stop - start) // 2)
+            bridge.log.warning("%s: out of memory with %d items at once; retrying %d at a time", node,
+                               stop - start, chunk)
+            continue
+        start = stop
+    return results
 
 
 def check_int(node: str, name: str, value, lo: int, hi: int) -> int:

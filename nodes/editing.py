@@ -13,7 +13,7 @@ from ..models.directions import (GANSPACE_PCA_FILES, LAYER_GROUPS, DirectionErro
 from ..models.latent import StyleLatent
 from ..models.registry import EditTransformerDescriptor, load_edit_transformer
 from . import comfy_bridge as bridge
-from .common import NodeInputError, check_choice, check_float, check_int, require_model_file
+from .common import NodeInputError, check_choice, check_float, check_int, require_model_file, run_in_chunks
 from .stylegan import StyleGANHandle
 
 CATEGORY = "TransEdit/Edit"
@@ -519,9 +519,14 @@ class TransEditReferenceEdit:
             a, b = (a.expand(b.shape[0], -1, -1), b) if a.shape[0] == 1 else (a, b.expand(a.shape[0], -1, -1))
         module = edit_transformer.load()
         device = next(module.parameters()).device
-        bridge.check_interrupt()
-        with torch.inference_mode():
-            out = module(a.to(device, torch.float32), b.to(device, torch.float32)).float().cpu()
+
+        def edit_rows(start: int, stop: int) -> torch.Tensor:
+            with torch.inference_mode():
+                return module(a[start:stop].to(device, torch.float32),
+                              b[start:stop].to(device, torch.float32)).float().cpu()
+
+        out = torch.cat(run_in_chunks(node, a.shape[0], a.shape[0], edit_rows, what="editing one latent",
+                                      advice="free VRAM (unload other models)."), 0)
         return (_with_edit(src, out, {"reference_edit": edit_transformer.name}, index),)
 
 

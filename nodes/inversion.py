@@ -8,7 +8,7 @@ from ..models.latent import StyleLatent
 from ..models.registry import EncoderDescriptor, load_encoder
 from . import comfy_bridge as bridge
 from .common import (NodeInputError, PRECISIONS, check_choice, check_float, check_images, require_model_file,
-                     resolve_precision)
+                     resolve_precision, run_in_chunks)
 from .stylegan import StyleGANHandle
 
 CATEGORY = "TransEdit/Inversion"
@@ -103,39 +103,31 @@ class TransEditInvert:
         dtype = resolve_precision(precision, device)
         total = images.shape[0]
         progress = bridge.Progress(total)
-        chunk = self.chunk_size or (4 if device.type == "cpu" else 16)
-        oom = bridge.oom_exception()
-        results, start = [], 0
         keep_features = desc.family == "styleprompter"  # SMART refines with the encoder's features
-        features: list = []
         inter = bridge.intermediate_device()
-        while start < total:
-            bridge.check_interrupt()
-            stop = min(start + chunk, total)
+
+        def encode(start: int, stop: int):
             batch = images[start:stop]
             if resize == RESIZE_MODES[0]:
                 x = preprocess_official(batch.cpu(), size=desc.input_size).to(device)
             else:
                 x = preprocess_fast(batch.to(device), size=desc.input_size)
-            try:
-                with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                    if keep_features:
-                        wplus, feats = module(x, return_features=True)
-                        # per image, on the intermediate device (not pinned in VRAM), fp32
-                        features.extend([[f[i].float().to(inter) for f in feats] for i in range(x.shape[0])])
-                    else:
-                        wplus = module(x)
-            except oom:
-                del features[start:]
-                bridge.soft_empty_cache()
-                if stop - start == 1:
-                    raise MemoryError(f"{node}: out of memory encoding one image; use precision bf16/fp16 or "
-                                      "free VRAM (unload other models).") from None
-                chunk = max(1, (stop - start) // 2)
-                continue
-            results.append(wplus.float().cpu())
+            feats = None
+            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                if keep_features:
+                    wplus, levels = module(x, return_features=True)
+                    # per image, on the intermediate device (not pinned in VRAM), fp32
+                    feats = [[f[i].float().to(inter) for f in levels] for i in range(x.shape[0])]
+                else:
+                    wplus = module(x)
             progress.update(stop - start)
-            start = stop
+            return wplus.float().cpu(), feats
+
+        chunks = run_in_chunks(node, total, self.chunk_size or (4 if device.type == "cpu" else 16), encode,
+                               what="encoding one image", advice="use precision bf16/fp16 or free VRAM (unload "
+                               "other models).")
+        results = [w for w, _ in chunks]
+        features = [f for _, per_image in chunks if per_image for f in per_image]
         wplus = torch.cat(results, 0)
         gen = desc.generator
         # the input photos ride along (CPU) so Generate can show photo | result in the compare widget

@@ -11,7 +11,7 @@ from ..models.registry import PUTDescriptor, load_put
 from . import comfy_bridge as bridge
 from .compare import compare_ui
 from .common import (MAX_SEED, NodeInputError, PRECISIONS, check_choice, check_float, check_images, check_int,
-                     comfy_image_to_pil, require_model_file, resolve_precision)
+                     comfy_image_to_pil, require_model_file, resolve_precision, run_in_chunks)
 
 CATEGORY = "TransEdit/Inpaint"
 SCHEDULES = ("tokens per iteration", "cosine", "linear", "average")
@@ -284,8 +284,17 @@ class TransEditPUTInpaint:
             bridge.check_interrupt()
             out = images[i].permute(2, 0, 1).unsqueeze(0).expand(num_samples, -1, -1, -1).clone()
             for job in image_jobs:
-                fills = self._fill(model, job, num_samples, seed + i * num_samples, plan, top_k, temperature,
-                                   raster, dtype, device, progress)
+                first_seed = seed + i * num_samples
+
+                def fill(s0: int, s1: int, job=job, first_seed=first_seed) -> torch.Tensor:
+                    # sample k always uses seed first_seed + k, so a retry in smaller chunks draws the same
+                    # fills; the progress bar follows the first chunk only (every chunk makes the same passes)
+                    return self._fill(model, job, s1 - s0, first_seed + s0, plan, top_k, temperature, raster,
+                                      dtype, device, progress if s0 == 0 else None)
+
+                fills = torch.cat(run_in_chunks(node, num_samples, num_samples, fill, what="filling one sample",
+                                                advice="use precision bf16/fp16 or free VRAM (unload "
+                                                       "other models)."), 0)
                 _paste_into(out, job, fills, feather)
             out_images.append(out.permute(0, 2, 3, 1).contiguous())
             out_masks.append(holes[i].float().expand(num_samples, -1, -1))
@@ -308,6 +317,8 @@ class TransEditPUTInpaint:
 
             def on_iteration(state: SamplingState):
                 bridge.check_interrupt()  # Cancel: stops within one iteration
+                if progress is None:
+                    return
                 preview = None
                 if state.iteration % preview_every == 0:  # the current fill of sample 0
                     current = codec.decode(state.tokens[:1], xs[:1], ms[:1], combine_rec_and_gt=combine)

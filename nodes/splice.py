@@ -13,7 +13,7 @@ from ..models.splice import SpliceLambdas, SpliceSettings, SpliceTrainer, apply_
 from . import comfy_bridge as bridge
 from .compare import compare_ui
 from .common import (MAX_SEED, NodeInputError, check_choice, check_float, check_images, check_int,
-                     comfy_image_to_pil, require_model_file, resolve_precision)
+                     comfy_image_to_pil, require_model_file, resolve_precision, run_in_chunks)
 
 CATEGORY = "TransEdit/Splice"
 # Step counts. `official` is the paper's config; the shorter presets rely on early stopping as well
@@ -235,8 +235,9 @@ class TransEditSplice:
         device = next(dino.parameters()).device
         dtype = resolve_precision(precision, device)
         progress = bridge.Progress(steps * len(pairs))
-        results, generators, sizes, stopped = [], [], [], []
-        for n, (i, j) in enumerate(pairs):
+
+        def train(n: int, _stop: int):
+            i, j = pairs[n]
             a = _resize(structure[i:i + 1].permute(0, 3, 1, 2), a_size).to(device)
             # B only feeds 224-px DINO crops and the identity term: no need to keep it larger than A
             b = appearance[j:j + 1].permute(0, 3, 1, 2)
@@ -248,10 +249,13 @@ class TransEditSplice:
                 autocast_dtype=None if dtype == torch.float32 else dtype,
                 early_stop=early_stop and preset != "official", compile=compile)
             image, gen, done = self._train_pair(dino, a, b, settings, progress, preview_every)
-            results.append(image.permute(0, 2, 3, 1).float().to(bridge.intermediate_device()))
-            generators.append(gen)
-            sizes.append(tuple(a.shape[-2:]))
-            stopped.append(done)
+            return image.permute(0, 2, 3, 1).float().to(bridge.intermediate_device()), gen, tuple(a.shape[-2:]), done
+
+        # one pair at a time: a pair that does not fit cannot be split, so out of memory ends with what to lower
+        trained = run_in_chunks(node, len(pairs), 1, train, what="training one pair",
+                                advice="lower output_size, use precision bf16, a smaller ViT (ViT-S) or free VRAM "
+                                       "(unload other models).")
+        results, generators, sizes, stopped = (list(column) for column in zip(*trained))
         bridge.log.info("TransEdit Splice: trained %d pair(s); steps %s", len(pairs), stopped)
         out = SpliceGenerators(generators, sizes, info={"vit": vit.name, "steps": stopped, "preset": preset,
                                                          "seed": seed})
@@ -317,9 +321,8 @@ class TransEditApplySplice:
                                  "give one image per generator, or train a single pair.")
         device = bridge.compute_device()
         progress = bridge.Progress(n)
-        out = []
-        for i in range(n):
-            bridge.check_interrupt()
+
+        def repaint(i: int, _stop: int) -> torch.Tensor:
             gen = copy.deepcopy(splice_generator.generators[0 if k == 1 else i]).to(device)
             x = images[i:i + 1].permute(0, 3, 1, 2).to(device)
             h, w = x.shape[-2:]
@@ -331,8 +334,13 @@ class TransEditApplySplice:
             if y.shape[-2:] != (h, w):
                 y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
             y = y.clamp(0, 1).permute(0, 2, 3, 1).float().to(bridge.intermediate_device())
-            out.append(y)
             progress.update(1, preview=comfy_image_to_pil(y[0]))
+            return y
+
+        # one image per pass: each may have its own generator and size
+        out = run_in_chunks(node, n, 1, repaint, what="repainting one image",
+                            advice="turn match_training_size on (the trained size), use smaller images or free "
+                                   "VRAM (unload other models).")
         return (torch.cat(out, 0),)
 
 

@@ -8,7 +8,8 @@ from ..models.registry import ModelDescriptor, load_stylegan2
 from . import comfy_bridge as bridge
 from .compare import compare_ui
 from .common import (MAX_SEED, PRECISIONS, NodeInputError, check_choice, check_float, check_int,
-                     comfy_image_to_pil, gan_to_comfy_image, require_model_file, resolve_precision)
+                     comfy_image_to_pil, gan_to_comfy_image, require_model_file, resolve_precision,
+                     run_in_chunks)
 
 CATEGORY = "TransEdit/StyleGAN"
 MAX_BATCH = 64
@@ -181,31 +182,22 @@ class TransEditGenerate:
         dtype = resolve_precision(precision, device)
         total = latent.batch_size
         progress = bridge.Progress(total)
-        results, start = [], 0
-        chunk = self.chunk_size or (1 if device.type == "cpu" else 8)
-        oom = bridge.oom_exception()
-        while start < total:
-            bridge.check_interrupt()
-            stop = min(start + chunk, total)
+
+        def render(start: int, stop: int) -> torch.Tensor:
             hook = None
             if smart is not None:  # StylePrompter's SMART refines layer 4 with this chunk's encoder features
                 smart_module, beta = smart
                 feats = latent.extras["smart_features"][start:stop]
                 levels = [torch.stack([f[level] for f in feats]).to(device) for level in range(len(feats[0]))]
                 hook = smart_module.hook(levels, beta=beta)
-            try:
-                images = self._synthesise(module, latent.wplus[start:stop], device, dtype, noise_mode,
-                                          noise_seed + start, hook)
-            except oom:
-                bridge.soft_empty_cache()
-                if chunk == 1:
-                    raise MemoryError(f"{node}: out of memory generating one {generator.config.size}px image; "
-                                      "use precision bf16/fp16 or free VRAM (unload other models).") from None
-                chunk = max(1, (stop - start) // 2)
-                continue
-            results.append(images)
+            images = self._synthesise(module, latent.wplus[start:stop], device, dtype, noise_mode,
+                                      noise_seed + start, hook)
             progress.update(stop - start, preview=comfy_image_to_pil(images[0]))
-            start = stop
+            return images
+
+        results = run_in_chunks(node, total, self.chunk_size or (1 if device.type == "cpu" else 8), render,
+                                what=f"generating one {generator.config.size}px image",
+                                advice="use precision bf16/fp16 or free VRAM (unload other models).")
         out = torch.cat(results, 0)
         # inverted latents remember their photos: the frontend shows photo | result with a divider
         return bridge.with_ui((out,), compare_ui(latent.extras.get("source_images"), out, "photo", "generated"))

@@ -274,14 +274,15 @@ def test_cancel_stops_within_one_iteration(cvpr, monkeypatch):
 
     def interrupt():
         calls["n"] += 1
-        if calls["n"] > 3:
+        if calls["n"] > 4:
             raise Interrupted()
 
     monkeypatch.setattr(bridge, "check_interrupt", interrupt)
     monkeypatch.setattr(SamplerRNG, "draw", counting_draw)
     with pytest.raises(Interrupted):
         run(cvpr, img, mask, tokens_per_iter=1)  # 64 passes if not cancelled
-    assert passes["n"] == 3  # checks: before the image, then after passes 1, 2; the 4th raised after pass 3
+    # checks: before the image, before its chunk of samples, after passes 1, 2; the 5th raised after pass 3
+    assert passes["n"] == 3
     monkeypatch.undo()
     again, _ = run(cvpr, img, mask, tokens_per_iter=1)
     assert torch.equal(again, expected)  # nothing leaked from the cancelled run

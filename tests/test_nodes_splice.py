@@ -207,14 +207,14 @@ def test_cancel_stops_within_a_step_and_leaks_nothing(vit, monkeypatch):
 
     def interrupt():
         calls["n"] += 1
-        if calls["n"] > 2:
+        if calls["n"] > 3:
             raise Interrupted()
 
     monkeypatch.setattr(bridge, "check_interrupt", interrupt)
     monkeypatch.setattr(SpliceTrainer, "step", counting_step)
     with pytest.raises(Interrupted):
         run_splice(vit, s, a, seed=9, steps=1000)
-    assert made == [0, 1]  # the third check stopped it before step 2
+    assert made == [0, 1]  # checks: before the pair, before steps 0 and 1; the fourth stopped it before step 2
     monkeypatch.undo()
     dino = vit.load()
     assert not any(p.requires_grad or p.grad is not None for p in dino.parameters()) and not dino.training
