@@ -1,0 +1,147 @@
+"""Run inside a real ComfyUI process (started by test_model_management.py with ComfyUI's own command-line
+flags): load every TransEdit model through its loader node, run its node, and report as JSON what ComfyUI's
+model management sees — the size each model reports, where outputs land — and whether "free memory" and
+"unload models" really give the memory back.
+
+    python managed_memory_probe.py COMFY_ROOT WORK_DIR OUT_JSON [ComfyUI flags...]
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import weakref
+
+
+def main() -> None:
+    comfy_root, work, out_path = sys.argv[1:4]
+    sys.argv = ["main.py", *sys.argv[4:]]  # ComfyUI parses its flags from here
+    sys.path.insert(0, comfy_root)
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    import comfy.model_management as mm
+    import folder_paths
+    import torch
+
+    import transedit  # noqa: F401  (registers the model folders, as ComfyUI's loader would)
+    from transedit.models import registry
+    from transedit.models.style_transformer import EditTransformer, EditTransformerConfig
+    from transedit.nodes import NODE_CLASS_MAPPINGS as N
+    from transedit.nodes import comfy_bridge as bridge
+
+    assert bridge.IN_COMFYUI, "the bridge did not find ComfyUI"
+    folders = {name: os.path.join(work, name) for name in ("stylegan", "gan_encoders", "put", "vit")}
+    for name, path in folders.items():
+        os.makedirs(path, exist_ok=True)
+        folder_paths.folder_names_and_paths[name] = ([path], set(bridge.MODEL_FOLDERS[name][1]))
+    registry.save_random_generator(os.path.join(folders["stylegan"], "g.pt"), overwrite=True)
+    registry.save_random_encoder(os.path.join(folders["gan_encoders"], "sp.pt"), family="styleprompter",
+                                 overwrite=True)
+    registry.save_random_put(os.path.join(folders["put"], "p.pth"), overwrite=True)
+    registry.save_random_dino(os.path.join(folders["vit"], "d.safetensors"), overwrite=True)
+    torch.manual_seed(0)
+    edit = EditTransformer(EditTransformerConfig(d_model=64, nhead=4, dim_feedforward=128))
+    torch.save({"state_dict": {f"encoder.module.{k}": v for k, v in edit.state_dict().items()}, "opts": {}},
+               os.path.join(folders["gan_encoders"], "ref_edit.pt"))
+
+    inter = mm.intermediate_device()
+    compute = mm.get_torch_device()
+    report = {"flags": sys.argv[1:], "compute_device": str(compute), "intermediate_device": str(inter),
+              "offload_device": str(mm.unet_offload_device()), "outputs": {}, "models": {}}
+
+    def output(name, tensor):
+        report["outputs"][name] = {"dtype": str(tensor.dtype), "device": str(tensor.device),
+                                   "on_intermediate": tensor.device == torch.device(inter),
+                                   "finite": bool(torch.isfinite(tensor).all()),
+                                   "in_range": bool(tensor.min() >= 0 and tensor.max() <= 1)}
+
+    # inputs as a user's graph may deliver them: fp16 on the compute device, non-contiguous
+    g = torch.Generator().manual_seed(0)
+    photos = torch.rand(2, 48, 40, 3, generator=g).to(compute, torch.float16).transpose(1, 2).contiguous().transpose(1, 2)
+    holes = torch.zeros(2, 48, 40, device=compute)
+    holes[:, 10:30, 8:28] = 1
+
+    def result(returned):  # nodes return {"ui", "result"} when they have something to show
+        return returned["result"] if isinstance(returned, dict) else returned
+
+    def run_graph():
+        generator = N["TransEditLoadStyleGAN"]().load("g.pt")[0]
+        encoder, sp_generator = N["TransEditLoadEncoder"]().load("sp.pt")
+        put = N["TransEditLoadPUT"]().load("p.pth")[0]
+        vit = N["TransEditLoadDINO"]().load("d.safetensors")[0]
+        edit_tf = N["TransEditLoadEditTransformer"]().load("ref_edit.pt")[0]
+        latent = N["TransEditSampleLatent"]().sample(generator, 1, 2, 0.7)[0]
+        output("Generate", result(N["TransEditGenerate"]().generate(generator, latent, "random", 0, "auto"))[0])
+        inverted = N["TransEditInvert"]().invert(encoder, photos, "fast (torch)", "auto")[0]
+        refined = N["TransEditSMARTRefine"]().refine(inverted, encoder, 1.0, 1.0)[0]
+        output("Generate (SMART)", result(N["TransEditGenerate"]().generate(sp_generator, refined, "const", 0,
+                                                                     "auto"))[0])
+        edited = N["TransEditReferenceEdit"]().edit(edit_tf, latent, latent)[0]
+        output("Generate (reference edit)", result(N["TransEditGenerate"]().generate(generator, edited, "const", 0,
+                                                                              "auto"))[0])
+        filled, mask = result(N["TransEditPUTInpaint"]().inpaint(
+            put, photos, holes, num_samples=2, seed=0, schedule="tokens per iteration", tokens_per_iter=0,
+            iterations=1, top_k=4, temperature=1.0, order="most confident first (official)",
+            output_mode="crop around mask", context=0.5, feather=2, precision="auto"))
+        output("PUT Inpaint", filled)
+        output("PUT Inpaint mask", mask)
+        spliced, gens = result(N["TransEditSplice"]().splice(vit, photos[:1], photos[1:], preset="fast", steps=2,
+                                                     output_size=0, seed=0, early_stop=False, precision="auto",
+                                                     preview_every=0))
+        output("Splice", spliced)
+        output("Apply Splice", N["TransEditApplySplice"]().apply(gens, photos, True)[0])
+        output("Invert (W+)", inverted.wplus)
+        return {"stylegan": generator, "encoder": encoder, "smart": encoder._smart_handle, "put": put,
+                "dino": vit, "edit_transformer": edit_tf, "bundled_generator": sp_generator}
+
+    def ours_loaded(handles):
+        patchers = {id(h.managed.patcher): name for name, h in handles.items()}
+        return {patchers[id(lm.model)]: lm for lm in mm.current_loaded_models if id(lm.model) in patchers}
+
+    def sizes(handles):  # a function of its own: no loop variable may keep a model alive afterwards
+        loaded = ours_loaded(handles)
+        for name, handle in handles.items():
+            module = handle.managed.module
+            tensors = list(module.parameters()) + list(module.buffers())
+            lm = loaded.get(name)
+            report["models"][name] = {
+                "loaded": lm is not None,
+                "reported_bytes": lm.model_memory() if lm is not None else None,
+                "expected_bytes": sum(t.numel() * t.element_size() for t in tensors),
+                "state_dict_bytes": mm.module_size(module),
+                "device": str(tensors[0].device),
+            }
+
+    handles = run_graph()
+    sizes(handles)
+    report["cuda_allocated_loaded"] = torch.cuda.memory_allocated() if torch.cuda.is_available() else None
+
+    # "free memory" (what ComfyUI does before loading something big / on OOM) unloads ours like any model
+    mm.free_memory(1e30, compute)
+    report["after_free_memory"] = sorted(ours_loaded(handles))
+    report["devices_after_free_memory"] = {name: str(next(h.managed.module.parameters()).device)
+                                           for name, h in handles.items()}
+    # load again, then "Unload models" (the menu button / POST /free)
+    list(map(lambda handle: handle.load(), handles.values()))
+    report["reloaded"] = sorted(ours_loaded(handles))
+    mm.unload_all_models()
+    report["after_unload_all"] = sorted(ours_loaded(handles))
+
+    # the graph's outputs gone (ComfyUI's cache dropped): nothing of TransEdit may keep the weights alive
+    probes = {name: weakref.ref(next(h.managed.module.parameters())) for name, h in handles.items()}
+    del handles
+    gc.collect()
+    mm.cleanup_models()
+    gc.collect()
+    report["weights_still_alive"] = sorted(name for name, ref in probes.items() if ref() is not None)
+    if torch.cuda.is_available():
+        mm.soft_empty_cache()
+        report["cuda_allocated_after"] = torch.cuda.memory_allocated()
+    with open(out_path, "w") as f:
+        json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
