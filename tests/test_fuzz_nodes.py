@@ -1,49 +1,79 @@
-"""Property-based tests (hypothesis) of the nodes users feed most directly: odd batch sizes, image sizes from 1x1
-up, 1/3/4 channels, fp16/bf16/non-contiguous tensors, NaN/inf pixels, empty/full/soft/mismatched masks,
-latents from another generator. Every case either works with a defined result (shape, fp32, values in range)
-or raises a ValueError-style NodeInputError that names the node and the input; nothing else escapes."""
+"""Property-based tests (hypothesis) of every node that takes pictures, masks, latents or numbers: batch sizes
+1..8, image sizes from 1x1 up, 1/3/4 channels, fp16/bf16/non-contiguous tensors, NaN/inf pixels, empty/full/
+soft/mismatched masks, latents from another generator or with NaN, layer ranges and strengths at and past their
+limits, free-text layer lists. Every case either works with a defined result (shape, fp32, values in range)
+or raises a ValueError-style NodeInputError that names the node and the input; nothing else escapes.
+(The loaders' only input is a file: tests/test_hostile_files.py covers those.)"""
 from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from transedit.models.latent import StyleLatent
-from transedit.models.registry import save_random_encoder, save_random_generator, save_random_put
+from transedit.models.registry import (atomic_write, save_random_dino, save_random_encoder, save_random_generator,
+                                       save_random_put)
+from transedit.models.style_transformer import EditTransformer, EditTransformerConfig
 from transedit.models.stylegan2 import StyleGAN2Config
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes import compare as compare_nodes
+from transedit.nodes import editing as edit_nodes
+from transedit.nodes import faces as face_nodes
 from transedit.nodes import inversion as inv_nodes
 from transedit.nodes import put as put_nodes
+from transedit.nodes import splice as splice_nodes
 from transedit.nodes import stylegan as sg_nodes
-from transedit.nodes.common import NodeInputError
+from transedit.nodes.common import MAX_SEED, NodeInputError
 
 FUZZ = settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+SLOW_FUZZ = settings(FUZZ, max_examples=12)  # nodes that train or detect faces per case
+FOLDERS = ("put", "gan_encoders", "stylegan", "vit")
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz_models")
-    for folder in ("put", "gan_encoders", "stylegan"):
+    for folder in FOLDERS:
         (root / folder).mkdir()
         bridge.set_fallback_folder(folder, [str(root / folder)])
     save_random_put(root / "put" / "p.pth")
     save_random_encoder(root / "gan_encoders" / "e.pt", family="e4e")
+    save_random_encoder(root / "gan_encoders" / "sp.pt", family="styleprompter")
     save_random_generator(root / "stylegan" / "other.pt", config=StyleGAN2Config(
         size=32, style_dim=32, n_mlp=2, channels={4: 16, 8: 16, 16: 16, 32: 8}))
+    save_random_dino(root / "vit" / "d.safetensors")
     put = put_nodes.TransEditLoadPUT().load("p.pth")[0]
     encoder, generator = inv_nodes.TransEditLoadEncoder().load("e.pt")
+    sp_encoder, sp_generator = inv_nodes.TransEditLoadEncoder().load("sp.pt")
     other = sg_nodes.TransEditLoadStyleGAN().load("other.pt")[0]
-    yield dict(put=put, encoder=encoder, generator=generator, other=other)
-    for folder in ("put", "gan_encoders", "stylegan"):
+    torch.manual_seed(0)
+    c = generator.config.style_dim
+    edit = EditTransformer(EditTransformerConfig(d_model=c, nhead=4, dim_feedforward=2 * c)).eval()
+    state = {f"encoder.module.{k}": v for k, v in edit.state_dict().items()}
+    atomic_write(root / "gan_encoders" / "ref_edit.pt", lambda tmp: torch.save({"state_dict": state, "opts": {}}, tmp))
+    vit = splice_nodes.TransEditLoadDINO().load("d.safetensors")[0]
+    pic = torch.rand(1, 48, 40, 3, generator=torch.Generator().manual_seed(3))
+    _, splice_gen = splice_nodes.TransEditSplice().splice(vit, pic, pic.flip(1), preset="fast", steps=1,
+                                                          output_size=0, seed=0, early_stop=False, precision="fp32",
+                                                          preview_every=0)
+    yield dict(put=put, encoder=encoder, generator=generator, other=other, sp_encoder=sp_encoder,
+               sp_generator=sp_generator, edit=edit_nodes.TransEditLoadEditTransformer().load("ref_edit.pt")[0],
+               vit=vit, splice_gen=splice_gen,
+               sp_latent=inv_nodes.TransEditInvert().invert(sp_encoder, pic.expand(2, -1, -1, -1), "fast (torch)",
+                                                            "fp32")[0])
+    for folder in FOLDERS:
         bridge._fallback_paths.pop(folder, None)
 
 
 @st.composite
-def images(draw, max_side=48):
-    b = draw(st.integers(1, 3))
-    h, w = draw(st.integers(1, max_side)), draw(st.integers(1, max_side))
+def images(draw, max_side=48, max_batch=3, usual_side=8, batch=None, odd_sides=True):
+    """IMAGE batches; two thirds of the sides (all with odd_sides=False) are drawn from usual_side.. (what the
+    node accepts) so that both the refusals and the real work get exercised."""
+    b = batch if batch is not None else draw(st.integers(1, max_batch))
+    usual = st.integers(min(usual_side, max_side), max_side)
+    side = st.one_of(st.integers(1, max_side), usual, usual) if odd_sides else usual
+    h, w = draw(side), draw(side)
     c = draw(st.sampled_from([1, 3, 4]))
     dtype = draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
     g = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 16)))
@@ -63,14 +93,17 @@ def images(draw, max_side=48):
 
 def _fine_or_clear(node_name: str, call):
     try:
-        return call()
+        out = call()
     except NodeInputError as e:
         assert node_name in str(e), str(e)
+        event(f"{node_name}: refused ({e.input_name})")  # --hypothesis-show-statistics lists what was hit
         return None
+    event(f"{node_name}: ran")
+    return out
 
 
 @FUZZ
-@given(imgs=images(), mask_kind=st.sampled_from(["empty", "full", "soft", "box", "mismatched", "one_for_all"]),
+@given(imgs=images(max_batch=8), mask_kind=st.sampled_from(["empty", "full", "soft", "box", "mismatched", "one_for_all"]),
        data=st.data())
 def test_put_inpaint(models, imgs, mask_kind, data):
     b, h, w = imgs.shape[:3]
@@ -104,7 +137,7 @@ def test_put_inpaint(models, imgs, mask_kind, data):
 
 
 @FUZZ
-@given(imgs=images(max_side=80))
+@given(imgs=images(max_side=80, max_batch=8))
 def test_invert_then_generate(models, imgs):
     out = _fine_or_clear("Invert", lambda: inv_nodes.TransEditInvert().invert(
         models["encoder"], imgs, "fast (torch)", "auto"))
@@ -123,8 +156,10 @@ def test_invert_then_generate(models, imgs):
 
 
 @FUZZ
-@given(before=images(), after=images())
-def test_compare(before, after):
+@given(data=st.data(), b=st.integers(1, 8))
+def test_compare(data, b):
+    before = data.draw(images(batch=b))
+    after = data.draw(images(batch=data.draw(st.sampled_from([b, 1, b + 1]))))
     res = _fine_or_clear("Compare", lambda: compare_nodes.TransEditCompare().compare(before, after))
     if res is None:
         assert compare_nodes.pair_indices(before.shape[0], after.shape[0]) is None
@@ -142,3 +177,183 @@ def test_generate_refuses_bad_latents(models, bad):
          "wrong_layers": torch.zeros(1, n + 2, c)}[bad]
     with pytest.raises(NodeInputError, match="Generate.*latent"):
         sg_nodes.TransEditGenerate().generate(g, StyleLatent(w), "const", 0, "auto")
+
+
+# ----------------------------------------------------------------------------------------- latents
+@st.composite
+def latents(draw, models):
+    """A TE_LATENT as a graph may deliver it: from the generator, another generator, a StylePrompter inversion,
+    with NaN, fp16 or non-contiguous codes; batch 1..8."""
+    kind = draw(st.sampled_from(["sampled", "other_generator", "nan", "fp16", "non_contiguous", "inverted"]))
+    if kind == "inverted":
+        return models["sp_latent"]
+    b = draw(st.integers(1, 8))
+    gen = models["other"] if kind == "other_generator" else models["generator"]
+    latent = sg_nodes.TransEditSampleLatent().sample(gen, draw(st.integers(0, 50)), b, 0.7)[0]
+    w = latent.wplus
+    if kind == "nan":
+        w = w.clone()
+        w[0, 0, 0] = float("nan")
+    elif kind == "fp16":
+        w = w.half()
+    elif kind == "non_contiguous":
+        w = w.transpose(1, 2).contiguous().transpose(1, 2)
+    return latent.with_wplus(w)
+
+
+def numbers(lo, hi):
+    """Values a widget, a converted input or a hand-edited workflow can carry: mostly inside, also at and past
+    the limits."""
+    return st.one_of(st.floats(lo, hi), st.floats(lo, hi), st.floats(lo, hi),
+                     st.sampled_from([lo, hi, lo - 1, hi + 1, float("nan"), float("inf")]))
+
+
+def layer_numbers():
+    return st.one_of(st.just(-1), st.integers(-1, 12), st.integers(-1, 12),
+                     st.sampled_from([-2, edit_nodes.MAX_LAYER, edit_nodes.MAX_LAYER + 1]))
+
+
+def check_latent_result(node_name, out, batch=None):
+    if out is None:
+        return
+    (latent,) = out
+    assert isinstance(latent, StyleLatent) and latent.wplus.dtype == torch.float32, node_name
+    if batch is not None:
+        assert latent.batch_size == batch, (node_name, latent.batch_size, batch)
+
+
+@FUZZ
+@given(seed=st.one_of(st.integers(0, MAX_SEED), st.sampled_from([-1, MAX_SEED + 1])),
+       batch=st.integers(-1, 70), truncation=numbers(0.0, 1.0))
+def test_sample_latent(models, seed, batch, truncation):
+    out = _fine_or_clear("Sample Latent", lambda: sg_nodes.TransEditSampleLatent().sample(
+        models["generator"], seed, batch, truncation))
+    valid = 0 <= seed <= MAX_SEED and 1 <= batch <= sg_nodes.MAX_BATCH and 0.0 <= truncation <= 1.0
+    assert (out is not None) == valid, (seed, batch, truncation)
+    check_latent_result("Sample Latent", out, batch)
+    if out is not None:
+        assert torch.isfinite(out[0].wplus).all()
+
+
+@FUZZ
+@given(data=st.data(), component=st.integers(-1, 70), start=layer_numbers(), end=layer_numbers(),
+       strength=numbers(-edit_nodes.MAX_STRENGTH, edit_nodes.MAX_STRENGTH))
+def test_direction_edits(models, data, component, start, end, strength):
+    latent = data.draw(latents(models))
+    direction = _fine_or_clear("SeFa", lambda: edit_nodes.TransEditSeFa().factorize(
+        models["generator"], component, max(start, 0), end))
+    if direction is None:
+        return
+    (direction,) = direction
+    finite_in = bool(torch.isfinite(latent.wplus).all())
+    out = _fine_or_clear("Apply Direction", lambda: edit_nodes.TransEditApplyDirection().apply(
+        latent, direction, strength, start, end))
+    check_latent_result("Apply Direction", out, latent.batch_size)
+    if out is not None and finite_in:
+        assert torch.isfinite(out[0].wplus).all()
+    steps = data.draw(st.integers(0, 9))
+    out = _fine_or_clear("Latent Sweep", lambda: edit_nodes.TransEditLatentSweep().sweep(
+        latent, direction, strength, -strength if strength == strength else 0.0, steps, start, end))
+    check_latent_result("Latent Sweep", out, latent.batch_size * steps if out is not None else None)
+    if out is not None and finite_in:
+        assert torch.isfinite(out[0].wplus).all()
+
+
+@FUZZ
+@given(data=st.data(), layers=st.sampled_from(edit_nodes.LAYER_CHOICES),
+       custom=st.text(alphabet="0123456789-, x", max_size=12), weight=numbers(0.0, 1.0))
+def test_mix_latents(models, data, layers, custom, weight):
+    a, b = data.draw(latents(models)), data.draw(latents(models))
+    out = _fine_or_clear("Mix Latents", lambda: edit_nodes.TransEditMixLatents().mix(a, b, layers, custom, weight))
+    if out is not None:
+        check_latent_result("Mix Latents", out, max(a.batch_size, b.batch_size))
+        assert a.batch_size == b.batch_size or 1 in (a.batch_size, b.batch_size)
+
+
+@FUZZ
+@given(data=st.data())
+def test_reference_edit(models, data):
+    a, b = data.draw(latents(models)), data.draw(latents(models))
+    out = _fine_or_clear("Reference Edit", lambda: edit_nodes.TransEditReferenceEdit().edit(models["edit"], a, b))
+    if out is not None:
+        check_latent_result("Reference Edit", out, max(a.batch_size, b.batch_size))
+        assert torch.isfinite(out[0].wplus).all()
+
+
+@FUZZ
+@given(data=st.data(), encoder=st.sampled_from(["sp_encoder", "encoder"]), beta1=numbers(0.0, 2.0),
+       beta2=numbers(0.0, 2.0))
+def test_smart_refine_then_generate(models, data, encoder, beta1, beta2):
+    latent = data.draw(st.one_of(st.just(models["sp_latent"]), latents(models)))
+    out = _fine_or_clear("SMART Refine", lambda: inv_nodes.TransEditSMARTRefine().refine(
+        latent, models[encoder], beta1, beta2))
+    if out is None:
+        return
+    assert encoder == "sp_encoder" and latent is models["sp_latent"]  # the only latent that carries features
+    (rendered,) = sg_nodes.TransEditGenerate().generate(models["sp_generator"], out[0], "const", 0, "auto")
+    assert rendered.shape[0] == latent.batch_size and rendered.dtype == torch.float32
+    assert rendered.min() >= 0 and rendered.max() <= 1
+    with pytest.raises(NodeInputError, match="Generate"):  # another generator cannot render it
+        sg_nodes.TransEditGenerate().generate(models["other"], out[0], "const", 0, "auto")
+
+
+# ----------------------------------------------------------------------------------------- faces
+@SLOW_FUZZ
+@given(imgs=images(max_side=96, max_batch=4, usual_side=64), data=st.data())
+def test_align_face_then_paste_back(imgs, data):
+    pytest.importorskip("mediapipe")
+    if_no_face = data.draw(st.sampled_from(["pass through", "pass through", "error"]))  # random pictures: no face
+    size = data.draw(st.sampled_from([64, 128, 63]))
+    out = _fine_or_clear("Align Face", lambda: face_nodes.TransEditAlignFace().align(
+        imgs, face_nodes.MEDIAPIPE, size, 0, if_no_face, data.draw(st.sampled_from(face_nodes.PADDING_CHOICES))))
+    if out is None:
+        return
+    aligned, align = out
+    b = imgs.shape[0]
+    assert aligned.shape == (b, size, size, 3) and aligned.dtype == torch.float32
+    assert torch.isfinite(aligned).all() and aligned.min() >= 0 and aligned.max() <= 1
+    edited_kind = data.draw(st.sampled_from(["same", "other_size", "same", "not_square", "wrong_batch"]))
+    edited = {"same": aligned, "other_size": aligned[:, ::2, ::2],
+              "not_square": aligned[:, :, : size // 2], "wrong_batch": aligned[:1].expand(b + 1, -1, -1, -1)}[edited_kind]
+    res = _fine_or_clear("Paste Back", lambda: face_nodes.TransEditPasteBack().paste(
+        imgs, edited, align, data.draw(st.sampled_from(face_nodes.MASK_SHAPES)),
+        data.draw(st.one_of(st.floats(0.0, 0.5), st.floats(0.0, 0.5), numbers(0.0, 0.5))),
+        data.draw(st.sampled_from(face_nodes.COLOR_MATCH))))
+    if res is None:
+        return
+    assert edited_kind in ("same", "other_size") or min(edited.shape[1:3]) < 8
+    pasted, mask = res
+    assert pasted.shape == imgs.shape[:3] + (3,) and pasted.dtype == torch.float32
+    assert mask.shape == imgs.shape[:3] and mask.dtype == torch.float32
+    assert torch.isfinite(pasted).all() and pasted.min() >= 0 and pasted.max() <= 1
+
+
+# ----------------------------------------------------------------------------------------- splice
+@SLOW_FUZZ
+@given(data=st.data(), odd=st.sampled_from([False, False, True]),
+       output_size=st.sampled_from([0, 40, 64, 0, 16, -1]))
+def test_splice(models, data, odd, output_size):
+    structure = data.draw(images(max_side=72, max_batch=2, usual_side=40, odd_sides=odd))
+    appearance = data.draw(images(max_side=72, max_batch=2, usual_side=40, odd_sides=odd))
+    out = _fine_or_clear("Splice", lambda: splice_nodes.TransEditSplice().splice(
+        models["vit"], structure, appearance, preset="fast", steps=1, output_size=output_size, seed=0,
+        early_stop=False, precision="fp32", preview_every=0))
+    if out is None:
+        return
+    spliced, gens = out
+    pairs = max(structure.shape[0], appearance.shape[0])
+    assert spliced.shape[0] == pairs == len(gens) and spliced.shape[-1] == 3 and spliced.dtype == torch.float32
+    assert torch.isfinite(spliced).all() and spliced.min() >= 0 and spliced.max() <= 1
+
+
+@FUZZ
+@given(imgs=images(max_side=96, max_batch=8, usual_side=40), match=st.booleans())
+def test_apply_splice(models, imgs, match):
+    out = _fine_or_clear("Apply Splice", lambda: splice_nodes.TransEditApplySplice().apply(
+        models["splice_gen"], imgs, match))
+    if out is None:
+        assert min(imgs.shape[1:3]) < splice_nodes.MIN_SIDE or max(imgs.shape[1:3]) / min(imgs.shape[1:3]) > 8
+        return
+    (repainted,) = out
+    assert repainted.shape == imgs.shape[:3] + (3,) and repainted.dtype == torch.float32
+    assert torch.isfinite(repainted).all() and repainted.min() >= 0 and repainted.max() <= 1

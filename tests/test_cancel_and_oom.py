@@ -1,6 +1,11 @@
-"""Out-of-memory injection for every node that works through a batch.
+"""Cancel and out-of-memory for every node that works through a batch or a loop.
 
-A model method is replaced by one that raises the device's out-of-memory exception whenever it is given more
+Cancel: ComfyUI's interrupt is raised at the n-th check; the node must stop there (no further model call)
+and a second run must give exactly what a fresh one gives (nothing left behind). PUT's per-pass and Splice's
+per-step Cancel are tested the same way in test_nodes_put.py / test_nodes_splice.py.
+
+Out of memory:
+a model method is replaced by one that raises the device's out-of-memory exception whenever it is given more
 than `limit` items at once (what a full GPU does). Every node must then finish with exactly the result of a
 run that had enough memory (smaller chunks, same seeds), or — when not even one item fits — raise an
 out-of-memory error (still ComfyUI's OOM class, so ComfyUI unloads models) that names the node and says what
@@ -166,7 +171,6 @@ def test_splice_names_what_to_lower(handles, monkeypatch):
 
 
 def test_apply_splice_names_what_to_lower(handles, monkeypatch):
-    monkeypatch.undo()
     spliced, gens = splice_nodes.TransEditSplice().splice(
         handles["vit"], picture(1), picture(1, seed=1), preset="fast", steps=1, output_size=0, seed=0,
         early_stop=False, precision="fp32", preview_every=0)
@@ -195,3 +199,119 @@ def test_cancel_is_not_taken_for_out_of_memory(handles, monkeypatch):
         generate(handles, latent)
     assert bridge.oom_exception() is not Exception and not issubclass(InterruptProcessingException,
                                                                       bridge.oom_exception())
+
+
+# ------------------------------------------------------------------------------------------------ Cancel
+class Interrupted(Exception):
+    """Stands for ComfyUI's InterruptProcessingException (a plain Exception subclass too)."""
+
+
+def cancel_at_check(monkeypatch, n: int) -> None:
+    calls = {"n": 0}
+
+    def interrupt():
+        calls["n"] += 1
+        if calls["n"] >= n:
+            raise Interrupted()
+
+    monkeypatch.setattr(bridge, "check_interrupt", interrupt)
+
+
+def counted(monkeypatch, owner, name: str) -> list:
+    real = getattr(owner, name)
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return calls
+
+
+def test_cancel_invert(handles, monkeypatch):
+    monkeypatch.setattr(inv_nodes.TransEditInvert, "chunk_size", 1)
+    imgs = picture(5)
+    run = lambda: inv_nodes.TransEditInvert().invert(handles["encoder"], imgs, "fast (torch)", "fp32")[0].wplus
+    fresh = run()
+    with monkeypatch.context() as m:
+        cancel_at_check(m, 3)
+        calls = counted(m, handles["encoder"].load(), "forward")
+        with pytest.raises(Interrupted):
+            run()
+    assert len(calls) == 2  # images 0 and 1; the third check stopped it
+    assert torch.equal(run(), fresh)
+
+
+def test_cancel_generate(handles, monkeypatch):
+    latent = sg_nodes.TransEditSampleLatent().sample(handles["generator"], 4, 5, 1.0)[0]
+    fresh = generate(handles, latent)
+    with monkeypatch.context() as m:
+        m.setattr(sg_nodes.TransEditGenerate, "chunk_size", 1)
+        cancel_at_check(m, 3)
+        calls = counted(m, handles["generator"].load(), "synthesis")
+        with pytest.raises(Interrupted):
+            generate(handles, latent)
+    assert len(calls) == 2
+    assert torch.equal(generate(handles, latent), fresh)
+
+
+def test_cancel_reference_edit(handles, monkeypatch):
+    sample = sg_nodes.TransEditSampleLatent().sample
+    latent, reference = sample(handles["generator"], 1, 3, 1.0)[0], sample(handles["generator"], 2, 3, 1.0)[0]
+    run = lambda: edit_nodes.TransEditReferenceEdit().edit(handles["edit"], latent, reference)[0].wplus
+    fresh = run()
+    with monkeypatch.context() as m:
+        cancel_at_check(m, 1)
+        calls = counted(m, handles["edit"].load(), "forward")
+        with pytest.raises(Interrupted):
+            run()
+    assert calls == []
+    assert torch.equal(run(), fresh)
+
+
+def test_cancel_apply_splice(handles, monkeypatch):
+    _, gens = splice_nodes.TransEditSplice().splice(
+        handles["vit"], picture(1), picture(1, seed=1), preset="fast", steps=1, output_size=0, seed=0,
+        early_stop=False, precision="fp32", preview_every=0)
+    frames = picture(4, seed=5)
+    run = lambda: splice_nodes.TransEditApplySplice().apply(gens, frames, True)[0]
+    fresh = run()
+    with monkeypatch.context() as m:
+        cancel_at_check(m, 3)
+        calls = counted(m, splice_nodes, "apply_generator")
+        with pytest.raises(Interrupted):
+            run()
+    assert len(calls) == 2
+    assert torch.equal(run(), fresh)
+
+
+def test_cancel_align_face(monkeypatch):
+    pytest.importorskip("mediapipe")
+    from transedit.nodes import faces as face_nodes
+
+    photos = picture(4, 96, 80, seed=2)
+    run = lambda: face_nodes.TransEditAlignFace().align(photos, face_nodes.MEDIAPIPE, 64, 0, "pass through",
+                                                         "blur")[0]
+    fresh = run()
+    real_make = face_nodes._make_detector
+    detected = []
+
+    def counting_detector(node, choice):
+        finder = real_make(node, choice)
+        real_detect = finder.detect_landmarks
+
+        def detect(image):
+            detected.append(1)
+            return real_detect(image)
+
+        finder.detect_landmarks = detect
+        return finder
+
+    with monkeypatch.context() as m:
+        cancel_at_check(m, 3)
+        m.setattr(face_nodes, "_make_detector", counting_detector)
+        with pytest.raises(Interrupted):
+            run()
+    assert len(detected) == 2
+    assert torch.equal(run(), fresh)
