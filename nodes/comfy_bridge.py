@@ -169,13 +169,36 @@ class ManagedModel:
         """Put the module on the compute device (ComfyUI frees room for it first) and return it."""
         if self.patcher is not None:
             _mm.load_models_gpu([self.patcher])
-            return self.patcher.model
+            module = self.patcher.model
+            complete_partial_load(module, self.patcher.load_device)
+            return module
         device = compute_device()
         return self.module.to(device)
 
     @property
     def device(self) -> torch.device:
         return next(self.module.parameters()).device
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """cuda and cuda:0 are the same place when the current device is 0 (ComfyUI names devices by index)."""
+    if a.type != b.type:
+        return False
+    if a.index is None or b.index is None:
+        return a.type != "cuda" or (a.index or b.index or 0) == torch.cuda.current_device()
+    return a.index == b.index
+
+
+def complete_partial_load(module: torch.nn.Module, device: torch.device) -> None:
+    """Finish a partial load: in low-VRAM mode (--lowvram/--novram, or a model that does not fit) ComfyUI
+    moves only layers that have a `weight` or that its own ops can stream, and leaves the rest (a StyleGAN's
+    constant input, a ViT's class token and position table...) in RAM. TransEdit's models compute with all
+    their tensors on one device, so move what was left behind; unloading moves everything back."""
+    stray = [t for t in list(module.parameters()) + list(module.buffers()) if not _same_device(t.device, device)]
+    if stray:
+        log.info("TransEdit: %s was partly loaded (low-VRAM mode); moving the remaining %.1f MB to %s",
+                 type(module).__name__, sum(t.numel() * t.element_size() for t in stray) / 2 ** 20, device)
+        module.to(device)
 
 
 # ------------------------------------------------------------------------------ progress and cancel

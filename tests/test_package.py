@@ -6,6 +6,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -145,3 +146,40 @@ def test_workflows_ship_thumbnails_and_downloadable_models():
             for m in models:
                 assert m["name"] == node["widgets_values"][0] and m["name"].endswith(".safetensors")
                 assert m["url"].startswith("https://huggingface.co/") and m["directory"] == "checkpoints"
+
+
+def test_a_partial_low_vram_load_is_completed(fake_comfy):
+    """ComfyUI's low-VRAM mode moves only modules that have a `weight` and leaves other tensors (a StyleGAN's
+    constant input, a ViT's class token) behind; ManagedModel.load must hand the node a module that lives
+    wholly on the load device. The 'meta' device stands in for the GPU here."""
+    bridge = fake_comfy[0]
+    target = torch.device("meta")
+
+    class FakePatcher:
+        def __init__(self, model, load_device, offload_device, size=0):
+            self.model, self.load_device, self.offload_device, self.size = model, load_device, offload_device, size
+
+    def low_vram_load(patchers):
+        for p in patchers:
+            for m in p.model.modules():
+                if hasattr(m, "weight"):
+                    m.to(p.load_device)
+
+    bridge._model_patcher.ModelPatcher = FakePatcher
+    bridge._mm.get_torch_device = lambda: target
+    bridge._mm.unet_offload_device = lambda: torch.device("cpu")
+    bridge._mm.load_models_gpu = low_vram_load
+
+    class WithLooseTensors(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.const = torch.nn.Parameter(torch.randn(1, 4, 4, 4))  # no `weight` attribute on the root
+            self.register_buffer("table", torch.arange(6.0))
+            self.proj = torch.nn.Linear(4, 4)
+
+    managed = bridge.ManagedModel(WithLooseTensors())
+    module = managed.load()
+    devices = {t.device for t in list(module.parameters()) + list(module.buffers())}
+    assert devices == {target}
+    assert bridge._same_device(torch.device("cpu"), torch.device("cpu"))
+    assert not bridge._same_device(torch.device("cpu"), target)
