@@ -136,8 +136,10 @@ def test_encoder_intermediates_single_image(models, batch2):
     inter_b, inter_1 = {}, {}
     enc(x, intermediates=inter_b)
     enc(x[1:2], intermediates=inter_1)
+    # fp32 re-association only: CPU GEMM kernels block differently by batch size (up to 5e-5 measured on an
+    # AMD EPYC, below 1e-5 on the machine this test was written on); a batch that mixed images differs by O(1)
     for k, v in inter_1.items():
-        close(inter_b[k][1:2], v, dict(atol=1e-5, rtol=1e-5))
+        close(inter_b[k][1:2], v, dict(atol=1e-4, rtol=1e-4))
 
 
 # --------------------------------------------------------------------------------------------- SMART
