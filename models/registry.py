@@ -842,6 +842,17 @@ def save_random_generator(path, config: Optional[StyleGAN2Config] = None, seed: 
     return atomic_write(path, lambda tmp: torch.save(container, tmp), overwrite)
 
 
+def save_random_edit_transformer(path, style_dim: int = 64, seed: int = 0, overwrite: bool = False) -> Path:
+    """A random EditTransformer for W+ codes `style_dim` wide, in the official ref-edit container
+    ({'state_dict': encoder.module.*, 'opts'}) that Load Edit Transformer reads (tests, demo)."""
+    from .style_transformer import EditTransformer, EditTransformerConfig
+
+    torch.manual_seed(seed)
+    model = EditTransformer(EditTransformerConfig(d_model=style_dim, nhead=4, dim_feedforward=2 * style_dim)).eval()
+    container = {"state_dict": {f"encoder.module.{k}": v for k, v in model.state_dict().items()}, "opts": {}}
+    return atomic_write(Path(path), lambda tmp: torch.save(container, tmp), overwrite)
+
+
 def save_random_encoder(path, family: str = "style_transformer", generator_config: Optional[StyleGAN2Config] = None,
                         seed: int = 0, overwrite: bool = False) -> Path:
     """A tiny random encoder + its decoder in the official training-checkpoint container (tests, demo).

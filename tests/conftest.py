@@ -1,6 +1,7 @@
 """Shared test fixtures. Tests that need ../shared skip with a reason when it is absent."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -38,3 +39,19 @@ def tiny_config():
     from transedit.models.stylegan2 import StyleGAN2Config
 
     return StyleGAN2Config(size=32, style_dim=32, n_mlp=2, channels={4: 16, 8: 16, 16: 16, 32: 8})
+
+
+@contextlib.contextmanager
+def model_folders(root: Path, folders):
+    """Point the pack's model folders (no ComfyUI in unit tests) at root/<folder>, created empty; restored
+    afterwards."""
+    from transedit.nodes import comfy_bridge as bridge
+
+    for folder in folders:
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        bridge.set_fallback_folder(folder, [str(root / folder)])
+    try:
+        yield root
+    finally:
+        for folder in folders:
+            bridge._fallback_paths.pop(folder, None)

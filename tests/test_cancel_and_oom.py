@@ -16,45 +16,35 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transedit.models.registry import (atomic_write, save_random_dino, save_random_encoder, save_random_generator,
-                                       save_random_put)
+from transedit.models.registry import (save_random_dino, save_random_edit_transformer, save_random_encoder,
+                                       save_random_generator, save_random_put)
 from transedit.models.splice import SpliceTrainer
-from transedit.models.style_transformer import EditTransformer, EditTransformerConfig
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes import editing as edit_nodes
 from transedit.nodes import inversion as inv_nodes
 from transedit.nodes import put as put_nodes
 from transedit.nodes import splice as splice_nodes
 from transedit.nodes import stylegan as sg_nodes
+from conftest import model_folders
 
 FOLDERS = ("stylegan", "gan_encoders", "put", "vit")
 
 
 @pytest.fixture(scope="module")
 def handles(tmp_path_factory):
-    root = tmp_path_factory.mktemp("oom_models")
-    for folder in FOLDERS:
-        (root / folder).mkdir()
-        bridge.set_fallback_folder(folder, [str(root / folder)])
-    save_random_generator(root / "stylegan" / "g.pt")
-    save_random_encoder(root / "gan_encoders" / "e.pt", family="style_transformer")
-    save_random_put(root / "put" / "p.pth")
-    save_random_dino(root / "vit" / "d.safetensors")
-    generator = sg_nodes.TransEditLoadStyleGAN().load("g.pt")[0]
-    torch.manual_seed(0)
-    c = generator.config.style_dim
-    model = EditTransformer(EditTransformerConfig(d_model=c, nhead=4, dim_feedforward=2 * c)).eval()
-    state = {f"encoder.module.{k}": v for k, v in model.state_dict().items()}
-    atomic_write(root / "gan_encoders" / "ref_edit.pt", lambda tmp: torch.save({"state_dict": state, "opts": {}}, tmp))
-    yield dict(
-        generator=generator,
-        encoder=inv_nodes.TransEditLoadEncoder().load("e.pt")[0],
-        put=put_nodes.TransEditLoadPUT().load("p.pth")[0],
-        vit=splice_nodes.TransEditLoadDINO().load("d.safetensors")[0],
-        edit=edit_nodes.TransEditLoadEditTransformer().load("ref_edit.pt")[0],
-    )
-    for folder in FOLDERS:
-        bridge._fallback_paths.pop(folder, None)
+    with model_folders(tmp_path_factory.mktemp("oom_models"), FOLDERS) as root:
+        save_random_generator(root / "stylegan" / "g.pt")
+        save_random_encoder(root / "gan_encoders" / "e.pt", family="style_transformer")
+        save_random_edit_transformer(root / "gan_encoders" / "ref_edit.pt")
+        save_random_put(root / "put" / "p.pth")
+        save_random_dino(root / "vit" / "d.safetensors")
+        yield dict(
+            generator=sg_nodes.TransEditLoadStyleGAN().load("g.pt")[0],
+            encoder=inv_nodes.TransEditLoadEncoder().load("e.pt")[0],
+            put=put_nodes.TransEditLoadPUT().load("p.pth")[0],
+            vit=splice_nodes.TransEditLoadDINO().load("d.safetensors")[0],
+            edit=edit_nodes.TransEditLoadEditTransformer().load("ref_edit.pt")[0],
+        )
 
 
 def oom_above(monkeypatch, owner, name: str, limit: int) -> list[int]:

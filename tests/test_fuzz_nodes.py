@@ -14,11 +14,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from transedit.models.latent import StyleLatent
-from transedit.models.registry import (atomic_write, save_random_dino, save_random_encoder, save_random_generator,
-                                       save_random_put)
-from transedit.models.style_transformer import EditTransformer, EditTransformerConfig
+from transedit.models.registry import (save_random_dino, save_random_edit_transformer, save_random_encoder,
+                                       save_random_generator, save_random_put)
 from transedit.models.stylegan2 import StyleGAN2Config
-from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes import compare as compare_nodes
 from transedit.nodes import editing as edit_nodes
 from transedit.nodes import faces as face_nodes
@@ -27,6 +25,7 @@ from transedit.nodes import put as put_nodes
 from transedit.nodes import splice as splice_nodes
 from transedit.nodes import stylegan as sg_nodes
 from transedit.nodes.common import MAX_SEED, NodeInputError
+from conftest import model_folders
 
 # CI runs the same 20 cases per property every time (derandomised). A deeper, random hunt:
 #   TRANSEDIT_FUZZ_EXAMPLES=500 pytest tests/test_fuzz_nodes.py
@@ -39,37 +38,27 @@ FOLDERS = ("put", "gan_encoders", "stylegan", "vit")
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fuzz_models")
-    for folder in FOLDERS:
-        (root / folder).mkdir()
-        bridge.set_fallback_folder(folder, [str(root / folder)])
-    save_random_put(root / "put" / "p.pth")
-    save_random_encoder(root / "gan_encoders" / "e.pt", family="e4e")
-    save_random_encoder(root / "gan_encoders" / "sp.pt", family="styleprompter")
-    save_random_generator(root / "stylegan" / "other.pt", config=StyleGAN2Config(
-        size=32, style_dim=32, n_mlp=2, channels={4: 16, 8: 16, 16: 16, 32: 8}))
-    save_random_dino(root / "vit" / "d.safetensors")
-    put = put_nodes.TransEditLoadPUT().load("p.pth")[0]
-    encoder, generator = inv_nodes.TransEditLoadEncoder().load("e.pt")
-    sp_encoder, sp_generator = inv_nodes.TransEditLoadEncoder().load("sp.pt")
-    other = sg_nodes.TransEditLoadStyleGAN().load("other.pt")[0]
-    torch.manual_seed(0)
-    c = generator.config.style_dim
-    edit = EditTransformer(EditTransformerConfig(d_model=c, nhead=4, dim_feedforward=2 * c)).eval()
-    state = {f"encoder.module.{k}": v for k, v in edit.state_dict().items()}
-    atomic_write(root / "gan_encoders" / "ref_edit.pt", lambda tmp: torch.save({"state_dict": state, "opts": {}}, tmp))
-    vit = splice_nodes.TransEditLoadDINO().load("d.safetensors")[0]
-    pic = torch.rand(1, 48, 40, 3, generator=torch.Generator().manual_seed(3))
-    _, splice_gen = splice_nodes.TransEditSplice().splice(vit, pic, pic.flip(1), preset="fast", steps=1,
-                                                          output_size=0, seed=0, early_stop=False, precision="fp32",
-                                                          preview_every=0)
-    yield dict(put=put, encoder=encoder, generator=generator, other=other, sp_encoder=sp_encoder,
-               sp_generator=sp_generator, edit=edit_nodes.TransEditLoadEditTransformer().load("ref_edit.pt")[0],
-               vit=vit, splice_gen=splice_gen,
-               sp_latent=inv_nodes.TransEditInvert().invert(sp_encoder, pic.expand(2, -1, -1, -1), "fast (torch)",
-                                                            "fp32")[0])
-    for folder in FOLDERS:
-        bridge._fallback_paths.pop(folder, None)
+    with model_folders(tmp_path_factory.mktemp("fuzz_models"), FOLDERS) as root:
+        save_random_put(root / "put" / "p.pth")
+        save_random_encoder(root / "gan_encoders" / "e.pt", family="e4e")
+        save_random_encoder(root / "gan_encoders" / "sp.pt", family="styleprompter")
+        save_random_edit_transformer(root / "gan_encoders" / "ref_edit.pt")
+        save_random_generator(root / "stylegan" / "other.pt", config=StyleGAN2Config(
+            size=32, style_dim=32, n_mlp=2, channels={4: 16, 8: 16, 16: 16, 32: 8}))
+        save_random_dino(root / "vit" / "d.safetensors")
+        encoder, generator = inv_nodes.TransEditLoadEncoder().load("e.pt")
+        sp_encoder, sp_generator = inv_nodes.TransEditLoadEncoder().load("sp.pt")
+        vit = splice_nodes.TransEditLoadDINO().load("d.safetensors")[0]
+        pic = torch.rand(1, 48, 40, 3, generator=torch.Generator().manual_seed(3))
+        _, splice_gen = splice_nodes.TransEditSplice().splice(vit, pic, pic.flip(1), preset="fast", steps=1,
+                                                              output_size=0, seed=0, early_stop=False,
+                                                              precision="fp32", preview_every=0)
+        yield dict(put=put_nodes.TransEditLoadPUT().load("p.pth")[0], encoder=encoder, generator=generator,
+                   other=sg_nodes.TransEditLoadStyleGAN().load("other.pt")[0], sp_encoder=sp_encoder,
+                   sp_generator=sp_generator, edit=edit_nodes.TransEditLoadEditTransformer().load("ref_edit.pt")[0],
+                   vit=vit, splice_gen=splice_gen,
+                   sp_latent=inv_nodes.TransEditInvert().invert(sp_encoder, pic.expand(2, -1, -1, -1),
+                                                                "fast (torch)", "fp32")[0])
 
 
 @st.composite

@@ -4,7 +4,6 @@ clearly. Plus the loss networks load from local files in their official layouts,
 benchmark runs."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -27,7 +27,6 @@ def main() -> None:
 
     import transedit  # noqa: F401  (registers the model folders, as ComfyUI's loader would)
     from transedit.models import registry
-    from transedit.models.style_transformer import EditTransformer, EditTransformerConfig
     from transedit.nodes import NODE_CLASS_MAPPINGS as N
     from transedit.nodes import comfy_bridge as bridge
 
@@ -41,10 +40,7 @@ def main() -> None:
                                  overwrite=True)
     registry.save_random_put(os.path.join(folders["put"], "p.pth"), overwrite=True)
     registry.save_random_dino(os.path.join(folders["vit"], "d.safetensors"), overwrite=True)
-    torch.manual_seed(0)
-    edit = EditTransformer(EditTransformerConfig(d_model=64, nhead=4, dim_feedforward=128))
-    torch.save({"state_dict": {f"encoder.module.{k}": v for k, v in edit.state_dict().items()}, "opts": {}},
-               os.path.join(folders["gan_encoders"], "ref_edit.pt"))
+    registry.save_random_edit_transformer(os.path.join(folders["gan_encoders"], "ref_edit.pt"), overwrite=True)
 
     inter = mm.intermediate_device()
     compute = mm.get_torch_device()

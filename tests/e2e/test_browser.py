@@ -53,16 +53,6 @@ def tools():
     return shutil.which("chromium") or "/usr/bin/chromium"
 
 
-@pytest.fixture(scope="module")
-def comfy_root():
-    try:
-        return h.ensure_comfyui()
-    except h.ComfyUIUnavailable as e:
-        if os.environ.get("TRANSEDIT_REQUIRE_E2E"):
-            pytest.fail(f"ComfyUI could not be installed and TRANSEDIT_REQUIRE_E2E is set: {e}")
-        pytest.skip(f"ComfyUI could not be installed: {e}")
-
-
 def _variants() -> list[dict]:
     """stylegan_generate.json as another version of the pack might have saved it."""
     base = h.load_workflow(h.WORKFLOWS_DIR / "stylegan_generate.json")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import sys
 import urllib.parse
 from pathlib import Path
@@ -41,16 +40,6 @@ DIFFUSION_PARTS = {
 NOT_A_CHECKPOINT = "e2e-not-a-checkpoint.safetensors"  # a file that is listed but cannot be loaded
 NO_FACE_IMAGE = "e2e_no_face.png"  # put into the running server's input/ by the test that needs it
 CORNER = 48  # side of the corner patches that paste-back must leave untouched (the face is mid-top)
-
-
-@pytest.fixture(scope="module")
-def comfy_root() -> Path:
-    try:
-        return h.ensure_comfyui()
-    except h.ComfyUIUnavailable as e:
-        if os.environ.get("TRANSEDIT_REQUIRE_E2E"):
-            pytest.fail(f"ComfyUI could not be installed and TRANSEDIT_REQUIRE_E2E is set: {e}")
-        pytest.skip(f"ComfyUI could not be installed (no package index reachable?): {e}")
 
 
 @pytest.fixture(scope="module")
