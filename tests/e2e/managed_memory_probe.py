@@ -7,6 +7,7 @@ model management sees — the size each model reports, where outputs land — an
 """
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import os
@@ -22,6 +23,7 @@ def main() -> None:
 
     comfy.options.enable_args_parsing()
     import comfy.model_management as mm
+    import comfy.model_patcher
     import folder_paths
     import torch
 
@@ -124,6 +126,20 @@ def main() -> None:
     report["reloaded"] = sorted(ours_loaded(handles))
     mm.unload_all_models()
     report["after_unload_all"] = sorted(ours_loaded(handles))
+
+    # ComfyUI's own low-VRAM loader on copies of every model ('meta' stands in for a GPU): it leaves tensors
+    # behind in RAM, and the bridge must complete the move
+    report["low_vram"] = {}
+    for name, handle in handles.items():
+        clone = copy.deepcopy(handle.managed.module)
+        patcher = comfy.model_patcher.ModelPatcher(clone, load_device=torch.device("meta"),
+                                                   offload_device=torch.device("cpu"))
+        patcher.patch_model_lowvram(device_to=torch.device("meta"), lowvram_model_memory=1)
+        left = lambda: sum(t.device.type != "meta" for t in list(clone.parameters()) + list(clone.buffers()))
+        before = left()
+        bridge.complete_partial_load(clone, torch.device("meta"))
+        report["low_vram"][name] = {"left_in_ram_by_comfyui": before, "left_after_bridge": left()}
+    del clone, patcher, handle
 
     # the graph's outputs gone (ComfyUI's cache dropped): nothing of TransEdit may keep the weights alive
     probes = {name: weakref.ref(next(h.managed.module.parameters())) for name, h in handles.items()}

@@ -5,6 +5,8 @@ and runs `managed_memory_probe.py`: every loader and every model-running node on
 contiguous, on the compute device), then ComfyUI's "free memory" and "unload models". Checked here:
 
 - each TransEdit model is in ComfyUI's list of loaded models with exactly its parameter + buffer bytes;
+- ComfyUI's low-VRAM loader (run on copies, with the 'meta' device standing in for a GPU) leaves some of
+  every model's tensors in RAM, and the bridge's completion puts them all on the load device;
 - free_memory / unload_all_models take every one of them out, and once the graph's outputs are dropped
   nothing in TransEdit keeps the weights alive (they are garbage-collected; on a GPU, allocated VRAM falls);
 - every IMAGE/MASK output is fp32, finite, in [0, 1], on ComfyUI's intermediate device.
@@ -76,6 +78,10 @@ def check_report(report: dict) -> None:
             assert o["device"] == "cpu", (name, o)
         else:
             assert o["on_intermediate"] and o["in_range"], (name, o)
+    # ComfyUI's low-VRAM loader really leaves tensors of these models in RAM; the bridge completes the move
+    assert set(report["low_vram"]) == set(models)
+    assert all(v["left_in_ram_by_comfyui"] > 0 for v in report["low_vram"].values()), report["low_vram"]
+    assert all(v["left_after_bridge"] == 0 for v in report["low_vram"].values()), report["low_vram"]
     if report["cuda_allocated_loaded"] is not None:
         assert report["cuda_allocated_after"] < report["cuda_allocated_loaded"], "VRAM was not given back"
 
