@@ -180,6 +180,23 @@ class ManagedModel:
         return next(self.module.parameters()).device
 
 
+def unload_other_models(keep: tuple = ()) -> int:
+    """Out-of-memory recovery: unload every model ComfyUI holds on the compute device except `keep`
+    (ManagedModels the failing node is using), e.g. a diffusion checkpoint from earlier in the graph.
+    Returns how many were unloaded (0 outside ComfyUI)."""
+    if not IN_COMFYUI:
+        return 0
+    patchers = [m.patcher for m in keep if getattr(m, "patcher", None) is not None]
+    keep_loaded = [lm for lm in _mm.current_loaded_models if any(lm.model is p for p in patchers)]
+    before = len(_mm.current_loaded_models)
+    _mm.free_memory(float("inf"), compute_device(), keep_loaded=keep_loaded)
+    soft_empty_cache()
+    unloaded = before - len(_mm.current_loaded_models)
+    if unloaded:
+        log.warning("TransEdit: out of memory; unloaded %d other model(s) to make room", unloaded)
+    return unloaded
+
+
 def _same_device(a: torch.device, b: torch.device) -> bool:
     """cuda and cuda:0 are the same place when the current device is 0 (ComfyUI names devices by index)."""
     if a.type != b.type:

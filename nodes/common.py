@@ -33,17 +33,19 @@ def require_model_file(node: str, input_name: str, folder: str, filename: str) -
 
 
 def run_in_chunks(node: str, total: int, chunk: int, work: Callable[[int, int], T], *, what: str,
-                  advice: str) -> list[T]:
+                  advice: str, keep: tuple = ()) -> list[T]:
     """work(start, stop) over items 0..total in chunks of `chunk`, results in order.
 
     Cancel is checked before every chunk. Out of memory frees the cache and retries the failed chunk at half
-    its size (later chunks keep the smaller size); when a single item does not fit, the device's OOM
-    exception is raised again with a message naming the node, `what` failed and `advice` (what to lower),
-    so ComfyUI still recognises it as out-of-memory and unloads models. `work` must not leave partial
-    results behind when it raises."""
+    its size (later chunks keep the smaller size). When a single item does not fit, every other model
+    ComfyUI holds is unloaded (not `keep`: the ManagedModels this node runs) and the item is tried once
+    more; if it still fails, the device's OOM exception is raised again with a message naming the node,
+    `what` failed and `advice` (what to lower), so ComfyUI still recognises it as out-of-memory. `work` must
+    not leave partial results behind when it raises."""
     oom = bridge.oom_exception()
     results: list[T] = []
     start, chunk = 0, max(1, int(chunk))
+    made_room = False
     while start < total:
         bridge.check_interrupt()
         stop = min(start + chunk, total)
@@ -52,6 +54,9 @@ def run_in_chunks(node: str, total: int, chunk: int, work: Callable[[int, int], 
         except oom:
             bridge.soft_empty_cache()
             if stop - start == 1:
+                if not made_room and bridge.unload_other_models(keep):
+                    made_room = True
+                    continue
                 raise oom(f"{node}: out of memory {what}. Fix: {advice}") from None
             chunk = max(1, (stop - start) // 2)
             bridge.log.warning("%s: out of memory with %d items at once; retrying %d at a time", node,

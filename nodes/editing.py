@@ -526,7 +526,8 @@ class TransEditReferenceEdit:
                               b[start:stop].to(device, torch.float32)).float().cpu()
 
         out = torch.cat(run_in_chunks(node, a.shape[0], a.shape[0], edit_rows, what="editing one latent",
-                                      advice="free VRAM (unload other models)."), 0)
+                                      advice="free GPU memory held by other programs.",
+                                      keep=(edit_transformer.managed,)), 0)
         return (_with_edit(src, out, {"reference_edit": edit_transformer.name}, index),)
 
 

@@ -124,8 +124,8 @@ class TransEditInvert:
             return wplus.float().cpu(), feats
 
         chunks = run_in_chunks(node, total, self.chunk_size or (4 if device.type == "cpu" else 16), encode,
-                               what="encoding one image", advice="use precision bf16/fp16 or free VRAM (unload "
-                               "other models).")
+                               what="encoding one image", keep=(encoder.managed,),
+                               advice="use precision bf16/fp16, or free GPU memory held by other programs.")
         results = [w for w, _ in chunks]
         features = [f for _, per_image in chunks if per_image for f in per_image]
         wplus = torch.cat(results, 0)

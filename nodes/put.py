@@ -293,8 +293,8 @@ class TransEditPUTInpaint:
                                       dtype, device, progress if s0 == 0 else None)
 
                 fills = torch.cat(run_in_chunks(node, num_samples, num_samples, fill, what="filling one sample",
-                                                advice="use precision bf16/fp16 or free VRAM (unload "
-                                                       "other models)."), 0)
+                                                advice="use precision bf16/fp16, or free GPU memory held by "
+                                                       "other programs.", keep=(put.managed,)), 0)
                 _paste_into(out, job, fills, feather)
             out_images.append(out.permute(0, 2, 3, 1).contiguous())
             out_masks.append(holes[i].float().expand(num_samples, -1, -1))

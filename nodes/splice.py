@@ -252,9 +252,8 @@ class TransEditSplice:
             return image.permute(0, 2, 3, 1).float().to(bridge.intermediate_device()), gen, tuple(a.shape[-2:]), done
 
         # one pair at a time: a pair that does not fit cannot be split, so out of memory ends with what to lower
-        trained = run_in_chunks(node, len(pairs), 1, train, what="training one pair",
-                                advice="lower output_size, use precision bf16, a smaller ViT (ViT-S) or free VRAM "
-                                       "(unload other models).")
+        trained = run_in_chunks(node, len(pairs), 1, train, what="training one pair", keep=(vit.managed,),
+                                advice="lower output_size, use precision bf16 or a smaller ViT (ViT-S).")
         results, generators, sizes, stopped = (list(column) for column in zip(*trained))
         bridge.log.info("TransEdit Splice: trained %d pair(s); steps %s", len(pairs), stopped)
         out = SpliceGenerators(generators, sizes, info={"vit": vit.name, "steps": stopped, "preset": preset,
@@ -339,8 +338,7 @@ class TransEditApplySplice:
 
         # one image per pass: each may have its own generator and size
         out = run_in_chunks(node, n, 1, repaint, what="repainting one image",
-                            advice="turn match_training_size on (the trained size), use smaller images or free "
-                                   "VRAM (unload other models).")
+                            advice="turn match_training_size on (the trained size) or use smaller images.")
         return (torch.cat(out, 0),)
 
 

@@ -195,9 +195,11 @@ class TransEditGenerate:
             progress.update(stop - start, preview=comfy_image_to_pil(images[0]))
             return images
 
+        keep = (generator.managed,) + ((latent.extras["smart"]["handle"].managed,) if smart is not None else ())
         results = run_in_chunks(node, total, self.chunk_size or (1 if device.type == "cpu" else 8), render,
                                 what=f"generating one {generator.config.size}px image",
-                                advice="use precision bf16/fp16 or free VRAM (unload other models).")
+                                advice="use precision bf16/fp16, or free GPU memory held by other programs.",
+                                keep=keep)
         out = torch.cat(results, 0)
         # inverted latents remember their photos: the frontend shows photo | result with a divider
         return bridge.with_ui((out,), compare_ui(latent.extras.get("source_images"), out, "photo", "generated"))

@@ -123,7 +123,40 @@ def test_reference_edit(handles, monkeypatch):
     oom_above(monkeypatch, module, "forward", 0)
     with pytest.raises(torch.OutOfMemoryError) as e:
         node.edit(handles["edit"], latent, reference)
-    assert_clear_oom(e, "TransEdit Reference Edit", "free VRAM")
+    assert_clear_oom(e, "TransEdit Reference Edit", "free GPU memory")
+
+
+def test_one_item_that_does_not_fit_unloads_other_models_once(handles, monkeypatch):
+    """At one item per pass, the node asks ComfyUI to unload every other model (keeping its own) and tries
+    once more; the result is the one an unconstrained run gives."""
+    latent = sg_nodes.TransEditSampleLatent().sample(handles["generator"], 7, 3, 1.0)[0]
+    whole = generate(handles, latent)
+    module = handles["generator"].load()
+    room = {"free": False}
+    kept = []
+
+    def unload_other_models(keep=()):
+        kept.append(keep)
+        room["free"] = True
+        return 2
+
+    real = module.synthesis
+
+    def needs_room(*args, **kwargs):
+        if not room["free"]:
+            raise bridge.oom_exception()("CUDA out of memory (injected)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bridge, "unload_other_models", unload_other_models)
+    monkeypatch.setattr(module, "synthesis", needs_room)
+    torch.testing.assert_close(generate(handles, latent), whole)
+    assert kept == [(handles["generator"].managed,)]  # once, keeping the generator
+    room["free"] = False
+    monkeypatch.setattr(bridge, "unload_other_models", lambda keep=(): kept.append(keep) or 0)  # nothing to unload
+    oom_above(monkeypatch, module, "synthesis", 0)
+    with pytest.raises(torch.OutOfMemoryError):
+        generate(handles, latent)
+    assert len(kept) == 2
 
 
 def put_inpaint(handles, imgs, mask, n):

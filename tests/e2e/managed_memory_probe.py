@@ -116,6 +116,17 @@ def main() -> None:
     sizes(handles)
     report["cuda_allocated_loaded"] = torch.cuda.memory_allocated() if torch.cuda.is_available() else None
 
+    # out-of-memory recovery inside a node: every other model goes (here a stand-in for a diffusion model
+    # and the other TransEdit models), the ones the node runs stay
+    other = comfy.model_patcher.ModelPatcher(torch.nn.Linear(256, 256), load_device=compute,
+                                             offload_device=mm.unet_offload_device())
+    mm.load_models_gpu([other])
+    unloaded = bridge.unload_other_models((handles["stylegan"].managed,))
+    report["unload_others"] = {"unloaded": unloaded, "kept": sorted(ours_loaded(handles)),
+                               "other_still_loaded": any(lm.model is other for lm in mm.current_loaded_models)}
+    del other
+    list(map(lambda handle: handle.load(), handles.values()))
+
     # "free memory" (what ComfyUI does before loading something big / on OOM) unloads ours like any model
     mm.free_memory(1e30, compute)
     report["after_free_memory"] = sorted(ours_loaded(handles))

@@ -7,6 +7,8 @@ contiguous, on the compute device), then ComfyUI's "free memory" and "unload mod
 - each TransEdit model is in ComfyUI's list of loaded models with exactly its parameter + buffer bytes;
 - ComfyUI's low-VRAM loader (run on copies, with the 'meta' device standing in for a GPU) leaves some of
   every model's tensors in RAM, and the bridge's completion puts them all on the load device;
+- out-of-memory recovery inside a node unloads every other model (a stand-in for a diffusion model and the
+  other TransEdit models) and keeps the ones the node runs;
 - free_memory / unload_all_models take every one of them out, and once the graph's outputs are dropped
   nothing in TransEdit keeps the weights alive (they are garbage-collected; on a GPU, allocated VRAM falls);
 - every IMAGE/MASK output is fp32, finite, in [0, 1], on ComfyUI's intermediate device.
@@ -65,6 +67,7 @@ def check_report(report: dict) -> None:
         assert m["reported_bytes"] == m["expected_bytes"] > 0, (name, m)
         # the state dict omits non-persistent buffers (e.g. precomputed tables); never more than the module
         assert 0 < m["state_dict_bytes"] <= m["expected_bytes"], (name, m)
+    assert report["unload_others"] == {"unloaded": len(models), "kept": ["stylegan"], "other_still_loaded": False}
     assert report["after_free_memory"] == [], "free_memory left TransEdit models loaded"
     assert sorted(report["reloaded"]) == sorted(models)
     assert report["after_unload_all"] == [], "unload_all_models left TransEdit models loaded"
