@@ -75,8 +75,32 @@ def _is_nvlabs_pickle(path: Path) -> bool:
     return b"torch_utils.persistence" in head or b"torch_utils\npersistence" in head
 
 
+def _check_torch_zip(path: Path) -> None:
+    """torch.save stores every member of its zip uncompressed. A compressed member can inflate far beyond
+    the file (a zip bomb: a few MB that expand to many GB), and torch.load inflates members into memory
+    before any check — so refuse compressed members, and members that claim more bytes than the file has."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(path, f"could not be read as a PyTorch checkpoint ({type(e).__name__}: {e}); the "
+                              "file may be truncated or corrupt — download it again.", _formats_hint()) from None
+    packed = [m.filename for m in members if m.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        raise CheckpointError(path, f"has compressed members ({', '.join(packed[:2])}): torch.save never "
+                              "compresses, and a compressed member can expand without bound (a 'zip bomb'). "
+                              "Refusing to inflate it.", "Download the original file again.")
+    claimed, size = sum(m.file_size for m in members), path.stat().st_size
+    if claimed > size:
+        raise CheckpointError(path, f"declares {claimed} bytes of members in a {size}-byte file (overlapping or "
+                              "forged entries). Refusing to read it.", "Download the original file again.")
+
+
 def _torch_load(path: Path):
     """torch.load with weights_only=True; rosinality's train.py also pickles an argparse.Namespace."""
+    with open(path, "rb") as f:
+        if f.read(4) == b"PK\x03\x04":
+            _check_torch_zip(Path(path))
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)

@@ -10,6 +10,7 @@ import os
 import pickle
 import struct
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,18 @@ def _hostile_files(tmp: Path) -> dict[str, Path]:
     garbage = tmp / "garbage.safetensors"
     garbage.write_bytes(struct.pack("<Q", 20) + b"{not json at all!!!}" + b"\0" * 8)
     files["safetensors_bad_json"] = garbage
+    # torch's zip container with a deflated member: 256 MB of zeros in ~256 KB (torch.load would inflate it)
+    plain = tmp / "plain.pt"
+    torch.save({"w": torch.zeros(10)}, plain)
+    zip_bomb = tmp / "zip_bomb.pt"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(zip_bomb, "w") as dst:
+        for member in src.infolist():
+            data = src.read(member.filename)
+            if member.filename.endswith("data/0"):
+                dst.writestr(member, b"\0" * (256 << 20), compress_type=zipfile.ZIP_DEFLATED)
+            else:
+                dst.writestr(member, data)
+    files["torch_zip_bomb"] = zip_bomb
     empty = tmp / "empty.pt"
     empty.write_bytes(b"")
     files["empty"] = empty
@@ -145,6 +158,15 @@ def test_hostile_files_are_refused_by_every_loader(hostile, loader_name):
     tmp, files = hostile
     for case, path in files.items():
         _assert_clear_refusal(LOADERS[loader_name], path, tmp / "canary")
+
+
+def test_zip_bomb_is_refused_before_inflating(hostile):
+    """torch.load would inflate the 256 MB member into memory before noticing it does not fit the pickle;
+    the registry refuses from the zip directory alone."""
+    tmp, files = hostile
+    for loader in LOADERS.values():
+        with pytest.raises(CheckpointError, match="compressed members .*zip bomb"):
+            loader(files["torch_zip_bomb"])
 
 
 @pytest.mark.parametrize("family", ["stylegan", "encoder", "dino", "put"])
