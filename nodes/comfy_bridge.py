@@ -95,8 +95,10 @@ def model_path(name: str, filename: str) -> Optional[str]:
     if IN_COMFYUI:
         return _folder_paths.get_full_path(name, filename)
     for root in _fallback_folder(name):
-        candidate = os.path.join(root, filename)
-        if os.path.isfile(candidate):
+        base = os.path.normpath(root)
+        candidate = os.path.normpath(os.path.join(base, filename))
+        # like ComfyUI's get_full_path: a name may reach into subfolders, never out of the model folder
+        if os.path.commonpath([base, candidate]) == base and candidate != base and os.path.isfile(candidate):
             return candidate
     return None
 

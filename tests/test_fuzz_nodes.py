@@ -33,7 +33,7 @@ _DEEP = int(os.environ.get("TRANSEDIT_FUZZ_EXAMPLES", "0"))
 FUZZ = settings(max_examples=_DEEP or 20, deadline=None, suppress_health_check=list(HealthCheck),
                 derandomize=not _DEEP)
 SLOW_FUZZ = settings(FUZZ, max_examples=max(_DEEP // 4, 12))  # nodes that train or detect faces per case
-FOLDERS = ("put", "gan_encoders", "stylegan", "vit")
+FOLDERS = ("put", "gan_encoders", "stylegan", "vit", "latent_directions")
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,9 @@ def models(tmp_path_factory):
         save_random_generator(root / "stylegan" / "other.pt", config=StyleGAN2Config(
             size=32, style_dim=32, n_mlp=2, channels={4: 16, 8: 16, 16: 16, 32: 8}))
         save_random_dino(root / "vit" / "d.safetensors")
+        torch.save(torch.randn(1, 64, generator=torch.Generator().manual_seed(1)),
+                   root / "latent_directions" / "age.pt")  # InterFaceGAN's layout, for the 64-wide tiny W
+        torch.save(torch.randn(3, 32), root / "latent_directions" / "not_a_direction.pt")
         encoder, generator = inv_nodes.TransEditLoadEncoder().load("e.pt")
         sp_encoder, sp_generator = inv_nodes.TransEditLoadEncoder().load("sp.pt")
         vit = splice_nodes.TransEditLoadDINO().load("d.safetensors")[0]
@@ -352,3 +355,44 @@ def test_apply_splice(models, imgs, match):
     (repainted,) = out
     assert repainted.shape == imgs.shape[:3] + (3,) and repainted.dtype == torch.float32
     assert torch.isfinite(repainted).all() and repainted.min() >= 0 and repainted.max() <= 1
+
+
+# ----------------------------------------------------------------------------------------- loaders
+LOADER_CALLS = {
+    "Load StyleGAN": lambda name: sg_nodes.TransEditLoadStyleGAN().load(name),
+    "Load Encoder": lambda name: inv_nodes.TransEditLoadEncoder().load(name),
+    "Load Edit Transformer": lambda name: edit_nodes.TransEditLoadEditTransformer().load(name),
+    "Load DINO": lambda name: splice_nodes.TransEditLoadDINO().load(name),
+    "Load PUT": lambda name: put_nodes.TransEditLoadPUT().load(name),
+    "Load Direction": lambda name: edit_nodes.TransEditLoadDirection().load(name, 0),
+}
+
+
+@FUZZ
+@given(loader=st.sampled_from(sorted(LOADER_CALLS)),
+       name=st.one_of(st.text(max_size=24), st.sampled_from(["../../etc/passwd", "", ".", "/", "p.pth", "e.pt",
+                                                             "../stylegan/other.pt", "/etc/hostname"])))
+def test_loaders_with_names_that_are_not_their_files(models, loader, name):
+    """A workflow from another machine names files this one lacks (or a hand-edited one names anything):
+    a clear refusal, or — when the name is one of this folder's files — a load. A name never reaches out of
+    the model folder."""
+    out = _fine_or_clear(loader, lambda: LOADER_CALLS[loader](name))
+    if out is not None:
+        assert ".." not in name and not name.startswith("/"), name
+
+
+@FUZZ
+@given(data=st.data(), component=st.integers(-2, 5000),
+       generator=st.sampled_from([None, "generator", "other", "not a generator"]))
+def test_load_direction(models, data, component, generator):
+    choices = edit_nodes.TransEditLoadDirection.INPUT_TYPES()["required"]["direction"][0]
+    direction = data.draw(st.sampled_from(choices))
+    gen = models.get(generator, generator)
+    out = _fine_or_clear("Load Direction", lambda: edit_nodes.TransEditLoadDirection().load(direction, component,
+                                                                                             gen))
+    if out is None:
+        return
+    latent = sg_nodes.TransEditSampleLatent().sample(models["generator"], 0, 2, 0.7)[0]
+    edited = _fine_or_clear("Apply Direction", lambda: edit_nodes.TransEditApplyDirection().apply(
+        latent, out[0], 1.0, -1, -1))
+    check_latent_result("Apply Direction", edited, 2)

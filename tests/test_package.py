@@ -183,3 +183,19 @@ def test_a_partial_low_vram_load_is_completed(fake_comfy):
     assert devices == {target}
     assert bridge._same_device(torch.device("cpu"), torch.device("cpu"))
     assert not bridge._same_device(torch.device("cpu"), target)
+
+
+def test_model_names_cannot_leave_the_model_folder(tmp_path):
+    """Outside ComfyUI (CLI, scripts) the bridge resolves names itself: subfolders yes, '..' or absolute no."""
+    from transedit.nodes import comfy_bridge as bridge
+
+    (tmp_path / "stylegan" / "sub").mkdir(parents=True)
+    (tmp_path / "secret.pt").write_bytes(b"x")
+    (tmp_path / "stylegan" / "sub" / "g.pt").write_bytes(b"x")
+    bridge.set_fallback_folder("stylegan", [str(tmp_path / "stylegan")])
+    try:
+        assert bridge.model_path("stylegan", "sub/g.pt") == str(tmp_path / "stylegan" / "sub" / "g.pt")
+        for name in ("../secret.pt", str(tmp_path / "secret.pt"), "sub/../../secret.pt", ".", ""):
+            assert bridge.model_path("stylegan", name) is None, name
+    finally:
+        bridge._fallback_paths.pop("stylegan", None)
