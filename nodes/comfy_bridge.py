@@ -139,8 +139,8 @@ def oom_exception() -> type[BaseException]:
     """The exception a device raises when it runs out of memory.
 
     torch's own class, not ComfyUI's OOM_EXCEPTION: ComfyUI falls back to plain `Exception` when torch
-    lacks the class, and catching that would swallow Cancel. ComfyUI's check is an isinstance test, so
-    raising torch's class still makes it unload models after a failed prompt."""
+    lacks the class, and catching that would swallow Cancel. Current ComfyUI versions test a failed node's
+    exception with isinstance(…, OOM_EXCEPTION) and then unload all models; torch's class keeps that working."""
     return getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
