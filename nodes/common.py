@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..models.errors import CheckpointError
 from . import comfy_bridge as bridge
 
 T = TypeVar("T")
@@ -30,6 +31,17 @@ def require_model_file(node: str, input_name: str, folder: str, filename: str) -
         raise NodeInputError(node, input_name, f"'{filename}' was not found in {bridge.folder_paths_for(folder)}.",
                              f"put the file in ComfyUI/models/{folder} and press Refresh (R).")
     return path
+
+
+def load_model_file(node: str, input_name: str, folder: str, filename: str, loader: Callable[[str], T]) -> T:
+    """The file chosen in `input_name`, read by a registry loader. A file that cannot be used (wrong family,
+    damaged, hostile) becomes a NodeInputError naming the node and the input; the loader's reason, which
+    names the file, follows."""
+    path = require_model_file(node, input_name, folder, filename)
+    try:
+        return loader(path)
+    except CheckpointError as e:
+        raise NodeInputError(node, input_name, f"cannot be used: {e}") from None
 
 
 def run_in_chunks(node: str, total: int, chunk: int, work: Callable[[int, int], T], *, what: str,

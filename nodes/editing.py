@@ -13,7 +13,7 @@ from ..models.directions import (GANSPACE_PCA_FILES, LAYER_GROUPS, DirectionErro
 from ..models.latent import StyleLatent
 from ..models.registry import EditTransformerDescriptor, load_edit_transformer
 from . import comfy_bridge as bridge
-from .common import NodeInputError, check_choice, check_float, check_int, require_model_file, run_in_chunks
+from .common import NodeInputError, check_choice, check_float, check_int, load_model_file, run_in_chunks
 from .stylegan import StyleGANHandle
 
 CATEGORY = "TransEdit/Edit"
@@ -177,9 +177,9 @@ class TransEditLoadDirection:
             except DirectionError as e:
                 raise NodeInputError(node, "direction", f"'{direction}' cannot be built from {path}: {e}",
                                      f"use the {filename} that e4e ships (80 components).") from None
-        path = require_model_file(node, "direction", "latent_directions", direction)
         try:
-            return (load_direction(path, component),)
+            return (load_model_file(node, "direction", "latent_directions", direction,
+                                    lambda path: load_direction(path, component)),)
         except DirectionError as e:
             raise NodeInputError(node, "component", f"{e}", "pick an existing component.") from None
 
@@ -470,8 +470,7 @@ class TransEditLoadEditTransformer:
 
     def load(self, transformer_name):
         node = "TransEdit Load Edit Transformer"
-        descriptor = load_edit_transformer(require_model_file(node, "transformer_name", "gan_encoders",
-                                                              transformer_name))
+        descriptor = load_model_file(node, "transformer_name", "gan_encoders", transformer_name, load_edit_transformer)
         for note in descriptor.notes:
             bridge.log.info("TransEdit: %s: %s", descriptor.name, note)
         return (EditTransformerHandle(descriptor),)

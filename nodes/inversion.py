@@ -7,7 +7,7 @@ from ..models.irse import preprocess_fast, preprocess_official
 from ..models.latent import StyleLatent
 from ..models.registry import EncoderDescriptor, load_encoder
 from . import comfy_bridge as bridge
-from .common import (NodeInputError, PRECISIONS, check_choice, check_float, check_images, require_model_file,
+from .common import (NodeInputError, PRECISIONS, check_choice, check_float, check_images, load_model_file,
                      resolve_precision, run_in_chunks)
 from .stylegan import StyleGANHandle
 
@@ -57,7 +57,7 @@ class TransEditLoadEncoder:
 
     def load(self, encoder_name):
         node = "TransEdit Load Encoder"
-        descriptor = load_encoder(require_model_file(node, "encoder_name", "gan_encoders", encoder_name))
+        descriptor = load_model_file(node, "encoder_name", "gan_encoders", encoder_name, load_encoder)
         for note in descriptor.notes:
             bridge.log.info("TransEdit: %s: %s", descriptor.name, note)
         generator = StyleGANHandle(descriptor.generator) if descriptor.generator is not None else None

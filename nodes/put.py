@@ -11,7 +11,7 @@ from ..models.registry import PUTDescriptor, load_put
 from . import comfy_bridge as bridge
 from .compare import compare_ui
 from .common import (MAX_SEED, NodeInputError, PRECISIONS, check_choice, check_float, check_images, check_int,
-                     comfy_image_to_pil, require_model_file, resolve_precision, run_in_chunks)
+                     comfy_image_to_pil, load_model_file, resolve_precision, run_in_chunks)
 
 CATEGORY = "TransEdit/Inpaint"
 SCHEDULES = ("tokens per iteration", "cosine", "linear", "average")
@@ -161,7 +161,7 @@ class TransEditLoadPUT:
 
     def load(self, put_name):
         node = "TransEdit Load PUT"
-        descriptor = load_put(require_model_file(node, "put_name", "put", put_name))
+        descriptor = load_model_file(node, "put_name", "put", put_name, load_put)
         for note in descriptor.notes:
             bridge.log.info("TransEdit: %s: %s", descriptor.name, note)
         return (PUTHandle(descriptor),)

@@ -13,7 +13,7 @@ from ..models.splice import SpliceLambdas, SpliceSettings, SpliceTrainer, apply_
 from . import comfy_bridge as bridge
 from .compare import compare_ui
 from .common import (MAX_SEED, NodeInputError, check_choice, check_float, check_images, check_int,
-                     comfy_image_to_pil, require_model_file, resolve_precision, run_in_chunks)
+                     comfy_image_to_pil, load_model_file, resolve_precision, run_in_chunks)
 
 CATEGORY = "TransEdit/Splice"
 # Step counts. `official` is the paper's config; the shorter presets rely on early stopping as well
@@ -130,7 +130,7 @@ class TransEditLoadDINO:
     def load(self, vit_name):
         node = "TransEdit Load DINO"
         with torch.inference_mode(False):  # Splice back-propagates through DINO: no inference tensors
-            descriptor = load_dino(require_model_file(node, "vit_name", "vit", vit_name))
+            descriptor = load_model_file(node, "vit_name", "vit", vit_name, load_dino)
         for note in descriptor.notes:
             bridge.log.info("TransEdit: %s: %s", descriptor.name, note)
         return (DinoHandle(descriptor),)

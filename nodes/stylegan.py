@@ -8,7 +8,7 @@ from ..models.registry import ModelDescriptor, load_stylegan2
 from . import comfy_bridge as bridge
 from .compare import compare_ui
 from .common import (MAX_SEED, PRECISIONS, NodeInputError, check_choice, check_float, check_int,
-                     comfy_image_to_pil, gan_to_comfy_image, require_model_file, resolve_precision,
+                     comfy_image_to_pil, gan_to_comfy_image, load_model_file, resolve_precision,
                      run_in_chunks)
 
 CATEGORY = "TransEdit/StyleGAN"
@@ -86,7 +86,7 @@ class TransEditLoadStyleGAN:
 
     def load(self, ckpt_name):
         node = "TransEdit Load StyleGAN"
-        descriptor = load_stylegan2(require_model_file(node, "ckpt_name", "stylegan", ckpt_name))
+        descriptor = load_model_file(node, "ckpt_name", "stylegan", ckpt_name, load_stylegan2)
         for note in descriptor.notes:
             bridge.log.info("TransEdit: %s: %s", descriptor.name, note)
         return (StyleGANHandle(descriptor),)

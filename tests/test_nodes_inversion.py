@@ -83,7 +83,8 @@ def test_errors():
         TransEditInvert().invert("x", photos(1), RESIZE_MODES[0], "fp32")
     with pytest.raises(NodeInputError, match="'encoder_name'.*not found"):
         TransEditLoadEncoder().load("missing.pt")
-    with pytest.raises(CheckpointError, match="is a StyleGAN2 generator, not an inversion encoder"):
+    with pytest.raises(NodeInputError, match="TransEdit Load Encoder: input 'encoder_name' cannot be used: "
+                                             "not_an_encoder.pt: is a StyleGAN2 generator, not an inversion encoder"):
         TransEditLoadEncoder().load("not_an_encoder.pt")
 
 

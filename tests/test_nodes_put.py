@@ -3,7 +3,6 @@ schedules, progress, Cancel, bad input."""
 import pytest
 import torch
 
-from transedit.models.errors import CheckpointError
 from transedit.models.put import SamplerRNG
 from transedit.models.registry import save_random_put
 from transedit.nodes import comfy_bridge as bridge
@@ -313,7 +312,7 @@ def test_bad_inputs_name_node_and_input(cvpr):
 
 def test_loader_refuses_pvqvae_only_and_lists_folder(put_dir):
     assert {"put_cvpr.pth", "put_tpami.safetensors"} <= set(bridge.list_models("put"))
-    with pytest.raises(CheckpointError, match="P-VQVAE.*not a transformer") as err:
+    with pytest.raises(NodeInputError, match="Load PUT: input 'put_name' .*P-VQVAE.*not a transformer") as err:
         nodes.TransEditLoadPUT().load("p_vqvae_only.pth")
     assert "p_vqvae_only.pth" in str(err.value)
     with pytest.raises(NodeInputError, match="put_name"):

@@ -3,7 +3,6 @@ import pytest
 import torch
 
 from transedit.models.dino import DinoConfig
-from transedit.models.errors import CheckpointError
 from transedit.models.registry import load_dino, save_random_dino, save_random_generator
 from transedit.models.splice import SpliceAugment, SpliceSettings, SpliceTrainer
 from transedit.nodes import comfy_bridge as bridge
@@ -82,7 +81,7 @@ def test_dino_files_load_to_the_same_model(vit_dir, name):
 @pytest.mark.parametrize("name,words", [("not_a_vit.pt", "is not a DINO ViT"), ("dinov2_like.pth", "DINOv2"),
                                         ("supervised_vit.pth", "supervised")])
 def test_other_files_are_refused_clearly(vit_dir, name, words):
-    with pytest.raises(CheckpointError) as exc:
+    with pytest.raises(NodeInputError, match="TransEdit Load DINO: input 'vit_name'") as exc:
         nodes.TransEditLoadDINO().load(name)
     assert words in str(exc.value) and name in str(exc.value) and "models/vit" in str(exc.value)
 
