@@ -55,3 +55,17 @@ def model_folders(root: Path, folders):
     finally:
         for folder in folders:
             bridge._fallback_paths.pop(folder, None)
+
+
+@pytest.fixture(scope="session")
+def comfy_root() -> Path:
+    """The pinned ComfyUI for the real-ComfyUI tests (installed on first use); skips when it cannot be
+    installed, fails instead when TRANSEDIT_REQUIRE_E2E is set (CI)."""
+    import comfy_harness as h  # tests/ is on sys.path (this file's folder)
+
+    try:
+        return h.ensure_comfyui()
+    except h.ComfyUIUnavailable as e:
+        if os.environ.get("TRANSEDIT_REQUIRE_E2E"):
+            pytest.fail(f"ComfyUI could not be installed and TRANSEDIT_REQUIRE_E2E is set: {e}")
+        pytest.skip(f"ComfyUI could not be installed (no package index reachable?): {e}")
