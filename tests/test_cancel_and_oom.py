@@ -252,45 +252,39 @@ def counted(monkeypatch, owner, name: str) -> list:
     return calls
 
 
-def test_cancel_invert(handles, monkeypatch):
-    monkeypatch.setattr(inv_nodes.TransEditInvert, "chunk_size", 1)
-    imgs = picture(5)
-    run = lambda: inv_nodes.TransEditInvert().invert(handles["encoder"], imgs, "fast (torch)", "fp32")[0].wplus
+def assert_cancel_stops(monkeypatch, run, owner, name: str, at_check: int, calls_before: int) -> None:
+    """run() cancelled at the at_check-th Cancel check has called owner.name exactly calls_before times, and
+    a run afterwards equals a fresh one."""
     fresh = run()
     with monkeypatch.context() as m:
-        cancel_at_check(m, 3)
-        calls = counted(m, handles["encoder"].load(), "forward")
+        cancel_at_check(m, at_check)
+        calls = counted(m, owner, name)
         with pytest.raises(Interrupted):
             run()
-    assert len(calls) == 2  # images 0 and 1; the third check stopped it
+    assert len(calls) == calls_before
     assert torch.equal(run(), fresh)
 
 
+def test_cancel_invert(handles, monkeypatch):
+    monkeypatch.setattr(inv_nodes.TransEditInvert, "chunk_size", 1)
+    imgs = picture(5)
+    # images 0 and 1 encoded; the third check stopped it
+    assert_cancel_stops(monkeypatch, lambda: inv_nodes.TransEditInvert().invert(
+        handles["encoder"], imgs, "fast (torch)", "fp32")[0].wplus, handles["encoder"].load(), "forward", 3, 2)
+
+
 def test_cancel_generate(handles, monkeypatch):
+    monkeypatch.setattr(sg_nodes.TransEditGenerate, "chunk_size", 1)
     latent = sg_nodes.TransEditSampleLatent().sample(handles["generator"], 4, 5, 1.0)[0]
-    fresh = generate(handles, latent)
-    with monkeypatch.context() as m:
-        m.setattr(sg_nodes.TransEditGenerate, "chunk_size", 1)
-        cancel_at_check(m, 3)
-        calls = counted(m, handles["generator"].load(), "synthesis")
-        with pytest.raises(Interrupted):
-            generate(handles, latent)
-    assert len(calls) == 2
-    assert torch.equal(generate(handles, latent), fresh)
+    assert_cancel_stops(monkeypatch, lambda: generate(handles, latent), handles["generator"].load(), "synthesis",
+                        3, 2)
 
 
 def test_cancel_reference_edit(handles, monkeypatch):
     sample = sg_nodes.TransEditSampleLatent().sample
     latent, reference = sample(handles["generator"], 1, 3, 1.0)[0], sample(handles["generator"], 2, 3, 1.0)[0]
-    run = lambda: edit_nodes.TransEditReferenceEdit().edit(handles["edit"], latent, reference)[0].wplus
-    fresh = run()
-    with monkeypatch.context() as m:
-        cancel_at_check(m, 1)
-        calls = counted(m, handles["edit"].load(), "forward")
-        with pytest.raises(Interrupted):
-            run()
-    assert calls == []
-    assert torch.equal(run(), fresh)
+    assert_cancel_stops(monkeypatch, lambda: edit_nodes.TransEditReferenceEdit().edit(
+        handles["edit"], latent, reference)[0].wplus, handles["edit"].load(), "forward", 1, 0)
 
 
 def test_cancel_apply_splice(handles, monkeypatch):
@@ -298,43 +292,16 @@ def test_cancel_apply_splice(handles, monkeypatch):
         handles["vit"], picture(1), picture(1, seed=1), preset="fast", steps=1, output_size=0, seed=0,
         early_stop=False, precision="fp32", preview_every=0)
     frames = picture(4, seed=5)
-    run = lambda: splice_nodes.TransEditApplySplice().apply(gens, frames, True)[0]
-    fresh = run()
-    with monkeypatch.context() as m:
-        cancel_at_check(m, 3)
-        calls = counted(m, splice_nodes, "apply_generator")
-        with pytest.raises(Interrupted):
-            run()
-    assert len(calls) == 2
-    assert torch.equal(run(), fresh)
+    assert_cancel_stops(monkeypatch, lambda: splice_nodes.TransEditApplySplice().apply(gens, frames, True)[0],
+                        splice_nodes, "apply_generator", 3, 2)
 
 
 def test_cancel_align_face(monkeypatch):
     pytest.importorskip("mediapipe")
+    from transedit.models import face_align
     from transedit.nodes import faces as face_nodes
 
     photos = picture(4, 96, 80, seed=2)
-    run = lambda: face_nodes.TransEditAlignFace().align(photos, face_nodes.MEDIAPIPE, 64, 0, "pass through",
-                                                         "blur")[0]
-    fresh = run()
-    real_make = face_nodes._make_detector
-    detected = []
-
-    def counting_detector(node, choice):
-        finder = real_make(node, choice)
-        real_detect = finder.detect_landmarks
-
-        def detect(image):
-            detected.append(1)
-            return real_detect(image)
-
-        finder.detect_landmarks = detect
-        return finder
-
-    with monkeypatch.context() as m:
-        cancel_at_check(m, 3)
-        m.setattr(face_nodes, "_make_detector", counting_detector)
-        with pytest.raises(Interrupted):
-            run()
-    assert len(detected) == 2
-    assert torch.equal(run(), fresh)
+    assert_cancel_stops(monkeypatch, lambda: face_nodes.TransEditAlignFace().align(
+        photos, face_nodes.MEDIAPIPE, 64, 0, "pass through", "blur")[0],
+        face_align.MediaPipeLandmarks, "detect_landmarks", 3, 2)
