@@ -103,7 +103,10 @@ def check_choice(node: str, name: str, value, choices) -> str:
 
 
 def check_images(node: str, name: str, images, min_size: int = 8) -> torch.Tensor:
-    """A ComfyUI IMAGE as fp32 RGB in [0, 1]: greyscale expanded, alpha dropped, NaN/inf cleaned."""
+    """A ComfyUI IMAGE as fp32 RGB in [0, 1] on the CPU: greyscale expanded, alpha dropped, NaN/inf cleaned.
+
+    On the CPU because inputs may come from anywhere (under --gpu-only a VAE Decode hands over CUDA images,
+    Load Image CPU ones) and several inputs are combined; each node moves what it computes on to its device."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
         raise NodeInputError(node, name, f"must be an IMAGE [B, H, W, C], got "
                              f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}.")
@@ -112,7 +115,7 @@ def check_images(node: str, name: str, images, min_size: int = 8) -> torch.Tenso
     if images.shape[1] < min_size or images.shape[2] < min_size:
         raise NodeInputError(node, name, f"is {images.shape[2]}x{images.shape[1]} pixels; at least "
                              f"{min_size}x{min_size} is needed.", "use a larger image.")
-    images = images.float()
+    images = images.detach().to("cpu", torch.float32)
     if images.shape[-1] == 1:
         images = images.expand(-1, -1, -1, 3)
     return torch.nan_to_num(images[..., :3], nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)

@@ -58,7 +58,7 @@ def comfy_mask_to_holes(node: str, mask, images: torch.Tensor) -> torch.Tensor:
     if not isinstance(mask, torch.Tensor):
         raise NodeInputError(node, "mask", f"must be a MASK, got {type(mask).__name__}.",
                              "connect a mask (e.g. Load Image's MASK output).")
-    m = mask.float()
+    m = mask.detach().to("cpu", torch.float32)  # like check_images: any device in, CPU out
     if m.ndim == 4 and m.shape[1] == 1 and m.shape[-1] > 4:
         m = m[:, 0]  # [B, 1, H, W]
     elif m.ndim == 4 and m.shape[-1] <= 4:
