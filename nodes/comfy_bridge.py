@@ -191,8 +191,7 @@ def unload_other_models(keep: tuple = ()) -> int:
     patchers = [m.patcher for m in keep if getattr(m, "patcher", None) is not None]
     keep_loaded = [lm for lm in _mm.current_loaded_models if any(lm.model is p for p in patchers)]
     before = len(_mm.current_loaded_models)
-    _mm.free_memory(float("inf"), compute_device(), keep_loaded=keep_loaded)
-    soft_empty_cache()
+    _mm.free_memory(float("inf"), compute_device(), keep_loaded=keep_loaded)  # empties the cache if it unloaded
     unloaded = before - len(_mm.current_loaded_models)
     if unloaded:
         log.warning("TransEdit: out of memory; unloaded %d other model(s) to make room", unloaded)
