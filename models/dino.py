@@ -17,12 +17,17 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .checkpoint_io import RawCheckpoint, atomic_write, check_weight_dtypes, strip_dataparallel, strip_prefix
+from .errors import CheckpointError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -134,11 +139,17 @@ class DinoViT(nn.Module):
     def train(self, mode: bool = True):  # DINO is only ever used as a fixed feature extractor
         return super().train(False)
 
-    def position_embedding(self, grid_h: int, grid_w: int, dtype: torch.dtype) -> torch.Tensor:
-        """DINO's ``interpolate_pos_encoding``: [1, 1 + grid_h*grid_w, D]."""
+    def position_embedding(self, grid_h: int, grid_w: int, dtype: torch.dtype,
+                           pixel_size: Optional[tuple[int, int]] = None) -> torch.Tensor:
+        """DINO's ``interpolate_pos_encoding``: [1, 1 + grid_h*grid_w, D].
+
+        DINO keeps the trained embedding only when the token count equals the trained grid's *and* the input's
+        pixel height equals its width (`npatch == N and w == h`); a 224x228 input also has a 28x28 grid, yet
+        DINO resamples (by (28 + 0.1) / 28), so the pixel size decides, not the grid."""
         pos = self.vit.pos_embed
         n = pos.shape[1] - 1
-        if grid_h * grid_w == n and grid_h == grid_w:
+        pixel_h, pixel_w = pixel_size if pixel_size is not None else (grid_h, grid_w)
+        if grid_h * grid_w == n and pixel_h == pixel_w:
             return pos.to(dtype)
         side = math.isqrt(n)
         dim = pos.shape[-1]
@@ -160,7 +171,7 @@ class DinoViT(nn.Module):
         tokens = tokens.flatten(2).transpose(1, 2)
         cls = self.vit.cls_token.expand(x.shape[0], -1, -1).to(tokens.dtype)
         tokens = torch.cat([cls, tokens], dim=1)
-        return tokens + self.position_embedding(gh, gw, tokens.dtype)
+        return tokens + self.position_embedding(gh, gw, tokens.dtype, pixel_size=tuple(x.shape[-2:]))
 
     @staticmethod
     def _block(block: nn.Module, x: torch.Tensor, want_keys: bool):
@@ -201,3 +212,99 @@ def keys_per_head(keys: torch.Tensor, heads: int) -> torch.Tensor:
     """[B, T, D] -> [B, heads, T, D/heads], the layout the official extractor returns."""
     b, t, d = keys.shape
     return keys.view(b, t, heads, d // heads).permute(0, 2, 1, 3)
+
+
+# ------------------------------------------------------------------------------------------------ files
+# facebookresearch/dino releases backbone state dicts (dino_vitbase8_pretrain.pth: the ViT keys alone) and
+# full training checkpoints (main_dino.py's save_on_master: {'student', 'teacher', 'optimizer', 'epoch',
+# 'args', 'dino_loss'}, the ViT under [module.]backbone.*, the projection under head.*); timm publishes
+# the same ViT keys as model.safetensors.
+DINO_REQUIRED_KEYS = ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.attn.qkv.weight")
+# DINO training checkpoints keep the ViT under backbone.* (teacher/student, DataParallel module.*).
+DINO_WEIGHTS_ORDER = ("teacher", "state_dict", "model", "g_ema", "student")
+DINO_HINT = ("Put a DINO ViT in models/vit: the official dino_vitbase8_pretrain.pth (or _small / patch16) from "
+             "facebookresearch/dino, or timm's vit_*_224.dino model.safetensors.")
+
+
+@dataclass
+class DinoDescriptor:
+    model: torch.nn.Module  # DinoViT, frozen, eval
+    config: DinoConfig
+    source: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.source)
+
+
+def _dino_candidate(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    sd = strip_dataparallel(sd)
+    if sd and all(k.startswith("backbone.") or k.startswith("head.") for k in sd):
+        sd = strip_prefix(sd, "backbone.")
+    return sd
+
+
+def detect(raw: RawCheckpoint) -> bool:
+    return any(all(k in _dino_candidate(sd) for k in DINO_REQUIRED_KEYS) for sd in raw.state_dicts.values())
+
+
+def load(raw: RawCheckpoint) -> DinoDescriptor:
+    """A DINO ViT (any size/patch) from an official .pth (backbone or full training checkpoint) or timm
+    .safetensors, loaded strictly; refuses other ViTs (DINOv2, supervised classifiers) with the reason."""
+    path = raw.path
+    names = [n for n in DINO_WEIGHTS_ORDER if n in raw.state_dicts] + \
+        [n for n in raw.state_dicts if n not in DINO_WEIGHTS_ORDER]
+    for name in names:
+        sd = _dino_candidate(raw.state_dicts[name])
+        if not all(k in sd for k in DINO_REQUIRED_KEYS):
+            continue
+        if any(k in sd for k in ("mask_token", "register_tokens")) or "blocks.0.ls1.gamma" in sd:
+            raise CheckpointError(path, "is a DINOv2 ViT; Splice's losses are defined on DINO (v1) features.",
+                                  DINO_HINT)
+        head = sd.get("head.weight")
+        if head is not None and head.ndim == 2 and head.shape[0] == 1000:
+            raise CheckpointError(path, "is a supervised ImageNet ViT classifier (it has a 1000-class head); "
+                                  "Splice needs DINO's self-supervised features.", DINO_HINT)
+        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+        try:
+            config = infer_dino_config(sd, raw.extras.get("metadata"))
+        except (KeyError, ValueError, IndexError) as e:
+            raise CheckpointError(path, f"looks like a ViT but its layout is incomplete ({e}).", DINO_HINT) from None
+        model = DinoViT(config)
+        check_weight_dtypes(path, model, sd)
+        result = model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise CheckpointError(path, f"ViT weights do not match a DINO ViT (patch {config.patch_size}, dim "
+                                  f"{config.embed_dim}, depth {config.depth}): missing {result.missing_keys[:3]}, "
+                                  f"unexpected {result.unexpected_keys[:3]}.", DINO_HINT)
+        notes = []
+        if name == "teacher":
+            notes.append("training checkpoint: using the teacher backbone (what DINO releases)")
+        return DinoDescriptor(model.eval().requires_grad_(False), config, str(path), notes)
+    found = ", ".join(f"'{n}' ({len(sd)} tensors, e.g. {next(iter(sd), '-')})" for n, sd in raw.state_dicts.items())
+    raise CheckpointError(path, f"is not a DINO ViT (found {found}).", DINO_HINT)
+
+
+def save_random_dino(path, config=None, seed: int = 0, overwrite: bool = False) -> Path:
+    """A DINO ViT with random weights in the official key layout (timm-style safetensors, heads in metadata);
+    for tests and demos. Weights are drawn large enough that features are not degenerate."""
+    from safetensors.torch import save_file
+
+    # 64 channels per head, DINO's convention, so heads are inferred right from a plain .pth as well
+    config = config or DinoConfig(patch_size=8, embed_dim=128, depth=2, num_heads=2)
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for k, v in DinoViT(config).state_dict().items():
+        if k.endswith("norm1.weight") or k.endswith("norm2.weight") or k == "norm.weight":
+            t = 1 + 0.1 * torch.randn(v.shape, generator=gen)
+        elif v.ndim >= 2 and k not in ("cls_token", "pos_embed"):
+            fan_in = v[0].numel()
+            t = torch.randn(v.shape, generator=gen) / fan_in ** 0.5
+        else:
+            t = 0.5 * torch.randn(v.shape, generator=gen) if k in ("cls_token", "pos_embed") else \
+                0.1 * torch.randn(v.shape, generator=gen)
+        sd[k] = t.contiguous()
+    meta = {"arch": f"DINO ViT patch={config.patch_size} embed={config.embed_dim} depth={config.depth} "
+                    f"heads={config.num_heads} (random weights, TransEdit test model)"}
+    return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta), overwrite=overwrite)

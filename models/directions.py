@@ -231,7 +231,7 @@ def _as_ganspace(path, obj) -> Optional[GanSpacePCA]:
 
 
 def load_ganspace_pca(path) -> GanSpacePCA:
-    from .registry import _torch_load
+    from .checkpoint_io import torch_load as _torch_load
 
     path = Path(path)
     if not path.is_file():
@@ -292,7 +292,7 @@ def load_direction(path, component: int = 0) -> LatentDirection:
         return _direction_from_tensor(path, torch.from_numpy(np.ascontiguousarray(arr)).float(), name)
     if suffix == ".safetensors":
         return _load_direction_safetensors(path)
-    from .registry import _torch_load
+    from .checkpoint_io import torch_load as _torch_load
 
     obj = _torch_load(path)
     if isinstance(obj, torch.Tensor):
@@ -316,7 +316,7 @@ def load_direction(path, component: int = 0) -> LatentDirection:
 
 
 def _load_direction_safetensors(path: Path) -> LatentDirection:
-    from .registry import _read_safetensors
+    from .checkpoint_io import read_safetensors as _read_safetensors
 
     tensors, meta = _read_safetensors(path)
     if "direction" not in tensors:
@@ -350,7 +350,7 @@ def save_direction(direction: LatentDirection, path, overwrite: bool = False) ->
     """Write a TransEdit direction .safetensors (atomic; refuses to replace a file unless overwrite)."""
     from safetensors.torch import save_file
 
-    from .registry import TRANSEDIT_FORMAT_KEY, atomic_write
+    from .checkpoint_io import TRANSEDIT_FORMAT_KEY, atomic_write
 
     path = Path(path)
     if path.suffix.lower() != ".safetensors":

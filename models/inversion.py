@@ -1,12 +1,17 @@
 """The encoder families behind one interface: images in [-1, 1] -> W+ (what the official forward decodes)."""
 from __future__ import annotations
 
-from typing import Optional
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
+from .checkpoint_io import RawCheckpoint, check_weight_dtypes
+from .errors import CheckpointError
 from .irse import add_latent_avg
+from .stylegan2 import ModelDescriptor, is_stylegan2_state_dict, load_generator_weights
 
 
 class LatentEncoder(nn.Module):
@@ -58,3 +63,96 @@ class LatentEncoder(nn.Module):
         with torch.autocast(codes.device.type, enabled=False):
             wplus = add(codes.float(), self.latent_avg)
         return (wplus, feats) if return_features else wplus
+
+
+# ------------------------------------------------------------------------------- files: the shared part
+# Every encoder family's official training checkpoint has one container, {'state_dict': encoder.* (+
+# module.), decoder.*, 'opts', 'latent_avg'}; each family module says how to recognise its encoder keys
+# and build the module (EncoderFamily), the rest (bundled generator, latent_avg, SMART) is common.
+@dataclass(frozen=True)
+class EncoderFamily:
+    id: str
+    detect: Callable[[dict, dict], bool]  # (encoder state dict, opts) -> is it this family's?
+    build: Callable[[dict, dict], tuple]  # (encoder state dict, opts) -> (config, module), or ValueError
+
+
+@dataclass
+class EncoderDescriptor:
+    """An inversion encoder (images -> W+) and the StyleGAN2 generator bundled in the same file, if any."""
+
+    family: str
+    model: torch.nn.Module  # LatentEncoder
+    config: object
+    source: str
+    generator: Optional[ModelDescriptor]
+    opts: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    smart: Optional[torch.nn.Module] = None  # StylePrompter's SMART block (full checkpoints only)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.source)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(h, w) the official transforms resize to: 256x256, or 192x256 for the cars encoders."""
+        if self.family in ("styleprompter", "swinstyleformer"):
+            return (self.config.img_size, self.config.img_size)
+        if self.opts.get("input_size"):  # encoders trained by transedit.train at another size
+            side = int(self.opts["input_size"])
+            return (side, side)
+        return (192, 256) if str(self.opts.get("dataset_type", "")).startswith("cars") else (256, 256)
+
+
+def checkpoint_opts(raw: RawCheckpoint) -> dict:
+    return dict(raw.extras.get("opts") or {})
+
+
+def load_encoder_checkpoint(raw: RawCheckpoint, family: EncoderFamily) -> EncoderDescriptor:
+    """Build `family`'s encoder from raw.state_dicts['encoder'] and assemble it with the file's generator,
+    latent_avg and SMART block."""
+    from .smart import SMART, infer_smart_config
+
+    path = raw.path
+    opts = checkpoint_opts(raw)
+    enc_sd = raw.state_dicts["encoder"]
+    notes = []
+    generator = None
+    dec_sd = raw.state_dicts.get("decoder")
+    if dec_sd is not None and is_stylegan2_state_dict(dec_sd):
+        generator = load_generator_weights(raw, "decoder")
+    try:
+        config, module = family.build(enc_sd, opts)
+    except ValueError as e:
+        raise CheckpointError(path, f"{e}.", "Export it with python -m transedit.train.") from None
+    check_weight_dtypes(path, module, enc_sd)
+    result = module.load_state_dict(enc_sd, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(path, f"{family.id} encoder weights do not match the layout inferred from their "
+                              f"shapes (missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}).")
+    if generator is not None and (generator.config.n_latent, generator.config.style_dim) != (module.n_latent, module.style_dim):
+        raise CheckpointError(path, f"its encoder predicts W+ [{module.n_latent}, {module.style_dim}] but its "
+                              f"bundled generator takes [{generator.config.n_latent}, {generator.config.style_dim}].")
+    if family.id == "style_transformer" and generator is None:
+        raise CheckpointError(path, "is a Style Transformer encoder without its StyleGAN2 decoder; its queries "
+                              "come from the decoder's mapping network, so the file must hold both (as the "
+                              "official checkpoints do).")
+    latent_avg = raw.extras.get("latent_avg")
+    if latent_avg is None and getattr(config, "start_from_latent_avg", False):
+        if generator is None:
+            raise CheckpointError(path, "has no latent_avg and no generator to take it from.")
+        latent_avg = generator.latent_avg
+        notes.append(f"no latent_avg in the file: using the generator's ({generator.latent_avg_source})")
+    smart = None
+    smart_sd = raw.state_dicts.get("smart")
+    if family.id == "styleprompter" and smart_sd:
+        smart = SMART(infer_smart_config(smart_sd, kv_shapes=[side for side, _ in config.feature_shapes()]))
+        check_weight_dtypes(path, smart, smart_sd)
+        result = smart.load_state_dict(smart_sd, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise CheckpointError(path, f"SMART weights do not match their inferred layout (missing "
+                                  f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}).")
+        smart.eval().requires_grad_(False)
+    mapping = generator.model if family.id == "style_transformer" else None
+    model = LatentEncoder(module, latent_avg, mapping=mapping).eval().requires_grad_(False)
+    return EncoderDescriptor(family.id, model, config, str(path), generator, opts, notes, smart)

@@ -53,6 +53,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from .checkpoint_io import RawCheckpoint
 from .errors import CheckpointError
 from .stylegan2 import fir_kernel_2d
 
@@ -648,3 +649,12 @@ def _convert_generator(path, gen: InertObject):
     if z_dim == 0:
         raise UnsupportedNetworkError(path, "z_dim=0 generators are not supported.")
     return sd, config, w_avg
+
+
+def read_nvlabs_checkpoint(path) -> RawCheckpoint:
+    """An NVlabs `.pkl` as a RawCheckpoint holding its G_ema in rosinality's layout (config and w_avg kept)."""
+    sd, config, w_avg = nvlabs_generator_state(path)
+    extras = {"config": config}
+    if w_avg is not None:
+        extras["latent_avg"] = w_avg
+    return RawCheckpoint(str(path), "nvlabs-pkl", {"g_ema": sd}, extras)

@@ -27,6 +27,7 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
+from .inversion import EncoderFamily
 from .irse import IRSEConfig, IRSEFPNTrunk, add_latent_avg, infer_irse_config, strip_prefix
 from .stylegan2 import EqualLinear
 
@@ -229,3 +230,26 @@ def build_psp_encoder(config: PSPConfig) -> _StyleHeadsEncoder:
 
 
 # ------------------------------------------------------------------------------------ uniform wrapper
+
+
+# ------------------------------------------------------------------------------------------------ files
+# eladrich/pixel2style2pixel and omertov/encoder4editing save {'state_dict': encoder.* + decoder.*, 'opts':
+# vars(argparse options), 'latent_avg'} (+ e4e's 'discriminator_state_dict' and optimizer states).
+def _is_psp_layout(sd: dict) -> bool:
+    return "styles.0.convs.0.weight" in sd and "latlayer1.weight" in sd
+
+
+def _is_e4e(sd: dict, opts: dict) -> bool:
+    # pSp and e4e share every key name; only the training options tell them apart.
+    return _is_psp_layout(sd) and str(opts.get("encoder_type", "")) == "Encoder4Editing"
+
+
+def _builder(kind: str):
+    def build(sd: dict, opts: dict):
+        config = infer_psp_config(sd, opts, kind=kind)
+        return config, build_psp_encoder(config)
+    return build
+
+
+E4E_ENCODER = EncoderFamily("e4e", _is_e4e, _builder("e4e"))
+PSP_ENCODER = EncoderFamily("psp", lambda sd, opts: _is_psp_layout(sd) and not _is_e4e(sd, opts), _builder("psp"))

@@ -17,14 +17,18 @@ as in the official code; the ComfyUI node converts once at its edge.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .put_codec import PatchVQVAE
+from .checkpoint_io import RawCheckpoint, atomic_write, check_weight_dtypes, read_official_yaml, strip_prefix
+from .errors import CheckpointError
+from .put_codec import PatchVQVAE, infer_pvqvae_config
 
 Schedule = Union[int, str, None]
 VERSIONS = ("cvpr2022", "tpami2024")
@@ -239,7 +243,7 @@ def infer_put_config(sd: Mapping[str, torch.Tensor], options: Optional[Mapping] 
     side = math.isqrt(seq)
     hidden_key = "blocks.0.mlp.fc1.weight" if version == "tpami2024" else "blocks.0.mlp.0.weight"
     heads = options.get("n_head") or options.get("num_heads") or max(1, dim // 64)  # official widths: 64 per head
-    activation = options.get("block_activate") or options.get("act_layer") or "GELU2"
+    activation = options.get("activation") or options.get("block_activate") or options.get("act_layer") or "GELU2"
     combine = options.get("combine_rec_and_gt")
     return PUTConfig(version=version, dim=dim, n_layer=n_layer, n_head=int(heads), token_shape=(side, seq // side),
                      num_token=int(sd["to_logits.weight"].shape[0]), mlp_hidden=int(sd[hidden_key].shape[0]),
@@ -466,3 +470,261 @@ def inpaint(model: _PUTTransformer, image: torch.Tensor, mask: torch.Tensor, *, 
     tokens = sample_tokens(model, data["feature"], data["token"], data["token_type"], data["unmask_ratio"],
                            **sampling)
     return codec.decode(tokens, image, mask, combine_rec_and_gt=model.config.combine_rec_and_gt)
+
+
+# ------------------------------------------------------------------------------------------------ files
+# liuqk3/PUT's Solver.save writes OUTPUT/<exp>/checkpoint/last.pth (and <epoch>e_<iter>iter.pth) as
+# {'last_epoch', 'last_iter', 'spend_time', 'model' (+ 'ema', 'clip_grad_norm' when configured),
+# 'optimizer_and_scheduler'}; the transformer's state dict holds the P-VQVAE under content_codec.*.
+# Logger.save_config writes the experiment's config as OUTPUT/<exp>/configs/config.yaml with yaml.dump
+# (tuples as !!python/tuple); scripts/inference.py reads it from <checkpoint dir>/../configs/config.yaml.
+PUT_HINT = ("Put a PUT transformer checkpoint in models/put: the official OUTPUT/<exp>/checkpoint/last.pth of a "
+            "transformer_* / vit_* experiment (it contains the P-VQVAE), renamed as you like; keep the experiment's "
+            "configs/config.yaml beside its checkpoint/ folder (or as <checkpoint name>.yaml next to it).")
+# The official defaults (PatchVQGAN, VectorQuantizer, PatchConvDecoder2, both transformers) of the options
+# that no tensor shape shows, and the values TransEdit computes; anything else is refused, not guessed.
+PUT_SUPPORTED = {
+    "resize_mask_type": ("pixel_shuffle", {"pixel_shuffle"}),
+    "distance_type": ("euclidean", {"euclidean"}),
+    "smooth_mask_kernel_size": (0, {0, 1}),
+    "add_noise_to_image": (False, {False}),
+    "encoder_partial_conv": (False, {False}),
+    "attn_content_with_mask": (False, {False}),
+    "input_feature_type": ("origin", {"origin"}),
+    "mask_pixel_value": (None, {None}),
+}
+
+
+@dataclass
+class PUTDescriptor:
+    model: torch.nn.Module  # PUTTransformerCVPR / PUTTransformerTPAMI (with .content_codec)
+    config: PUTConfig
+    source: str
+    weights: str  # "ema" or "model"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.source)
+
+
+@dataclass
+class PUTSideConfig:
+    """What an official config.yaml beside a checkpoint sets that its tensors do not show."""
+
+    source: Optional[str]  # the file read, None when none was found
+    transformer: dict  # infer_put_config options: n_head, activation, combine_rec_and_gt
+    codec: dict  # PVQVAEConfig fields: masked_embed_start, im_scale / im_mean / im_std, upsample
+    notes: list[str]
+
+
+def put_config_candidates(path: Path) -> list[Path]:
+    """Where a checkpoint's config can be: <name>.yaml beside it, config.yaml beside it, and the official
+    experiment layout's ../configs/config.yaml."""
+    return [path.with_suffix(".yaml"), path.parent / "config.yaml", path.parent.parent / "configs" / "config.yaml"]
+
+
+def _section(params: dict, key: str, source: Path) -> dict:
+    node = params.get(key) or {}
+    if not isinstance(node, dict) or not isinstance(node.get("params", {}) or {}, dict):
+        raise CheckpointError(source, f"its {key} is not a {{target, params}} mapping.", PUT_HINT)
+    return node.get("params") or {}
+
+
+def _normalisation(info, source: Path) -> dict:
+    """PatchVQGAN's im_process_info {scale, mean, std} (each a number or one per channel)."""
+    if not isinstance(info, dict) or set(info) - {"scale", "mean", "std"}:
+        raise CheckpointError(source, f"im_process_info must be a mapping of scale / mean / std, got {info!r}.")
+    default = {"scale": 127.5, "mean": 1.0, "std": 1.0}
+    out = {}
+    for key in ("scale", "mean", "std"):
+        value = info.get(key, default[key])
+        values = value if isinstance(value, (list, tuple)) else [value]
+        try:
+            values = [float(v) for v in values]
+        except (TypeError, ValueError):
+            raise CheckpointError(source, f"im_process_info.{key} must be numbers, got {value!r}.") from None
+        if len(values) not in (1, 3) or (key != "mean" and any(v == 0 for v in values)):
+            raise CheckpointError(source, f"im_process_info.{key} must be 1 or 3 non-zero numbers, got {value!r}.")
+        out[f"im_{key}"] = tuple(values * 3 if len(values) == 1 else values)
+    return out
+
+
+def _put_config_from(data: dict, source: Path) -> PUTSideConfig:
+    params = data["model"]["params"]
+    codec_params = _section(params, "content_codec_config", source)
+    quantizer = _section(codec_params, "quantizer_config", source)
+    decoder = _section(codec_params, "decoder_config", source)
+    options = {**params, **codec_params, **quantizer, **decoder}
+    for key, (default, allowed) in PUT_SUPPORTED.items():
+        value = options.get(key, default)
+        if value not in allowed:
+            raise CheckpointError(source, f"sets {key}: {value!r}, which TransEdit does not implement (it supports "
+                                  f"{sorted(map(repr, allowed))}); its fills would not match the official code.",
+                                  "Use a checkpoint trained with the official configs.")
+    window = params.get("attn_window_size", [None])
+    if window not in (None, [None]) and any(w is not None for w in (window if isinstance(window, list) else [window])):
+        raise CheckpointError(source, f"sets attn_window_size: {window!r} (windowed attention), which TransEdit "
+                              "does not implement.", "Use a checkpoint trained with the official configs.")
+    heads = params.get("n_head", params.get("num_heads"))
+    if not isinstance(heads, int) or heads < 1:
+        raise CheckpointError(source, f"model.params has no valid n_head / num_heads (got {heads!r}).", PUT_HINT)
+    transformer = {
+        "n_head": heads,
+        # the official default when a config leaves it out is GELU (both transformers' signatures)
+        "activation": str(params.get("block_activate", params.get("act_layer", "GELU"))),
+        "combine_rec_and_gt": bool(codec_params.get("combine_rec_and_gt", False)),
+    }
+    codec = _normalisation(codec_params.get("im_process_info", {}), source)
+    if quantizer.get("masked_embed_start") is not None:
+        codec["masked_embed_start"] = int(quantizer["masked_embed_start"])
+    upsample = decoder.get("upsample_type", "deconv")
+    if upsample not in ("deconv", "nearest", "bilinear"):
+        raise CheckpointError(source, f"decoder upsample_type {upsample!r} is not one of deconv / nearest / bilinear.")
+    codec["upsample"] = upsample
+    shown = {**transformer, **codec}
+    return PUTSideConfig(str(source), transformer, codec, [f"options from {source}: " + ", ".join(
+        f"{k} {list(v) if isinstance(v, tuple) else v}" for k, v in shown.items())])
+
+
+def read_put_config(path) -> PUTSideConfig:
+    """The official config of the checkpoint at `path` (see put_config_candidates). A file that cannot be read
+    safely is an error (never skipped silently); a YAML that is not a PUT transformer config is passed over
+    with a note saying so."""
+    path = Path(path)
+    notes = []
+    for cand in put_config_candidates(path):
+        if not cand.is_file():
+            continue
+        data = read_official_yaml(cand)
+        model = data.get("model")
+        params = model.get("params") if isinstance(model, dict) else None
+        if not isinstance(params, dict) or "content_codec_config" not in params:
+            what = "a P-VQVAE config" if isinstance(params, dict) and "encoder_config" in params else \
+                "not a PUT transformer config (no model.params.content_codec_config)"
+            notes.append(f"{cand} not used: it is {what}")
+            continue
+        side = _put_config_from(data, cand)
+        side.notes[:0] = notes
+        return side
+    notes.append("no config.yaml beside the checkpoint (looked for " + ", ".join(
+        str(c) for c in put_config_candidates(path)) + "): heads = width / 64, GELU2, FFHQ normalisation "
+        "(x / 127.5 - 1) and the codebook split of the official models")
+    return PUTSideConfig(None, {}, {}, notes)
+
+
+def detect(raw: RawCheckpoint) -> bool:
+    """A PUT transformer (to_logits + emb_proj), or a P-VQVAE alone (refused by `load` with the reason)."""
+    for sd in raw.state_dicts.values():
+        if "to_logits.weight" in sd and "emb_proj.weight" in sd:
+            return True
+        if any(k.startswith("encoder.pre_layers.") for k in sd) and any(k.startswith("quantize.") for k in sd):
+            return True
+    return False
+
+
+def load(raw: RawCheckpoint, **overrides) -> PUTDescriptor:
+    """A PUT transformer (CVPR 2022 or TPAMI 2024) with its P-VQVAE from an official checkpoint (or a
+    safetensors of its state dict); EMA weights when the file has them; the official config.yaml beside it
+    read for what the weights do not show. `overrides` replace config values (n_head, activation,
+    combine_rec_and_gt, or P-VQVAE fields)."""
+    path = Path(raw.path)
+    name = next((n for n in ("ema", "model", "state_dict", "g_ema") if n in raw.state_dicts), None)
+    if name is None:
+        name = next(iter(raw.state_dicts))
+    sd = raw.state_dicts[name]
+    if "to_logits.weight" not in sd or "emb_proj.weight" not in sd:
+        if any(k.startswith("encoder.pre_layers.") for k in sd) and any(k.startswith("quantize.") for k in sd):
+            raise CheckpointError(path, "is a P-VQVAE (PUT's auto-encoder) checkpoint, not a transformer; "
+                                  "inpainting needs the transformer checkpoint, which already contains the "
+                                  "P-VQVAE.", PUT_HINT)
+        raise CheckpointError(path, f"is not a PUT transformer (found e.g. {list(sd)[:3]}).", PUT_HINT)
+    codec_sd = strip_prefix(sd, "content_codec.")
+    if not codec_sd:
+        raise CheckpointError(path, "holds a PUT transformer without its P-VQVAE (no content_codec.* weights); "
+                              "use the full checkpoint the official training wrote.", PUT_HINT)
+    side = read_put_config(path)
+    codec_fields = {"masked_embed_start", "im_scale", "im_mean", "im_std", "upsample"}
+    transformer_options = {**side.transformer, **{k: v for k, v in overrides.items() if k not in codec_fields}}
+    codec_over = {**side.codec, **{k: v for k, v in overrides.items() if k in codec_fields}}
+    # the transformer predicts exactly the codebook's unmasked codes, so its class count is the split
+    codec_over.setdefault("masked_embed_start", int(sd["to_logits.weight"].shape[0]))
+    inferred = infer_pvqvae_config(codec_sd)
+    upsample = codec_over.get("upsample", inferred.upsample)
+    if (upsample == "deconv") != (inferred.upsample == "deconv"):
+        raise CheckpointError(path, f"its config says upsample_type {upsample!r} but the decoder's weights are "
+                              f"{'transposed convolutions' if inferred.upsample == 'deconv' else 'resize + conv'}; "
+                              "the config belongs to another model.", PUT_HINT)
+    codec = PatchVQVAE(infer_pvqvae_config(codec_sd, **codec_over))
+    check_weight_dtypes(path, codec, codec_sd)
+    result = codec.load_state_dict(codec_sd, strict=False)
+    problems = [k for k in result.missing_keys] + [k for k in result.unexpected_keys if not k.startswith("loss.")]
+    if problems:
+        raise CheckpointError(path, f"its P-VQVAE weights do not match the layout inferred from their shapes "
+                              f"({problems[:3]}).", PUT_HINT)
+    tsd = {k: v for k, v in sd.items() if not k.startswith("content_codec.")}
+    config = infer_put_config(tsd, transformer_options)
+    model = build_put(config, codec)
+    check_weight_dtypes(path, model, sd)
+    result = model.load_state_dict(sd, strict=False)
+    missing = [k for k in result.missing_keys]
+    unexpected = [k for k in result.unexpected_keys if not k.startswith("content_codec.loss.")]
+    if missing or unexpected:
+        raise CheckpointError(path, f"PUT transformer weights do not match the inferred {config.version} layout "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]}).", PUT_HINT)
+    notes = list(side.notes)
+    if overrides:
+        notes.append(f"overridden by the caller: {overrides}")
+    if name == "ema":
+        notes.append("using the EMA weights")
+    return PUTDescriptor(model.eval().requires_grad_(False), config, str(path), name, notes)
+
+
+def save_random_put(path, version: str = "cvpr2022", seed: int = 0, overwrite: bool = False) -> Path:
+    """A tiny PUT transformer with its P-VQVAE (64 px images, 8x8 patches, 8x8 tokens, codebook 64 = 32 + 32,
+    width 64, one head so `width // 64` infers it) and random weights, for tests and the demo. A `.pth`
+    path gets the official training container ({'last_epoch', 'last_iter', 'spend_time', 'model',
+    'optimizer_and_scheduler'}); a `.safetensors` path the bare state dict."""
+    from .put_codec import PVQVAEConfig
+
+    tpami = version == "tpami2024"
+    codec_cfg = PVQVAEConfig(version=version, patch_size=8, n_e=64, e_dim=64, masked_embed_start=32,
+                             enc_res_ch=64, enc_num_res_blocks=2, enc_out_ch=64, dec_in_ch=64, dec_res_ch=64,
+                             dec_num_res_blocks=2, dec_res_after_up=2 if tpami else 0,
+                             upsample="nearest" if tpami else "deconv",
+                             ref_downsample="downsample" if tpami else "conv", ref_res_blocks=tpami)
+    config = PUTConfig(version=version, dim=64, n_layer=2, n_head=1, token_shape=(8, 8), num_token=32,
+                       mlp_hidden=256, qkv_bias=tpami, learn_mask_emb=tpami, combine_rec_and_gt=tpami)
+    torch.manual_seed(seed)  # module init below; the weights themselves come from `gen`
+    model = build_put(config, PatchVQVAE(codec_cfg))
+    gen = torch.Generator().manual_seed(seed)
+    norms = {f"{name}.{p}" for name, mod in model.named_modules() if isinstance(mod, torch.nn.LayerNorm)
+             for p in ("weight", "bias")}
+    sd = {}
+    for k, v in model.state_dict().items():
+        if not v.is_floating_point():
+            t = v.clone()
+        elif k.endswith("quantize.embedding"):  # codebook entries spread like the encoder's features
+            t = torch.randn(v.shape, generator=gen)
+        elif k.endswith(("cluster_size", "embedding_avg")):
+            t = v.clone()
+        elif k in norms:
+            t = (1 if k.endswith("weight") else 0) + 0.1 * torch.randn(v.shape, generator=gen)
+        elif k in ("pos_emb", "mask_emb"):
+            t = 0.3 * torch.randn(v.shape, generator=gen)
+        elif v.ndim >= 2:
+            t = torch.randn(v.shape, generator=gen) / v[0].numel() ** 0.5
+        else:
+            t = 0.05 * torch.randn(v.shape, generator=gen)
+        sd[k] = t.contiguous()
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        meta = {"arch": f"PUT {version} tiny (random weights, TransEdit test model)"}
+        return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta), overwrite=overwrite)
+    container = {"last_epoch": 0, "last_iter": 0, "spend_time": 0.0, "model": sd,
+                 "optimizer_and_scheduler": {}}
+    return atomic_write(path, lambda tmp: torch.save(container, tmp), overwrite=overwrite)
+
+

@@ -23,13 +23,18 @@ Attention runs batch-first through `F.scaled_dot_product_attention` (the officia
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint_io import RawCheckpoint, atomic_write, check_weight_dtypes
+from .errors import CheckpointError
+from .inversion import EncoderFamily
 from .irse import IRSEConfig, IRSEFPNTrunk, add_latent_avg, infer_irse_config, strip_prefix
 
 DEFAULT_NHEAD = 4  # the official value; head count cannot be read from weight shapes
@@ -288,3 +293,80 @@ class EditTransformer(nn.Module):
             raise ValueError(f"expected W+ [B, n, {self.config.d_model}], got {tuple(src_wplus.shape)} "
                              f"and {tuple(ref_wplus.shape)}")
         return self.transformerlayer(src_wplus, ref_wplus.to(src_wplus.dtype))
+
+
+# ------------------------------------------------------------------------------------------------ files
+# sapphire497/style-transformer saves {'state_dict': encoder.module.* + decoder.module.*, 'opts',
+# 'latent_avg'} for inversion, and {'state_dict': encoder.module.transformerlayer.*, decoder.module.*,
+# classifier.module.*, 'opts'} for reference-based editing.
+def _is_style_transformer(sd: dict, opts: dict) -> bool:
+    return "z" in sd and any(k.startswith("transformerlayer_coarse.") for k in sd)
+
+
+def _build_encoder(sd: dict, opts: dict):
+    config = infer_style_transformer_config(sd, opts)
+    return config, StyleTransformerEncoder(config)
+
+
+ENCODER = EncoderFamily("style_transformer", _is_style_transformer, _build_encoder)
+
+
+@dataclass
+class EditTransformerDescriptor:
+    """Style Transformer's reference-based EditTransformer and the generator stored beside it."""
+
+    model: torch.nn.Module  # models.style_transformer.EditTransformer
+    config: object
+    source: str
+    generator: Optional[object]  # stylegan2.ModelDescriptor
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.source)
+
+
+def is_edit_transformer_checkpoint(raw: RawCheckpoint) -> bool:
+    enc_sd = raw.state_dicts.get("encoder")
+    return enc_sd is not None and any(k.startswith("transformerlayer.") for k in enc_sd) and "z" not in enc_sd
+
+
+def load_edit_transformer_checkpoint(raw: RawCheckpoint) -> EditTransformerDescriptor:
+    """The official ref-edit checkpoint: {'state_dict': encoder.module.transformerlayer.*, decoder.module.*,
+    classifier.module.* (training-only, ignored as the official load_weights does), 'opts'}."""
+    from .stylegan2 import is_stylegan2_state_dict, load_generator_weights
+
+    path = raw.path
+    enc_sd = raw.state_dicts.get("encoder")
+    if not is_edit_transformer_checkpoint(raw):
+        raise CheckpointError(path, "is not a Style Transformer EditTransformer checkpoint (expected "
+                              "encoder.module.transformerlayer.* keys).",
+                              "Use the reference-editing checkpoint from sapphire497/style-transformer.")
+    config = infer_edit_transformer_config(enc_sd, raw.extras.get("opts"))
+    model = EditTransformer(config)
+    check_weight_dtypes(path, model, enc_sd)
+    result = model.load_state_dict(enc_sd, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(path, f"EditTransformer weights do not match their inferred layout (missing "
+                              f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}).")
+    model.eval().requires_grad_(False)
+    generator = None
+    dec_sd = raw.state_dicts.get("decoder")
+    if dec_sd is not None and is_stylegan2_state_dict(dec_sd):
+        generator = load_generator_weights(raw, "decoder")
+        if generator.config.style_dim != config.d_model:
+            raise CheckpointError(path, f"its EditTransformer works on {config.d_model}-wide codes but its "
+                                  f"generator's style_dim is {generator.config.style_dim}.")
+    return EditTransformerDescriptor(model, config, str(path), generator)
+
+
+
+def save_random_edit_transformer(path, style_dim: int = 64, seed: int = 0, overwrite: bool = False) -> Path:
+    """A random EditTransformer for W+ codes `style_dim` wide, in the official ref-edit container
+    ({'state_dict': encoder.module.*, 'opts'}) that Load Edit Transformer reads (tests, demo)."""
+    torch.manual_seed(seed)
+    model = EditTransformer(EditTransformerConfig(d_model=style_dim, nhead=4, dim_feedforward=2 * style_dim)).eval()
+    container = {"state_dict": {f"encoder.module.{k}": v for k, v in model.state_dict().items()}, "opts": {}}
+    return atomic_write(Path(path), lambda tmp: torch.save(container, tmp), overwrite)
+
+

@@ -14,14 +14,22 @@ Differences from the official code, all numerically equivalent (see tests/test_s
 """
 from __future__ import annotations
 
+import json
 import math
+import os
+import re
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .checkpoint_io import TRANSEDIT_FORMAT_KEY, RawCheckpoint, atomic_write, check_weight_dtypes, formats_hint
+from .errors import CheckpointError
+from .latent import model_fingerprint
 
 SQRT2 = math.sqrt(2.0)
 MIN_SIZE, MAX_SIZE = 4, 2048
@@ -453,3 +461,173 @@ class StyleGAN2Generator(nn.Module):
         wplus = self.to_wplus(styles, input_is_latent, truncation, truncation_latent, inject_index)
         out = self.synthesis(wplus, **synthesis_kwargs)
         return (out, wplus) if return_latents else out
+
+
+# ------------------------------------------------------------------------- files: detect, load, save
+# The official containers: rosinality's train.py `{'g', 'd', 'g_ema', 'g_optim', 'd_optim', 'args'}`,
+# pSp/e4e/Style Transformer/StylePrompter `{'state_dict': decoder.*, 'opts', 'latent_avg'}`, NVlabs
+# `.pkl` (see nvlabs_pickle.py) and TransEdit's own `.safetensors` (`transedit convert`).
+@dataclass
+class ModelDescriptor:
+    """What a loader hands to the nodes: the module plus what is known about it."""
+
+    family: str
+    model: torch.nn.Module
+    config: object
+    source: str  # file path
+    source_format: str
+    weights: str  # which state dict inside the file (g_ema, g, decoder, ...)
+    fingerprint: str
+    latent_avg: Optional[torch.Tensor] = None  # [style_dim] W mean
+    latent_avg_source: str = "checkpoint"  # or "estimated"
+    supports_bf16: bool = True
+    supports_fp16: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.source)
+
+
+
+STYLEGAN2_REQUIRED_KEYS = ("style.1.weight", "input.input", "conv1.conv.weight", "to_rgb1.conv.weight")
+
+
+def is_stylegan2_state_dict(sd: dict[str, torch.Tensor]) -> bool:
+    return all(k in sd for k in STYLEGAN2_REQUIRED_KEYS)
+
+
+def infer_stylegan2_config(sd: dict[str, torch.Tensor], path="<state dict>", **overrides) -> StyleGAN2Config:
+    """Every hyperparameter from shapes: style_dim, z_dim, n_mlp, size (from the ToRGB count), widths."""
+    try:
+        style_dim, z_dim = sd["style.1.weight"].shape
+        n_mlp = 0
+        while f"style.{n_mlp + 1}.weight" in sd:
+            n_mlp += 1
+        n_rgbs = 0
+        while f"to_rgbs.{n_rgbs}.conv.weight" in sd:
+            n_rgbs += 1
+        size = 2 ** (n_rgbs + 2)
+        channels = {4: int(sd["input.input"].shape[1])}
+        for k in range(n_rgbs):
+            channels[2 ** (k + 3)] = int(sd[f"convs.{2 * k}.conv.weight"].shape[1])
+    except (KeyError, ValueError, IndexError) as e:
+        raise CheckpointError(path, f"looks like a StyleGAN2 generator but its layout is incomplete ({e}).",
+                              formats_hint()) from None
+    cfg = dict(size=size, style_dim=int(style_dim), n_mlp=n_mlp, channels=channels,
+               z_dim=None if z_dim == style_dim else int(z_dim))
+    cfg.update(overrides)
+    return StyleGAN2Config(**cfg)
+
+
+def load_generator_weights(raw: RawCheckpoint, weights: str) -> ModelDescriptor:
+    sd = raw.state_dicts[weights]
+    stored = raw.extras.get("config") or {}
+    overrides = {k: stored[k] for k in ("lr_mlp", "conv_clamp") if k in stored and stored[k] is not None}
+    config = infer_stylegan2_config(sd, raw.path, **overrides)
+    model = StyleGAN2Generator(config)
+    sd = dict(sd)
+    # rosinality's FIR kernels are buffers but constant; checkpoints from stripped exports may omit them.
+    for key, buf in model.state_dict().items():
+        if key.endswith((".blur.kernel", ".upsample.kernel")) and key not in sd:
+            sd[key] = buf
+    check_weight_dtypes(raw.path, model, sd)
+    result = model.load_state_dict(sd, strict=False)
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing {len(result.missing_keys)} keys (e.g. {result.missing_keys[:3]})")
+    if result.unexpected_keys:
+        problems.append(f"unexpected {len(result.unexpected_keys)} keys (e.g. {result.unexpected_keys[:3]})")
+    if problems:
+        raise CheckpointError(raw.path, f"StyleGAN2 weights '{weights}' do not match the layout inferred "
+                              f"from their shapes (size {config.size}, style_dim {config.style_dim}): "
+                              + "; ".join(problems) + ".")
+    model.eval().requires_grad_(False)
+    notes = []
+    latent_avg = raw.extras.get("latent_avg")
+    latent_avg_source = "checkpoint"
+    if latent_avg is not None and latent_avg.ndim >= 2 and latent_avg.shape[-1] == config.style_dim:
+        latent_avg = latent_avg.reshape(-1, config.style_dim).mean(0)  # pSp/e4e store it repeated per W+ row
+    if latent_avg is not None and latent_avg.numel() != config.style_dim:
+        notes.append(f"ignored latent_avg of shape {tuple(latent_avg.shape)} (style_dim is {config.style_dim})")
+        latent_avg = None
+    if latent_avg is None:
+        # rosinality's train.py checkpoints carry no W mean; truncation needs one, so estimate it.
+        latent_avg = model.mean_latent(4096, seed=0).reshape(-1)
+        latent_avg_source = "estimated"
+        notes.append("no latent_avg in the file: estimated the W mean from 4096 samples (seed 0)")
+    latent_avg = latent_avg.reshape(-1).float()
+    if weights == "g":
+        notes.append("the file has no g_ema; using the non-EMA generator 'g'")
+    return ModelDescriptor(
+        family="stylegan2", model=model, config=config, source=raw.path, source_format=raw.format,
+        weights=weights, fingerprint=model_fingerprint("stylegan2", config.to_dict(), sd),
+        latent_avg=latent_avg, latent_avg_source=latent_avg_source, notes=notes)
+
+
+# Which sub-state-dict to prefer for each role, best first.
+GENERATOR_WEIGHTS_ORDER = ("g_ema", "decoder", "state_dict", "g")
+
+
+def detect(raw: RawCheckpoint) -> bool:
+    """Does the file hold a StyleGAN2 generator (alone, or as an encoder checkpoint's decoder)?"""
+    return any(is_stylegan2_state_dict(sd) for sd in raw.state_dicts.values())
+
+
+def load(raw: RawCheckpoint) -> ModelDescriptor:
+    """The StyleGAN2 generator in a file (the EMA weights when there are several)."""
+    path = raw.path
+    for name in GENERATOR_WEIGHTS_ORDER + tuple(raw.state_dicts):
+        sd = raw.state_dicts.get(name)
+        if sd is not None and is_stylegan2_state_dict(sd):
+            return load_generator_weights(raw, name)
+    stylegan3 = any(re.match(r"synthesis\.L\d+_", k) or k.startswith("synthesis.input.freqs")
+                    for sd in raw.state_dicts.values() for k in sd)
+    if stylegan3:
+        raise CheckpointError(path, "is a StyleGAN3 generator, which TransEdit does not support yet.",
+                              "Use a StyleGAN2 (or StyleGAN2-ADA) checkpoint.")
+    found = ", ".join(f"'{n}' ({len(sd)} tensors, e.g. {next(iter(sd), '-')})" for n, sd in raw.state_dicts.items())
+    raise CheckpointError(path, f"contains no StyleGAN2 generator (found {found}).", formats_hint())
+
+
+
+def save_stylegan2_safetensors(desc: ModelDescriptor, path, overwrite: bool = False) -> Path:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in desc.model.state_dict().items()}
+    if desc.latent_avg is not None:
+        tensors["latent_avg"] = desc.latent_avg.detach().cpu().float().contiguous()
+    metadata = {
+        TRANSEDIT_FORMAT_KEY: "stylegan2",
+        "config": json.dumps(desc.config.to_dict()),
+        "weights": desc.weights,
+        "latent_avg_source": desc.latent_avg_source,
+        "converted_from": os.path.basename(desc.source),
+        "converted_from_format": desc.source_format,
+    }
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), overwrite)
+
+
+def save_random_generator(path, config: Optional[StyleGAN2Config] = None, seed: int = 0,
+                          overwrite: bool = False) -> Path:
+    """Random-weight generator in an official container (tests, demo, benchmarks).
+
+    `.pt`/`.pth` writes rosinality's `{'g_ema', 'latent_avg'}`; `.safetensors` writes TransEdit's format.
+    """
+    config = config or StyleGAN2Config(size=64, style_dim=64, n_mlp=2, channels={4: 32, 8: 32, 16: 32, 32: 32, 64: 16})
+    torch.manual_seed(seed)
+    model = StyleGAN2Generator(config).eval()
+    with torch.no_grad():  # official init leaves these at constants; perturb so every term matters
+        for name, p in model.named_parameters():
+            if name.endswith(("noise.weight", "activate.bias")) or (name.endswith(".bias") and "to_rgb" in name):
+                p.add_(0.1 * torch.randn_like(p))
+    latent_avg = model.mean_latent(1024, seed=seed).reshape(-1)
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        desc = ModelDescriptor("stylegan2", model, config, str(path), "random", "g_ema",
+                               model_fingerprint("stylegan2", config.to_dict(), model.state_dict()), latent_avg)
+        return save_stylegan2_safetensors(desc, path, overwrite)
+    container = {"g_ema": model.state_dict(), "latent_avg": latent_avg}
+    return atomic_write(path, lambda tmp: torch.save(container, tmp), overwrite)
+
+

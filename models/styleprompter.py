@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .inversion import EncoderFamily
+
 ENCODER_PREFIX = "encoder.module."
 GENERATOR_PREFIXES = ("decoder.module.generator.", "decoder.module.")
 SMART_PREFIX = "decoder.module.smart_block."
@@ -450,3 +452,18 @@ class StylePrompterEncoder(nn.Module):
             codes = codes + self.latent_avg.to(codes.dtype)
         features = features[::-1]
         return (codes, features) if return_features else codes
+
+
+# ------------------------------------------------------------------------------------------------ files
+# The official checkpoints (I2-Multimedia-Lab/StylePrompter): {'state_dict': encoder.* + decoder.*
+# (full: decoder.generator.* and decoder.smart_block.*), 'opts', 'latent_avg'}.
+def _is_styleprompter(sd: dict, opts: dict) -> bool:
+    return "latent_tok" in sd and any(k.startswith("layers.0.blocks.") for k in sd)
+
+
+def _build_encoder(sd: dict, opts: dict):
+    config = infer_styleprompter_config(sd, opts)
+    return config, StylePrompterEncoder(config)
+
+
+ENCODER = EncoderFamily("styleprompter", _is_styleprompter, _build_encoder)

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .inversion import EncoderFamily
+
 
 @dataclass
 class SwinStyleformerConfig:
@@ -205,7 +207,7 @@ def load_backbone_weights(encoder: SwinStyleformerEncoder, path) -> dict:
     tensors of the same shape are copied, relative-position bias tables are resized to this window
     (bicubic, as when fine-tuning Swin at another window), the classifier head and final norm are ignored.
     Returns counts {copied, resized, skipped}."""
-    from .registry import load_plain_state_dict
+    from .checkpoint_io import load_plain_state_dict
 
     own = encoder.backbone.state_dict()
     loaded, counts = {}, {"copied": 0, "resized": 0, "skipped": 0}
@@ -229,3 +231,11 @@ def load_backbone_weights(encoder: SwinStyleformerEncoder, path) -> dict:
     if counts["copied"] == 0:
         raise ValueError(f"{path}: no tensor matches this Swin backbone (widths/depths differ?)")
     return counts
+
+
+def _build_encoder(sd: dict, opts: dict):
+    config = infer_swinstyleformer_config(sd, opts)
+    return config, SwinStyleformerEncoder(config)
+
+
+ENCODER = EncoderFamily("swinstyleformer", lambda sd, opts: is_swinstyleformer_state_dict(sd), _build_encoder)

@@ -212,9 +212,8 @@ def test_wrong_dtypes_and_shapes_are_refused(valid, tmp_path):
 # around work that can be cancelled would swallow it. Broad handlers are allowed only where untrusted bytes are
 # parsed (each listed with why), never around model calls.
 BROAD_HANDLERS_ALLOWED = {
-    ("models/registry.py", "_torch_load"): "the unpickler raises arbitrary types for hostile input; re-raised as CheckpointError",
-    ("models/registry.py", "_read_safetensors"): "safetensors' own error class is not public; re-raised",
-    ("models/registry.py", "_put_options"): "an unreadable config.yaml falls back to shape inference",
+    ("models/checkpoint_io.py", "torch_load"): "the unpickler raises arbitrary types for hostile input; re-raised as CheckpointError",
+    ("models/checkpoint_io.py", "read_safetensors"): "safetensors' own error class is not public; re-raised",
     ("models/nvlabs_pickle.py", "_load_storage_bytes"): "hostile storage bytes; re-raised as CheckpointError",
     ("models/nvlabs_pickle.py", "read_nvlabs_pickle"): "hostile bytes; re-raised as CheckpointError",
     ("train.py", "__init__"): "PIL's verify raises many types for broken image files; they are skipped and counted",

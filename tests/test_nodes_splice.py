@@ -78,7 +78,7 @@ def test_dino_files_load_to_the_same_model(vit_dir, name):
         assert any("teacher" in n for n in desc.notes)
 
 
-@pytest.mark.parametrize("name,words", [("not_a_vit.pt", "is not a DINO ViT"), ("dinov2_like.pth", "DINOv2"),
+@pytest.mark.parametrize("name,words", [("not_a_vit.pt", "not a DINO ViT"), ("dinov2_like.pth", "DINOv2"),
                                         ("supervised_vit.pth", "supervised")])
 def test_other_files_are_refused_clearly(vit_dir, name, words):
     with pytest.raises(NodeInputError, match="TransEdit Load DINO: input 'vit_name'") as exc:
