@@ -304,8 +304,23 @@ class CropDraw:
     flip: bool
 
 
+@dataclass
+class StructureDraw:
+    """One step's draws for the structure image A, in the official order of application."""
+
+    flip: bool
+    jitter: Optional[dict]  # ColorJitter factors per operation, or None when RandomApply(p=0.5) skipped it
+    jitter_order: tuple  # the order ColorJitter applies its operations in (a random permutation)
+    blur_sigma: Optional[float]  # GaussianBlur(3) sigma, or None when RandomApply(p=0.2) skipped it
+    crop: CropDraw  # the square crop, taken last (crop.flip is False: the flip is above)
+
+
 class SpliceAugment:
-    """The official per-step data: a square crop of A (augmented) and of B (flipped), draws on a CPU RNG."""
+    """The official per-step data (omerbt/Splice data/Dataset.py + data/transforms.py): A goes through
+    `dino_structure_transforms` — flip, colour jitter, blur, on the *whole* image — and then Global_crops'
+    square crop; B is flipped and cropped. Draws are made on a seeded CPU generator, so a run is repeatable.
+    (Jitter before the crop matters: contrast blends with the whole image's mean grey, and the blur's reflect
+    padding sits at the image border, not the crop's.)"""
 
     def __init__(self, seed: int, min_cover: float = 0.95, jitter=(0.4, 0.4, 0.2, 0.1), jitter_p: float = 0.5,
                  blur_p: float = 0.2, blur_sigma=(0.1, 2.0)):
@@ -319,31 +334,42 @@ class SpliceAugment:
     def _coin(self, p: float) -> bool:
         return torch.rand((), generator=self.rng).item() < p
 
-    def draw_crop(self, height: int, width: int) -> CropDraw:
+    def draw_crop(self, height: int, width: int, flip: bool = True) -> CropDraw:
         """Global_crops: side ~ U(min_cover*h, h) rounded, square, clipped to the width, random position."""
         side = int(round(self._uniform(self.min_cover * height, height)))
         side = max(1, min(side, width, height))
         top = int(torch.randint(0, height - side + 1, (), generator=self.rng))
         left = int(torch.randint(0, width - side + 1, (), generator=self.rng))
-        return CropDraw(top, left, side, self._coin(0.5))
+        return CropDraw(top, left, side, self._coin(0.5) if flip else False)
+
+    def draw_structure(self, height: int, width: int) -> StructureDraw:
+        flip = self._coin(0.5)
+        jitter, order = None, ()
+        if self._coin(self.jitter_p):
+            b, c, s, h = self.jitter
+            jitter = {"brightness": self._uniform(1 - b, 1 + b), "contrast": self._uniform(1 - c, 1 + c),
+                      "saturation": self._uniform(1 - s, 1 + s), "hue": self._uniform(-h, h)}
+            order = tuple(("brightness", "contrast", "saturation", "hue")[i] for i in torch.randperm(4, generator=self.rng))
+        sigma = self._uniform(*self.blur_sigma) if self._coin(self.blur_p) else None
+        return StructureDraw(flip, jitter, order, sigma, self.draw_crop(height, width, flip=False))
 
     @staticmethod
     def crop(image: torch.Tensor, d: CropDraw) -> torch.Tensor:
         out = image[..., d.top:d.top + d.side, d.left:d.left + d.side]
         return out.flip(-1) if d.flip else out
 
+    @staticmethod
+    def apply_structure(image: torch.Tensor, d: StructureDraw) -> torch.Tensor:
+        x = image.flip(-1) if d.flip else image
+        if d.jitter is not None:
+            x = color_jitter(x, d.jitter, d.jitter_order)
+        if d.blur_sigma is not None:
+            x = gaussian_blur3(x, d.blur_sigma)
+        return SpliceAugment.crop(x, d.crop)
+
     def structure(self, image: torch.Tensor) -> torch.Tensor:
-        """A [1, 3, H, W] -> augmented square crop (flip, jitter p=0.5, blur p=0.2)."""
-        x = self.crop(image, self.draw_crop(*image.shape[-2:]))
-        if self._coin(self.jitter_p):
-            b, c, s, h = self.jitter
-            factors = {"brightness": self._uniform(1 - b, 1 + b), "contrast": self._uniform(1 - c, 1 + c),
-                       "saturation": self._uniform(1 - s, 1 + s), "hue": self._uniform(-h, h)}
-            order = [("brightness", "contrast", "saturation", "hue")[i] for i in torch.randperm(4, generator=self.rng)]
-            x = color_jitter(x, factors, order)
-        if self._coin(self.blur_p):
-            x = gaussian_blur3(x, self._uniform(*self.blur_sigma))
-        return x
+        """A [1, 3, H, W] -> augmented square crop (flip, jitter p=0.5, blur p=0.2 on the whole image, then crop)."""
+        return self.apply_structure(image, self.draw_structure(*image.shape[-2:]))
 
     def appearance(self, image: torch.Tensor) -> torch.Tensor:
         """B [1, 3, H, W] -> flipped (p=0.5) square crop."""

@@ -153,9 +153,11 @@ class TransEditLoadPUT:
                            "beside it (<name>.yaml or the official configs/config.yaml) when present."}),
         }}
 
-    RETURN_TYPES = ("TE_PUT",)
-    RETURN_NAMES = ("put",)
-    OUTPUT_TOOLTIPS = ("The PUT model, for PUT Inpaint.",)
+    RETURN_TYPES = ("TE_PUT", "STRING")
+    RETURN_NAMES = ("put", "info")
+    OUTPUT_TOOLTIPS = ("The PUT model, for PUT Inpaint.",
+                       "What was loaded: version, sizes, the weights used, and which config.yaml set which values "
+                       "(or why none was used). Wire it to a text display node to read it.")
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
@@ -164,7 +166,18 @@ class TransEditLoadPUT:
         descriptor = load_model_file(node, "put_name", "put", put_name, load_put)
         for note in descriptor.notes:
             bridge.log.info("TransEdit: %s: %s", descriptor.name, note)
-        return (PUTHandle(descriptor),)
+        return (PUTHandle(descriptor), put_info(descriptor))
+
+
+def put_info(descriptor: PUTDescriptor) -> str:
+    c = descriptor.config
+    codec = descriptor.model.content_codec.config
+    lines = [f"{descriptor.name}: PUT {c.version}, {c.n_layer} layers, width {c.dim}, {c.n_head} heads, "
+             f"{c.activation}, tokens {c.token_shape[0]}x{c.token_shape[1]} of {codec.patch_size}px patches, "
+             f"codebook {codec.n_e} (split at {codec.masked_embed_start}), weights '{descriptor.weights}'",
+             f"image normalisation: (x / {list(codec.im_scale)} - {list(codec.im_mean)}) / {list(codec.im_std)}; "
+             f"decoder up-sampling {codec.upsample}; known pixels pasted back: {c.combine_rec_and_gt}"]
+    return "\n".join(lines + list(descriptor.notes))
 
 
 class TransEditPUTInpaint:
