@@ -199,3 +199,60 @@ def test_model_names_cannot_leave_the_model_folder(tmp_path):
             assert bridge.model_path("stylegan", name) is None, name
     finally:
         bridge._fallback_paths.pop("stylegan", None)
+
+
+def _package_imports(folder: Path) -> dict[str, set[str]]:
+    """module -> the sibling modules it imports (relative imports anywhere in the file, lazy ones included)."""
+    import ast
+
+    names = {p.stem for p in folder.glob("*.py")}
+    graph = {}
+    for path in folder.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
+        graph[path.stem] = deps & names - {path.stem}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_models_and_nodes_import_in_one_direction():
+    root = Path(__file__).resolve().parents[1]
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c"]]  # the check works
+    for folder in ("models", "nodes"):
+        graph = _package_imports(root / folder)
+        assert len(graph) > 3
+        assert not _cycles(graph), f"{folder}/ has an import cycle: {_cycles(graph)}"
+    # the registry only dispatches: no family module reaches back into it
+    assert not [m for m, deps in _package_imports(root / "models").items() if "registry" in deps]
