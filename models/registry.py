@@ -5,7 +5,7 @@
 2. each model family — in its own module, beside its model — `detect`s itself from key names, and
    `load`s by inferring every hyperparameter from tensor shapes and reading its official side files
    (opts, config.yaml): stylegan2, the encoder families (style_transformer, psp / e4e, styleprompter,
-   swinstyleformer; shared assembly in inversion.py), the EditTransformer, dino, put;
+   swinstyleformer; shared assembly in inversion.py), the EditTransformer, dino, put, retinaface;
 3. a file that is not the family asked for is named by the family it *is*, with the node that loads it.
 
 Errors are `CheckpointError` (a ValueError) naming the file.
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import dino, psp, put, style_transformer, styleprompter, stylegan2, swinstyleformer
+from . import dino, psp, put, retinaface, style_transformer, styleprompter, stylegan2, swinstyleformer
 from .checkpoint_io import (KNOWN_FORMATS, TRANSEDIT_FORMAT_KEY, RawCheckpoint, atomic_write, formats_hint, is_nvlabs_pickle,  # noqa: F401
                             load_plain_state_dict, read_official_yaml, read_safetensors, torch_load)
 from .checkpoint_io import read_checkpoint as _read_torch_or_safetensors
@@ -24,6 +24,7 @@ from .dino import DinoDescriptor, save_random_dino  # noqa: F401
 from .errors import CheckpointError
 from .inversion import EncoderDescriptor, checkpoint_opts, load_encoder_checkpoint
 from .put import PUTDescriptor, read_put_config, save_random_put  # noqa: F401
+from .retinaface import save_random_retinaface  # noqa: F401
 from .style_transformer import EditTransformerDescriptor, save_random_edit_transformer  # noqa: F401
 from .stylegan2 import (ModelDescriptor, infer_stylegan2_config,  # noqa: F401
                         is_stylegan2_state_dict, save_random_generator, save_stylegan2_safetensors)
@@ -84,6 +85,8 @@ FAMILIES = {f.id: f for f in (
            style_transformer.is_edit_transformer_checkpoint, style_transformer.load_edit_transformer_checkpoint),
     Family("put", "a PUT inpainting checkpoint", "'TransEdit Load PUT'", "models/put", put.detect, put.load),
     Family("dino", "a DINO ViT", "'TransEdit Load DINO'", "models/vit", dino.detect, dino.load),
+    Family("retinaface", "a RetinaFace face detector", "'TransEdit Align Face' (detector)", "models/facedetection",
+           retinaface.detect, retinaface.load),
     Family("stylegan2", "a StyleGAN2 generator", "'TransEdit Load StyleGAN'", "models/stylegan",
            stylegan2.detect, stylegan2.load),
 )}
@@ -127,3 +130,7 @@ def load_dino(path) -> DinoDescriptor:
 
 def load_put(path, **overrides) -> PUTDescriptor:
     return load_as(path, "put", **overrides)
+
+
+def load_retinaface(path) -> retinaface.RetinaFaceDescriptor:
+    return load_as(path, "retinaface")

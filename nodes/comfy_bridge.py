@@ -33,6 +33,8 @@ MODEL_FOLDERS: dict[str, tuple[str, set[str]]] = {
     "vit": ("vit", {".pth", ".pt", ".safetensors", ".bin"}),
     "put": ("put", {".pth", ".pt", ".safetensors"}),
     "face_landmarks": ("face_landmarks", {".dat"}),  # optional dlib shape predictor for Align Face
+    # RetinaFace for Align Face: the folder face-restore / face-swap packs keep facexlib's detectors in
+    "facedetection": ("facedetection", {".pth", ".pt", ".safetensors"}),
 }
 
 # Used when ComfyUI is absent: $TRANSEDIT_MODELS_DIR/<folder>, default ./models/<folder>.

@@ -3,12 +3,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import os
+
 import torch
 
 from ..models import face_align as fa
+from ..models.registry import load_retinaface
+from ..models.retinaface import RETINAFACE_FILES
 from . import comfy_bridge as bridge
 from .compare import compare_ui
-from .common import NodeInputError, check_choice, check_float, check_images, check_int, comfy_image_to_pil
+from .common import (NodeInputError, check_choice, check_float, check_images, check_int, comfy_image_to_pil,
+                     load_model_file)
 
 CATEGORY = "TransEdit/Face"
 MEDIAPIPE = "mediapipe (bundled models)"
@@ -29,18 +34,55 @@ class FaceAlignment:
         return len(self.records)
 
 
+RETINAFACE = "retinaface: "
+DETECTOR_BATCH = 8  # images per RetinaFace forward
+
+
+def _retinaface_files() -> list[str]:
+    """The released RetinaFace files (listed whether present or not, so a workflow that names one always
+    validates and a missing file gets TransEdit's message with the download link), then any other
+    detection_* / retinaface* file found in models/facedetection."""
+    known = list(RETINAFACE_FILES)
+    found = [f for f in bridge.list_models("facedetection") if f not in known
+             and ("retinaface" in f.lower() or os.path.basename(f).lower().startswith("detection_"))]
+    return known + found
+
+
 def _detector_choices() -> list[str]:
     dats = [f for f in bridge.list_models("face_landmarks") if f.lower().endswith(".dat")]
-    return [MEDIAPIPE] + [f"dlib: {f}" for f in dats]
+    return [RETINAFACE + f for f in _retinaface_files()] + [MEDIAPIPE] + [f"dlib: {f}" for f in dats]
+
+
+_retinaface_cache: dict = {}  # path -> ((mtime, size), ManagedModel): one detector kept between runs
+
+
+def _retinaface(node: str, name: str):
+    path = bridge.model_path("facedetection", name)
+    if path is None:
+        url = RETINAFACE_FILES.get(name, "https://github.com/xinntao/facexlib/releases/tag/v0.1.0")
+        raise NodeInputError(node, "detector", f"'{name}' is not in models/facedetection.",
+                             f"download it from {url} into ComfyUI/models/facedetection (face-restore and face-swap "
+                             "packs use the same file, so it may already be on your disk elsewhere), or choose "
+                             "mediapipe or a dlib predictor.")
+    stamp = (os.path.getmtime(path), os.path.getsize(path))
+    cached = _retinaface_cache.get(path)
+    if cached is None or cached[0] != stamp:
+        descriptor = load_model_file(node, "detector", "facedetection", name, load_retinaface)
+        _retinaface_cache.clear()
+        cached = _retinaface_cache[path] = (stamp, bridge.ManagedModel(descriptor.model))
+    return fa.RetinaFaceLandmarks(cached[1].load())
 
 
 def _make_detector(node: str, choice: str):
+    if choice.startswith(RETINAFACE):
+        return _retinaface(node, choice[len(RETINAFACE):])
     if choice == MEDIAPIPE:
         try:
             return fa.MediaPipeLandmarks(max_num_faces=8)
         except fa.MissingDependencyError as e:
             raise NodeInputError(node, "detector", f"needs mediapipe, which is not installed ({e}).",
-                                 'run `pip install "mediapipe==0.10.14"` in ComfyUI\'s Python, or choose a '
+                                 'choose a RetinaFace detector (no extra package), run `pip install '
+                                 '"mediapipe==0.10.14"` in ComfyUI\'s Python (Python <= 3.12), or choose a '
                                  "dlib shape_predictor_68_face_landmarks.dat placed in models/face_landmarks.") from None
     if choice.startswith("dlib: "):
         name = choice[len("dlib: "):]
@@ -51,7 +93,7 @@ def _make_detector(node: str, choice: str):
             return fa.DlibLandmarks(path)
         except fa.MissingDependencyError as e:
             raise NodeInputError(node, "detector", f"needs dlib, which is not installed ({e}).",
-                                 "`pip install dlib`, or choose mediapipe.") from None
+                                 "`pip install dlib`, or choose RetinaFace or mediapipe.") from None
     raise NodeInputError(node, "detector", f"unknown detector {choice!r}.", f"choose one of {_detector_choices()}.")
 
 
@@ -63,8 +105,11 @@ class TransEditAlignFace:
     def INPUT_TYPES(cls):
         return {"required": {
             "images": ("IMAGE", {"tooltip": "Photos; one face per image is aligned."}),
-            "detector": (_detector_choices(), {"tooltip": "mediapipe needs `pip install \"mediapipe==0.10.14\"` "
-                                                          "(offline, models bundled). dlib needs dlib and "
+            "detector": (_detector_choices(), {"tooltip": "RetinaFace (pure PyTorch, GPU or CPU, batched): "
+                                                          "detection_Resnet50_Final.pth or detection_mobilenet0.25_"
+                                                          "Final.pth from facexlib's release in models/facedetection. "
+                                                          "mediapipe needs `pip install \"mediapipe==0.10.14\"` "
+                                                          "(Python <= 3.12). dlib needs dlib and "
                                                           "shape_predictor_68_face_landmarks.dat in models/face_landmarks."}),
             "output_size": ("INT", {"default": 1024, "min": 64, "max": 2048, "step": 64,
                                     "tooltip": "Side of the aligned square. Encoders resize to 256 themselves; "
@@ -95,10 +140,17 @@ class TransEditAlignFace:
         finder = _make_detector(node, detector)
         progress = bridge.Progress(images.shape[0])
         out, records, found = [], [], []
+        batch_detect = getattr(finder, "detect_batch", None)
+        pending: list = []
         try:
             for i, image in enumerate(images):
                 bridge.check_interrupt()
-                faces = finder.detect_landmarks(image)
+                if batch_detect is not None:  # one forward per DETECTOR_BATCH images
+                    if not pending:
+                        pending = list(batch_detect(images[i:i + DETECTOR_BATCH]))
+                    faces = pending.pop(0)
+                else:
+                    faces = finder.detect_landmarks(image)
                 if len(faces) > face_index:
                     aligned, recs = fa.align_faces(image[None], [faces], output_size=size, face_index=face_index,
                                                    padding=padding)

@@ -208,10 +208,17 @@ MODEL_INPUTS: dict[tuple[str, str], str] = {
     ("TransEditLoadDirection", "direction"): "latent_directions",
     ("TransEditLoadDINO", "vit_name"): "vit",
     ("TransEditLoadPUT", "put_name"): "put",
+    ("TransEditAlignFace", "detector"): "facedetection",
 }
-# Values of those inputs that name no file (Load Direction's GANSpace presets and SeFa entry).
+# Values of those inputs that name no file (Load Direction's GANSpace presets and SeFa entry; Align Face's
+# mediapipe, which bundles its models, and dlib predictors, which only the user can supply).
 NO_FILE_PREFIXES: dict[tuple[str, str], tuple[str, ...]] = {
     ("TransEditLoadDirection", "direction"): ("preset: ", "sefa: "),
+    ("TransEditAlignFace", "detector"): ("mediapipe", "dlib: "),
+}
+# Values that name a file after a prefix (Align Face's "retinaface: <file in models/facedetection>").
+FILE_PREFIXES: dict[tuple[str, str], str] = {
+    ("TransEditAlignFace", "detector"): "retinaface: ",
 }
 # Weights that only the user can supply (no tiny stand-in exists): the graph's diffusion part.
 USER_MODEL_INPUTS: dict[tuple[str, str], str] = {
@@ -275,6 +282,15 @@ def _save_tiny_put(path: Path, seed: int = 0) -> Path:
     return save_random_put(path, version=version, seed=seed, overwrite=True)
 
 
+def _save_tiny_retinaface(path: Path, seed: int = 0) -> Path:
+    """RetinaFace in the released layout (a bare state dict). Whatever the file name says, the small MobileNet
+    trunk is written (the loader reads the trunk from the keys): its heads see a face in every anchor box, so
+    the face workflows run end to end on any photo, and it costs CPU tests little."""
+    from transedit.models.registry import save_random_retinaface
+
+    return save_random_retinaface(path, backbone="mobilenet0.25", seed=seed, overwrite=True)
+
+
 # Workflow settings that are shortened when a run uses tiny random weights (e2e tests, the demo without
 # real weights): Splice's presets train for minutes to hours, which says nothing more about tiny models.
 TINY_RUN_OVERRIDES: dict[str, dict] = {
@@ -300,6 +316,7 @@ TINY_WEIGHT_MAKERS: dict[str, Callable[[Path], Path]] = {
     "latent_directions": _save_tiny_direction,
     "vit": _save_tiny_dino,
     "put": _save_tiny_put,
+    "facedetection": _save_tiny_retinaface,
 }
 # Folders whose tiny files are each made afresh (cheap, and must differ per name); for the others one
 # random model is copied under every name of the same format.
@@ -338,6 +355,7 @@ def workflow_model_files(ui_workflow: dict, model_inputs: Optional[Mapping[tuple
                 continue
             if name.startswith(NO_FILE_PREFIXES.get((node_type, input_name), ())):
                 continue
+            name = name.removeprefix(FILE_PREFIXES.get((node_type, input_name), ""))
             if (folder, name) not in found:
                 found.append((folder, name))
     return found
