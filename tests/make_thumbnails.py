@@ -12,7 +12,9 @@ from pathlib import Path
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-SHOTS = Path(os.environ.get("TRANSEDIT_ARTIFACTS", REPO / "test_artifacts")) / "browser"
+# the 2024 server's legacy canvas, the frontend the thumbnails were first made with (every kind has a folder)
+SHOTS = Path(os.environ.get("TRANSEDIT_ARTIFACTS", REPO / "test_artifacts")) / "browser" / \
+    os.environ.get("TRANSEDIT_THUMBNAIL_SERVER", "comfyui-2024")
 SIZE = (768, 480)
 
 

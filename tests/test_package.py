@@ -139,6 +139,11 @@ def test_workflows_ship_thumbnails_and_downloadable_models():
         with Image.open(thumb) as im:
             assert im.format == "JPEG" and 200 <= im.width <= 1024 and thumb.stat().st_size < 300_000
         for node in graph["nodes"]:
+            if node["type"] == "TransEditAlignFace" and str(node["widgets_values"][0]).startswith("retinaface: "):
+                name = node["widgets_values"][0][len("retinaface: "):]
+                assert node["properties"]["models"] == [{
+                    "name": name, "directory": "facedetection",
+                    "url": f"https://github.com/xinntao/facexlib/releases/download/v0.1.0/{name}"}], wf.name
             if node["type"] != "CheckpointLoaderSimple":
                 continue
             models = node.get("properties", {}).get("models")

@@ -18,15 +18,20 @@ const browser = await chromium.launch({
 });
 // a fresh profile each run: launch() uses a new temporary user-data-dir
 const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+// Every wait below returns as soon as its event happens; the limits only catch hangs, so a busy machine is
+// never a failure (TRANSEDIT_BROWSER_HANG_SECONDS, default 10 minutes).
+const HANG_MS = 1000 * Number(process.env.TRANSEDIT_BROWSER_HANG_SECONDS || 600);
+page.setDefaultTimeout(HANG_MS);
+page.setDefaultNavigationTimeout(HANG_MS);
 page.on("console", (msg) => {
   if (msg.type() === "error") report.console_errors.push(`${msg.text()} (${msg.location()?.url || "?"})`);
 });
-page.on("pageerror", (err) => report.console_errors.push(`pageerror: ${err.message}`));
+page.on("pageerror", (err) => report.console_errors.push(`pageerror: ${err.message}\n${err.stack || ""}`));
 
 async function openApp() {
   await page.goto(cfg.url, { waitUntil: "load" });
-  await page.waitForFunction(() => window.app?.graph && window.app.extensions?.length > 0, null, { timeout: 60000 });
-  await page.waitForFunction(() => window.__transedit?.loads >= 1, null, { timeout: 30000 }).catch(() => {});
+  await page.waitForFunction(() => window.app?.graph && window.app.extensions?.length > 0, null, { timeout: HANG_MS });
+  await page.waitForFunction(() => window.__transedit?.loads >= 1, null, { timeout: HANG_MS }).catch(() => {});
   // record missing-node reports instead of relying on the dialog's markup only
   await page.evaluate(() => {
     window.__missing = [];
@@ -35,9 +40,22 @@ async function openApp() {
   });
 }
 
+// close what the current frontend opens by itself (the new-user template gallery, release notes), so that
+// screenshots show the graph
+async function closeDialogs() {
+  await page.evaluate(() => {
+    for (const d of document.querySelectorAll(".p-dialog, [role=dialog]")) {
+      d.querySelector("[aria-label=Close], .p-dialog-close-button, .p-dialog-header-close, button[aria-label*=lose]")?.click();
+    }
+  });
+  await page.keyboard.press("Escape").catch(() => {});
+  await page.waitForTimeout(200);
+}
+
 // frame the whole graph and hide the floating menu, so screenshots (and the workflow thumbnails made from
 // them) show the graph itself
 async function frameGraph() {
+  await closeDialogs();
   await page.evaluate(() => {
     const menu = document.querySelector(".comfy-menu");
     if (menu) menu.style.display = "none";
@@ -59,20 +77,58 @@ async function frameGraph() {
   await page.waitForTimeout(300);
 }
 
+// which widget values the pack's nodes carry, as the frontend would save them
+function packValues(graph) {
+  return Object.fromEntries((graph.nodes || []).filter((n) => String(n.type).startsWith("TransEdit"))
+    .map((n) => [String(n.id), n.widgets_values ?? null]));
+}
+
 async function loadGraph(graph) {
-  return page.evaluate(async (g) => {
+  const result = await page.evaluate(async (g) => {
     window.__missing = [];
     let error = null;
-    try { await app.loadGraphData(g); } catch (e) { error = String(e?.stack || e); }
-    const dialog = document.querySelector(".comfy-missing-nodes");
+    try { await app.loadGraphData(structuredClone(g)); } catch (e) { error = String(e?.stack || e); }
+    await new Promise((r) => setTimeout(r, 200));
+    // the legacy dialog (.comfy-missing-nodes) or the current frontend's dialog that names missing nodes
+    const dialogs = [...document.querySelectorAll(".comfy-missing-nodes, .p-dialog, [role=dialog]")];
+    const shown = dialogs.filter((d) => d.offsetParent !== null).map((d) => (d.textContent || "").slice(0, 300));
+    // a missing-*node* report (a missing *model* — the diffusion checkpoint the tests never have — is another dialog)
+    const missingDialog = shown.some((t) => /missing node|nodes? (are|is) missing|node types? .*(not found|missing)/i.test(t));
+    for (const d of dialogs) d.querySelector("[aria-label=Close], .p-dialog-close-button, .p-dialog-header-close")?.click();
+    const registered = window.LiteGraph?.registered_node_types || {};
+    const virtual = new Set(["Note", "MarkdownNote", "Reroute", "PrimitiveNode"]);
+    const types = app.graph._nodes.map((n) => n.type);
+    let saved = null;
+    try { saved = app.graph.serialize(); } catch (e) { error = error || String(e?.stack || e); }
     return {
       error,
-      missing: [...window.__missing],
-      missing_dialog: Boolean(dialog && dialog.offsetParent !== null),
+      missing: [...window.__missing, ...types.filter((t) => !virtual.has(t) && !registered[t])],
+      missing_dialog: missingDialog,
+      dialogs: shown,
       nodes: app.graph._nodes.length,
-      types: app.graph._nodes.map((n) => n.type),
+      types,
+      saved,
     };
   }, graph);
+  const before = packValues(graph), after = packValues(result.saved || { nodes: [] });
+  result.changed_values = Object.keys(before).filter((id) => JSON.stringify(before[id]) !== JSON.stringify(after[id]))
+    .map((id) => ({ id, before: before[id], after: after[id] }));
+  delete result.saved;
+  return result;
+}
+
+// nodes whose boxes overlap (title bar included), e.g. a node grown by the picture it shows
+async function overlaps() {
+  return page.evaluate(() => {
+    const title = window.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
+    const box = (n) => [n.pos[0], n.pos[1] - title, n.pos[0] + n.size[0], n.pos[1] + n.size[1]];
+    const nodes = app.graph._nodes, out = [];
+    for (let i = 0; i < nodes.length; i++) for (let j = i + 1; j < nodes.length; j++) {
+      const a = box(nodes[i]), b = box(nodes[j]);
+      if (a[0] < b[2] && b[0] < a[2] && a[1] < b[3] && b[1] < a[3]) out.push([nodes[i].type, nodes[j].type]);
+    }
+    return out;
+  });
 }
 
 try {
@@ -80,6 +136,7 @@ try {
   report.extension = await page.evaluate(() => ({
     registered: app.extensions.filter((e) => e.name === "TransEdit.Canvas").length,
     loads: window.__transedit?.loads ?? 0,
+    frontend: window.__COMFYUI_FRONTEND_VERSION__ ?? null,
   }));
 
   for (const wf of cfg.workflows) {
@@ -97,7 +154,7 @@ try {
     const before = await page.evaluate(async () => Object.keys(await (await fetch("/history")).json()).length);
     await page.evaluate(() => app.queuePrompt(0, 1));
     let status = null;
-    for (let t = 0; t < 600 && !status; t++) { // poll /history until the prompt finished (ok or not)
+    for (let t = 0; t < HANG_MS / 500 && !status; t++) { // poll /history until the prompt finished (ok or not)
       status = await page.evaluate(async (n) => {
         const entries = Object.values(await (await fetch("/history")).json());
         if (entries.length <= n) return null;
@@ -108,12 +165,12 @@ try {
     }
     // both nodes that report pairs (Generate, Paste Back) must have their widget
     await page.waitForFunction(() => app.graph._nodes.filter((n) => n.widgets?.some(
-      (w) => w.name === "transedit_compare" && w.value?.loaded > 0)).length >= 2, null, { timeout: 30000 }).catch(() => {});
+      (w) => w.name === "transedit_compare" && w.value?.loaded > 0)).length >= 2, null, { timeout: HANG_MS }).catch(() => {});
     let widget = null;
     let dragged = null;
     try {
       await page.waitForFunction(() => app.graph._nodes.some((n) => n.widgets?.some(
-        (w) => w.name === "transedit_compare" && w.value?.loaded > 0)), null, { timeout: 30000 });
+        (w) => w.name === "transedit_compare" && w.value?.loaded > 0)), null, { timeout: HANG_MS });
       await page.evaluate(() => app.graph.setDirtyCanvas(true, true));
       await page.waitForTimeout(500);
       widget = await page.evaluate(() => {
@@ -138,8 +195,45 @@ try {
     await frameGraph();
     const shot = path.join(cfg.outDir, `${queued.name}.executed.png`);
     await page.screenshot({ path: shot });
-    report.queued = { name: queued.name, status, widget, dragged, screenshot: shot };
+    report.queued = { name: queued.name, status, widget, dragged, screenshot: shot, overlaps: await overlaps() };
   }
+
+  // the pack's templates: the server's list, and the templates browser where the frontend has one
+  report.templates = await page.evaluate(async () => {
+    const api = await (await fetch("/workflow_templates")).json().catch(() => null);
+    const command = app.extensionManager?.command;
+    const known = command?.commands?.some?.((c) => c.id === "Comfy.BrowseTemplates");
+    if (!known) return { api, browser: null };
+    await command.execute("Comfy.BrowseTemplates");
+    let text = "";
+    for (let t = 0; t < 40; t++) {
+      await new Promise((r) => setTimeout(r, 250));
+      text = [...document.querySelectorAll(".p-dialog, [role=dialog]")].map((d) => d.textContent || "").join(" ");
+      if (/TransEdit/i.test(text)) break;
+    }
+    // open the pack's section, if the browser groups templates by pack
+    const entry = [...document.querySelectorAll(".p-dialog *, [role=dialog] *")]
+      .find((el) => el.children.length === 0 && /ComfyUI-TransEdit/.test(el.textContent || ""));
+    entry?.click();
+    await new Promise((r) => setTimeout(r, 1000));
+    text = [...document.querySelectorAll(".p-dialog, [role=dialog]")].map((d) => d.textContent || "").join(" ");
+    document.dispatchEvent(new KeyboardEvent("keydown", { key: "Escape" }));
+    return { api, browser: { pack_listed: /ComfyUI-TransEdit/.test(text),
+      templates_shown: (api?.["ComfyUI-TransEdit"] || []).filter((n) => text.includes(n)) } };
+  });
+  await page.keyboard.press("Escape").catch(() => {});
+
+  // the node help pages, where the frontend fetches them: /extensions/<pack folder>/docs/<node>.md
+  report.help = await page.evaluate(async () => {
+    const types = Object.keys(window.LiteGraph?.registered_node_types || {}).filter((t) => t.startsWith("TransEdit"));
+    const out = {};
+    for (const t of types) {
+      const r = await fetch(`/extensions/ComfyUI-TransEdit/docs/${t}.md`);
+      const text = r.ok ? await r.text() : "";
+      out[t] = { status: r.status, markdown: text.startsWith("# ") };
+    }
+    return out;
+  });
 
   // workflows saved by another version of the pack (surplus / missing widget values, unknown choices)
   for (const v of cfg.variants || []) {

@@ -145,7 +145,10 @@ def main() -> None:
         clone = copy.deepcopy(handle.managed.module)
         patcher = comfy.model_patcher.ModelPatcher(clone, load_device=torch.device("meta"),
                                                    offload_device=torch.device("cpu"))
-        patcher.patch_model_lowvram(device_to=torch.device("meta"), lowvram_model_memory=1)
+        if hasattr(patcher, "patch_model_lowvram"):  # the 2024 server
+            patcher.patch_model_lowvram(device_to=torch.device("meta"), lowvram_model_memory=1)
+        else:  # current servers: load() with a memory budget is the low-VRAM path
+            patcher.load(device_to=torch.device("meta"), lowvram_model_memory=1)
         left = lambda: sum(t.device.type != "meta" for t in list(clone.parameters()) + list(clone.buffers()))
         before = left()
         bridge.complete_partial_load(clone, torch.device("meta"))

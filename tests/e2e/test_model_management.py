@@ -53,7 +53,7 @@ def run_probe(comfy_copy: Path, work: Path, flags: list[str]) -> dict:
     out = work / "report.json"
     env = dict(os.environ, HF_HUB_OFFLINE="1", DO_NOT_TRACK="1", TQDM_DISABLE="1")
     proc = subprocess.run([sys.executable, str(PROBE), str(comfy_copy), str(work / "models"), str(out), *flags],
-                          capture_output=True, text=True, timeout=600, env=env, cwd=work)
+                          capture_output=True, text=True, timeout=3600, env=env, cwd=work)
     assert proc.returncode == 0, f"probe failed under {flags}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return json.loads(out.read_text())
 

@@ -101,7 +101,8 @@ def test_workflow_model_files():
     wf_path = h.WORKFLOWS_DIR / "stylegan_generate.json"
     assert ("stylegan", "stylegan2-ffhq-config-f.pt") in h.workflow_model_files(h.load_workflow(wf_path))
     inv = h.load_workflow(h.WORKFLOWS_DIR / "invert_reconstruct.json")
-    assert h.workflow_model_files(inv) == [("gan_encoders", "style_transformer_ffhq.pt")]
+    assert h.workflow_model_files(inv) == [("facedetection", "detection_Resnet50_Final.pth"),
+                                           ("gan_encoders", "style_transformer_ffhq.pt")]
 
 
 def test_workflow_input_files():
@@ -128,7 +129,8 @@ def test_prepare_inputs_finds_or_writes_the_example_face(tmp_path):
 
 def test_workflow_model_files_directions_and_checkpoints():
     edit = h.load_workflow(h.WORKFLOWS_DIR / "invert_edit.json")
-    assert h.workflow_model_files(edit) == [("gan_encoders", "style_transformer_ffhq.pt"),
+    assert h.workflow_model_files(edit) == [("facedetection", "detection_Resnet50_Final.pth"),
+                                            ("gan_encoders", "style_transformer_ffhq.pt"),
                                             ("latent_directions", "age.pt"), ("latent_directions", "smile.pt")]
     assert h.workflow_model_files(edit, h.USER_MODEL_INPUTS) == []
     diff = h.load_workflow(h.WORKFLOWS_DIR / "edit_to_diffusion.json")

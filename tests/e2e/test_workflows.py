@@ -212,7 +212,7 @@ def test_workflow_runs(server, path):
     else:
         assert not dropped, f"{path.name}: needs {dropped}, which only the user can supply"
     assert h.output_node_ids(prompt, server.object_info()), f"{path.name}: nothing left to run"
-    history = server.run(prompt, timeout=600)
+    history = server.run(prompt)
     assert history["status"]["status_str"] == "success" and history["status"]["completed"]
     images = server.output_images(history)
     assert images, f"{path.name} saved no image"
@@ -362,7 +362,7 @@ def test_paste_back_changes_only_the_face(server, path):
     and around the face only."""
     prompt, _ = _runnable_prompt(server, h.load_workflow(path))
     _with_real_detector(prompt)
-    history = server.run(prompt, timeout=600)
+    history = server.run(prompt)
     pasted = _pasted_photos(prompt)
     assert pasted, f"{path.name} pastes nothing back"
     for save, photo_name in pasted:
@@ -550,8 +550,9 @@ def test_splice_workflow_outputs(server):
 
 
 def test_splice_cancel_stops_quickly_and_leaves_nothing_behind(server):
-    """Cancel (POST /interrupt) during a 100 000-step Splice ends the prompt within seconds; the next run
-    with the earlier settings gives exactly the earlier result (no optimiser/generator state leaks)."""
+    """Cancel (POST /interrupt) during a 100 000-step Splice ends the prompt after little more work; the next run
+    with the earlier settings gives exactly the earlier result (no optimiser/generator state leaks). "Little
+    work" is measured in the server's CPU time, which a busy machine does not inflate as it does wall time."""
     import time
 
     prompt = _splice_prompt(server)
@@ -562,14 +563,22 @@ def test_splice_cancel_stops_quickly_and_leaves_nothing_behind(server):
     long_run = copy.deepcopy(prompt)
     long_run[splice]["inputs"].update(steps=100_000, preset="official")
     prompt_id = server.queue_prompt(long_run)
-    time.sleep(4.0)  # loading + some training steps
-    t0 = time.monotonic()
+    cpu = lambda: h.process_cpu_seconds(server.proc.pid)  # noqa: E731
+    watch, start = h.ProgressWatch(server.progress_marker), None
+    while True:  # running, and some CPU-seconds into it (loading + a few training steps)
+        if start is None and prompt_id in server.queue_state()[0]:
+            start = cpu()
+        if start is not None and cpu() - start > 3.0:
+            break
+        assert watch.check() is None, f"the long Splice never got going\n{server.log_tail()}"
+        time.sleep(0.2)
+    at_cancel = cpu()
     server.interrupt()
     with pytest.raises(h.PromptFailed) as exc:
-        server.wait_for(prompt_id, timeout=60)
-    stopped_after = time.monotonic() - t0
+        server.wait_for(prompt_id)
+    spent = cpu() - at_cancel
     assert any(m[0] == "execution_interrupted" for m in exc.value.messages), exc.value.messages
-    assert stopped_after < 10, f"Cancel took {stopped_after:.1f} s"
+    assert spent < 20, f"Cancel let the server work {spent:.1f} CPU-seconds more"
 
     after = _splice_outputs(server, prompt, server.run(prompt))[0]
     assert np.array_equal(before, after), "a cancelled run changed the next run's result"
