@@ -35,11 +35,11 @@ browser_setup() {
 
 # The e2e suite on a deliberately loaded CPU (two busy processes beside it), as CI runs it: no test may fail
 # because the machine is slow. One server kind by default (TRANSEDIT_E2E_SERVERS overrides).
+BUSY_PIDS=()  # global: the EXIT trap runs after test_loaded has returned
 test_loaded() {
     setup
-    local pids=()
-    for _ in 1 2; do "$VENV/bin/python" -c 'while True: pass' & pids+=("$!"); done
-    trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+    for _ in 1 2; do "$VENV/bin/python" -c 'while True: pass' & BUSY_PIDS+=("$!"); done
+    trap 'kill "${BUSY_PIDS[@]}" 2>/dev/null || true' EXIT
     TRANSEDIT_E2E_SERVERS="${TRANSEDIT_E2E_SERVERS:-comfyui-0.3.64-newest-frontend}" \
         "$VENV/bin/python" -m pytest -q tests/e2e/test_workflows.py tests/e2e/test_under_load.py \
         tests/e2e/test_browser.py "$@"
