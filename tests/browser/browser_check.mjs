@@ -235,6 +235,45 @@ try {
     return out;
   });
 
+  // the help pages as the frontend shows them: the right side panel's Info tab for a selected node (newer
+  // frontends), or the node library's help page (1.2x); feature-detected through the frontend's stores. Each
+  // page must show the doc's own opening sentence, rendered (a paragraph, its headings and tables).
+  report.help_rendered = await page.evaluate(async (phrases) => {
+    const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+    const pinia = document.querySelector("#vue-app")?.__vue_app__?.config?.globalProperties?.$pinia;
+    const store = (id) => pinia?._s?.get(id);
+    const route = store("rightSidePanel") ? "right side panel" : store("nodeHelp") ? "node library" : null;
+    if (!route) return { route: null, pages: {} };
+    const pages = {};
+    if (route === "node library") await app.extensionManager.command.execute("Workspace.ToggleSidebarTab.node-library");
+    for (const [type, phrase] of Object.entries(phrases)) {
+      if (route === "right side panel") {
+        app.graph.clear();
+        const node = LiteGraph.createNode(type);
+        app.graph.add(node);
+        app.canvas.deselectAll?.();
+        app.canvas.selectNode(node);
+        await sleep(100);
+        store("rightSidePanel").openPanel("info");
+      } else {
+        store("nodeHelp").openHelp(store("nodeDef").nodeDefsByName[type]);
+      }
+      let found = null;
+      for (let i = 0; i < 200 && !found; i++) {  // the page renders within a second; 50 s only for a hang
+        await sleep(250);
+        found = [...document.querySelectorAll("p")].find((e) => e.textContent.includes(phrase));
+      }
+      const box = found?.parentElement;
+      pages[type] = { shown: !!found, headings: box ? [...box.querySelectorAll("h1, h2, h3")].map((e) => e.textContent.trim()) : [],
+        tables: box ? box.querySelectorAll("table").length : 0 };
+    }
+    return { route, pages };
+  }, cfg.help_phrases || {});
+  if (report.help_rendered.route) await page.screenshot({ path: path.join(cfg.outDir, "help_page.png") });
+  if (report.help_rendered.route === "right side panel") {
+    await page.evaluate(() => document.querySelector("#vue-app").__vue_app__.config.globalProperties.$pinia._s.get("rightSidePanel").closePanel());
+  }
+
   // workflows saved by another version of the pack (surplus / missing widget values, unknown choices)
   for (const v of cfg.variants || []) {
     const result = await loadGraph(v.graph);

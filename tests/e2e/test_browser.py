@@ -88,7 +88,8 @@ def report(tools, comfy_root, tmp_path_factory):
     with h.ComfyServer(comfy_root, models=models, inputs=inputs) as srv:
         extensions = srv.get_json("/extensions")
         ext = next(e for e in extensions if e.endswith("/transedit.js"))
-        config = {"url": srv.url, "chromium": tools, "outDir": str(out_dir), "queue": QUEUED, "extension": ext,
+        config = {"help_phrases": help_phrases(),
+                  "url": srv.url, "chromium": tools, "outDir": str(out_dir), "queue": QUEUED, "extension": ext,
                   "workflows": [{"name": n, "graph": g} for n, g in graphs.items()], "variants": _variants()}
         cfg_path = out_dir / "config.json"
         cfg_path.write_text(json.dumps(config))
@@ -99,6 +100,19 @@ def report(tools, comfy_root, tmp_path_factory):
         result["server_log"] = srv.log_text()
     assert "fatal" not in result, result.get("fatal")
     return result
+
+
+def help_phrases() -> dict[str, str]:
+    """Each node's help page's opening words (the doc's first paragraph up to its first markup), to find the
+    page where the frontend renders it."""
+    import re
+
+    phrases = {}
+    for doc in sorted(h.REPO.joinpath("js", "docs").glob("*.md")):
+        paragraphs = [p for p in doc.read_text(encoding="utf-8").split("\n\n") if p.strip()]
+        opening = paragraphs[2]  # title, "`Type` · category", then the description
+        phrases[doc.stem] = re.split(r"[`*_\[(]", opening, maxsplit=1)[0].strip()[:60].strip()
+    return phrases
 
 
 def pack_tracebacks(log: str) -> list[str]:
@@ -116,7 +130,13 @@ def pack_tracebacks(log: str) -> list[str]:
 
 def pack_page_errors(errors: list[str]) -> list[str]:
     """Console errors from the pack's script, and uncaught page errors raised in it (its URL is in the stack);
-    the frontend's own start-up errors, which appear without the pack too, are not the pack's."""
+    the frontend's own start-up errors, which appear without the pack too, are not the pack's. Neither is the
+    404 of the help view's first probe, docs/<Node>/<locale>.md: the frontend asks for a translated page first
+    and then reads docs/<Node>.md, the one page the pack ships for every language."""
+    import re
+
+    locale_probe = re.compile(r"status of 404 .*/extensions/ComfyUI-TransEdit/docs/TransEdit\w+/[\w-]+\.md\)$")
+    errors = [e for e in errors if not locale_probe.search(e)]
     return [e for e in errors if "/extensions/ComfyUI-TransEdit/" in e or
             ("transedit" in e.lower() and not e.startswith("pageerror"))]
 
@@ -176,6 +196,29 @@ def test_node_help_pages_are_served_where_the_frontend_looks(report):
 
     assert set(report["help"]) == set(NODE_CLASS_MAPPINGS), sorted(report["help"])
     bad = {k: v for k, v in report["help"].items() if v != {"status": 200, "markdown": True}}
+    assert not bad, bad
+
+
+def test_node_help_pages_render_in_the_frontend(report, comfy_root):
+    """Where the frontend has a node help view (the Info tab of the right side panel on the newest frontend, the
+    node library's help page on 1.27), every pack node's page shows its doc rendered: the opening sentence as a
+    paragraph, every section heading and every table of the doc."""
+    from transedit import NODE_CLASS_MAPPINGS
+
+    rendered = report["help_rendered"]
+    if comfy_root.kind == "comfyui-2024":
+        assert rendered["route"] is None
+        pytest.skip("the 2024 legacy frontend has no node help view")
+    expected = {"comfyui-0.3.64": "node library", "comfyui-0.3.64-newest-frontend": "right side panel"}
+    assert rendered["route"] == expected[comfy_root.kind], rendered["route"]
+    assert set(rendered["pages"]) == set(NODE_CLASS_MAPPINGS)
+    bad = {}
+    for t, page in rendered["pages"].items():
+        doc = (h.REPO / "js" / "docs" / f"{t}.md").read_text(encoding="utf-8")
+        headings = {line[3:].strip() for line in doc.splitlines() if line.startswith("## ")}
+        tables = sum(1 for line in doc.splitlines() if line.startswith("|---") or line.startswith("| ---"))
+        if not (page["shown"] and headings <= set(page["headings"]) and page["tables"] == tables):
+            bad[t] = {**page, "expected_headings": sorted(headings), "expected_tables": tables}
     assert not bad, bad
 
 
