@@ -1,0 +1,383 @@
+"""TransEdit against the official code: same weights, same inputs, same machine, one run. Outputs are compared
+first (the race is only fair when both compute the same thing), then both are timed, interleaved, median of N.
+
+    python benchmarks/vs_official.py \\
+        --official stylegan2=PATH/stylegan2-pytorch --official style_transformer=PATH/style-transformer \\
+        --official styleprompter=PATH/StylePrompter --official splice=PATH/Splice --official dino=PATH/dino \\
+        --official put=PATH/PUT                        # -> benchmarks/results/vs_official_cpu.json + a table
+    python benchmarks/vs_official.py --device cuda ... # -> vs_official_cuda.json
+
+Checkouts: rosinality/stylegan2-pytorch, sapphire497/style-transformer, I2-Multimedia-Lab/StylePrompter,
+omerbt/Splice with facebookresearch/dino, liuqk3/PUT. A stage whose checkout is not given is skipped with a line
+that says so. Nothing of the official code is part of TransEdit: it is imported from those paths at run time.
+
+How the official code is made to run here (shims live in this file only, the official files are not changed):
+- rosinality's `op` package compiles CUDA kernels at import. `torch.utils.cpp_extension.load` is replaced, for
+  the import only, by a stand-in that fails when used; on CPU the official functions then take their own
+  `upfirdn2d_native` / leaky-ReLU fallbacks. Style Transformer and StylePrompter ship pSp's older `op` copy
+  (CUDA only, no CPU path); their `models.stylegan2.op` is pointed at rosinality's package, the same functions
+  with the CPU path. On CUDA the kernels are compiled when a compiler is there (else the stage is skipped).
+- Style Transformer / StylePrompter: the networks are built with their `load_weights` skipped (it reads
+  pretrained files), initialised randomly, saved in the container their coach writes ({'state_dict', 'opts',
+  'latent_avg'}) and that file is loaded by TransEdit's registry, as a user's download would be.
+- Splice: `torch.hub.load('facebookresearch/dino:main', name)` is answered from the dino checkout's
+  `vision_transformer.py`, with the random weights TransEdit loads too. The dataset's augmentations are the
+  official ones; the image pair is synthetic (benchmarks/bench_splice.py).
+- PUT: the official yaml configs (full size), `torch._six` aliased (its lr_scheduler imports it); the
+  transformer's random weights are saved as the official `last.pth` container and loaded by TransEdit.
+
+Sizes are the official ones: config-f 1024 generator, IR-SE-50 Style Transformer, SwinV2-T StylePrompter + SMART,
+DINO ViT-S/8 and ViT-B/8 at 224 px, PUT CVPR 2022 FFHQ (30 x 512) and TPAMI 2024 FFHQ-256 (12 x 768) at 256².
+Timings: `--reps` interleaved calls of each after one warm-up each, the median; fp32, no TF32. Peak memory:
+resident-set growth during the call (CPU, sampled every 2 ms) or CUDA max_memory_allocated above the start.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import types
+from argparse import Namespace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_stylegan import RSSPeak, sync  # noqa: E402
+
+MIB = 2 ** 20
+REPOS = {
+    "stylegan2": "rosinality/stylegan2-pytorch",
+    "style_transformer": "sapphire497/style-transformer",
+    "styleprompter": "I2-Multimedia-Lab/StylePrompter",
+    "splice": "omerbt/Splice",
+    "dino": "facebookresearch/dino",
+    "put": "liuqk3/PUT",
+}
+# top-level package names the official repositories share (each has its own `models`, `configs`, `utils`...)
+_SHARED_NAMES = ("models", "configs", "op", "utils", "util", "criteria", "training", "options", "datasets", "data",
+                 "image_synthesis", "vision_transformer")
+
+
+# ------------------------------------------------------------------------------------------- official imports
+class _Uncompiled:
+    """What `cpp_extension.load` returns while the official modules are imported without a compiler: any use
+    says so (the official code only reaches it on CUDA)."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attr):
+        raise RuntimeError(f"the official CUDA extension {self._name!r} was not compiled (CPU run)")
+
+
+def _purge(names=_SHARED_NAMES):
+    for key in list(sys.modules):
+        if key.split(".")[0] in names:
+            del sys.modules[key]
+
+
+@contextlib.contextmanager
+def official_import(path, device, preset: dict | None = None):
+    """Import from an official checkout: its folder first on sys.path, the shared top-level names cleared
+    before and after (the imported objects keep their modules alive), `preset` modules put in place first."""
+    import torch.utils.cpp_extension as cpp
+
+    path = str(Path(path).resolve())
+    _purge()
+    sys.modules.update(preset or {})
+    sys.path.insert(0, path)
+    real_load = cpp.load
+    if device.type != "cuda":
+        cpp.load = lambda name, *a, **k: _Uncompiled(name)
+    try:
+        yield
+    finally:
+        cpp.load = real_load
+        sys.path.remove(path)
+        _purge()
+
+
+_ROSINALITY_OP = {}
+
+
+def rosinality_op(paths, device):
+    """rosinality's `op` package (upfirdn2d, fused leaky ReLU) with its CPU fallbacks."""
+    if "op" not in _ROSINALITY_OP:
+        with official_import(paths["stylegan2"], device):
+            op = importlib.import_module("op")
+            _ROSINALITY_OP["op"] = op
+            _ROSINALITY_OP["model"] = importlib.import_module("model")
+    return _ROSINALITY_OP["op"]
+
+
+def _pointed_op(op):
+    """`models.stylegan2.op` for Style Transformer / StylePrompter: rosinality's functions."""
+    mod = types.ModuleType("models.stylegan2.op")
+    mod.FusedLeakyReLU, mod.fused_leaky_relu, mod.upfirdn2d = op.FusedLeakyReLU, op.fused_leaky_relu, op.upfirdn2d
+    return {"models.stylegan2.op": mod}
+
+
+# ------------------------------------------------------------------------------------------------- timing
+class Race:
+    """Times two zero-argument callables interleaved (official, pack, official, ...), `reps` each after one
+    warm-up each; median seconds and peak memory of each."""
+
+    def __init__(self, device, reps: int):
+        self.device, self.reps = device, reps
+
+    def _once(self, fn):
+        dev = self.device
+        sync(dev)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+            base = torch.cuda.memory_allocated(dev)
+            t = time.perf_counter()
+            out = fn()
+            sync(dev)
+            dt = time.perf_counter() - t
+            return out, dt, torch.cuda.max_memory_allocated(dev) - base
+        with RSSPeak() as peak:
+            t = time.perf_counter()
+            out = fn()
+            dt = time.perf_counter() - t
+        return out, dt, peak.peak - peak.base
+
+    def __call__(self, official, pack):
+        results = {"official": ([], [0]), "pack": ([], [0])}
+        for fn in (official, pack):
+            self._once(fn)
+        for _ in range(self.reps):
+            for name, fn in (("official", official), ("pack", pack)):
+                out = None  # noqa: F841  (the previous output is released before the next call)
+                out, dt, mem = self._once(fn)
+                results[name][0].append(dt)
+                results[name][1].append(mem)
+        o, p = statistics.median(results["official"][0]), statistics.median(results["pack"][0])
+        return {"official_s": round(o, 4), "pack_s": round(p, 4), "ratio": round(o / p, 2),
+                "official_peak_mib": round(max(results["official"][1]) / MIB, 1),
+                "pack_peak_mib": round(max(results["pack"][1]) / MIB, 1),
+                "official_all_s": [round(t, 4) for t in results["official"][0]],
+                "pack_all_s": [round(t, 4) for t in results["pack"][0]]}
+
+
+def agreement(official_out, pack_out) -> dict:
+    a, b = official_out.detach().float().cpu(), pack_out.detach().float().cpu()
+    assert a.shape == b.shape, (a.shape, b.shape)
+    diff = (a - b).abs().max().item()
+    return {"max_abs_diff": float(f"{diff:.3g}"), "ref_max_abs": float(f"{a.abs().max().item():.3g}")}
+
+
+def check(row: dict, tol_rel: float):
+    """The outputs must agree before they are timed: max |official - pack| <= tol_rel * max |official|."""
+    limit = tol_rel * max(row["ref_max_abs"], 1e-12)
+    row["agrees"] = row["max_abs_diff"] <= limit
+    row["tolerance"] = float(f"{limit:.3g}")
+    if not row["agrees"]:
+        raise AssertionError(f"{row['stage']}: outputs differ by {row['max_abs_diff']} (> {limit}); not timed")
+
+
+# ------------------------------------------------------------------------------------------------- stages
+def stage_stylegan2(ctx):
+    """rosinality Generator(1024, 512, 8) forward vs TransEdit synthesis, W+ in, constant noise."""
+    from transedit.models.registry import load_stylegan2
+
+    rosinality_op(ctx.paths, ctx.device)
+    Generator = _ROSINALITY_OP["model"].Generator
+    torch.manual_seed(0)
+    official = Generator(1024, 512, 8).eval().requires_grad_(False)
+    path = ctx.tmp / "stylegan2-ffhq-config-f.pt"
+    torch.save({"g_ema": official.state_dict(), "latent_avg": official.mean_latent(4096)[0]}, path)  # as convert_weight.py
+    pack = load_stylegan2(path).model.to(ctx.device)
+    official = official.to(ctx.device)
+    rows = []
+    for batch in ctx.batches:
+        torch.manual_seed(1)
+        w = official.get_latent(torch.randn(batch * 18, 512, device=ctx.device)).view(batch, 18, 512)
+        with torch.no_grad():
+            run_o = lambda: official([w], input_is_latent=True, randomize_noise=False)[0]  # noqa: E731
+            run_p = lambda: pack.synthesis(w, noise_mode="const")  # noqa: E731
+            row = {"stage": "stylegan2_1024_synthesis", "batch": batch, **agreement(run_o(), run_p())}
+            check(row, 1e-4)
+            row.update(ctx.race(run_o, run_p))
+        rows.append(row)
+    return rows
+
+
+def _style_transformer_official(ctx):
+    op = rosinality_op(ctx.paths, ctx.device)
+    with official_import(ctx.paths["style_transformer"], ctx.device, _pointed_op(op)):
+        st = importlib.import_module("models.style_transformer")
+    st.StyleTransformer.load_weights = lambda self: None  # reads pretrained files; random weights here
+    opts = Namespace(output_size=1024, input_nc=3, learn_in_w=False, start_from_latent_avg=True,
+                     checkpoint_path=None, device=str(ctx.device), encoder_type="GradualStyleEncoder",
+                     label_nc=0, dataset_type="ffhq_encode")
+    torch.manual_seed(0)
+    net = st.StyleTransformer(opts).eval().requires_grad_(False)
+    with torch.no_grad():
+        net.latent_avg = net.decoder.module.mean_latent(4096)  # [1, 512] in coach_invert (repeat for W+)
+        net.latent_avg = net.latent_avg.repeat(18, 1)
+    return net, opts
+
+
+def stage_style_transformer(ctx):
+    """Style Transformer inversion: encode a 256² face and generate 1024² (the official forward with
+    resize=False, randomize_noise=False) vs TransEdit's LatentEncoder + synthesis (the Invert -> Generate path)."""
+    from transedit.models.registry import load_encoder
+
+    net, opts = _style_transformer_official(ctx)
+    path = ctx.tmp / "style_transformer_ffhq.pt"
+    torch.save({"state_dict": net.state_dict(), "opts": vars(opts), "latent_avg": net.latent_avg}, path)  # coach_invert
+    desc = load_encoder(path)
+    enc, gen = desc.model.to(ctx.device).eval(), desc.generator.model.to(ctx.device)
+    net = net.to(ctx.device)
+    net.latent_avg = net.latent_avg.to(ctx.device)
+    rows = []
+    for batch in ctx.batches:
+        torch.manual_seed(2)
+        x = torch.rand(batch, 3, 256, 256, device=ctx.device) * 2 - 1
+        with torch.no_grad():
+            run_o = lambda: net(x, resize=False, randomize_noise=False)  # noqa: E731
+            run_p = lambda: gen.synthesis(enc(x), noise_mode="const")  # noqa: E731
+            row = {"stage": "style_transformer_invert", "batch": batch, **agreement(run_o(), run_p())}
+            check(row, 1e-3)
+            row.update(ctx.race(run_o, run_p))
+        rows.append(row)
+    return rows
+
+
+def stage_styleprompter(ctx):
+    """StylePrompter full checkpoint: encode (SwinV2-T, 18 latent tokens) and generate 1024² with SMART
+    refining layer 4 (beta 1) vs TransEdit's encoder + SMART feature hook + synthesis."""
+    from transedit.models.registry import load_encoder
+
+    op = rosinality_op(ctx.paths, ctx.device)
+    with official_import(ctx.paths["styleprompter"], ctx.device, _pointed_op(op)):
+        sp = importlib.import_module("models.style_prompter")
+    sp.StylePrompter.load_weights = lambda self: None
+    opts = Namespace(output_size=1024, tokens_num=18, refined_layer=4, start_from_latent_avg=True,
+                     learn_in_w=False, checkpoint_path=None, device=str(ctx.device))
+    torch.manual_seed(0)
+    net = sp.StylePrompter(opts).eval().requires_grad_(False)
+    with torch.no_grad():
+        net.latent_avg = net.decoder.module.generator.mean_latent(4096).repeat(18, 1)
+    path = ctx.tmp / "styleprompter_full.pt"
+    torch.save({"state_dict": net.state_dict(), "opts": vars(opts), "latent_avg": net.latent_avg}, path)
+    desc = load_encoder(path)
+    assert desc.smart is not None, "the full checkpoint's SMART block was not found"
+    enc, gen, smart = desc.model.to(ctx.device).eval(), desc.generator.model.to(ctx.device), desc.smart.to(ctx.device)
+    net = net.to(ctx.device)
+    net.latent_avg = net.latent_avg.to(ctx.device)
+
+    def pack_run(x):
+        codes, feats = enc(x, return_features=True)
+        return gen.synthesis(codes, noise_mode="const", feature_hook=smart.hook(feats, beta=1.0))
+
+    rows = []
+    for batch in ctx.batches:
+        torch.manual_seed(2)
+        x = torch.rand(batch, 3, 256, 256, device=ctx.device) * 2 - 1
+        with torch.no_grad():
+            run_o = lambda: net(x, resize=False, randomize_noise=False, beta=1.0)[0]  # noqa: E731
+            run_p = lambda: pack_run(x)  # noqa: E731
+            o, p = run_o(), run_p()
+            if batch > 1:  # the official encoder mixes images of a batch (fixtures README): compare image 0 alone
+                o = net(x[:1], resize=False, randomize_noise=False, beta=1.0)[0]
+                p = p[:1]
+            row = {"stage": "styleprompter_smart_invert", "batch": batch, **agreement(o, p)}
+            check(row, 1e-3)
+            row.update(ctx.race(run_o, run_p))
+        rows.append(row)
+    return rows
+
+
+STAGES = {
+    "stylegan2": (stage_stylegan2, ("stylegan2",)),
+    "style_transformer": (stage_style_transformer, ("stylegan2", "style_transformer")),
+    "styleprompter": (stage_styleprompter, ("stylegan2", "styleprompter")),
+}
+
+
+class Context:
+    def __init__(self, args, device, paths, tmp):
+        self.args, self.device, self.paths, self.tmp = args, device, paths, Path(tmp)
+        self.batches = [int(b) for b in args.batches.split(",") if b]
+        self.race = Race(device, args.reps)
+
+
+def table(rows) -> str:
+    head = f"{'stage':<34} {'case':<22} {'official s':>10} {'pack s':>9} {'ratio':>6} {'max|diff|':>9} {'peak MiB o/p':>14}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"{r['stage']:<34} skipped: {r['skipped']}")
+            continue
+        case = r.get("case") or f"batch {r.get('batch', 1)}"
+        lines.append(f"{r['stage']:<34} {case:<22} {r['official_s']:>10.3f} {r['pack_s']:>9.3f} {r['ratio']:>5.2f}x "
+                     f"{r.get('max_abs_diff', float('nan')):>9.2g} {r['official_peak_mib']:>6.0f}/{r['pack_peak_mib']:<6.0f}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--official", action="append", default=[], metavar="NAME=PATH",
+                    help=f"an official checkout; NAME is one of {sorted(REPOS)}")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--stages", default=",".join(STAGES))
+    ap.add_argument("--batches", default="1")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--out", default=None, help="JSON (default benchmarks/results/vs_official_<device>.json)")
+    args = ap.parse_args(argv)
+
+    paths = {}
+    for item in args.official:
+        name, _, path = item.partition("=")
+        if name not in REPOS or not path:
+            ap.error(f"--official {item!r}: expected NAME=PATH with NAME in {sorted(REPOS)}")
+        paths[name] = path
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="transedit-vs-official-") as tmp:
+        ctx = Context(args, device, paths, tmp)
+        for name in [s for s in args.stages.split(",") if s]:
+            fn, needs = STAGES[name]
+            missing = [REPOS[n] for n in needs if n not in paths]
+            if missing:
+                rows.append({"stage": name, "skipped": f"no checkout of {', '.join(missing)} (--official)"})
+                print(f"{name}: skipped, no checkout of {', '.join(missing)}", flush=True)
+                continue
+            t0 = time.perf_counter()
+            stage_rows = fn(ctx)
+            for r in stage_rows:
+                print(json.dumps({k: v for k, v in r.items() if not k.endswith("_all_s")}), flush=True)
+            print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
+            rows.extend(stage_rows)
+    report = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+              else platform.processor() or platform.machine(), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "reps": args.reps, "dtype": "fp32",
+              "official_checkouts": {n: REPOS[n] for n in paths}, "rows": rows}
+    out = Path(args.out or Path(__file__).parent / "results" / f"vs_official_{device.type}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_suffix(".json.tmp")
+    tmp_out.write_text(json.dumps(report, indent=1))
+    os.replace(tmp_out, out)
+    print(table(rows))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
