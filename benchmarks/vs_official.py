@@ -299,10 +299,286 @@ def stage_styleprompter(ctx):
     return rows
 
 
+# ------------------------------------------------------------------------------------------------- Splice
+SPLICE_BACKBONES = {"vits8": ("small", "dino_vits8"), "vitb8": ("base", "dino_vitb8")}
+
+
+def _official_dino(ctx, config, state_dict):
+    """DINO's own VisionTransformer (vision_transformer.py, as hubconf builds dino_vits8 / dino_vitb8) holding
+    `state_dict`."""
+    if "vt" not in ctx.cache:
+        with official_import(ctx.paths["dino"], ctx.device):
+            ctx.cache["vt"] = importlib.import_module("vision_transformer")
+    vt = ctx.cache["vt"]
+    build = vt.vit_small if config.embed_dim == 384 else vt.vit_base
+    model = build(patch_size=config.patch_size, num_classes=0)
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+def _splice_pair(ctx, size):
+    """The synthetic structure/appearance pair as PNG files in the official dataroot layout (A/, B/) and as
+    the [1, 3, H, W] tensors a user's Load Image gives (the same 8-bit pixels)."""
+    import numpy as np
+    from PIL import Image
+    from bench_splice import synthetic_pair
+
+    root = ctx.tmp / f"splice_pair_{size}"
+    tensors = []
+    for folder, img in zip("AB", synthetic_pair(size, size, seed=0)):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        arr = (img[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(arr).save(root / folder / f"{folder}.png")
+        tensors.append(torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255)
+    return root, tensors
+
+
+class _OfficialSplice:
+    """omerbt/Splice's train.py loop, one iteration per step(): dataset[0], Model, LossG, Adam, scheduler."""
+
+    def __init__(self, mods, cfg, device, generator_state):
+        self.mods, self.cfg, self.device = mods, cfg, device
+        self.dataset = mods["Dataset"].SingleImageDataset(cfg)
+        self.model = mods["model"].Model(cfg)
+        self.model.netG.load_state_dict(generator_state)
+        self.criterion = mods["losses"].LossG(cfg)
+        self.optimizer = mods["util"].get_optimizer(cfg, self.model.netG.parameters())
+        self.scheduler = mods["util"].get_scheduler(self.optimizer, lr_policy=cfg["scheduler_policy"],
+                                                    n_epochs=cfg["n_epochs"],
+                                                    n_epochs_decay=cfg["scheduler_n_epochs_decay"],
+                                                    lr_decay_iters=cfg["scheduler_lr_decay_iters"])
+
+    def inputs(self):
+        inputs = self.dataset[0]
+        return {k: v.to(self.device) for k, v in inputs.items()}
+
+    def step(self):
+        inputs = self.inputs()
+        self.optimizer.zero_grad()
+        outputs = self.model(inputs)
+        losses = self.criterion(outputs, inputs)
+        losses["loss"].item()  # train.py shows it in the progress bar every step
+        losses["loss"].backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return losses
+
+
+def _global_loss(losses, cfg) -> float:
+    """The per-step (global) part of Splice's loss, the quantity TransEdit's trainer tracks."""
+    return float(cfg["lambda_global_ssim"] * losses.get("loss_global_ssim", 0.0)
+                 + cfg["lambda_global_cls"] * losses.get("loss_global_cls", 0.0)
+                 + cfg["lambda_global_identity"] * losses.get("loss_global_id_B", 0.0))
+
+
+def _pack_loss(trainer, a_crop, b_crop, step):
+    """TransEdit's loss for given crops (the trainer's step without augmentation and update)."""
+    from transedit.models.splice import SpliceLoss
+
+    lambdas = trainer.loss.active(step)
+    with torch.no_grad():
+        names = (["A_global"] if lambdas["global_ssim"] else []) + ["B_global"]
+        crops = {"A_global": a_crop, "B_global": b_crop}
+        target = dict(zip(names, trainer.loss.features_of([crops[n] for n in names])))
+    generated = {"x_global": trainer.gen(a_crop)}
+    if lambdas["global_identity"]:
+        generated["y_global"] = trainer.gen(b_crop)
+    out = dict(zip(generated, trainer.loss.features_of(list(generated.values()))))
+    terms = SpliceLoss.terms(out, target, lambdas, trainer.entire_ssim_target)
+    return SpliceLoss.total(terms, lambdas)
+
+
+def stage_splice(ctx):
+    """One Splice training step (official train.py iteration vs TransEdit's SpliceTrainer.step) at 224 px with
+    DINO ViT-S/8 and ViT-B/8, after checking that both give the same loss on the same crops; then the first
+    `--splice-curve-steps` steps of each from the same generator weights (loss and wall time per step)."""
+    import yaml
+    from transedit.models.dino import DinoConfig
+    from transedit.models.registry import load_dino, save_random_dino
+    from transedit.models.splice import SpliceSettings, SpliceTrainer
+    from safetensors.torch import load_file
+
+    size = ctx.args.splice_size
+    root, (A, B) = _splice_pair(ctx, size)
+    with official_import(ctx.paths["splice"], ctx.device):
+        mods = {"Dataset": importlib.import_module("data.Dataset"), "model": importlib.import_module("models.model"),
+                "losses": importlib.import_module("util.losses"), "util": importlib.import_module("util.util")}
+        cfg_default = yaml.safe_load((Path(ctx.paths["splice"]) / "conf" / "default" / "config.yaml").read_text())
+    rows = []
+    for key in [b for b in ctx.args.splice_backbones.split(",") if b]:
+        backbone, hub_name = SPLICE_BACKBONES[key]
+        dim, heads = {"small": (384, 6), "base": (768, 12)}[backbone]
+        config = DinoConfig(patch_size=8, embed_dim=dim, depth=12, num_heads=heads)
+        weights = save_random_dino(ctx.tmp / f"{hub_name}.safetensors", config=config, seed=0, overwrite=True)
+        state = load_file(str(weights))
+        official_vit = _official_dino(ctx, config, state)
+        pth = ctx.tmp / f"{hub_name}_pretrain.pth"
+        torch.save(official_vit.state_dict(), pth)  # the released dino_vit*_pretrain.pth: a plain state dict
+        dino = load_dino(pth).model.eval().requires_grad_(False).to(ctx.device)
+        hub = torch.hub.load
+        torch.hub.load = lambda repo, name, *a, **k: _official_dino(ctx, config, state)  # noqa: E731
+        try:
+            cfg = dict(cfg_default, dataroot=str(root), dino_model_name=hub_name)
+            torch.manual_seed(0)
+            init = mods["model"].Model(cfg).netG.state_dict()  # the official xavier init, shared by both
+
+            def fresh():
+                torch.manual_seed(1)
+                official = _OfficialSplice(mods, cfg, ctx.device, init)
+                trainer = SpliceTrainer(dino, A.to(ctx.device), B.to(ctx.device),
+                                        SpliceSettings(seed=1, early_stop=False, plateau_window=1))
+                trainer.gen.load_state_dict(init)
+                return official, trainer
+
+            official, trainer = fresh()
+            official.step()  # step 0 (appearance only + the entire image) on both sides
+            trainer.step()
+            official.model.netG.load_state_dict(init)
+            trainer.gen.load_state_dict(init)
+            inputs = official.inputs()  # step 1: every global term on
+            lo = official.criterion(official.model(inputs), inputs)["loss"]
+            lp = _pack_loss(trainer, inputs["A_global"], inputs["B_global"], step=1)
+            row = {"stage": f"splice_step_{key}", "case": f"{size} px, step", **agreement(lo[None], lp[None])}
+            check(row, 1e-4)
+            row.update(ctx.race(official.step, trainer.step))
+            rows.append(row)
+
+            n = ctx.args.splice_curve_steps
+            if n:
+                official, trainer = fresh()
+                curve = {"official": [], "pack": []}
+                for side, step in (("official", official.step), ("pack", trainer.step)):
+                    t0 = time.perf_counter()
+                    for i in range(n):
+                        out = step()
+                        loss = _global_loss(out, cfg) if side == "official" else out.loss
+                        if i >= 1:  # step 0 has no global structure terms
+                            curve[side].append([i, round(time.perf_counter() - t0, 3), round(float(loss), 5)])
+                rows.append({"stage": f"splice_curve_{key}", "case": f"{size} px, {n} steps",
+                             "official_s": curve["official"][-1][1], "pack_s": curve["pack"][-1][1],
+                             "ratio": round(curve["official"][-1][1] / curve["pack"][-1][1], 2),
+                             "official_peak_mib": float("nan"), "pack_peak_mib": float("nan"),
+                             "note": "[step, seconds since start, global loss]; random crops differ between sides",
+                             "curve": curve})
+        finally:
+            torch.hub.load = hub
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------- PUT
+PUT_CONFIGS = {"cvpr2022": ("put_cvpr2022/ffhq/transformer_ffhq.yaml", 512),
+               "tpami2024": ("put_tpami2024/ffhq/vit_base_ffhq_res256.yaml", 8192)}
+
+
+def _official_put(ctx, version):
+    """The official transformer (with its P-VQVAE) built from the official full-size yaml, random weights, and
+    written as Solver.save + Logger.save_config write an experiment: checkpoint/last.pth, configs/config.yaml."""
+    import yaml
+
+    rel, masked_start = PUT_CONFIGS[version]
+    config = yaml.load((Path(ctx.paths["put"]) / "configs" / rel).read_text(), Loader=yaml.UnsafeLoader)
+    config["model"]["params"]["content_codec_config"]["params"]["ckpt_path"] = None  # random weights
+    six = types.ModuleType("torch._six")  # image_synthesis/engine/lr_scheduler.py imports torch._six.inf
+    six.inf = math.inf
+    with official_import(ctx.paths["put"], ctx.device, {"torch._six": six}):
+        misc = importlib.import_module("image_synthesis.utils.misc")
+        torch.manual_seed(0)
+        model = misc.instantiate_from_config(config["model"])
+    model.eval().requires_grad_(False)
+    with torch.no_grad():  # spread the codebook like encoder features so that quantisation is not degenerate
+        emb = model.content_codec.quantize.embedding
+        (emb.weight if hasattr(emb, "weight") else emb).normal_()
+        for name, p in model.named_parameters():
+            if name.startswith("content_codec."):
+                continue
+            if p.ndim >= 2:  # larger than the training init so the logits are decisive (clear greedy margins)
+                p.normal_(0, 1 / p[0].numel() ** 0.5)
+    exp = ctx.tmp / f"put_{version}"
+    (exp / "checkpoint").mkdir(parents=True, exist_ok=True)
+    (exp / "configs").mkdir(parents=True, exist_ok=True)
+    state = {k: v for k, v in model.state_dict().items() if ".loss." not in k and not k.startswith("loss.")}
+    torch.save({"last_epoch": 0, "last_iter": 0, "spend_time": 0.0, "model": state,
+                "optimizer_and_scheduler": {}}, exp / "checkpoint" / "last.pth")
+    (exp / "configs" / "config.yaml").write_text(yaml.dump(config))
+    return model, exp / "checkpoint" / "last.pth"
+
+
+def _put_input(size=256, hole=0.5):
+    """A smooth synthetic 256² picture (0..255, integer valued) and a centred square hole (mask 1 = known)."""
+    ys = torch.linspace(0, 1, size).view(size, 1).expand(size, size)
+    xs = torch.linspace(0, 1, size).view(1, size).expand(size, size)
+    image = torch.stack([ys, xs, 0.5 + 0.5 * torch.sin(6 * (xs + ys))]) * 255
+    mask = torch.ones(1, 1, size, size)
+    a, b = int(size * (1 - hole) / 2), int(size * (1 + hole) / 2) + 3  # not grid-aligned: partial patches too
+    mask[..., a:b, a:b] = 0
+    return image.round()[None], mask
+
+
+def stage_put(ctx):
+    """PUT inpainting, official generate_content (CVPR: sample_largest, as scripts/inference.py; TPAMI: sample)
+    vs TransEdit's inpaint(), 256² with a centred hole; all-at-once and 20 tokens per pass timed, 1 token per
+    pass (the paper's setting) extrapolated from them; 1 and 4 samples. Greedy (top-1) fills are compared first."""
+    from transedit.models.registry import load_put
+    from transedit.models.put import inpaint
+
+    rows = []
+    image, mask = _put_input()
+    image, mask = image.to(ctx.device), mask.to(ctx.device)
+    for version in [v for v in ctx.args.put_versions.split(",") if v]:
+        official, path = _official_put(ctx, version)
+        official = official.to(ctx.device)
+        pack = load_put(path).model.to(ctx.device).eval()
+        extra = {"sample_largest": True} if version == "cvpr2022" else {}
+
+        def run_official(ntpi, fr, samples):
+            batch = {"image": image.clone(), "mask": mask.bool().clone()}
+            with torch.no_grad():
+                return official.generate_content(batch=batch, filter_ratio=fr, filter_type="count", replicate=samples,
+                                                 num_token_per_iter=ntpi, calculate_acc_and_prob=False,
+                                                 **extra)["completed"]
+
+        def run_pack(ntpi, fr, samples):
+            return inpaint(pack, image, mask, num_samples=samples, tokens_per_iter=ntpi, filter_ratio=fr)
+
+        for ntpi in (-1, 20):
+            row = {"stage": f"put_{version}_check", **agreement(run_official(ntpi, 1, 1), run_pack(ntpi, 1, 1))}
+            row["stage"] = f"put_{version}"
+            check(row, 1e-3)
+        n_unknown = None
+        for samples in [int(x) for x in ctx.args.put_samples.split(",") if x]:
+            timed = {}
+            for ntpi, label in ((-1, "all at once"), (20, "20 per pass")):
+                row = {"stage": f"put_{version}", "case": f"{label}, {samples} sample{'s' * (samples > 1)}",
+                       "samples": samples, "tokens_per_pass": ntpi, "filter_ratio": 200,
+                       "max_abs_diff": None, "checked": "greedy fills compared above (all at once and 20 per pass)"}
+                row.update(ctx.race(lambda: run_official(ntpi, 200, samples), lambda: run_pack(ntpi, 200, samples)))
+                timed[ntpi] = row
+                rows.append(row)
+            if n_unknown is None:
+                data = pack.content_codec.get_features(image, mask)
+                n_unknown = int((data["token_type"].reshape(-1) != 1).sum())
+            passes20 = math.ceil(n_unknown / 20)
+            est = {}
+            for side in ("official", "pack"):
+                t_all, t_20 = timed[-1][f"{side}_s"], timed[20][f"{side}_s"]
+                per_pass = (t_20 - t_all) / max(passes20 - 1, 1)
+                est[side] = round(t_all + per_pass * (n_unknown - 1), 2)
+            rows.append({"stage": f"put_{version}", "case": f"1 per pass (paper), {samples} sample{'s' * (samples > 1)}",
+                         "samples": samples, "tokens_per_pass": 1, "extrapolated": True, "unknown_tokens": n_unknown,
+                         "official_s": est["official"], "pack_s": est["pack"],
+                         "ratio": round(est["official"] / est["pack"], 2),
+                         "official_peak_mib": timed[20]["official_peak_mib"], "pack_peak_mib": timed[20]["pack_peak_mib"],
+                         "note": f"all-at-once time + {n_unknown - 1} more passes at the per-pass time measured "
+                                 f"between the all-at-once and 20-per-pass runs ({passes20} passes)"})
+    return rows
+
+
 STAGES = {
     "stylegan2": (stage_stylegan2, ("stylegan2",)),
     "style_transformer": (stage_style_transformer, ("stylegan2", "style_transformer")),
     "styleprompter": (stage_styleprompter, ("stylegan2", "styleprompter")),
+    "splice": (stage_splice, ("splice", "dino")),
+    "put": (stage_put, ("put",)),
 }
 
 
@@ -311,6 +587,11 @@ class Context:
         self.args, self.device, self.paths, self.tmp = args, device, paths, Path(tmp)
         self.batches = [int(b) for b in args.batches.split(",") if b]
         self.race = Race(device, args.reps)
+        self.cache = {}
+
+
+def _num(v, fmt=".2g") -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
 
 def table(rows) -> str:
@@ -322,7 +603,7 @@ def table(rows) -> str:
             continue
         case = r.get("case") or f"batch {r.get('batch', 1)}"
         lines.append(f"{r['stage']:<34} {case:<22} {r['official_s']:>10.3f} {r['pack_s']:>9.3f} {r['ratio']:>5.2f}x "
-                     f"{r.get('max_abs_diff', float('nan')):>9.2g} {r['official_peak_mib']:>6.0f}/{r['pack_peak_mib']:<6.0f}")
+                     f"{_num(r.get('max_abs_diff')):>9} {_num(r['official_peak_mib'], '.0f'):>6}/{_num(r['pack_peak_mib'], '.0f'):<6}")
     return "\n".join(lines)
 
 
@@ -334,6 +615,11 @@ def main(argv=None):
     ap.add_argument("--stages", default=",".join(STAGES))
     ap.add_argument("--batches", default="1")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--splice-backbones", default="vits8,vitb8")
+    ap.add_argument("--splice-size", type=int, default=224)
+    ap.add_argument("--splice-curve-steps", type=int, default=50)
+    ap.add_argument("--put-versions", default="cvpr2022,tpami2024")
+    ap.add_argument("--put-samples", default="1,4")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", default=None, help="JSON (default benchmarks/results/vs_official_<device>.json)")
     args = ap.parse_args(argv)
