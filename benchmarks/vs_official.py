@@ -28,7 +28,7 @@ How the official code is made to run here (shims live in this file only, the off
 
 Sizes are the official ones: config-f 1024 generator, IR-SE-50 Style Transformer, SwinV2-T StylePrompter + SMART,
 DINO ViT-S/8 and ViT-B/8 at 224 px, PUT CVPR 2022 FFHQ (30 x 512) and TPAMI 2024 FFHQ-256 (12 x 768) at 256².
-Timings: `--reps` interleaved calls of each after one warm-up each, the median; fp32, no TF32. Peak memory:
+Timings: `--reps` interleaved calls of each (after the comparison run of each), the median; fp32, no TF32. Peak memory:
 resident-set growth during the call (CPU, sampled every 2 ms) or CUDA max_memory_allocated above the start.
 """
 from __future__ import annotations
@@ -51,6 +51,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_splice import release_host_memory  # noqa: E402
 from bench_stylegan import RSSPeak, sync  # noqa: E402
 
 MIB = 2 ** 20
@@ -128,45 +129,48 @@ def _pointed_op(op):
 
 # ------------------------------------------------------------------------------------------------- timing
 class Race:
-    """Times two zero-argument callables interleaved (official, pack, official, ...), `reps` each after one
-    warm-up each; median seconds and peak memory of each."""
+    """Times two zero-argument callables interleaved (official, pack, official, ...), `reps` each; median
+    seconds of each. No separate warm-up: every stage first runs both sides once to compare their outputs.
+    Peak memory: before each call the memory the other side freed goes back to the OS, then CPU resident-set
+    growth during the call (sampled every 2 ms) or CUDA max_memory_allocated above the level before it; the
+    largest over the calls."""
 
     def __init__(self, device, reps: int):
         self.device, self.reps = device, reps
 
-    def _once(self, fn):
+    def _call(self, fn):
         dev = self.device
+        release_host_memory()
         sync(dev)
         if dev.type == "cuda":
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(dev)
             base = torch.cuda.memory_allocated(dev)
             t = time.perf_counter()
-            out = fn()
+            fn()
             sync(dev)
             dt = time.perf_counter() - t
-            return out, dt, torch.cuda.max_memory_allocated(dev) - base
+            return dt, (torch.cuda.max_memory_allocated(dev) - base) / MIB
         with RSSPeak() as peak:
             t = time.perf_counter()
-            out = fn()
+            fn()
             dt = time.perf_counter() - t
-        return out, dt, peak.peak - peak.base
+        return dt, (peak.peak - peak.base) / MIB
 
-    def __call__(self, official, pack):
-        results = {"official": ([], [0]), "pack": ([], [0])}
-        for fn in (official, pack):
-            self._once(fn)
-        for _ in range(self.reps):
-            for name, fn in (("official", official), ("pack", pack)):
-                out = None  # noqa: F841  (the previous output is released before the next call)
-                out, dt, mem = self._once(fn)
-                results[name][0].append(dt)
-                results[name][1].append(mem)
-        o, p = statistics.median(results["official"][0]), statistics.median(results["pack"][0])
+    def __call__(self, official, pack, reps=None):
+        sides = {"official": official, "pack": pack}
+        times = {name: [] for name in sides}
+        peaks = {name: 0.0 for name in sides}
+        for _ in range(reps or self.reps):
+            for name, fn in sides.items():
+                dt, mem = self._call(fn)
+                times[name].append(dt)
+                peaks[name] = max(peaks[name], mem)
+        o, p = statistics.median(times["official"]), statistics.median(times["pack"])
         return {"official_s": round(o, 4), "pack_s": round(p, 4), "ratio": round(o / p, 2),
-                "official_peak_mib": round(max(results["official"][1]) / MIB, 1),
-                "pack_peak_mib": round(max(results["pack"][1]) / MIB, 1),
-                "official_all_s": [round(t, 4) for t in results["official"][0]],
-                "pack_all_s": [round(t, 4) for t in results["pack"][0]]}
+                "official_peak_mib": round(peaks["official"], 1), "pack_peak_mib": round(peaks["pack"], 1),
+                "official_all_s": [round(t, 4) for t in times["official"]],
+                "pack_all_s": [round(t, 4) for t in times["pack"]]}
 
 
 def agreement(official_out, pack_out) -> dict:
@@ -551,7 +555,8 @@ def stage_put(ctx):
                 row = {"stage": f"put_{version}", "case": f"{label}, {samples} sample{'s' * (samples > 1)}",
                        "samples": samples, "tokens_per_pass": ntpi, "filter_ratio": 200,
                        "max_abs_diff": None, "checked": "greedy fills compared above (all at once and 20 per pass)"}
-                row.update(ctx.race(lambda: run_official(ntpi, 200, samples), lambda: run_pack(ntpi, 200, samples)))
+                row.update(ctx.race(lambda: run_official(ntpi, 200, samples), lambda: run_pack(ntpi, 200, samples),
+                                    reps=ctx.args.put_reps))
                 timed[ntpi] = row
                 rows.append(row)
             if n_unknown is None:
@@ -620,6 +625,7 @@ def main(argv=None):
     ap.add_argument("--splice-curve-steps", type=int, default=50)
     ap.add_argument("--put-versions", default="cvpr2022,tpami2024")
     ap.add_argument("--put-samples", default="1,4")
+    ap.add_argument("--put-reps", type=int, default=2, help="PUT calls take minutes on a CPU")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", default=None, help="JSON (default benchmarks/results/vs_official_<device>.json)")
     args = ap.parse_args(argv)

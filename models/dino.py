@@ -187,12 +187,30 @@ class DinoViT(nn.Module):
         x = x + block.ls2(block.mlp(block.norm2(x)))
         return x, (qkv[..., d:2 * d] if want_keys else None)
 
+    @staticmethod
+    def _last_block(block: nn.Module, x: torch.Tensor):
+        """The last block when only its keys and its [CLS] output are wanted (Splice's features): keys for
+        every token, but attention, projection and MLP for the [CLS] row alone; the other rows' outputs are
+        never used. The same arithmetic as `_block` for that row, and about 3/4 of the block's work saved."""
+        attn = block.attn
+        b, t, d = x.shape
+        heads = attn.num_heads
+        qkv = attn.qkv(block.norm1(x))
+        q, k, v = qkv.view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q[:, :, :1], k, v)  # [B, heads, 1, d/heads]
+        cls = x[:, :1] + block.ls1(attn.proj(out.transpose(1, 2).reshape(b, 1, d)))
+        cls = cls + block.ls2(block.mlp(block.norm2(cls)))
+        return cls[:, 0], qkv[..., d:2 * d]
+
     def forward(self, x: torch.Tensor, intermediates: Optional[dict] = None) -> DinoFeatures:
         """Normalised images [B, 3, H, W] -> last-block keys and pre-norm [CLS]."""
         h = self.embed(x)
         keys = None
         last = len(self.vit.blocks) - 1
         for i, block in enumerate(self.vit.blocks):
+            if i == last and intermediates is None:
+                cls, keys = self._last_block(block, h)
+                return DinoFeatures(keys=keys, cls=cls)
             h, k = self._block(block, h, want_keys=i == last)
             if intermediates is not None:
                 intermediates[f"block{i}"] = h

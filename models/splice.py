@@ -196,20 +196,22 @@ class SpliceLambdas:
 class SpliceLoss:
     """Splice's ``LossG``: features of the generator outputs vs the (no-grad) targets.
 
-    `dino` sees every image through :func:`preprocess` (short side 224, long side <= 480).
+    `dino` sees every image through :func:`preprocess` (short side `size`, the official config's
+    dino_global_patch_size, 224; long side <= 480).
     """
 
-    def __init__(self, dino: DinoViT, lambdas: Optional[SpliceLambdas] = None, antialias: bool = True):
-        self.dino, self.lambdas, self.antialias = dino, lambdas or SpliceLambdas(), antialias
+    def __init__(self, dino: DinoViT, lambdas: Optional[SpliceLambdas] = None, antialias: bool = True,
+                 size: int = 224):
+        self.dino, self.lambdas, self.antialias, self.size = dino, lambdas or SpliceLambdas(), antialias, size
 
     def features(self, images: torch.Tensor) -> DinoFeatures:
         """[B, 3, H, W] in [0, 1] (one size) -> DINO features; batch of any size."""
-        return self.dino(preprocess(images, antialias=self.antialias))
+        return self.dino(preprocess(images, size=self.size, antialias=self.antialias))
 
     def features_of(self, images: Sequence[torch.Tensor]) -> list[DinoFeatures]:
         """Several [1, 3, h, w] images -> their features, one DINO call per distinct input size (square
-        crops all become 224x224, so a step's crops share one batched call)."""
-        inputs = [preprocess(x, antialias=self.antialias) for x in images]
+        crops all become size x size, so a step's crops share one batched call)."""
+        inputs = [preprocess(x, size=self.size, antialias=self.antialias) for x in images]
         groups: dict[tuple, list[int]] = {}
         for i, x in enumerate(inputs):
             groups.setdefault(tuple(x.shape[-2:]), []).append(i)
@@ -392,6 +394,7 @@ class SpliceSettings:
     min_steps: int = 400
     antialias: bool = True
     compile: bool = False
+    dino_size: int = 224  # short side DINO sees (the official config's dino_global_patch_size)
 
 
 def _autograd_ready(module: nn.Module) -> nn.Module:
@@ -443,7 +446,7 @@ class SpliceTrainer:
         self.gen.train()
         self.forward_g = torch.compile(self.gen) if s.compile else self.gen
         self.opt = torch.optim.Adam(self.gen.parameters(), lr=s.lr, betas=tuple(s.betas))
-        self.loss = SpliceLoss(dino, s.lambdas, antialias=s.antialias)
+        self.loss = SpliceLoss(dino, s.lambdas, antialias=s.antialias, size=s.dino_size)
         self.augment = SpliceAugment(seed=int(s.seed) + 1)
         self.step_index = 0
         self.history: list[tuple[int, float]] = []  # (step, mean global loss over the window)
