@@ -108,15 +108,46 @@ def official_import(path, device, preset: dict | None = None):
 
 
 _ROSINALITY_OP = {}
+OFFICIAL_OPS = {"mode": "native (the official CPU code path)"}
 
 
-def rosinality_op(paths, device):
-    """rosinality's `op` package (upfirdn2d, fused leaky ReLU) with its CPU fallbacks."""
+def _native_everywhere(op, model):
+    """Without compiled kernels on CUDA: the official functions' own native branches on every device
+    (upfirdn2d_native; the CPU branch of fused_leaky_relu), patched where model.py looks them up."""
+    fused_act, upfirdn = sys.modules[op.__name__ + ".fused_act"], sys.modules[op.__name__ + ".upfirdn2d"]
+
+    def fused_leaky_relu(input, bias=None, negative_slope=0.2, scale=2 ** 0.5):
+        if bias is None:
+            return torch.nn.functional.leaky_relu(input, negative_slope=0.2) * scale
+        rest = [1] * (input.ndim - bias.ndim - 1)
+        return torch.nn.functional.leaky_relu(input + bias.view(1, bias.shape[0], *rest), negative_slope=0.2) * scale
+
+    def upfirdn2d(input, kernel, up=1, down=1, pad=(0, 0)):
+        up = (up, up) if isinstance(up, int) else tuple(up)
+        down = (down, down) if isinstance(down, int) else tuple(down)
+        pad = (pad[0], pad[1], pad[0], pad[1]) if len(pad) == 2 else tuple(pad)
+        return upfirdn.upfirdn2d_native(input, kernel, *up, *down, *pad)
+
+    for mod in (fused_act, op, model):
+        mod.fused_leaky_relu = fused_leaky_relu
+    for mod in (upfirdn, op, model):
+        mod.upfirdn2d = upfirdn2d
+
+
+def rosinality_op(paths, device, compile_cuda: bool = False):
+    """rosinality's `op` package (upfirdn2d, fused leaky ReLU): its CPU fallbacks on CPU; on CUDA its compiled
+    kernels with --official-cuda-ops (needs nvcc and minutes), else its native code on the GPU."""
     if "op" not in _ROSINALITY_OP:
-        with official_import(paths["stylegan2"], device):
+        compiled = device.type == "cuda" and compile_cuda
+        with official_import(paths["stylegan2"], device if compiled else torch.device("cpu")):
             op = importlib.import_module("op")
-            _ROSINALITY_OP["op"] = op
-            _ROSINALITY_OP["model"] = importlib.import_module("model")
+            model = importlib.import_module("model")
+        if device.type == "cuda" and not compiled:
+            _native_everywhere(op, model)
+            OFFICIAL_OPS["mode"] = "native on CUDA (the official kernels not compiled; --official-cuda-ops)"
+        elif compiled:
+            OFFICIAL_OPS["mode"] = "compiled CUDA kernels"
+        _ROSINALITY_OP.update(op=op, model=model)
     return _ROSINALITY_OP["op"]
 
 
@@ -189,12 +220,22 @@ def check(row: dict, tol_rel: float):
         raise AssertionError(f"{row['stage']}: outputs differ by {row['max_abs_diff']} (> {limit}); not timed")
 
 
+def raced(ctx, row: dict, run_official, run_pack, tol_rel: float, outputs=None) -> dict:
+    """Compare the two sides' outputs (`outputs` = (official, pack) when they need another call), then time
+    them; the row gains both."""
+    official_out, pack_out = outputs if outputs is not None else (run_official(), run_pack())
+    row.update(agreement(official_out, pack_out))
+    check(row, tol_rel)
+    row.update(ctx.race(run_official, run_pack))
+    return row
+
+
 # ------------------------------------------------------------------------------------------------- stages
 def stage_stylegan2(ctx):
     """rosinality Generator(1024, 512, 8) forward vs TransEdit synthesis, W+ in, constant noise."""
     from transedit.models.registry import load_stylegan2
 
-    rosinality_op(ctx.paths, ctx.device)
+    rosinality_op(ctx.paths, ctx.device, ctx.args.official_cuda_ops)
     Generator = _ROSINALITY_OP["model"].Generator
     torch.manual_seed(0)
     official = Generator(1024, 512, 8).eval().requires_grad_(False)
@@ -207,17 +248,14 @@ def stage_stylegan2(ctx):
         torch.manual_seed(1)
         w = official.get_latent(torch.randn(batch * 18, 512, device=ctx.device)).view(batch, 18, 512)
         with torch.no_grad():
-            run_o = lambda: official([w], input_is_latent=True, randomize_noise=False)[0]  # noqa: E731
-            run_p = lambda: pack.synthesis(w, noise_mode="const")  # noqa: E731
-            row = {"stage": "stylegan2_1024_synthesis", "batch": batch, **agreement(run_o(), run_p())}
-            check(row, 1e-4)
-            row.update(ctx.race(run_o, run_p))
-        rows.append(row)
+            rows.append(raced(ctx, {"stage": "stylegan2_1024_synthesis", "batch": batch},
+                              lambda: official([w], input_is_latent=True, randomize_noise=False)[0],
+                              lambda: pack.synthesis(w, noise_mode="const"), 1e-4))
     return rows
 
 
 def _style_transformer_official(ctx):
-    op = rosinality_op(ctx.paths, ctx.device)
+    op = rosinality_op(ctx.paths, ctx.device, ctx.args.official_cuda_ops)
     with official_import(ctx.paths["style_transformer"], ctx.device, _pointed_op(op)):
         st = importlib.import_module("models.style_transformer")
     st.StyleTransformer.load_weights = lambda self: None  # reads pretrained files; random weights here
@@ -249,12 +287,9 @@ def stage_style_transformer(ctx):
         torch.manual_seed(2)
         x = torch.rand(batch, 3, 256, 256, device=ctx.device) * 2 - 1
         with torch.no_grad():
-            run_o = lambda: net(x, resize=False, randomize_noise=False)  # noqa: E731
-            run_p = lambda: gen.synthesis(enc(x), noise_mode="const")  # noqa: E731
-            row = {"stage": "style_transformer_invert", "batch": batch, **agreement(run_o(), run_p())}
-            check(row, 1e-3)
-            row.update(ctx.race(run_o, run_p))
-        rows.append(row)
+            rows.append(raced(ctx, {"stage": "style_transformer_invert", "batch": batch},
+                              lambda: net(x, resize=False, randomize_noise=False),
+                              lambda: gen.synthesis(enc(x), noise_mode="const"), 1e-3))
     return rows
 
 
@@ -263,7 +298,7 @@ def stage_styleprompter(ctx):
     refining layer 4 (beta 1) vs TransEdit's encoder + SMART feature hook + synthesis."""
     from transedit.models.registry import load_encoder
 
-    op = rosinality_op(ctx.paths, ctx.device)
+    op = rosinality_op(ctx.paths, ctx.device, ctx.args.official_cuda_ops)
     with official_import(ctx.paths["styleprompter"], ctx.device, _pointed_op(op)):
         sp = importlib.import_module("models.style_prompter")
     sp.StylePrompter.load_weights = lambda self: None
@@ -292,14 +327,10 @@ def stage_styleprompter(ctx):
         with torch.no_grad():
             run_o = lambda: net(x, resize=False, randomize_noise=False, beta=1.0)[0]  # noqa: E731
             run_p = lambda: pack_run(x)  # noqa: E731
-            o, p = run_o(), run_p()
-            if batch > 1:  # the official encoder mixes images of a batch (fixtures README): compare image 0 alone
-                o = net(x[:1], resize=False, randomize_noise=False, beta=1.0)[0]
-                p = p[:1]
-            row = {"stage": "styleprompter_smart_invert", "batch": batch, **agreement(o, p)}
-            check(row, 1e-3)
-            row.update(ctx.race(run_o, run_p))
-        rows.append(row)
+            # the official encoder mixes the images of a batch (fixtures README): compare image 0 alone
+            outputs = (net(x[:1], resize=False, randomize_noise=False, beta=1.0)[0], run_p()[:1])
+            rows.append(raced(ctx, {"stage": "styleprompter_smart_invert", "batch": batch}, run_o, run_p, 1e-3,
+                              outputs=outputs))
     return rows
 
 
@@ -613,6 +644,27 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+def markdown(report) -> str:
+    """The README's table of one run."""
+    lines = ["| stage | case | official s | TransEdit s | speed-up | max abs diff (output range) | peak MiB official / TransEdit |",
+             "|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        if "skipped" in r:
+            lines.append(f"| {r['stage']} | skipped: {r['skipped']} | | | | | |")
+            continue
+        if r["stage"].startswith("splice_curve"):
+            continue
+        case = r.get("case") or f"batch {r.get('batch', 1)}"
+        if r.get("extrapolated"):
+            case += " (extrapolated)"
+        diff = "-" if r.get("max_abs_diff") is None else f"{r['max_abs_diff']:.2g} (±{r['ref_max_abs']:.3g})"
+        if r["stage"].startswith("put_") and r.get("max_abs_diff") is None:
+            diff = "greedy fills checked"
+        lines.append(f"| {r['stage']} | {case} | {r['official_s']:.2f} | {r['pack_s']:.2f} | **{r['ratio']:.2f}×** | "
+                     f"{diff} | {_num(r['official_peak_mib'], '.0f')} / {_num(r['pack_peak_mib'], '.0f')} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--official", action="append", default=[], metavar="NAME=PATH",
@@ -627,9 +679,15 @@ def main(argv=None):
     ap.add_argument("--put-versions", default="cvpr2022,tpami2024")
     ap.add_argument("--put-samples", default="1,4")
     ap.add_argument("--put-reps", type=int, default=2, help="PUT calls take minutes on a CPU")
+    ap.add_argument("--official-cuda-ops", action="store_true",
+                    help="compile rosinality's CUDA kernels for the official side (needs nvcc; minutes)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", default=None, help="JSON (default benchmarks/results/vs_official_<device>.json)")
+    ap.add_argument("--markdown-from", default=None, metavar="JSON", help="print the README table of a run and stop")
     args = ap.parse_args(argv)
+    if args.markdown_from:
+        print(markdown(json.loads(Path(args.markdown_from).read_text())))
+        return
 
     paths = {}
     for item in args.official:
@@ -662,7 +720,8 @@ def main(argv=None):
     report = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
               else platform.processor() or platform.machine(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "reps": args.reps, "dtype": "fp32",
-              "official_checkouts": {n: REPOS[n] for n in paths}, "rows": rows}
+              "official_checkouts": {n: REPOS[n] for n in paths},
+              "official_stylegan_ops": OFFICIAL_OPS["mode"], "rows": rows}
     out = Path(args.out or Path(__file__).parent / "results" / f"vs_official_{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_suffix(".json.tmp")

@@ -198,6 +198,39 @@ try {
     report.queued = { name: queued.name, status, widget, dragged, screenshot: shot, overlaps: await overlaps() };
   }
 
+  // subgraphs (frontends with Comfy.Graph.ConvertToSubgraph): the pack's nodes folded into a subgraph still run
+  const subgraphGraph = cfg.workflows.find((w) => w.name === cfg.subgraph?.workflow)?.graph;
+  report.subgraph = { available: await page.evaluate(() => Boolean(app.extensionManager?.command?.commands?.some?.(
+    (c) => c.id === "Comfy.Graph.ConvertToSubgraph"))) };
+  if (report.subgraph.available && subgraphGraph) {
+    await loadGraph(subgraphGraph);
+    const folded = await page.evaluate(async (ids) => {
+      const nodes = ids.map((id) => app.graph.getNodeById(id)).filter(Boolean);
+      app.canvas.deselectAll?.();
+      if (app.canvas.selectItems) app.canvas.selectItems(nodes); else for (const n of nodes) app.canvas.selectNode(n, true);
+      await app.extensionManager.command.execute("Comfy.Graph.ConvertToSubgraph");
+      await new Promise((r) => setTimeout(r, 300));
+      const outer = app.graph._nodes.map((n) => n.type);
+      const sub = app.graph._nodes.find((n) => n.subgraph || n.isSubgraphNode?.());
+      return { outer, inner: sub?.subgraph?._nodes?.map((n) => n.type) ?? sub?.subgraph?.nodes?.map((n) => n.type) ?? [] };
+    }, cfg.subgraph.nodes);
+    const before = await page.evaluate(async () => Object.keys(await (await fetch("/history")).json()).length);
+    await page.evaluate(() => app.queuePrompt(0, 1));
+    let entry = null;
+    for (let t = 0; t < HANG_MS / 500 && !entry; t++) {
+      entry = await page.evaluate(async (n) => {
+        const entries = Object.values(await (await fetch("/history")).json());
+        if (entries.length <= n) return null;
+        const e = entries[entries.length - 1];
+        return e.status && (e.status.completed || e.status.status_str === "error") ? e : null;
+      }, before);
+      if (!entry) await page.waitForTimeout(500);
+    }
+    report.subgraph = { ...report.subgraph, ...folded, status: entry?.status ?? null,
+      executed_types: entry ? Object.values(entry.prompt[2]).map((n) => n.class_type) : [],
+      output_images: entry ? Object.values(entry.outputs || {}).reduce((k, o) => k + (o.images?.length || 0), 0) : 0 };
+  }
+
   // the pack's templates: the server's list, and the templates browser where the frontend has one
   report.templates = await page.evaluate(async () => {
     const api = await (await fetch("/workflow_templates")).json().catch(() => null);

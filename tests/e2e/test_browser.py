@@ -89,6 +89,7 @@ def report(tools, comfy_root, tmp_path_factory):
         extensions = srv.get_json("/extensions")
         ext = next(e for e in extensions if e.endswith("/transedit.js"))
         config = {"help_phrases": help_phrases(),
+                  "subgraph": {"workflow": "stylegan_generate", "nodes": [2, 3]},  # Sample Latent + Generate
                   "url": srv.url, "chromium": tools, "outDir": str(out_dir), "queue": QUEUED, "extension": ext,
                   "workflows": [{"name": n, "graph": g} for n, g in graphs.items()], "variants": _variants()}
         cfg_path = out_dir / "config.json"
@@ -220,6 +221,21 @@ def test_node_help_pages_render_in_the_frontend(report, comfy_root):
         if not (page["shown"] and headings <= set(page["headings"]) and page["tables"] == tables):
             bad[t] = {**page, "expected_headings": sorted(headings), "expected_tables": tables}
     assert not bad, bad
+
+
+def test_pack_nodes_run_inside_a_subgraph(report, comfy_root):
+    """Frontends with subgraphs: Sample Latent + Generate folded into a subgraph (the frontend's own Convert to
+    Subgraph command) still run, and the image reaches Save Image outside it."""
+    sub = report["subgraph"]
+    if comfy_root.kind == "comfyui-2024":
+        assert not sub["available"]
+        pytest.skip("the 2024 legacy frontend has no subgraphs")
+    assert sub["available"], sub
+    assert sorted(sub["inner"]) == ["TransEditGenerate", "TransEditSampleLatent"], sub
+    assert "TransEditGenerate" not in sub["outer"] and "SaveImage" in sub["outer"], sub
+    assert sub["status"] and sub["status"]["completed"], sub["status"]
+    assert {"TransEditSampleLatent", "TransEditGenerate", "TransEditLoadStyleGAN"} <= set(sub["executed_types"])
+    assert sub["output_images"] >= 1
 
 
 def test_workflows_from_other_versions_load_with_defaults_and_a_warning(report):
