@@ -1,0 +1,71 @@
+"""The comparison scripts in benchmarks/ without the official checkouts: stages skip with a line saying why,
+the README table renders, and the Splice study's preset rule matches the trainer's early stop."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+vs_official = pytest.importorskip("vs_official")
+study = pytest.importorskip("splice_time_study")
+
+
+def test_missing_checkouts_skip_each_stage_with_a_reason(tmp_path, capsys):
+    out = tmp_path / "vs.json"
+    vs_official.main(["--out", str(out)])
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert [r["stage"] for r in report["rows"]] == list(vs_official.STAGES)
+    assert all("no checkout of" in r["skipped"] for r in report["rows"])
+    assert ("style_transformer: skipped, no checkout of rosinality/stylegan2-pytorch, sapphire497/style-transformer"
+            in printed)
+    table = vs_official.markdown(report)
+    assert table.count("skipped: no checkout") == len(vs_official.STAGES)
+
+
+def test_markdown_table_of_a_run():
+    report = {"rows": [
+        {"stage": "stylegan2_1024_synthesis", "batch": 1, "official_s": 4.67, "pack_s": 3.09, "ratio": 1.51,
+         "max_abs_diff": 1.9e-06, "ref_max_abs": 7.15, "official_peak_mib": 2489.0, "pack_peak_mib": 487.0},
+        {"stage": "put_tpami2024", "case": "1 per pass (paper), 1 sample", "extrapolated": True,
+         "official_s": 665.3, "pack_s": 468.9, "ratio": 1.42, "official_peak_mib": 176, "pack_peak_mib": 96},
+        {"stage": "splice_curve_vits8", "official_s": 1, "pack_s": 1, "ratio": 1},
+    ]}
+    lines = vs_official.markdown(report).splitlines()
+    assert len(lines) == 4  # header, rule, two rows (curves are not table rows)
+    assert "| stylegan2_1024_synthesis | batch 1 | 4.67 | 3.09 | **1.51×** | 1.9e-06 (±7.15) | 2489 / 487 |" in lines
+    assert "(extrapolated)" in lines[3] and "greedy fills checked" in lines[3]
+
+
+def test_outputs_that_differ_are_not_timed():
+    row = {"stage": "x", "max_abs_diff": 0.5, "ref_max_abs": 10.0}
+    with pytest.raises(AssertionError, match="not timed"):
+        vs_official.check(row, 1e-3)
+    ok = {"stage": "x", "max_abs_diff": 1e-6, "ref_max_abs": 10.0}
+    vs_official.check(ok, 1e-3)
+    assert ok["agrees"]
+
+
+def _records(losses):
+    return [[i + 1, float(i + 1), loss] for i, loss in enumerate(losses)]
+
+
+def test_preset_stop_follows_the_trainers_early_stop_rule():
+    """The study's reading of a preset (step limit or early stop over windows of per-step losses) agrees with
+    bench_splice's model of SpliceTrainer's rule, applied to the same windows."""
+    from bench_splice import plateau_stop
+    from transedit.models.splice import SpliceSettings
+
+    s = SpliceSettings()
+    losses = [100.0 - 0.05 * min(i, 1000) for i in range(4000)]  # improves, then flat from step 1000
+    records = _records(losses)
+    windows = [(records[k - 1][0] + 1, sum(r[2] for r in records[k - s.plateau_window:k]) / s.plateau_window)
+               for k in range(s.plateau_window, len(records) + 1, s.plateau_window)]
+    expected = plateau_stop(windows, s.plateau_tol, s.plateau_patience, s.min_steps)
+    assert expected == 1801  # windows 1201-1400, 1401-1600, 1601-1800 are flat: three in a row
+    assert study.preset_stop(records, 2500) == (expected, "early stop")
+    assert study.preset_stop(records, 800) == (800, "step limit")
+    assert study.preset_stop(records, 10_000) == (10_000, "step limit (no early stop)")
+    improving = [100.0 * 0.999 ** i for i in range(3000)]  # > 1 % better every window: never stops
+    assert study.preset_stop(_records(improving), 2500) == (2500, "step limit")
