@@ -188,7 +188,21 @@ class Race:
             dt = time.perf_counter() - t
         return dt, (peak.peak - peak.base) / MIB
 
-    def __call__(self, official, pack, reps=None):
+    def profile(self, fn, top: int = 8) -> list:
+        """One call under torch.profiler: the ops with the most self time (where the time goes)."""
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            fn()
+            sync(self.device)
+        key = "self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+        events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)
+        total = sum(getattr(e, key, 0) for e in events) or 1
+        return [{"op": e.key, "calls": e.count, "self_ms": round(getattr(e, key) / 1e3, 1),
+                 "share": round(getattr(e, key) / total, 3)} for e in events[:top]]
+
+    def __call__(self, official, pack, reps=None, profile=False):
         sides = {"official": official, "pack": pack}
         times = {name: [] for name in sides}
         peaks = {name: 0.0 for name in sides}
@@ -198,10 +212,13 @@ class Race:
                 times[name].append(dt)
                 peaks[name] = max(peaks[name], mem)
         o, p = statistics.median(times["official"]), statistics.median(times["pack"])
-        return {"official_s": round(o, 4), "pack_s": round(p, 4), "ratio": round(o / p, 2),
-                "official_peak_mib": round(peaks["official"], 1), "pack_peak_mib": round(peaks["pack"], 1),
-                "official_all_s": [round(t, 4) for t in times["official"]],
-                "pack_all_s": [round(t, 4) for t in times["pack"]]}
+        row = {"official_s": round(o, 4), "pack_s": round(p, 4), "ratio": round(o / p, 2),
+               "official_peak_mib": round(peaks["official"], 1), "pack_peak_mib": round(peaks["pack"], 1),
+               "official_all_s": [round(t, 4) for t in times["official"]],
+               "pack_all_s": [round(t, 4) for t in times["pack"]]}
+        if profile:
+            row["profile"] = {name: self.profile(fn) for name, fn in sides.items()}
+        return row
 
 
 def agreement(official_out, pack_out) -> dict:
@@ -226,7 +243,7 @@ def raced(ctx, row: dict, run_official, run_pack, tol_rel: float, outputs=None) 
     official_out, pack_out = outputs if outputs is not None else (run_official(), run_pack())
     row.update(agreement(official_out, pack_out))
     check(row, tol_rel)
-    row.update(ctx.race(run_official, run_pack))
+    row.update(ctx.race(run_official, run_pack, profile=ctx.profiled(row["stage"])))
     return row
 
 
@@ -475,7 +492,7 @@ def stage_splice(ctx):
             lp = _pack_loss(trainer, inputs["A_global"], inputs["B_global"], step=1)
             row = {"stage": f"splice_step_{key}", "case": f"{size} px, step", **agreement(lo[None], lp[None])}
             check(row, 1e-4)
-            row.update(ctx.race(official.step, trainer.step))
+            row.update(ctx.race(official.step, trainer.step, profile=ctx.profiled("splice")))
             rows.append(row)
 
             n = ctx.args.splice_curve_steps
@@ -588,7 +605,7 @@ def stage_put(ctx):
                        "samples": samples, "tokens_per_pass": ntpi, "filter_ratio": 200,
                        "max_abs_diff": None, "checked": "greedy fills compared above (all at once and 20 per pass)"}
                 row.update(ctx.race(lambda: run_official(ntpi, 200, samples), lambda: run_pack(ntpi, 200, samples),
-                                    reps=ctx.args.put_reps))
+                                    reps=ctx.args.put_reps, profile=ctx.profiled("put") and ntpi == -1))
                 timed[ntpi] = row
                 rows.append(row)
             if n_unknown is None:
@@ -625,6 +642,9 @@ class Context:
         self.batches = [int(b) for b in args.batches.split(",") if b]
         self.race = Race(device, args.reps)
         self.cache = {}
+
+    def profiled(self, stage: str) -> bool:
+        return any(stage.startswith(p) for p in self.args.profile.split(",") if p)
 
 
 def _num(v, fmt=".2g") -> str:
@@ -679,6 +699,9 @@ def main(argv=None):
     ap.add_argument("--put-versions", default="cvpr2022,tpami2024")
     ap.add_argument("--put-samples", default="1,4")
     ap.add_argument("--put-reps", type=int, default=2, help="PUT calls take minutes on a CPU")
+    ap.add_argument("--profile", default="", metavar="STAGES",
+                    help="comma list of stages to profile once per case (one more call of each side); "
+                         "PUT: the all-at-once cases")
     ap.add_argument("--official-cuda-ops", action="store_true",
                     help="compile rosinality's CUDA kernels for the official side (needs nvcc; minutes)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
