@@ -29,14 +29,14 @@ for pair in stylegan2=stylegan2-pytorch style_transformer=style-transformer styl
 done
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())" || exit 1
 
-step 150 vs_official "$PY" benchmarks/vs_official.py --device cuda "${official[@]}" --batches 1,8 --reps 10 \
+step 210 vs_official "$PY" benchmarks/vs_official.py --device cuda "${official[@]}" --batches 1,8 --reps 10 \
     --splice-curve-steps 50 --put-samples 1,4 --put-reps 3 --out "$R/vs_official_cuda.json"
-step 60 stylegan "$PY" benchmarks/bench_stylegan.py --device cuda --sizes 1024 --batches 1,8,32 \
+step 45 stylegan "$PY" benchmarks/bench_stylegan.py --device cuda --sizes 1024 --batches 1,8,32 \
     --dtypes fp32,bf16 --out "$R/gpu_stylegan.json"
-step 90 inversion "$PY" benchmarks/bench_inversion.py --device cuda --batches 1,8,32 --dtypes fp32,bf16 \
+step 75 inversion "$PY" benchmarks/bench_inversion.py --device cuda --batches 1,8,32 --dtypes fp32,bf16 \
     --official-style --out "$R/gpu_inversion.json"
-step 60 splice "$PY" benchmarks/bench_splice.py --device cuda --sizes 256 --dtypes fp32,bf16 \
+step 45 splice "$PY" benchmarks/bench_splice.py --device cuda --sizes 256 --dtypes fp32,bf16 \
     --out "$R/gpu_splice.json"
-step 90 put "$PY" benchmarks/bench_put.py --device cuda --samples 1,8 --dtypes fp32,bf16 --max-passes 16 \
+step 75 put "$PY" benchmarks/bench_put.py --device cuda --samples 1,8 --dtypes fp32,bf16 --max-passes 16 \
     --out "$R/gpu_put.json"
 ls -l "$R"/gpu_*.json "$R"/vs_official_cuda.json 2>/dev/null

@@ -725,6 +725,19 @@ def main(argv=None):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     rows = []
+    out = Path(args.out or Path(__file__).parent / "results" / f"vs_official_{device.type}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write():  # after every stage, so a run stopped by a time limit keeps what it measured
+        report = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+                  else platform.processor() or platform.machine(), "torch": torch.__version__,
+                  "threads": torch.get_num_threads(), "reps": args.reps, "put_reps": args.put_reps, "dtype": "fp32",
+                  "machine_load_at_end": list(os.getloadavg()), "official_checkouts": {n: REPOS[n] for n in paths},
+                  "official_stylegan_ops": OFFICIAL_OPS["mode"], "rows": rows}
+        tmp_out = out.with_suffix(".json.tmp")
+        tmp_out.write_text(json.dumps(report, indent=1))
+        os.replace(tmp_out, out)
+
     with tempfile.TemporaryDirectory(prefix="transedit-vs-official-") as tmp:
         ctx = Context(args, device, paths, tmp)
         for name in [s for s in args.stages.split(",") if s]:
@@ -737,19 +750,12 @@ def main(argv=None):
             t0 = time.perf_counter()
             stage_rows = fn(ctx)
             for r in stage_rows:
-                print(json.dumps({k: v for k, v in r.items() if not k.endswith("_all_s")}), flush=True)
+                print(json.dumps({k: v for k, v in r.items() if k not in ("official_all_s", "pack_all_s", "curve",
+                                                                           "profile")}), flush=True)
             print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
             rows.extend(stage_rows)
-    report = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-              else platform.processor() or platform.machine(), "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "reps": args.reps, "dtype": "fp32",
-              "official_checkouts": {n: REPOS[n] for n in paths},
-              "official_stylegan_ops": OFFICIAL_OPS["mode"], "rows": rows}
-    out = Path(args.out or Path(__file__).parent / "results" / f"vs_official_{device.type}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(report, indent=1))
-    os.replace(tmp_out, out)
+            write()
+    write()
     print(table(rows))
     print(f"wrote {out}")
 
