@@ -38,7 +38,7 @@ import vs_official as vo  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 PRESETS = {"fast": 800, "balanced": 2500, "official": 10_000}  # nodes/splice.py PRESETS
-CHECKPOINTS = (100, 250, 500, 1000, 2000)
+CHECKPOINTS = (100, 250, 500, 750, 1000, 2000, 5000)
 
 
 def _context(args, tmp):
@@ -140,6 +140,8 @@ def report(args):
                "window": args.window, "s_per_step": {s: round(r, 4) for s, r in rate.items()},
                "official_steps_run": sides["official"]["steps"], "pack_steps_run": sides["pack"]["steps"]}
     summary["official_10000_steps_extrapolated_s"] = round(rate["official"] * PRESETS["official"], 0)
+    last = sm["official"][-1]
+    summary["official_last_measured"] = {"step": last[0], "s": last[1], "smoothed_loss": round(last[2], 4)}
 
     def loss_at(series, step):
         return next((l for st, _, l in series if st >= step), None)
@@ -169,6 +171,9 @@ def report(args):
         o = time_to(sm["official"], presets[name]["smoothed_loss"])
         presets[name]["official_s_to_same_loss"] = o[1] if o else None
         presets[name]["official_step_to_same_loss"] = o[0] if o else None
+        # same number of steps on the official side, where it was measured: is the preset's loss as low?
+        same = loss_at(sm["official"], min(stop, last[0]) - 1)
+        presets[name]["official_smoothed_loss_at_same_step"] = round(same, 4) if same is not None else None
     summary["presets"] = presets
     (RESULTS / "splice_time_study.json").write_text(json.dumps(summary, indent=1))
 
@@ -183,7 +188,10 @@ def report(args):
     for name, p in presets.items():
         if not p["extrapolated"]:
             ax.axvline(p["s"] / 60, color="tab:blue", ls=":", lw=1)
-            ax.text(p["s"] / 60, ax.get_ylim()[1], f" {name}\n stops", va="top", fontsize=8, color="tab:blue")
+            ax.text(p["s"] / 60, 0.98, f" {name} stops\n (step {p['stops_at']})", va="top", fontsize=8,
+                    color="tab:blue", transform=ax.get_xaxis_transform())
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
     ax.set_xlabel("wall time (minutes, one CPU thread each)")
     ax.set_ylabel(f"loss (mean of {args.window} steps)")
     ax.set_title(f"Splice, ViT-S/8 (random weights), {summary['setup']['size']} px pair, DINO at "
