@@ -518,17 +518,17 @@ def stage_splice(ctx):
 
 
 # ---------------------------------------------------------------------------------------------------- PUT
-PUT_CONFIGS = {"cvpr2022": ("put_cvpr2022/ffhq/transformer_ffhq.yaml", 512),
-               "tpami2024": ("put_tpami2024/ffhq/vit_base_ffhq_res256.yaml", 8192)}
+PUT_CONFIGS = {"cvpr2022": "put_cvpr2022/ffhq/transformer_ffhq.yaml",
+               "tpami2024": "put_tpami2024/ffhq/vit_base_ffhq_res256.yaml"}
 
 
 def _official_put(ctx, version):
     """The official transformer (with its P-VQVAE) built from the official full-size yaml, random weights, and
     written as Solver.save + Logger.save_config write an experiment: checkpoint/last.pth, configs/config.yaml."""
     import yaml
+    from transedit.models.checkpoint_io import read_official_yaml
 
-    rel, masked_start = PUT_CONFIGS[version]
-    config = yaml.load((Path(ctx.paths["put"]) / "configs" / rel).read_text(), Loader=yaml.UnsafeLoader)
+    config = read_official_yaml(Path(ctx.paths["put"]) / "configs" / PUT_CONFIGS[version])  # data only (tuples become lists)
     config["model"]["params"]["content_codec_config"]["params"]["ckpt_path"] = None  # random weights
     six = types.ModuleType("torch._six")  # image_synthesis/engine/lr_scheduler.py imports torch._six.inf
     six.inf = math.inf
