@@ -364,13 +364,14 @@ def sample_tokens(model: _PUTTransformer, feature: torch.Tensor, token: torch.Te
     with amp:
         emb = model.embed(feature, unmask_ratio)
 
-    first_pass = [True]
+    first_pass = True
 
     def logits_of(e):
         # Samples of one picture start from the same tokens, so the first pass is the same for every row:
         # computed once (all-at-once fills of N samples cost one pass, not N). Later passes differ per row.
-        if first_pass[0]:
-            first_pass[0] = False
+        nonlocal first_pass
+        if first_pass:
+            first_pass = False
             if e.shape[0] > 1 and torch.equal(e, e[:1].expand_as(e)):
                 with amp:
                     return model.logits(e[:1]).float().expand(e.shape[0], -1, -1)
