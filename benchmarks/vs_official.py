@@ -418,9 +418,9 @@ class _OfficialSplice:
 
 def _global_loss(losses, cfg) -> float:
     """The per-step (global) part of Splice's loss, the quantity TransEdit's trainer tracks."""
-    return float(cfg["lambda_global_ssim"] * losses.get("loss_global_ssim", 0.0)
-                 + cfg["lambda_global_cls"] * losses.get("loss_global_cls", 0.0)
-                 + cfg["lambda_global_identity"] * losses.get("loss_global_id_B", 0.0))
+    terms = (("lambda_global_ssim", "loss_global_ssim"), ("lambda_global_cls", "loss_global_cls"),
+             ("lambda_global_identity", "loss_global_id_B"))
+    return sum(cfg[lam] * float(losses[key].detach()) for lam, key in terms if key in losses)
 
 
 def _pack_loss(trainer, a_crop, b_crop, step):
