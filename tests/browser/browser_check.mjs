@@ -196,6 +196,28 @@ try {
     const shot = path.join(cfg.outDir, `${queued.name}.executed.png`);
     await page.screenshot({ path: shot });
     report.queued = { name: queued.name, status, widget, dragged, screenshot: shot, overlaps: await overlaps() };
+
+    // the newest frontend's Vue node rendering (setting Comfy.VueNodes.Enabled), where it exists: does the
+    // compare widget still draw?
+    report.vue_nodes = await page.evaluate(async () => {
+      const setting = app.extensionManager?.setting;
+      const known = setting?.get?.("Comfy.VueNodes.Enabled") !== undefined;
+      if (!known) return { available: false };
+      const widgets = () => app.graph._nodes.flatMap((n) => (n.widgets || []).filter((w) => w.name === "transedit_compare"));
+      for (const w of widgets()) w.last = null;
+      await setting.set("Comfy.VueNodes.Enabled", true);
+      await new Promise((r) => setTimeout(r, 1500));
+      app.graph.setDirtyCanvas(true, true);
+      await new Promise((r) => setTimeout(r, 1500));
+      const out = { available: true, widgets: widgets().length, drawn: widgets().filter((w) => w.last).length,
+        canvases: document.querySelectorAll(".lg-node canvas, [data-node-id] canvas").length,
+        vue_nodes: document.querySelectorAll("[data-node-id]").length };
+      return out;
+    });
+    if (report.vue_nodes.available) {
+      await page.screenshot({ path: path.join(cfg.outDir, "vue_nodes.png") });
+      await page.evaluate(() => app.extensionManager.setting.set("Comfy.VueNodes.Enabled", false));
+    }
   }
 
   // subgraphs (frontends with Comfy.Graph.ConvertToSubgraph): the pack's nodes folded into a subgraph still run
