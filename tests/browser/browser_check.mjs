@@ -206,9 +206,15 @@ try {
       const widgets = () => app.graph._nodes.flatMap((n) => (n.widgets || []).filter((w) => w.name === "transedit_compare"));
       for (const w of widgets()) w.last = null;
       await setting.set("Comfy.VueNodes.Enabled", true);
-      await new Promise((r) => setTimeout(r, 1500));
-      app.graph.setDirtyCanvas(true, true);
-      await new Promise((r) => setTimeout(r, 1500));
+      // progress, not a clock: wait until every node is rendered as a Vue node, then for a few painted frames
+      const frame = () => new Promise((r) => requestAnimationFrame(() => r()));
+      for (let i = 0; i < 2000 && document.querySelectorAll("[data-node-id]").length < app.graph._nodes.length; i++) {
+        await frame();
+      }
+      for (let i = 0; i < 30 && widgets().some((w) => !w.last); i++) {
+        app.graph.setDirtyCanvas(true, true);
+        await frame();
+      }
       const out = { available: true, widgets: widgets().length, drawn: widgets().filter((w) => w.last).length,
         canvases: document.querySelectorAll(".lg-node canvas, [data-node-id] canvas").length,
         vue_nodes: document.querySelectorAll("[data-node-id]").length };
