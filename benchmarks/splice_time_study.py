@@ -28,7 +28,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -41,61 +40,21 @@ PRESETS = {"fast": 800, "balanced": 2500, "official": 10_000}  # nodes/splice.py
 CHECKPOINTS = (100, 250, 500, 750, 1000, 2000, 5000)
 
 
-def _context(args, tmp):
+def train_side(args):
     paths = dict(item.split("=", 1) for item in args.official)
     missing = [n for n in ("splice", "dino") if n not in paths]
     if missing:
         raise SystemExit(f"--official {' and '.join(missing)}=PATH is needed for --side {args.side}")
-    ctx = argparse.Namespace(paths=paths, device=torch.device("cpu"), tmp=Path(tmp), cache={}, args=args)
-    return ctx
-
-
-def train_side(args):
-    import yaml
-    from safetensors.torch import load_file
-    from transedit.models.dino import DinoConfig
-    from transedit.models.registry import load_dino, save_random_dino
-    from transedit.models.splice import SpliceSettings, SpliceTrainer
-
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="splice-study-") as tmp:
-        ctx = _context(args, tmp)
-        _, (A, B) = root_pair = vo._splice_pair(ctx, args.size)
-        config = DinoConfig(patch_size=8, embed_dim=384, depth=12, num_heads=6)
-        state = load_file(str(save_random_dino(ctx.tmp / "dino_vits8.safetensors", config=config, seed=0)))
-        with vo.official_import(ctx.paths["splice"], ctx.device):
-            mods = {"Dataset": vo.importlib.import_module("data.Dataset"),
-                    "model": vo.importlib.import_module("models.model"),
-                    "losses": vo.importlib.import_module("util.losses"),
-                    "util": vo.importlib.import_module("util.util")}
-            cfg = yaml.safe_load((Path(ctx.paths["splice"]) / "conf" / "default" / "config.yaml").read_text())
-        cfg.update(dataroot=str(root_pair[0]), dino_model_name="dino_vits8", dino_global_patch_size=args.dino_size)
-        torch.manual_seed(0)
-        init = mods["model"].Model(cfg).netG.state_dict()
-        torch.manual_seed(1)
-        records = []
-        if args.side == "official":
-            torch.hub.load = lambda repo, name, *a, **k: vo._official_dino(ctx, config, state)
-            run = vo._OfficialSplice(mods, cfg, ctx.device, init)
-            steps, loss_of = args.official_steps, lambda out: vo._global_loss(out, cfg)
-        else:
-            pth = ctx.tmp / "dino_vits8_pretrain.pth"
-            torch.save(vo._official_dino(ctx, config, state).state_dict(), pth)
-            dino = load_dino(pth).model.eval().requires_grad_(False)
-            run = SpliceTrainer(dino, A, B, SpliceSettings(seed=1, early_stop=False, plateau_window=1,
-                                                           dino_size=args.dino_size))
-            run.gen.load_state_dict(init)
-            steps, loss_of = args.pack_steps, lambda out: out.loss
-        t0 = time.perf_counter()
-        for i in range(steps):
-            out = run.step()
-            if i >= 1:  # step 0 trains the appearance term only
-                records.append([i, round(time.perf_counter() - t0, 3), round(float(loss_of(out)), 5)])
-            if i % 100 == 0:
-                print(f"{args.side}: step {i}, {time.perf_counter() - t0:.0f} s", flush=True)
+        ctx = argparse.Namespace(paths=paths, device=torch.device("cpu"), tmp=Path(tmp), cache={})
+        setup = vo.SpliceSetup(ctx, "vits8", args.size, dino_size=args.dino_size)
+        run = setup.official() if args.side == "official" else setup.pack()
+        steps = args.official_steps if args.side == "official" else args.pack_steps
+        records = vo.record_steps(run.step, steps, lambda out: setup.global_loss(args.side, out))
     out = {"side": args.side, "threads": args.threads, "size": args.size, "dino_size": args.dino_size,
            "dino": "ViT-S/8 (random weights)", "steps": steps, "records": records,
-           "load_at_start": os.getloadavg()}
+           "machine_load_at_end": os.getloadavg()}
     path = RESULTS / f"splice_time_{args.side}.json"
     path.write_text(json.dumps(out))
     print(f"wrote {path}")

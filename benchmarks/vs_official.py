@@ -416,6 +416,76 @@ class _OfficialSplice:
         return losses
 
 
+class SpliceSetup:
+    """What both sides of a Splice race share: the pair (PNG files in the official dataroot layout and the
+    same pixels as tensors), one DINO with random weights (DINO's own ViT for the official side, the released
+    .pth layout loaded by TransEdit's registry for the pack), the official config and one generator init (the
+    official xavier init, seed 0). `official()` / `pack()` give a fresh trainer of each side from them."""
+
+    def __init__(self, ctx, backbone_key: str, size: int, dino_size: int = 224):
+        import yaml
+        from safetensors.torch import load_file
+        from bench_splice import dino_config
+        from transedit.models.registry import load_dino, save_random_dino
+
+        self.ctx, self.dino_size = ctx, dino_size
+        backbone, self.hub_name = SPLICE_BACKBONES[backbone_key]
+        self.config = dino_config(backbone, 8)
+        weights = save_random_dino(ctx.tmp / f"{self.hub_name}.safetensors", config=self.config, seed=0,
+                                   overwrite=True)
+        self.state = load_file(str(weights))
+        pth = ctx.tmp / f"{self.hub_name}_pretrain.pth"
+        torch.save(_official_dino(ctx, self.config, self.state).state_dict(), pth)  # a plain state dict, as released
+        self.dino = load_dino(pth).model.eval().requires_grad_(False).to(ctx.device)
+        root, (A, B) = _splice_pair(ctx, size)
+        self.A, self.B = A.to(ctx.device), B.to(ctx.device)
+        if "splice_mods" not in ctx.cache:
+            with official_import(ctx.paths["splice"], ctx.device):
+                ctx.cache["splice_mods"] = {name: importlib.import_module(module) for name, module in (
+                    ("Dataset", "data.Dataset"), ("model", "models.model"), ("losses", "util.losses"),
+                    ("util", "util.util"))}
+        self.mods = ctx.cache["splice_mods"]
+        cfg = yaml.safe_load((Path(ctx.paths["splice"]) / "conf" / "default" / "config.yaml").read_text())
+        self.cfg = dict(cfg, dataroot=str(root), dino_model_name=self.hub_name, dino_global_patch_size=dino_size)
+        torch.manual_seed(0)
+        self.init = self.mods["model"].Model(self.cfg).netG.state_dict()
+
+    def official(self) -> _OfficialSplice:
+        """The official loop; its LossG's torch.hub.load of DINO is answered with the shared weights."""
+        hub = torch.hub.load
+        torch.hub.load = lambda repo, name, *a, **k: _official_dino(self.ctx, self.config, self.state)
+        try:
+            torch.manual_seed(1)
+            return _OfficialSplice(self.mods, self.cfg, self.ctx.device, self.init)
+        finally:
+            torch.hub.load = hub
+
+    def pack(self):
+        """TransEdit's trainer, early stop off, the per-step loss reported (plateau_window 1)."""
+        from transedit.models.splice import SpliceSettings, SpliceTrainer
+
+        trainer = SpliceTrainer(self.dino, self.A, self.B, SpliceSettings(seed=1, early_stop=False, plateau_window=1,
+                                                                          dino_size=self.dino_size))
+        trainer.gen.load_state_dict(self.init)
+        return trainer
+
+    def global_loss(self, side: str, out) -> float:
+        return _global_loss(out, self.cfg) if side == "official" else float(out.loss)
+
+
+def record_steps(step, n: int, loss_of) -> list:
+    """n training steps: [step, seconds since the start, per-step global loss] from step 1 on (step 0 trains
+    the appearance term only)."""
+    records, t0 = [], time.perf_counter()
+    for i in range(n):
+        out = step()
+        if i >= 1:
+            records.append([i, round(time.perf_counter() - t0, 3), round(loss_of(out), 5)])
+        if i and i % 100 == 0:
+            print(f"  step {i}, {time.perf_counter() - t0:.0f} s", flush=True)
+    return records
+
+
 def _global_loss(losses, cfg) -> float:
     """The per-step (global) part of Splice's loss, the quantity TransEdit's trainer tracks."""
     terms = (("lambda_global_ssim", "loss_global_ssim"), ("lambda_global_cls", "loss_global_cls"),
@@ -444,76 +514,33 @@ def stage_splice(ctx):
     """One Splice training step (official train.py iteration vs TransEdit's SpliceTrainer.step) at 224 px with
     DINO ViT-S/8 and ViT-B/8, after checking that both give the same loss on the same crops; then the first
     `--splice-curve-steps` steps of each from the same generator weights (loss and wall time per step)."""
-    import yaml
-    from transedit.models.dino import DinoConfig
-    from transedit.models.registry import load_dino, save_random_dino
-    from transedit.models.splice import SpliceSettings, SpliceTrainer
-    from safetensors.torch import load_file
-
     size = ctx.args.splice_size
-    root, (A, B) = _splice_pair(ctx, size)
-    with official_import(ctx.paths["splice"], ctx.device):
-        mods = {"Dataset": importlib.import_module("data.Dataset"), "model": importlib.import_module("models.model"),
-                "losses": importlib.import_module("util.losses"), "util": importlib.import_module("util.util")}
-        cfg_default = yaml.safe_load((Path(ctx.paths["splice"]) / "conf" / "default" / "config.yaml").read_text())
     rows = []
     for key in [b for b in ctx.args.splice_backbones.split(",") if b]:
-        backbone, hub_name = SPLICE_BACKBONES[key]
-        dim, heads = {"small": (384, 6), "base": (768, 12)}[backbone]
-        config = DinoConfig(patch_size=8, embed_dim=dim, depth=12, num_heads=heads)
-        weights = save_random_dino(ctx.tmp / f"{hub_name}.safetensors", config=config, seed=0, overwrite=True)
-        state = load_file(str(weights))
-        official_vit = _official_dino(ctx, config, state)
-        pth = ctx.tmp / f"{hub_name}_pretrain.pth"
-        torch.save(official_vit.state_dict(), pth)  # the released dino_vit*_pretrain.pth: a plain state dict
-        dino = load_dino(pth).model.eval().requires_grad_(False).to(ctx.device)
-        hub = torch.hub.load
-        torch.hub.load = lambda repo, name, *a, **k: _official_dino(ctx, config, state)  # noqa: E731
-        try:
-            cfg = dict(cfg_default, dataroot=str(root), dino_model_name=hub_name)
-            torch.manual_seed(0)
-            init = mods["model"].Model(cfg).netG.state_dict()  # the official xavier init, shared by both
+        setup = SpliceSetup(ctx, key, size)
+        official, trainer = setup.official(), setup.pack()
+        official.step()  # step 0 (appearance only + the entire image) on both sides
+        trainer.step()
+        official.model.netG.load_state_dict(setup.init)
+        trainer.gen.load_state_dict(setup.init)
+        inputs = official.inputs()  # step 1: every global term on
+        lo = official.criterion(official.model(inputs), inputs)["loss"]
+        lp = _pack_loss(trainer, inputs["A_global"], inputs["B_global"], step=1)
+        row = {"stage": f"splice_step_{key}", "case": f"{size} px, step", **agreement(lo[None], lp[None])}
+        check(row, 1e-4)
+        row.update(ctx.race(official.step, trainer.step, profile=ctx.profiled("splice")))
+        rows.append(row)
 
-            def fresh():
-                torch.manual_seed(1)
-                official = _OfficialSplice(mods, cfg, ctx.device, init)
-                trainer = SpliceTrainer(dino, A.to(ctx.device), B.to(ctx.device),
-                                        SpliceSettings(seed=1, early_stop=False, plateau_window=1))
-                trainer.gen.load_state_dict(init)
-                return official, trainer
-
-            official, trainer = fresh()
-            official.step()  # step 0 (appearance only + the entire image) on both sides
-            trainer.step()
-            official.model.netG.load_state_dict(init)
-            trainer.gen.load_state_dict(init)
-            inputs = official.inputs()  # step 1: every global term on
-            lo = official.criterion(official.model(inputs), inputs)["loss"]
-            lp = _pack_loss(trainer, inputs["A_global"], inputs["B_global"], step=1)
-            row = {"stage": f"splice_step_{key}", "case": f"{size} px, step", **agreement(lo[None], lp[None])}
-            check(row, 1e-4)
-            row.update(ctx.race(official.step, trainer.step, profile=ctx.profiled("splice")))
-            rows.append(row)
-
-            n = ctx.args.splice_curve_steps
-            if n:
-                official, trainer = fresh()
-                curve = {"official": [], "pack": []}
-                for side, step in (("official", official.step), ("pack", trainer.step)):
-                    t0 = time.perf_counter()
-                    for i in range(n):
-                        out = step()
-                        loss = _global_loss(out, cfg) if side == "official" else out.loss
-                        if i >= 1:  # step 0 has no global structure terms
-                            curve[side].append([i, round(time.perf_counter() - t0, 3), round(float(loss), 5)])
-                rows.append({"stage": f"splice_curve_{key}", "case": f"{size} px, {n} steps",
-                             "official_s": curve["official"][-1][1], "pack_s": curve["pack"][-1][1],
-                             "ratio": round(curve["official"][-1][1] / curve["pack"][-1][1], 2),
-                             "official_peak_mib": float("nan"), "pack_peak_mib": float("nan"),
-                             "note": "[step, seconds since start, global loss]; random crops differ between sides",
-                             "curve": curve})
-        finally:
-            torch.hub.load = hub
+        n = ctx.args.splice_curve_steps
+        if n:
+            curve = {side: record_steps(make().step, n, lambda out, side=side: setup.global_loss(side, out))
+                     for side, make in (("official", setup.official), ("pack", setup.pack))}
+            rows.append({"stage": f"splice_curve_{key}", "case": f"{size} px, {n} steps",
+                         "official_s": curve["official"][-1][1], "pack_s": curve["pack"][-1][1],
+                         "ratio": round(curve["official"][-1][1] / curve["pack"][-1][1], 2),
+                         "official_peak_mib": float("nan"), "pack_peak_mib": float("nan"),
+                         "note": "[step, seconds since start, global loss]; random crops differ between sides",
+                         "curve": curve})
     return rows
 
 
