@@ -404,14 +404,21 @@ class StyleGAN2Generator(nn.Module):
     def synthesis(self, wplus: torch.Tensor, noise: Optional[Sequence[Optional[torch.Tensor]]] = None,
                   noise_mode: str = "const", noise_seed: Optional[int] = None,
                   return_features: bool = False, feature_hook: Optional[FeatureHook] = None,
-                  dtype: Optional[torch.dtype] = None, channels_last: bool = False):
+                  dtype: Optional[torch.dtype] = None, channels_last: bool = False,
+                  max_resolution: Optional[int] = None,
+                  rgb_hook: Optional[Callable[[int, torch.Tensor], None]] = None):
         """W+ [B, n_latent, style_dim] -> image [B, 3, size, size] (nominal range [-1, 1], not clamped).
 
         noise: explicit per-layer noise (overrides noise_mode); noise_mode "const" uses the checkpoint's
         buffers (deterministic, what parity needs), "random" draws fresh N(0,1) (seeded by noise_seed),
         "none" turns noise off. dtype=bfloat16/float16 runs the convolutions under autocast.
+        max_resolution: stop after that resolution's block and return the skip branch's RGB there (the
+        image the network has built so far, [B, 3, r, r]); the layers above it are not run, so a 256 px
+        preview of a 1024 px generator costs about half a full image. W+ rows of the skipped layers are unused.
         Returns the image, or (image, features) with features {"conv{L}": ..., "rgb{res}": ...}.
         """
+        if max_resolution is not None and max_resolution not in self.config.resolutions:
+            raise ValueError(f"max_resolution must be one of {self.config.resolutions}, got {max_resolution!r}")
         if wplus.ndim != 3 or wplus.shape[1:] != (self.n_latent, self.style_dim):
             raise ValueError(f"expected W+ of shape [B, {self.n_latent}, {self.style_dim}], got {tuple(wplus.shape)}")
         batch = wplus.shape[0]
@@ -440,14 +447,20 @@ class StyleGAN2Generator(nn.Module):
             skip = self.to_rgb1(x, wplus[:, 1])
             if return_features:
                 features["rgb4"] = skip
+            if rgb_hook is not None:
+                rgb_hook(4, skip)
             i = 1
             for k, res in enumerate(self.config.resolutions[1:]):
+                if max_resolution is not None and res > max_resolution:
+                    break
                 up, conv, to_rgb = self.convs[2 * k], self.convs[2 * k + 1], self.to_rgbs[k]
                 x = emit(2 * k + 1, up(x, wplus[:, i], noise[2 * k + 1]))
                 x = emit(2 * k + 2, conv(x, wplus[:, i + 1], noise[2 * k + 2]))
                 skip = to_rgb(x, wplus[:, i + 2], skip)
                 if return_features:
                     features[f"rgb{res}"] = skip
+                if rgb_hook is not None:
+                    rgb_hook(res, skip)
                 i += 2
         image = skip.float().contiguous()
         if return_features:

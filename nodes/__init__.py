@@ -1,7 +1,7 @@
 """ComfyUI glue: one module per stage plus `comfy_bridge`, the only module that imports ComfyUI."""
-from . import comfy_bridge, compare, editing, faces, inversion, put, splice, stylegan
+from . import comfy_bridge, compare, edit_studio, editing, faces, inversion, put, splice, stylegan
 
-_STAGES = (stylegan, faces, inversion, editing, splice, put, compare)
+_STAGES = (stylegan, faces, inversion, editing, edit_studio, splice, put, compare)
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
@@ -11,3 +11,5 @@ for _stage in _STAGES:
 
 # data for the frontend extension (js/transedit.js): Load Direction's descriptions
 comfy_bridge.register_json_route("/transedit/directions", editing.direction_catalog)
+# Edit Studio's live previews: slider values in, a low-resolution render of the node's last run out
+comfy_bridge.register_preview_route(edit_studio.ROUTE, edit_studio.SERVICE)

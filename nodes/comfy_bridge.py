@@ -315,3 +315,115 @@ def register_json_route(path: str, handler) -> bool:
 
 
 _registered_routes: set = set()
+
+
+# ------------------------------------------------------------------------------------ live previews
+def executing_ids(unique_id) -> tuple[str, str]:
+    """(node id, prompt id) of the node running now: the hidden UNIQUE_ID input and the prompt's id (0.3.6x:
+    the execution context; older servers: the id the prompt worker records). Outside ComfyUI: ("", "")."""
+    node_id = "" if unique_id is None else str(unique_id)
+    if not IN_COMFYUI:
+        return node_id, ""
+    try:
+        from comfy_execution.utils import get_executing_context
+
+        ctx = get_executing_context()
+        if ctx is not None:
+            return str(ctx.node_id or node_id), str(ctx.prompt_id)
+    except ImportError:  # servers before the execution context
+        pass
+    try:
+        from server import PromptServer
+
+        return node_id, str(getattr(PromptServer.instance, "last_prompt_id", "") or "")
+    except (ImportError, AttributeError):
+        return node_id, ""
+
+
+def queue_is_busy() -> bool:
+    """True while ComfyUI runs or holds a prompt: a preview must not load or use models beside the prompt
+    worker (ComfyUI's model management is not made for two threads)."""
+    if not IN_COMFYUI:
+        return False
+    try:
+        from server import PromptServer
+
+        return PromptServer.instance.prompt_queue.get_tasks_remaining() > 0
+    except (ImportError, AttributeError):
+        return False
+
+
+def interrupt_exception() -> type[BaseException]:
+    """The exception check_interrupt raises (ComfyUI's InterruptProcessingException)."""
+    return getattr(_mm, "InterruptProcessingException", _NeverRaised) if IN_COMFYUI else _NeverRaised
+
+
+class _NeverRaised(Exception):
+    """Stands for ComfyUI's interrupt exception outside ComfyUI, where nothing raises it."""
+
+
+MAX_WAITING_PREVIEWS = 16  # requests waiting for a render at once; more are answered 429 at once
+
+
+def register_preview_route(path: str, service, max_body: int = 16384) -> bool:
+    """Serve a live-preview service at POST `path` on ComfyUI's server.
+
+    `service.admit(payload: dict)` runs on the event loop (fast: validation, bookkeeping) and returns either
+    a finished answer `(status, body)` or a function that renders and returns one; that function runs in a
+    worker thread so the server stays responsive. The route itself refuses what no service should see:
+    bodies over `max_body` bytes (413), anything but a JSON object (400), a busy queue (503), more than
+    MAX_WAITING_PREVIEWS waiting requests (429). Errors are answered as JSON and never reach the server."""
+    if not IN_COMFYUI:
+        return False
+    try:
+        import asyncio
+        import json
+
+        from aiohttp import web
+        from server import PromptServer
+    except ImportError:
+        return False
+    instance = getattr(PromptServer, "instance", None)
+    routes = getattr(instance, "routes", None)
+    if routes is None or path in _registered_routes:
+        return False
+    waiting = [0]
+
+    def answer(status: int, body: dict):
+        return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
+
+    async def serve(request):
+        if request.content_length is not None and request.content_length > max_body:
+            return answer(413, {"error": f"request body over {max_body} bytes"})
+        try:
+            raw = await request.content.read(max_body + 1)
+        except Exception as e:  # a broken connection or a malformed body
+            return answer(400, {"error": f"cannot read the request: {e}"})
+        if len(raw) > max_body:
+            return answer(413, {"error": f"request body over {max_body} bytes"})
+        try:
+            payload = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return answer(400, {"error": "the body must be a JSON object"})
+        if not isinstance(payload, dict):
+            return answer(400, {"error": "the body must be a JSON object"})
+        if queue_is_busy():
+            return answer(503, {"error": "the queue is running; the preview renders when it is idle",
+                                "reason": "busy"})
+        if waiting[0] >= MAX_WAITING_PREVIEWS:
+            return answer(429, {"error": "too many preview requests at once", "reason": "busy"})
+        waiting[0] += 1
+        try:
+            admitted = service.admit(payload)
+            if not callable(admitted):
+                return answer(*admitted)
+            return answer(*(await asyncio.get_running_loop().run_in_executor(None, admitted)))
+        except Exception as e:  # the service answers its own errors; this is the last line of defence
+            log.exception("TransEdit: %s failed", path)
+            return answer(500, {"error": f"{type(e).__name__}: {e}"})
+        finally:
+            waiting[0] -= 1
+
+    routes.post(path)(serve)
+    _registered_routes.add(path)
+    return True

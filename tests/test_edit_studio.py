@@ -1,0 +1,332 @@
+"""Edit Studio: the queued edit equals a chain of Apply Direction + Generate, the live preview equals the queued
+render at preview size, and the preview service's bookkeeping (ids, re-runs, freed generators, latest request
+wins) and its answers to hostile requests."""
+import gc
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from transedit.models.directions import LatentDirection
+from transedit.models.registry import load_stylegan2, save_random_generator
+from transedit.models.stylegan2 import StyleGAN2Config
+from transedit.nodes import comfy_bridge as bridge
+from transedit.nodes import edit_studio as studio
+from transedit.nodes import stylegan as sg_nodes
+from transedit.nodes.common import NodeInputError
+from transedit.nodes.editing import TransEditApplyDirection
+from transedit.nodes.stylegan import StyleGANHandle, TransEditGenerate, TransEditSampleLatent
+
+# 256 px so that a 128 px preview stops the generator early; narrow, so it stays fast
+CONFIG = StyleGAN2Config(size=256, style_dim=32, n_mlp=2,
+                         channels={4: 16, 8: 16, 16: 16, 32: 16, 64: 8, 128: 8, 256: 8})
+N, C = CONFIG.n_latent, CONFIG.style_dim
+
+
+def rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def generator(tmp_path_factory):
+    path = save_random_generator(tmp_path_factory.mktemp("studio") / "g.pt", config=CONFIG, seed=5)
+    return StyleGANHandle(load_stylegan2(path))
+
+
+@pytest.fixture(scope="module")
+def directions():
+    age = LatentDirection("age", rand(C, seed=1), default_strength=1.5)
+    pose = LatentDirection("pose", rand(N, C, seed=2), start=0, end=4)
+    mean = rand(C, seed=4)
+    comp = rand(C, seed=3)
+    ganspace = LatentDirection("gs", comp / comp.norm(), kind="ganspace", mean=mean, std=2.0, start=4, end=8)
+    return age, pose, ganspace
+
+
+@pytest.fixture(scope="module")
+def latent(generator):
+    return TransEditSampleLatent().sample(generator, 11, 2, 0.7)[0]
+
+
+@pytest.fixture
+def ids(monkeypatch):
+    """The node runs as node 7 of prompt 'p-1' (what ComfyUI's execution context would say)."""
+    current = {"ids": ("7", "p-1")}
+    monkeypatch.setattr(bridge, "executing_ids", lambda unique_id: current["ids"])
+    studio.SERVICE.forget()
+    yield current
+    studio.SERVICE.forget()
+
+
+def run_studio(generator, latent, dirs, strengths, start=-1, end=-1, preview="128", precision="fp32"):
+    d = list(dirs) + [None] * (4 - len(dirs))
+    s = list(strengths) + [0.0] * (4 - len(strengths))
+    return studio.TransEditEditStudio().edit(generator, latent, d[0], *s, start, end, preview, precision,
+                                            direction_2=d[1], direction_3=d[2], direction_4=d[3], unique_id="7")
+
+
+def generate(generator, latent):
+    return TransEditGenerate().generate(generator, latent, "const", 0, "fp32")[0]
+
+
+def preview(service=None, **fields):
+    body = {"node_id": "7", "prompt_id": "p-1", "strengths": [0.0], "start_layer": -1, "end_layer": -1, "item": 0}
+    body.update(fields)
+    return (service or studio.SERVICE).handle(json.loads(json.dumps(body)))
+
+
+def decode(data_url: str) -> np.ndarray:
+    import base64
+    import io
+
+    from PIL import Image
+
+    assert data_url.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB"))
+
+
+def to_u8(image: torch.Tensor) -> np.ndarray:
+    return (image.float().clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------ the edit
+def test_queued_edit_equals_apply_direction_chain_and_generate(generator, latent, directions, ids):
+    age, pose, gs = directions
+    images, edited = run_studio(generator, latent, [age, pose, gs], [1.5, -2.0, 0.75], preview="256")
+    chain = latent
+    for d, s in ((age, 1.5), (pose, -2.0), (gs, 0.75)):
+        chain = TransEditApplyDirection().apply(chain, d, s, -1, -1)[0]
+    torch.testing.assert_close(edited.wplus, chain.wplus, rtol=0, atol=0)
+    torch.testing.assert_close(images, generate(generator, chain), rtol=0, atol=0)
+    assert images.shape == (2, 256, 256, 3) and images.dtype == torch.float32
+    assert edited.extras["edits"][-1]["strengths"] == [1.5, -2.0, 0.75, 0.0]
+
+
+def test_zero_strengths_leave_the_latent_unchanged(generator, latent, directions, ids):
+    images, edited = run_studio(generator, latent, directions, [0.0, 0.0, 0.0])
+    torch.testing.assert_close(edited.wplus, latent.wplus, rtol=0, atol=0)  # GANSpace at 0 is skipped
+    torch.testing.assert_close(images, generate(generator, latent), rtol=0, atol=0)
+
+
+def test_shared_layer_range_applies_to_every_direction(generator, latent, directions, ids):
+    age, pose, _ = directions
+    _, edited = run_studio(generator, latent, [age, pose], [1.0, 1.0], start=2, end=5)
+    changed = (edited.wplus - latent.wplus).abs().sum((0, 2)) > 0
+    assert changed.tolist() == [i in (2, 3, 4) for i in range(N)]
+
+
+def test_preview_is_the_queued_render_at_preview_size(generator, latent, directions, ids):
+    """The route's render for given slider values is the skip RGB at preview size of the queued full render
+    of the same values (same math, same layers), and the generator stopped there."""
+    age, pose, gs = directions
+    images, edited = run_studio(generator, latent, [age, pose, gs], [1.0, 0.5, -1.0], start=1, end=9)
+    status, body = preview(strengths=[1.0, 0.5, -1.0], start_layer=1, end_layer=9, item=1)
+    assert status == 200, body
+    assert (body["width"], body["height"]) == (128, 128)
+    got = decode(body["image"])
+    module = generator.load()
+    with torch.inference_mode():
+        feats = module.synthesis(edited.wplus[1:2], noise_mode="const", return_features=True)[1]
+        stopped = module.synthesis(edited.wplus[1:2], noise_mode="const", max_resolution=128)
+    torch.testing.assert_close(stopped, feats["rgb128"], rtol=0, atol=0)
+    want = to_u8(((feats["rgb128"] + 1) * 0.5).permute(0, 2, 3, 1)[0])
+    np.testing.assert_array_equal(got, want)
+    # ...and a 128 px preview of a 256 px generator is not the full image
+    assert images.shape[1] == 256
+
+
+def test_preview_changes_with_the_sliders_and_matches_a_rerun(generator, latent, directions, ids):
+    age = directions[0]
+    run_studio(generator, latent, [age], [0.0], preview="256")
+    s0, b0 = preview(strengths=[0.0])
+    s1, b1 = preview(strengths=[3.0])
+    assert s0 == s1 == 200
+    assert not np.array_equal(decode(b0["image"]), decode(b1["image"]))
+    images, _ = run_studio(generator, latent, [age], [3.0], preview="256")  # queue the new value
+    np.testing.assert_array_equal(decode(b1["image"]), to_u8(images[0]))  # preview size == full size here
+
+
+def test_precision_is_the_runs(generator, latent, directions, ids):
+    run_studio(generator, latent, directions[:1], [1.0], preview="256", precision="bf16")
+    status, body = preview(strengths=[1.0])
+    images, _ = run_studio(generator, latent, directions[:1], [1.0], preview="256", precision="bf16")
+    assert status == 200
+    np.testing.assert_array_equal(decode(body["image"]), to_u8(images[0]))
+
+
+# ------------------------------------------------------------------------------------ remembered runs
+def test_unknown_ids_and_reruns(generator, latent, directions, ids):
+    status, body = preview()
+    assert status == 404 and body["reason"] == "unknown" and "queue the graph" in body["error"]
+    run_studio(generator, latent, directions[:1], [1.0])
+    assert preview()[0] == 200
+    assert preview(prompt_id="p-0")[0] == 404
+    assert preview(node_id="8")[0] == 404
+    ids["ids"] = ("7", "p-2")  # the node runs again in a new prompt: the old ids are forgotten
+    run_studio(generator, latent, directions[:1], [1.0])
+    assert preview()[0] == 404
+    assert preview(prompt_id="p-2")[0] == 200
+    assert len(studio.SERVICE) == 1
+
+
+def test_remembered_runs_are_bounded(generator, latent, directions, ids):
+    service = studio.StudioService(max_runs=3)
+    for k in range(5):
+        service.remember(studio.StudioRun(node_id=str(k), prompt_id="p", generator=lambda: generator,
+                                          wplus=latent.wplus, latent_meta={}, directions=[directions[0]],
+                                          preview_size="128", precision="fp32"))
+    assert len(service) == 3
+    assert preview(service, node_id="0", prompt_id="p")[0] == 404  # the oldest went first
+    assert preview(service, node_id="4", prompt_id="p")[0] == 200
+
+
+def test_a_freed_generator_ends_the_run(tmp_path, latent, directions, ids):
+    """The run holds the generator weakly: once ComfyUI drops it (Free model and node cache), the preview
+    answers 410 and nothing keeps the weights alive."""
+    handle = StyleGANHandle(load_stylegan2(save_random_generator(tmp_path / "g.pt", config=CONFIG, seed=5)))
+    run_studio(handle, latent, directions[:1], [1.0])
+    assert preview()[0] == 200
+    ref = __import__("weakref").ref(handle.descriptor.model)
+    del handle
+    gc.collect()
+    assert ref() is None
+    status, body = preview()
+    assert status == 410 and body["reason"] == "gone" and "queue the graph again" in body["error"]
+    assert len(studio.SERVICE) == 0
+
+
+# --------------------------------------------------------------------------------- latest request wins
+def test_only_the_latest_request_renders(generator, latent, directions, ids):
+    run_studio(generator, latent, directions[:1], [0.0])
+    first = studio.SERVICE.admit({"node_id": "7", "prompt_id": "p-1", "strengths": [1.0], "seq": 1})
+    second = studio.SERVICE.admit({"node_id": "7", "prompt_id": "p-1", "strengths": [2.0], "seq": 2})
+    rendered = studio.SERVICE.rendered
+    status, body = first()
+    assert status == 409 and body["reason"] == "superseded" and body["seq"] == 1
+    assert studio.SERVICE.rendered == rendered  # dropped without rendering
+    status, body = second()
+    assert status == 200 and body["seq"] == 2 and body["strengths"] == [2.0]
+
+
+def test_many_requests_at_once(generator, latent, directions, ids):
+    run_studio(generator, latent, directions[:1], [0.0])
+    answers = []
+    admitted = [studio.SERVICE.admit({"node_id": "7", "prompt_id": "p-1", "strengths": [k / 10], "seq": k})
+                for k in range(24)]
+    threads = [threading.Thread(target=lambda a=a: answers.append(a())) for a in admitted]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    statuses = sorted(s for s, _ in answers)
+    assert statuses == [200] + [409] * 23, statuses
+    (winner,) = [b for s, b in answers if s == 200]
+    assert winner["seq"] == 23
+
+
+# ----------------------------------------------------------------------------------- hostile requests
+@pytest.mark.parametrize("fields, field", [
+    ({"node_id": "../../etc/passwd"}, "node_id"),
+    ({"node_id": 7}, "node_id"),
+    ({"node_id": "x" * 65}, "node_id"),
+    ({"prompt_id": None}, "prompt_id"),
+    ({"prompt_id": "/tmp/model.pt"}, "prompt_id"),
+    ({"strengths": "1.0"}, "strengths"),
+    ({"strengths": []}, "strengths"),
+    ({"strengths": [0.1] * 5}, "strengths"),
+    ({"strengths": [float("nan")]}, "strengths"),
+    ({"strengths": [float("inf")]}, "strengths"),
+    ({"strengths": [1e308]}, "strengths"),
+    ({"strengths": [10 ** 400]}, "strengths"),
+    ({"strengths": [True]}, "strengths"),
+    ({"strengths": ["1"]}, "strengths"),
+    ({"strengths": [[1.0]]}, "strengths"),
+    ({"start_layer": 1.5}, "start_layer"),
+    ({"end_layer": 10 ** 9}, "end_layer"),
+    ({"item": -1}, "item"),
+    ({"item": "0"}, "item"),
+    ({"seq": -3}, "seq"),
+    ({"checkpoint": "evil.pkl"}, "checkpoint"),
+])
+def test_malformed_requests_get_a_clear_400(generator, latent, directions, ids, fields, field):
+    run_studio(generator, latent, directions[:1], [0.0])
+    body = {"node_id": "7", "prompt_id": "p-1", "strengths": [0.0]}
+    body.update(fields)
+    status, answer = studio.SERVICE.handle(body)
+    assert status == 400 and answer["field"] == field and answer["error"], answer
+
+
+def test_values_the_run_cannot_take_get_a_clear_400(generator, latent, directions, ids):
+    run_studio(generator, latent, directions[:1], [0.0])
+    status, body = preview(item=2)  # the batch has 2 latents
+    assert status == 400 and body["field"] == "item" and "0..1" in body["error"]
+    status, body = preview(start_layer=5, end_layer=3)
+    assert status == 400 and body["field"] == "end_layer"
+    status, body = preview(end_layer=N + 1)
+    assert status == 400 and body["field"] == "end_layer"
+    assert preview(strengths=[studio.STUDIO_STRENGTH + 1])[0] == 400
+    assert studio.SERVICE.handle([1, 2])[0] == 400
+
+
+def test_cancel_stops_a_preview(generator, latent, directions, ids, monkeypatch):
+    class Interrupted(Exception):
+        pass
+
+    run_studio(generator, latent, directions[:1], [0.0])
+    layers = []
+
+    def interrupt():
+        layers.append(1)
+        if len(layers) == 3:  # Cancel pressed while the generator is at its third layer
+            raise Interrupted()
+
+    monkeypatch.setattr(bridge, "check_interrupt", interrupt)
+    monkeypatch.setattr(bridge, "interrupt_exception", lambda: Interrupted)
+    status, body = preview(strengths=[1.0], seq=4)
+    assert status == 409 and body["reason"] == "cancelled" and body["seq"] == 4
+    assert len(layers) == 3
+    monkeypatch.undo()
+    assert preview(strengths=[1.0])[0] == 200
+
+
+def test_out_of_memory_is_answered_not_raised(generator, latent, directions, ids, monkeypatch):
+    run_studio(generator, latent, directions[:1], [0.0])
+
+    def full(*args, **kwargs):
+        raise bridge.oom_exception()("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(sg_nodes, "_synthesise", full)
+    status, body = preview(strengths=[1.0])
+    assert status == 507 and "TransEdit Edit Studio: out of memory" in body["error"]
+
+
+# ------------------------------------------------------------------------------------------ node errors
+def test_node_errors_name_the_input(generator, latent, directions, ids):
+    age = directions[0]
+    with pytest.raises(NodeInputError, match="strength_2"):
+        run_studio(generator, latent, [age], [0.0, 25.0])
+    with pytest.raises(NodeInputError, match="direction_3"):
+        studio.TransEditEditStudio().edit(generator, latent, age, 0, 0, 0, 0, -1, -1, "128", "fp32",
+                                          direction_3="not a direction")
+    with pytest.raises(NodeInputError, match="end_layer"):
+        run_studio(generator, latent, [age], [1.0], start=3, end=3)
+    with pytest.raises(NodeInputError, match="direction_1"):
+        studio.TransEditEditStudio().edit(generator, latent, None, 0, 0, 0, 0, -1, -1, "128", "fp32")
+    with pytest.raises(NodeInputError, match="preview_size"):
+        run_studio(generator, latent, [age], [1.0], preview="300")
+
+
+def test_no_ids_no_preview(generator, latent, directions, monkeypatch):
+    """Called outside a ComfyUI run (scripts), the node renders and remembers nothing."""
+    studio.SERVICE.forget()
+    monkeypatch.setattr(bridge, "executing_ids", lambda unique_id: ("", ""))
+    run_studio(generator, latent, directions[:1], [1.0])
+    assert len(studio.SERVICE) == 0
+
+
+def test_a_direction_for_another_generator_is_named_by_its_slot(generator, latent, directions, ids):
+    wrong = LatentDirection("ffhq_age", rand(512, seed=9))
+    with pytest.raises(NodeInputError, match=r"input 'direction_2' .*W\+ \[14, 32\]"):
+        run_studio(generator, latent, [directions[0], wrong], [1.0, 1.0])
