@@ -6,6 +6,9 @@
 //    picture for the next pair;
 //  - Load Direction shows the chosen direction's description, layer range and default strength (from the
 //    file's metadata, served by /transedit/directions);
+//  - Edit Studio: after one run, dragging a strength slider (or changing the layer range) re-renders a preview
+//    on the node through POST /transedit/studio/preview, without queueing; one request in flight per node, the
+//    newest slider state wins; "reset" and "before/after" sit under the picture;
 //  - node tint and a "TransEdit help" menu entry linking to the node reference and official weights;
 //  - workflows saved by another version of the pack (a different number of widget values) still load:
 //    missing values keep their defaults, invalid choices fall back to the default, and the node says so.
@@ -111,6 +114,7 @@ function makeCompareWidget(node) {
       const type = event.type || "";
       if (pos[1] > y + h && /down/.test(type)) {
         this.pair = (this.pair + 1) % this.pairs.length;
+        this.onPairChange?.(this.pair);
         node.setDirtyCanvas?.(true, true);
         return true;
       }
@@ -145,6 +149,183 @@ async function showCompare(node, payload) {
     node.setSize([Math.max(node.size[0], want[0], 280), Math.max(node.size[1], want[1])]);
   }
   node.setDirtyCanvas?.(true, true);
+}
+
+// -------------------------------------------------------------------------------------------- edit studio
+const STUDIO_KEY = "transedit_studio";
+const STUDIO_INPUTS = ["strength_1", "strength_2", "strength_3", "strength_4", "start_layer", "end_layer"];
+const BAR_HEIGHT = 26;
+let studioSeq = 0;
+
+// what the preview route needs; absent (an old or unusual frontend) the node works as a plain node
+const studioSupported = () => typeof api?.fetchApi === "function" && typeof Image === "function";
+
+function studioValues(node) {
+  const get = (name) => node.widgets?.find((w) => w.name === name)?.value;
+  return {
+    strengths: [1, 2, 3, 4].map((i) => Number(get(`strength_${i}`) ?? 0)),
+    start_layer: Number(get("start_layer") ?? -1),
+    end_layer: Number(get("end_layer") ?? -1),
+  };
+}
+
+function setStudioStatus(node, text) {
+  const bar = node.widgets?.find((w) => w.name === "transedit_studio_bar");
+  if (bar) bar.status = text;
+  node.setDirtyCanvas?.(true, true);
+}
+
+// one request in flight per node; while it renders, later slider moves only update what the next request asks
+function requestPreview(node) {
+  const studio = node.__transeditStudio;
+  if (!studio || !studioSupported()) return;
+  const compare = node.widgets?.find((w) => w.name === "transedit_compare");
+  const item = compare?.pairs?.length ? compare.pair % compare.pairs.length : 0;
+  const values = studioValues(node);
+  const key = JSON.stringify([values, item]);
+  if (key === studio.shownKey && !studio.inFlight) return;
+  studio.wanted = key;
+  if (studio.inFlight) return;
+  studio.inFlight = true;
+  studio.sentKey = key;
+  const seq = ++studioSeq;
+  const body = { node_id: studio.node_id, prompt_id: studio.prompt_id, item, seq, ...values };
+  setStudioStatus(node, "rendering…");
+  const started = performance.now();
+  api.fetchApi(studio.route, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) })
+    .then(async (res) => {
+      const answer = await res.json().catch(() => ({ error: `HTTP ${res.status}` }));
+      if (res.ok) {
+        const img = await new Promise((resolve) => {
+          const im = new Image();
+          im.onload = () => resolve(im);
+          im.onerror = () => resolve(null);
+          im.src = answer.image;
+        });
+        if (img && compare?.pairs?.[item]) {
+          compare.pairs[item] = { ...compare.pairs[item], after: img };
+          compare.labels = ["before", `after · live ${answer.width}²`];
+          studio.shownKey = key;
+          studio.previews += 1;
+          studio.last = { ...answer, image: answer.image, client_ms: Math.round(performance.now() - started) };
+          state.studioPreviews = (state.studioPreviews || 0) + 1;
+        }
+        setStudioStatus(node, `preview ${answer.width}² in ${Math.round(answer.ms)} ms · Queue for ${studio.full_size}²`);
+      } else if (res.status === 404 || res.status === 410) {
+        node.__transeditStudio = null; // that run is gone: the next Queue brings new ids
+        setStudioStatus(node, "Queue the graph to preview again");
+      } else if (res.status === 503) {
+        studio.retry = true; // the queue is running: try again when it is idle (status event) or in a second
+        setStudioStatus(node, "waiting for the queue…");
+        setTimeout(() => { if (studio.retry) { studio.retry = false; studio.shownKey = null; requestPreview(node); } }, 1000);
+      } else if (answer.reason !== "superseded") {
+        setStudioStatus(node, answer.error || `preview failed (HTTP ${res.status})`);
+      }
+    })
+    .catch((e) => setStudioStatus(node, `preview failed: ${e}`))
+    .finally(() => {
+      studio.inFlight = false;
+      // the sliders moved while this one rendered: ask for where they are now (an error is not retried)
+      if (node.__transeditStudio === studio && studio.wanted !== studio.sentKey && !studio.retry) requestPreview(node);
+    });
+}
+
+function resetStudio(node) {
+  for (const w of node.widgets || []) {
+    if (/^strength_\d$/.test(w.name)) w.value = 0;
+    if (w.name === "start_layer" || w.name === "end_layer") w.value = -1;
+  }
+  node.graph?.change?.(); // the workflow is modified (saved values, undo)
+  requestPreview(node);
+  node.setDirtyCanvas?.(true, true);
+}
+
+function makeStudioBar(node) {
+  return {
+    name: "transedit_studio_bar", type: "transedit_studio_bar", value: null, status: "",
+    serialize: false, options: { serialize: false },
+    computeSize(width) { return [width, BAR_HEIGHT]; },
+    buttons(width) {
+      return [{ label: "↺ reset", x: 6, w: 70, act: () => resetStudio(node) },
+        { label: "◧ before/after", x: 82, w: 104, act: () => this.toggle() }];
+    },
+    toggle() {
+      const compare = node.widgets?.find((w) => w.name === "transedit_compare");
+      if (!compare) return;
+      compare.split = compare.split > 0 ? 0 : 0.5; // 0: the edit alone; 0.5: before | after
+      node.setDirtyCanvas?.(true, true);
+    },
+    draw(ctx, node_, width, y) {
+      this.lastY = y;
+      ctx.save();
+      ctx.font = "11px sans-serif";
+      ctx.textAlign = "center";
+      for (const b of this.buttons(width)) {
+        ctx.fillStyle = "#2f4256";
+        ctx.fillRect(b.x, y + 3, b.w, BAR_HEIGHT - 6);
+        ctx.fillStyle = "#dde";
+        ctx.fillText(b.label, b.x + b.w / 2, y + BAR_HEIGHT / 2 + 4);
+      }
+      ctx.textAlign = "left";
+      ctx.fillStyle = "#9ab";
+      ctx.fillText(this.status || "drag a strength to preview", 194, y + BAR_HEIGHT / 2 + 4, Math.max(20, width - 200));
+      ctx.restore();
+    },
+    mouse(event, pos) {
+      if (!/down/.test(event.type || "")) return false;
+      const hit = this.buttons(node.size[0]).find((b) => pos[0] >= b.x && pos[0] <= b.x + b.w);
+      if (!hit) return false;
+      hit.act();
+      return true;
+    },
+  };
+}
+
+async function showStudio(node, payload) {
+  if (!payload?.node_id || !payload?.prompt_id) return;
+  await showCompare(node, payload);
+  const compare = node.widgets?.find((w) => w.name === "transedit_compare");
+  if (!compare) return;
+  compare.labels = ["before", `after · queued (preview ${payload.preview_size}²)`];
+  const previous = node.__transeditStudio;
+  node.__transeditStudio = { node_id: String(payload.node_id), prompt_id: String(payload.prompt_id),
+    route: payload.route || "/transedit/studio/preview", full_size: payload.full_size, preview_size: payload.preview_size,
+    previews: previous?.previews || 0, inFlight: false, shownKey: null, wanted: null };
+  // what the run rendered is on screen: remember it, so an unchanged slider asks for nothing
+  const values = payload.values || {};
+  const shown = { strengths: [1, 2, 3, 4].map((i) => Number(values.strengths?.[i - 1] ?? 0)),
+    start_layer: Number(values.start_layer ?? -1), end_layer: Number(values.end_layer ?? -1) };
+  node.__transeditStudio.shownKey = JSON.stringify([shown, 0]);
+  compare.onPairChange = () => requestPreview(node);
+  if (studioSupported() && !node.widgets?.some((w) => w.name === "transedit_studio_bar") &&
+      typeof node.addCustomWidget === "function") {
+    node.addCustomWidget(makeStudioBar(node));
+    const want = node.computeSize?.();
+    if (want && typeof node.setSize === "function") node.setSize([node.size[0], Math.max(node.size[1], want[1])]);
+  }
+  setStudioStatus(node, studioSupported() ? `queued ${payload.full_size}² · drag a strength to preview` : "");
+  // values changed between queueing and now (dragged while it ran): show them
+  requestPreview(node);
+}
+
+function attachStudio(node) {
+  if (!studioSupported()) return; // degrade: the node runs and shows its result as any node
+  for (const w of node.widgets || []) {
+    if (!STUDIO_INPUTS.includes(w.name) || w.__transeditStudio) continue;
+    w.__transeditStudio = true;
+    const original = w.callback;
+    w.callback = function () {
+      const r = original?.apply(this, arguments);
+      requestPreview(node);
+      return r;
+    };
+  }
+  const changed = node.onWidgetChanged;
+  node.onWidgetChanged = function (name) {
+    const r = changed?.apply(this, arguments);
+    if (STUDIO_INPUTS.includes(name)) requestPreview(node);
+    return r;
+  };
 }
 
 // ------------------------------------------------------------------------------------ direction metadata
@@ -259,6 +440,9 @@ const extension = {
       if (nodeData.name === "TransEditLoadDirection") {
         try { attachDirectionInfo(this); } catch (e) { console.warn("[TransEdit] direction info", e); }
       }
+      if (nodeData.name === "TransEditEditStudio") {
+        try { attachStudio(this); } catch (e) { console.warn("[TransEdit] studio", e); }
+      }
       return r;
     };
 
@@ -267,6 +451,8 @@ const extension = {
       const r = onExecuted?.apply(this, arguments);
       const payload = message?.[COMPARE_KEY]?.[0];
       if (payload) showCompare(this, payload).catch((e) => console.warn("[TransEdit] compare", e));
+      const studio = message?.[STUDIO_KEY]?.[0];
+      if (studio) showStudio(this, studio).catch((e) => console.warn("[TransEdit] studio", e));
       return r;
     };
 

@@ -403,8 +403,8 @@ def register_preview_route(path: str, service, max_body: int = 16384) -> bool:
             return answer(413, {"error": f"request body over {max_body} bytes"})
         try:
             payload = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            return answer(400, {"error": "the body must be a JSON object"})
+        except (UnicodeDecodeError, ValueError) as e:  # ValueError includes numbers of over 4300 digits
+            return answer(400, {"error": f"the body must be a JSON object ({str(e)[:120]})"})
         if not isinstance(payload, dict):
             return answer(400, {"error": "the body must be a JSON object"})
         if queue_is_busy():

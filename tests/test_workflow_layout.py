@@ -17,7 +17,7 @@ TITLE = 30  # LiteGraph's title bar, above pos
 GAP = 40
 # nodes that draw a picture inside themselves after a run (previews while running, compare widgets, outputs)
 PICTURE_NODES = {"TransEditAlignFace", "TransEditGenerate", "TransEditPasteBack", "TransEditCompare",
-                 "TransEditPUTInpaint", "TransEditSplice", "TransEditApplySplice", "TransEditSMARTRefine",
+                 "TransEditPUTInpaint", "TransEditSplice", "TransEditApplySplice", "TransEditSMARTRefine", "TransEditEditStudio",
                  "PreviewImage", "SaveImage", "LoadImage"}
 
 
