@@ -356,7 +356,7 @@ class TransEditEditStudio:
         wplus = studio_wplus(latent.wplus, directions, strengths, ranges)
         res = _preview_resolution(preview_size, generator.config.size)
         images, previews = render_latents(NODE, generator, latent, wplus=wplus, precision=precision,
-                                          preview_resolution=res)
+                                          preview_resolution=res, progress_images=False)  # it draws its own
         values = {"strengths": strengths, "start_layer": start_layer, "end_layer": end_layer}
         edited = _with_edit(latent, wplus, {"studio": [d.name if d is not None else None for d in directions],
                                             **values})

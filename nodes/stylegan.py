@@ -203,14 +203,15 @@ def _smart_for(node, generator, latent):
 def render_latents(node: str, generator: StyleGANHandle, latent: StyleLatent, *, wplus=None, items=None,
                    noise_mode: str = "const", noise_seed: int = 0, precision: str = "auto", chunk=None,
                    max_resolution=None, preview_resolution=None, progress: bool = True,
-                   cancel_each_layer: bool = False):
+                   progress_images: bool = True, cancel_each_layer: bool = False):
     """The one way the pack turns W+ into pictures (Generate, Edit Studio's queue run and its live preview).
 
     wplus: the codes to render (default latent.wplus), one per latent item (SMART features, noise seeds and
     source images follow the item); items: which items (default all). max_resolution stops the generator at
     that resolution (a cheap preview); preview_resolution also returns the skip RGB at that resolution of the
     same run. Out of memory and Cancel as run_in_chunks; cancel_each_layer also checks Cancel after every
-    layer (a live preview answers Cancel at once). Returns (IMAGE [n, H, W, 3], previews IMAGE or None)."""
+    layer (a live preview answers Cancel at once). progress_images: show each chunk's first image on the node
+    while it runs (off where the node draws its own picture). Returns (IMAGE [n, H, W, 3], previews IMAGE or None)."""
     wplus = latent.wplus if wplus is None else wplus
     items = list(range(wplus.shape[0])) if items is None else list(items)
     smart = _smart_for(node, generator, latent)
@@ -239,7 +240,7 @@ def render_latents(node: str, generator: StyleGANHandle, latent: StyleLatent, *,
         images = _synthesise(module, wplus[chosen], device, dtype, noise_mode, [noise_seed + i for i in chosen],
                              _chain(hooks), max_resolution, capture if preview_resolution else None)
         if bar is not None:
-            bar.update(stop - start, preview=comfy_image_to_pil(images[0]))
+            bar.update(stop - start, preview=comfy_image_to_pil(images[0]) if progress_images else None)
         return images, (gan_to_comfy_image(captured["rgb"]) if captured else None)
 
     keep = (generator.managed,) + ((smart[0].managed,) if smart is not None else ())

@@ -131,6 +131,129 @@ async function overlaps() {
   });
 }
 
+// run the loaded graph from the canvas (the Queue button's call) and wait for its history entry
+async function queueAndWait() {
+  const before = await page.evaluate(async () => Object.keys(await (await fetch("/history")).json()).length);
+  await page.evaluate(() => app.queuePrompt(0, 1));
+  let entry = null;
+  for (let t = 0; t < HANG_MS / 500 && !entry; t++) {
+    entry = await page.evaluate(async (n) => {
+      const entries = Object.values(await (await fetch("/history")).json());
+      if (entries.length <= n) return null;
+      const e = entries[entries.length - 1];
+      return e.status && (e.status.completed || e.status.status_str === "error") ? e : null;
+    }, before);
+    if (!entry) await page.waitForTimeout(500);
+  }
+  return entry;
+}
+
+// where a widget of the studio node is on screen (client pixels), with the node framed at scale 1
+async function widgetPoint(name, fx = 0.5) {
+  return page.evaluate(([name, fx]) => {
+    const n = app.graph._nodes.find((x) => x.type === "TransEditEditStudio");
+    const w = n.widgets.find((x) => x.name === name);
+    const wy = w.last_y ?? w.y ?? w.lastY;
+    const h = w.computeSize?.(n.size[0])?.[1] ?? window.LiteGraph?.NODE_WIDGET_HEIGHT ?? 20;
+    const ds = app.canvas.ds, rect = app.canvas.canvas.getBoundingClientRect();
+    const gx = n.pos[0] + n.size[0] * fx, gy = n.pos[1] + wy + Math.min(h, 24) / 2;
+    return { x: rect.left + (gx + ds.offset[0]) * ds.scale, y: rect.top + (gy + ds.offset[1]) * ds.scale, wy };
+  }, [name, fx]);
+}
+
+async function studioCheck(graph) {
+  await loadGraph(graph);
+  const run = await queueAndWait();
+  await page.waitForFunction(() => {
+    const n = app.graph._nodes.find((x) => x.type === "TransEditEditStudio");
+    return n?.__transeditStudio && n.widgets?.some((w) => w.name === "transedit_compare" && w.value?.loaded > 0) &&
+      n.widgets?.some((w) => w.name === "transedit_studio_bar");
+  }, null, { timeout: HANG_MS });
+  // the node at scale 1, top-left of the canvas, so that every widget is on screen
+  await closeDialogs();
+  await page.evaluate(() => {
+    const n = app.graph._nodes.find((x) => x.type === "TransEditEditStudio");
+    const ds = app.canvas.ds;
+    ds.scale = 1;
+    ds.offset[0] = 60 - n.pos[0];
+    ds.offset[1] = 90 - n.pos[1];
+    app.canvas.setDirty(true, true);
+  });
+  await page.waitForTimeout(300);
+  const state = () => page.evaluate(() => {
+    const n = app.graph._nodes.find((x) => x.type === "TransEditEditStudio");
+    const s = n.__transeditStudio;
+    const cmp = n.widgets.find((w) => w.name === "transedit_compare");
+    const bar = n.widgets.find((w) => w.name === "transedit_studio_bar");
+    return { previews: s?.previews ?? 0, in_flight: !!s?.inFlight, status: bar?.status ?? null, split: cmp?.split,
+      after_src: cmp?.pairs?.[0]?.after?.src?.slice(0, 64) ?? null, last: s?.last ?? null,
+      strength_1: n.widgets.find((w) => w.name === "strength_1").value };
+  });
+  const queueEmpty = () => page.evaluate(async () => {
+    const q = await (await fetch("/queue")).json();
+    return { running: q.queue_running.length, pending: q.queue_pending.length,
+      history: Object.keys(await (await fetch("/history")).json()).length };
+  });
+  const initial = await state();
+  const queueBefore = await queueEmpty();
+
+  // drag strength_1 to the right with the mouse, as an artist would
+  const p = await widgetPoint("strength_1");
+  await page.mouse.move(p.x, p.y);
+  await page.mouse.down();
+  for (let i = 1; i <= 12; i++) await page.mouse.move(p.x + 10 * i, p.y);
+  await page.mouse.up();
+  const dragged = (await state()).strength_1;
+  // progress, not a clock: until the preview of the value the slider holds now has arrived
+  await page.waitForFunction((v) => {
+    const n = app.graph._nodes.find((x) => x.type === "TransEditEditStudio");
+    const s = n.__transeditStudio;
+    return s && !s.inFlight && s.last && s.last.strengths[0] === v;
+  }, dragged, { timeout: HANG_MS });
+  const afterDrag = await state();
+  const queueAfter = await queueEmpty();
+  const saved = await page.evaluate(() => app.graph.serialize().nodes.find((x) => x.type === "TransEditEditStudio").widgets_values);
+  await page.mouse.move(5, 995);
+  await page.waitForTimeout(300);
+  await page.screenshot({ path: path.join(cfg.outDir, "edit_studio.live.png") });
+
+  // queue the dragged value: the saved image must be the full-size render the preview showed
+  const queued = await queueAndWait();
+  const saveId = String(graph.nodes.find((x) => x.type === "SaveImage").id);
+  const queuedImage = queued?.outputs?.[saveId]?.images?.[0] ?? null;
+  const queuedData = queuedImage ? await page.evaluate(async (ref) => {
+    const q = new URLSearchParams({ filename: ref.filename, subfolder: ref.subfolder || "", type: ref.type || "output" });
+    const bytes = new Uint8Array(await (await fetch(`/view?${q}`)).arrayBuffer());
+    let bin = "";
+    for (const b of bytes) bin += String.fromCharCode(b);
+    return btoa(bin);
+  }, queuedImage) : null;
+  await page.waitForFunction((pid) => app.graph._nodes.find((x) => x.type === "TransEditEditStudio")
+    ?.__transeditStudio?.prompt_id === pid, queued?.prompt?.[1], { timeout: HANG_MS }).catch(() => {});
+
+  // reset and before/after: real clicks on the bar under the picture
+  const bar = await widgetPoint("transedit_studio_bar", 0);
+  const previewsBefore = (await state()).previews;
+  await page.mouse.click(bar.x + 40, bar.y);
+  await page.waitForFunction((k) => {
+    const s = app.graph._nodes.find((x) => x.type === "TransEditEditStudio").__transeditStudio;
+    return s && s.previews > k && !s.inFlight;
+  }, previewsBefore, { timeout: HANG_MS });
+  const afterReset = await state();
+  const savedAfterReset = await page.evaluate(() => app.graph.serialize().nodes.find((x) => x.type === "TransEditEditStudio").widgets_values);
+  await page.mouse.click(bar.x + 130, bar.y);
+  const toggledOnce = (await state()).split;
+  await page.mouse.click(bar.x + 130, bar.y);
+  const toggledTwice = (await state()).split;
+  await page.mouse.move(5, 995); // no tooltip over the node in the screenshot
+  await page.waitForTimeout(300);
+  await page.screenshot({ path: path.join(cfg.outDir, "edit_studio.executed.png") });
+  return { run_status: run?.status ?? null, initial, dragged, after_drag: afterDrag, queue_before: queueBefore,
+    queue_after: queueAfter, saved_values: saved, queued_status: queued?.status ?? null, queued_image: queuedImage, queued_png: queuedData,
+    after_reset: afterReset, saved_after_reset: savedAfterReset, toggled: [toggledOnce, toggledTwice],
+    widget_y: p.wy };
+}
+
 try {
   await openApp();
   report.extension = await page.evaluate(() => ({
@@ -225,6 +348,11 @@ try {
       await page.evaluate(() => app.extensionManager.setting.set("Comfy.VueNodes.Enabled", false));
     }
   }
+
+  // Edit Studio: run once, drag a strength slider with the mouse, the preview on the node changes without a
+  // queue entry, the saved workflow has the new value, and queueing it gives the image the preview showed
+  const studioGraph = cfg.workflows.find((w) => w.name === cfg.studio?.workflow)?.graph;
+  if (studioGraph) report.studio = await studioCheck(studioGraph).catch((e) => ({ error: String(e?.stack || e) }));
 
   // subgraphs (frontends with Comfy.Graph.ConvertToSubgraph): the pack's nodes folded into a subgraph still run
   const subgraphGraph = cfg.workflows.find((w) => w.name === cfg.subgraph?.workflow)?.graph;

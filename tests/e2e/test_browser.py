@@ -90,6 +90,7 @@ def report(tools, comfy_root, tmp_path_factory):
         ext = next(e for e in extensions if e.endswith("/transedit.js"))
         config = {"help_phrases": help_phrases(),
                   "subgraph": {"workflow": "stylegan_generate", "nodes": [2, 3]},  # Sample Latent + Generate
+                  "studio": {"workflow": "edit_studio"},
                   "url": srv.url, "chromium": tools, "outDir": str(out_dir), "queue": QUEUED, "extension": ext,
                   "workflows": [{"name": n, "graph": g} for n, g in graphs.items()], "variants": _variants()}
         cfg_path = out_dir / "config.json"
@@ -194,6 +195,43 @@ def test_compare_widget_draws_in_vue_node_mode(report, comfy_root):
         pytest.skip("1.27.10's Vue node mode is an early preview that draws no canvas widget of any node (core "
                     f"image previews included; see vue_nodes.png): {vue}")
     assert vue["widgets"] >= 2 and vue["drawn"] == vue["widgets"], vue
+
+
+def test_edit_studio_previews_live_while_a_slider_is_dragged(report):
+    """edit_studio.json queued once from the canvas; then strength_1 dragged with the mouse: the picture on the
+    node changes to the preview of the new value, nothing is queued, the saved workflow carries the new value,
+    and queueing it saves the full-size image the preview showed (the tiny generator is smaller than the
+    preview size, so the preview is full size; Save Image truncates to 8 bits where the preview rounds).
+    Then the bar under the picture: reset (a real click) previews the unedited face and zeroes the saved
+    strengths, and before/after toggles the divider."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    st = report["studio"]
+    assert "error" not in st, st.get("error")
+    assert st["run_status"]["completed"], st["run_status"]
+    start = st["initial"]["strength_1"]
+    assert st["dragged"] != start, f"the mouse drag did not move strength_1 ({start})"
+    live = st["after_drag"]
+    assert live["previews"] > st["initial"]["previews"] and live["after_src"] != st["initial"]["after_src"], live
+    assert live["last"]["strengths"][0] == st["dragged"] and live["status"].startswith("preview"), live
+    q0, q1 = st["queue_before"], st["queue_after"]
+    assert q1["running"] == q1["pending"] == 0 and q1["history"] == q0["history"], (q0, q1)
+    assert st["saved_values"][0] == st["dragged"], st["saved_values"]
+
+    assert st["queued_status"]["completed"], st["queued_status"]
+    preview = np.asarray(Image.open(io.BytesIO(base64.b64decode(live["last"]["image"].split(",", 1)[1]))).convert("RGB"))
+    queued = np.asarray(Image.open(io.BytesIO(base64.b64decode(st["queued_png"]))).convert("RGB"))
+    assert preview.shape == queued.shape
+    diff = np.abs(preview.astype(int) - queued.astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.6, (diff.max(), diff.mean())
+
+    reset = st["after_reset"]
+    assert reset["last"]["strengths"] == [0, 0, 0, 0] and st["saved_after_reset"][:4] == [0, 0, 0, 0], reset
+    assert st["toggled"] == [0, 0.5], st["toggled"]
 
 
 def test_templates_are_listed(report, comfy_root):
