@@ -39,4 +39,6 @@ step 45 splice "$PY" benchmarks/bench_splice.py --device cuda --sizes 256 --dtyp
     --out "$R/gpu_splice.json"
 step 75 put "$PY" benchmarks/bench_put.py --device cuda --samples 1,8 --dtypes fp32,bf16 --max-passes 16 \
     --out "$R/gpu_put.json"
+step 60 studio "$PY" benchmarks/bench_studio.py --device cuda --dtypes fp32,bf16 --reps 20 \
+    --out "$R/gpu_studio.json"
 ls -l "$R"/gpu_*.json "$R"/vs_official_cuda.json 2>/dev/null

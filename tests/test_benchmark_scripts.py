@@ -69,3 +69,17 @@ def test_preset_stop_follows_the_trainers_early_stop_rule():
     assert study.preset_stop(records, 10_000) == (10_000, "step limit (no early stop)")
     improving = [100.0 * 0.999 ** i for i in range(3000)]  # > 1 % better every window: never stops
     assert study.preset_stop(_records(improving), 2500) == (2500, "step limit")
+
+
+def test_studio_benchmark_measures_the_preview_route(tmp_path):
+    """bench_studio at a small size: every preview size answers through the route's service, the queue run and
+    the replayed drag are recorded, and the drag ends on the slider's final value."""
+    bench_studio = pytest.importorskip("bench_studio")
+    out = tmp_path / "studio.json"
+    assert bench_studio.main(["--size", "256", "--previews", "128,256", "--reps", "1", "--warmup", "0",
+                              "--drag-seconds", "0.5", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r.get("preview_size") for r in rows if r["what"] == "preview route"] == [128, 256]
+    assert any(r["what"].startswith("queue run") for r in rows)
+    (drag,) = [r for r in rows if r["what"].startswith("slider drag")]
+    assert drag["last_preview_is_final_value"] and 1 <= drag["previews_rendered"] <= drag["slider_moves"]
