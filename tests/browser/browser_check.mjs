@@ -175,8 +175,8 @@ async function studioCheck(graph) {
     const n = app.graph._nodes.find((x) => x.type === "TransEditEditStudio");
     const ds = app.canvas.ds;
     ds.scale = 1;
-    ds.offset[0] = 60 - n.pos[0];
-    ds.offset[1] = 90 - n.pos[1];
+    ds.offset[0] = 160 - n.pos[0]; // clear of the side bar and the floating menus
+    ds.offset[1] = 150 - n.pos[1];
     app.canvas.setDirty(true, true);
   });
   await page.waitForTimeout(300);
