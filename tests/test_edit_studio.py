@@ -330,3 +330,32 @@ def test_a_direction_for_another_generator_is_named_by_its_slot(generator, laten
     wrong = LatentDirection("ffhq_age", rand(512, seed=9))
     with pytest.raises(NodeInputError, match=r"input 'direction_2' .*W\+ \[14, 32\]"):
         run_studio(generator, latent, [directions[0], wrong], [1.0, 1.0])
+
+
+def test_smart_refined_latents_preview_and_queue_with_smart(tmp_path, ids):
+    """A latent that went through SMART Refine before the studio: the queued image is what Apply Direction +
+    Generate give (SMART applied in the generator), and the preview renders with SMART too; the run holds the
+    SMART block weakly."""
+    from transedit.models.registry import save_random_encoder
+    from transedit.nodes.inversion import RESIZE_MODES, TransEditInvert, TransEditLoadEncoder, TransEditSMARTRefine
+
+    folder = tmp_path / "gan_encoders"
+    folder.mkdir()
+    save_random_encoder(folder / "sp.pt", "styleprompter")
+    bridge.set_fallback_folder("gan_encoders", [str(folder)])
+    try:
+        encoder, gen = TransEditLoadEncoder().load("sp.pt")
+    finally:
+        bridge._fallback_paths.pop("gan_encoders", None)
+    faces = rand(2, 64, 64, 3, seed=5).sigmoid()
+    latent = TransEditInvert().invert(encoder, faces, RESIZE_MODES[0], "fp32")[0]
+    refined = TransEditSMARTRefine().refine(latent, encoder, 1.0, 1.0)[0]
+    age = LatentDirection("age", rand(latent.style_dim, seed=1))
+    images, _ = run_studio(gen, refined, [age], [2.0], preview="256")
+    chain = TransEditApplyDirection().apply(refined, age, 2.0, -1, -1)[0]
+    torch.testing.assert_close(images, generate(gen, chain), rtol=0, atol=0)
+    plain = generate(gen, TransEditApplyDirection().apply(latent, age, 2.0, -1, -1)[0])
+    assert (images - plain).abs().max() > 1e-3  # SMART changed the picture
+    status, body = preview(strengths=[2.0], item=1)
+    assert status == 200, body
+    np.testing.assert_array_equal(decode(body["image"]), to_u8(images[1]))  # 64 px: preview = full image
