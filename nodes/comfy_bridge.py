@@ -288,19 +288,10 @@ def with_ui(result: tuple, ui: Optional[dict]):
 def register_json_route(path: str, handler) -> bool:
     """Serve handler() as JSON at GET `path` on ComfyUI's server (for the frontend extension); False when
     there is no server (tests, scripts) or the route exists already (a pack reload)."""
-    if not IN_COMFYUI:
+    routes = _server_routes(path)
+    if routes is None:
         return False
-    try:
-        from aiohttp import web
-        from server import PromptServer
-    except ImportError:
-        return False
-    instance = getattr(PromptServer, "instance", None)
-    if instance is None:
-        return False
-    routes = getattr(instance, "routes", None)
-    if routes is None or path in _registered_routes:
-        return False
+    from aiohttp import web
 
     async def serve(request):
         try:
@@ -315,6 +306,20 @@ def register_json_route(path: str, handler) -> bool:
 
 
 _registered_routes: set = set()
+
+
+def _server_routes(path: str):
+    """ComfyUI's route table, or None when there is no server (tests, scripts) or `path` is registered already
+    (a pack reload)."""
+    if not IN_COMFYUI:
+        return None
+    try:
+        import aiohttp  # noqa: F401  (the server's own dependency)
+        from server import PromptServer
+    except ImportError:
+        return None
+    routes = getattr(getattr(PromptServer, "instance", None), "routes", None)
+    return None if routes is None or path in _registered_routes else routes
 
 
 # ------------------------------------------------------------------------------------ live previews
@@ -373,20 +378,14 @@ def register_preview_route(path: str, service, max_body: int = 16384) -> bool:
     worker thread so the server stays responsive. The route itself refuses what no service should see:
     bodies over `max_body` bytes (413), anything but a JSON object (400), a busy queue (503), more than
     MAX_WAITING_PREVIEWS waiting requests (429). Errors are answered as JSON and never reach the server."""
-    if not IN_COMFYUI:
+    routes = _server_routes(path)
+    if routes is None:
         return False
-    try:
-        import asyncio
-        import json
+    import asyncio
+    import json
 
-        from aiohttp import web
-        from server import PromptServer
-    except ImportError:
-        return False
-    instance = getattr(PromptServer, "instance", None)
-    routes = getattr(instance, "routes", None)
-    if routes is None or path in _registered_routes:
-        return False
+    from aiohttp import web
+
     waiting = [0]
 
     def answer(status: int, body: dict):

@@ -274,18 +274,7 @@ try {
   const queued = cfg.workflows.find((w) => w.name === cfg.queue);
   if (queued) {
     await loadGraph(queued.graph);
-    const before = await page.evaluate(async () => Object.keys(await (await fetch("/history")).json()).length);
-    await page.evaluate(() => app.queuePrompt(0, 1));
-    let status = null;
-    for (let t = 0; t < HANG_MS / 500 && !status; t++) { // poll /history until the prompt finished (ok or not)
-      status = await page.evaluate(async (n) => {
-        const entries = Object.values(await (await fetch("/history")).json());
-        if (entries.length <= n) return null;
-        const st = entries[entries.length - 1].status;
-        return st && (st.completed || st.status_str === "error") ? st : null;
-      }, before);
-      if (!status) await page.waitForTimeout(500);
-    }
+    const status = (await queueAndWait())?.status ?? null;
     // both nodes that report pairs (Generate, Paste Back) must have their widget
     await page.waitForFunction(() => app.graph._nodes.filter((n) => n.widgets?.some(
       (w) => w.name === "transedit_compare" && w.value?.loaded > 0)).length >= 2, null, { timeout: HANG_MS }).catch(() => {});
@@ -370,18 +359,7 @@ try {
       const sub = app.graph._nodes.find((n) => n.subgraph || n.isSubgraphNode?.());
       return { outer, inner: sub?.subgraph?._nodes?.map((n) => n.type) ?? sub?.subgraph?.nodes?.map((n) => n.type) ?? [] };
     }, cfg.subgraph.nodes);
-    const before = await page.evaluate(async () => Object.keys(await (await fetch("/history")).json()).length);
-    await page.evaluate(() => app.queuePrompt(0, 1));
-    let entry = null;
-    for (let t = 0; t < HANG_MS / 500 && !entry; t++) {
-      entry = await page.evaluate(async (n) => {
-        const entries = Object.values(await (await fetch("/history")).json());
-        if (entries.length <= n) return null;
-        const e = entries[entries.length - 1];
-        return e.status && (e.status.completed || e.status.status_str === "error") ? e : null;
-      }, before);
-      if (!entry) await page.waitForTimeout(500);
-    }
+    const entry = await queueAndWait();
     report.subgraph = { ...report.subgraph, ...folded, status: entry?.status ?? null,
       executed_types: entry ? Object.values(entry.prompt[2]).map((n) => n.class_type) : [],
       output_images: entry ? Object.values(entry.outputs || {}).reduce((k, o) => k + (o.images?.length || 0), 0) : 0 };
