@@ -72,6 +72,19 @@ def main() -> None:
         edit_tf = N["TransEditLoadEditTransformer"]().load("ref_edit.pt")[0]
         latent = N["TransEditSampleLatent"]().sample(generator, 1, 2, 0.7)[0]
         output("Generate", result(N["TransEditGenerate"]().generate(generator, latent, "random", 0, "auto"))[0])
+        # Edit Studio's queue run and a live preview of it (the ids a prompt's execution context would give)
+        from transedit.nodes import edit_studio
+
+        bridge.executing_ids = lambda unique_id: (str(unique_id), "probe")
+        sefa = N["TransEditSeFa"]().factorize(generator, 0, 0, -1)[0]
+        output("Edit Studio", result(N["TransEditEditStudio"]().edit(generator, latent, sefa, 1.0, 0.0, 0.0, 0.0, -1,
+                                                                     -1, "256", "auto", unique_id="studio"))[0])
+        mm.unload_all_models()  # the preview loads the generator again, through its own ModelPatcher
+        status, answer = edit_studio.SERVICE.handle({"node_id": "studio", "prompt_id": "probe", "strengths": [2.0]})
+        report["studio_preview"] = {
+            "status": status, "error": answer.get("error"),
+            "generator_loaded": sum(lm.model is generator.managed.patcher for lm in mm.current_loaded_models),
+            "loaded_models": len(mm.current_loaded_models)}
         inverted = N["TransEditInvert"]().invert(encoder, photos, "fast (torch)", "auto")[0]
         refined = N["TransEditSMARTRefine"]().refine(inverted, encoder, 1.0, 1.0)[0]
         output("Generate (SMART)", result(N["TransEditGenerate"]().generate(sp_generator, refined, "const", 0,

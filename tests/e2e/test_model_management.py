@@ -2,7 +2,8 @@
 
 Each case starts a fresh Python process that imports the pinned ComfyUI with the given command-line flags
 and runs `managed_memory_probe.py`: every loader and every model-running node once (inputs fp16, non-
-contiguous, on the compute device), then ComfyUI's "free memory" and "unload models". Checked here:
+contiguous, on the compute device; Edit Studio's live preview too), then ComfyUI's "free memory" and "unload
+models". Checked here:
 
 - each TransEdit model is in ComfyUI's list of loaded models with exactly its parameter + buffer bytes;
 - ComfyUI's low-VRAM loader (run on copies, with the 'meta' device standing in for a GPU) leaves some of
@@ -72,6 +73,10 @@ def check_report(report: dict) -> None:
     assert sorted(report["reloaded"]) == sorted(models)
     assert report["after_unload_all"] == [], "unload_all_models left TransEdit models loaded"
     assert report["weights_still_alive"] == [], "weights outlived the graph: a reference leaks"
+    # a live preview reloads the generator through its one ModelPatcher, beside nothing else of its own; the
+    # studio's remembered run holds it weakly (so the check above also covers it)
+    assert report["studio_preview"] == {"status": 200, "error": None, "generator_loaded": 1,
+                                        "loaded_models": 1}, report["studio_preview"]
     offload = report["offload_device"]
     for name, device in report["devices_after_free_memory"].items():
         assert device == offload, f"{name} stayed on {device} after free_memory (offload device {offload})"
