@@ -21,7 +21,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -116,7 +116,6 @@ class StudioRun:
     preview_size: str
     precision: str
     smart: Optional[tuple] = None  # (weakref to SmartHandle, beta, per-item features)
-    values: dict = field(default_factory=dict)  # the widget values this run rendered
 
     def latent(self) -> StyleLatent:
         extras = {}
@@ -373,7 +372,7 @@ class TransEditEditStudio:
                                        latent_meta={"generator": latent.generator,
                                                     "generator_name": latent.generator_name},
                                        directions=directions, preview_size=preview_size, precision=precision,
-                                       smart=smart, values=values))
+                                       smart=smart))
             if bridge.IN_COMFYUI:  # nobody looks at previews elsewhere
                 ui = self._ui(node_id, prompt_id, generator, latent, previews, strengths, res, values, precision,
                               directions)
