@@ -10,6 +10,10 @@ base64 — everything but the HTTP hop) for several preview sizes. For compariso
 (full 1024 image + its preview pair). `drag` replays a slider drag (30 moves a second for 2 s) the way the
 frontend sends it — one request in flight, the newest slider value next — and reports how many previews rendered
 and how long after the last move its preview arrived.
+
+`--http` measures the real route instead: a headless ComfyUI 0.3.64 (the test harness's, installed on first
+use) gets the same generator file, runs an Edit Studio graph once per case from its API, and the benchmark
+POSTs `/transedit/studio/preview` as the frontend does — request to decoded answer, HTTP and JSON included.
 """
 from __future__ import annotations
 
@@ -115,10 +119,14 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=1024, help="generator size (config-f widths)")
     ap.add_argument("--drag-seconds", type=float, default=2.0)
     ap.add_argument("--no-drag", action="store_true")
+    ap.add_argument("--http", action="store_true", help="through a real headless ComfyUI (CPU)")
+    ap.add_argument("--http-server", default="comfyui-0.3.64")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     os.environ["TRANSEDIT_DEVICE"] = str(device)
+    if args.http:
+        return measure_http(args)
 
     with tempfile.TemporaryDirectory() as tmp:
         path = save_random_generator(Path(tmp) / "stylegan2-ffhq-config-f.pt", config=StyleGAN2Config(size=args.size))
@@ -174,6 +182,66 @@ def _measure(args, device, handle, latent, age) -> dict:
             tmp_out.write_text(json.dumps(report, indent=1))
             os.replace(tmp_out, args.out)
     return report
+
+
+def measure_http(args) -> int:
+    """The route over HTTP on a real headless ComfyUI (see the module docstring)."""
+    import urllib.request
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import comfy_harness as h
+    from transedit.nodes.editing import SEFA_ENTRY
+
+    def post(server, body) -> tuple[float, dict]:
+        req = urllib.request.Request(server.url + studio.ROUTE, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=600) as resp:
+            answer = json.loads(resp.read())
+        return time.perf_counter() - t0, answer
+
+    report = {"device": "cpu (ComfyUI --cpu)", "via": f"HTTP, {args.http_server}", "torch": torch.__version__,
+              "generator": f"config-f {args.size} (random weights, rosinality container)", "reps": args.reps,
+              "rows": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        gen = save_random_generator(Path(tmp) / "g.pt", config=StyleGAN2Config(size=args.size))
+        with h.ComfyServer(h.ensure_server(args.http_server), models={"stylegan": {"g.pt": gen}}) as server:
+            for dtype in args.dtypes.split(","):
+                for preview in args.previews.split(","):
+                    prompt = {
+                        "1": {"class_type": "TransEditLoadStyleGAN", "inputs": {"ckpt_name": "g.pt"}},
+                        "2": {"class_type": "TransEditSampleLatent",
+                              "inputs": {"generator": ["1", 0], "seed": 0, "batch_size": 1, "truncation": 0.7}},
+                        "3": {"class_type": "TransEditLoadDirection",
+                              "inputs": {"direction": SEFA_ENTRY, "component": 0, "generator": ["1", 0]}},
+                        "4": {"class_type": "TransEditEditStudio", "inputs": {
+                            "generator": ["1", 0], "latent": ["2", 0], "direction_1": ["3", 0], "strength_1": 1.0,
+                            "strength_2": 0.0, "strength_3": 0.0, "strength_4": 0.0, "start_layer": -1,
+                            "end_layer": -1, "preview_size": preview, "precision": dtype}}}
+                    t0 = time.perf_counter()
+                    history = server.run(prompt)
+                    queue_s = time.perf_counter() - t0
+                    (payload,) = history["outputs"]["4"]["transedit_studio"]
+                    times, server_ms = [], []
+                    for k in range(args.warmup + args.reps):
+                        spent, answer = post(server, {"node_id": payload["node_id"], "prompt_id": payload["prompt_id"],
+                                                      "strengths": [1.0 + 0.01 * (k + 1)], "seq": k})
+                        assert answer.get("image"), answer
+                        if k >= args.warmup:
+                            times.append(spent)
+                            server_ms.append(answer["ms"])
+                    row = {"what": "preview route over HTTP", "preview_size": int(preview), "dtype": dtype,
+                           "median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4),
+                           "server_render_median_ms": round(statistics.median(server_ms), 1),
+                           "answer_kib": round(len(answer["image"]) / 1024, 1),
+                           "queue_run_s (the whole graph, first run of this case)": round(queue_s, 2)}
+                    print(json.dumps(row), flush=True)
+                    report["rows"].append(row)
+    if args.out:
+        tmp_out = Path(args.out + ".part")
+        tmp_out.write_text(json.dumps(report, indent=1))
+        os.replace(tmp_out, args.out)
+    return 0
 
 
 if __name__ == "__main__":
