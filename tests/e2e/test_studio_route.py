@@ -223,3 +223,16 @@ def test_freeing_models_ends_the_preview(server):
     assert status in (404, 410) and "queue" in answer["error"].lower(), (status, answer)
     _, payload, _ = run_studio(server)
     assert post(server, body_for(payload))[0] == 200
+
+
+def test_http_benchmark_runs(comfy_root, tmp_path):
+    """benchmarks/bench_studio.py --http on a small generator: it starts its own server of this kind, runs the
+    studio graph and times the route; every row has a rendered answer."""
+    sys.path.insert(0, str(h.REPO / "benchmarks"))
+    import bench_studio
+
+    out = tmp_path / "http.json"
+    assert bench_studio.main(["--http", "--http-server", comfy_root.kind, "--size", "64", "--previews", "128",
+                              "--reps", "1", "--warmup", "0", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["preview_size"] == 128 and row["answer_kib"] > 0 and row["server_render_median_ms"] > 0
