@@ -161,6 +161,52 @@ async function widgetPoint(name, fx = 0.5) {
   }, [name, fx]);
 }
 
+// a server where the preview route is missing (aiohttp's plain-text 404, e.g. the route could not be registered):
+// the node still runs and shows its picture; a drag asks once, then the node says to queue instead
+async function studioWithoutRoute(graph) {
+  const requests = [];
+  await page.route("**/transedit/studio/preview", (route) => {
+    requests.push(route.request().url());
+    return route.fulfill({ status: 404, contentType: "text/plain", body: "404: Not Found" });
+  });
+  const errorsBefore = report.console_errors.length;
+  try {
+    await loadGraph(graph);
+    const run = await queueAndWait();
+    await page.waitForFunction(() => app.graph._nodes.find((x) => x.type === "TransEditEditStudio")?.__transeditStudio,
+      null, { timeout: HANG_MS });
+    const p = await widgetPoint("strength_1");
+    await page.mouse.move(p.x, p.y);
+    await page.mouse.down();
+    for (let i = 1; i <= 6; i++) await page.mouse.move(p.x + 10 * i, p.y);
+    await page.mouse.up();
+    await page.waitForFunction(() => {
+      const n = app.graph._nodes.find((x) => x.type === "TransEditEditStudio");
+      return n.__transeditStudio === null;
+    }, null, { timeout: HANG_MS });
+    const node = await page.evaluate(() => {
+      const n = app.graph._nodes.find((x) => x.type === "TransEditEditStudio");
+      const cmp = n.widgets.find((w) => w.name === "transedit_compare");
+      return { status: n.widgets.find((w) => w.name === "transedit_studio_bar")?.status ?? null,
+        pictures: cmp?.value?.loaded ?? 0 };
+    });
+    // later drags ask nothing until the graph is queued again
+    await page.mouse.move(p.x + 60, p.y);
+    await page.mouse.down();
+    for (let i = 1; i <= 4; i++) await page.mouse.move(p.x + 60 - 10 * i, p.y);
+    await page.mouse.up();
+    await page.waitForTimeout(300);
+    // the pack's errors only (the frontend logs its own, e.g. the newest frontend's jobs API on 0.3.64), and
+    // not the route's 404, which the page logs as a missing resource
+    const errors = report.console_errors.slice(errorsBefore)
+      .filter((e) => /transedit/i.test(e) && !/status of 404 .*\/transedit\/studio\/preview/.test(e));
+    return { run_status: run?.status ?? null, ...node, requests: requests.length, errors };
+  } finally {
+    await page.unroute("**/transedit/studio/preview");
+    report.console_errors = report.console_errors.filter((e) => !/transedit\/studio\/preview/.test(e));
+  }
+}
+
 async function studioCheck(graph) {
   await loadGraph(graph);
   const run = await queueAndWait();
@@ -342,6 +388,8 @@ try {
   // queue entry, the saved workflow has the new value, and queueing it gives the image the preview showed
   const studioGraph = cfg.workflows.find((w) => w.name === cfg.studio?.workflow)?.graph;
   if (studioGraph) report.studio = await studioCheck(studioGraph).catch((e) => ({ error: String(e?.stack || e) }));
+  // ...and on a server without the preview route
+  if (studioGraph) report.studio_degraded = await studioWithoutRoute(studioGraph).catch((e) => ({ error: String(e?.stack || e) }));
 
   // subgraphs (frontends with Comfy.Graph.ConvertToSubgraph): the pack's nodes folded into a subgraph still run
   const subgraphGraph = cfg.workflows.find((w) => w.name === cfg.subgraph?.workflow)?.graph;

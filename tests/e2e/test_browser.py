@@ -234,6 +234,17 @@ def test_edit_studio_previews_live_while_a_slider_is_dragged(report):
     assert st["toggled"] == [0, 0.5], st["toggled"]
 
 
+def test_edit_studio_degrades_without_the_preview_route(report):
+    """A server where the preview route is missing (its requests answered with aiohttp's plain 404): Edit Studio
+    still runs from the canvas and shows its before/after picture; a drag asks once, the node then says to queue,
+    and further drags send nothing until the next run."""
+    st = report["studio_degraded"]
+    assert "error" not in st, st.get("error")
+    assert st["run_status"]["completed"] and st["pictures"] >= 1, st
+    assert st["requests"] == 1 and "Queue the graph" in st["status"], st
+    assert st["errors"] == [], st["errors"]
+
+
 def test_templates_are_listed(report, comfy_root):
     api = report["templates"]["api"]
     if comfy_root.kind == "comfyui-2024":
