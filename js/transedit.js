@@ -207,8 +207,7 @@ function requestPreview(node) {
           compare.labels = ["before", `after · live ${answer.width}²`];
           studio.shownKey = key;
           studio.previews += 1;
-          studio.last = { ...answer, image: answer.image, client_ms: Math.round(performance.now() - started) };
-          state.studioPreviews = (state.studioPreviews || 0) + 1;
+          studio.last = { ...answer, client_ms: Math.round(performance.now() - started) };
         }
         setStudioStatus(node, `preview ${answer.width}² in ${Math.round(answer.ms)} ms · Queue for ${studio.full_size}²`);
       } else if (res.status === 404 || res.status === 410) {

@@ -414,7 +414,7 @@ class StyleGAN2Generator(nn.Module):
         "none" turns noise off. dtype=bfloat16/float16 runs the convolutions under autocast.
         max_resolution: stop after that resolution's block and return the skip branch's RGB there (the
         image the network has built so far, [B, 3, r, r]); the layers above it are not run, so a 256 px
-        preview of a 1024 px generator costs about half a full image. W+ rows of the skipped layers are unused.
+        preview of a 1024 px generator costs about a third of a full image (measured on a CPU). W+ rows of the skipped layers are unused.
         Returns the image, or (image, features) with features {"conv{L}": ..., "rgb{res}": ...}.
         """
         if max_resolution is not None and max_resolution not in self.config.resolutions:

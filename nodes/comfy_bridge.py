@@ -25,6 +25,11 @@ except ImportError:  # plain PyTorch
     _mm = _model_patcher = _comfy_utils = _folder_paths = None
     IN_COMFYUI = False
 
+try:  # ComfyUI 0.3.4x and later: the prompt and node a node runs in
+    from comfy_execution.utils import get_executing_context as _executing_context
+except ImportError:  # older servers (and plain PyTorch): executing_ids asks the server instead
+    _executing_context = None
+
 # ComfyUI folder name -> (subfolder of models/, file extensions)
 MODEL_FOLDERS: dict[str, tuple[str, set[str]]] = {
     "stylegan": ("stylegan", {".pt", ".pth", ".pkl", ".safetensors"}),
@@ -316,9 +321,12 @@ def _server_routes(path: str):
     try:
         import aiohttp  # noqa: F401  (the server's own dependency)
         from server import PromptServer
-    except ImportError:
+    except ImportError as e:
+        log.warning("TransEdit: %s is not served (the frontend loses that feature): %s", path, e)
         return None
     routes = getattr(getattr(PromptServer, "instance", None), "routes", None)
+    if routes is None:
+        log.warning("TransEdit: %s is not served: ComfyUI's server has no route table yet", path)
     return None if routes is None or path in _registered_routes else routes
 
 
@@ -329,33 +337,30 @@ def executing_ids(unique_id) -> tuple[str, str]:
     node_id = "" if unique_id is None else str(unique_id)
     if not IN_COMFYUI:
         return node_id, ""
-    try:
-        from comfy_execution.utils import get_executing_context
-
-        ctx = get_executing_context()
-        if ctx is not None:
-            return str(ctx.node_id or node_id), str(ctx.prompt_id)
-    except ImportError:  # servers before the execution context
-        pass
-    try:
+    ctx = _executing_context() if _executing_context is not None else None
+    if ctx is not None:
+        return str(ctx.node_id or node_id), str(ctx.prompt_id)
+    try:  # older servers: the prompt worker records the prompt's id on the server
         from server import PromptServer
-
-        return node_id, str(getattr(PromptServer.instance, "last_prompt_id", "") or "")
-    except (ImportError, AttributeError):
+    except ImportError as e:  # ComfyUI used as a library, without its server
+        log.warning("TransEdit: no ComfyUI server (%s); node %s's live preview is off", e, node_id)
         return node_id, ""
+    prompt_id = str(getattr(getattr(PromptServer, "instance", None), "last_prompt_id", "") or "")
+    if not prompt_id:
+        log.warning("TransEdit: ComfyUI did not say which prompt node %s runs in; its live preview is off", node_id)
+    return node_id, prompt_id
 
 
-def queue_is_busy() -> bool:
+def queue_is_busy() -> Optional[bool]:
     """True while ComfyUI runs or holds a prompt: a preview must not load or use models beside the prompt
-    worker (ComfyUI's model management is not made for two threads)."""
+    worker (ComfyUI's model management is not made for two threads). None when this server does not say."""
     if not IN_COMFYUI:
         return False
-    try:
-        from server import PromptServer
+    from server import PromptServer
 
-        return PromptServer.instance.prompt_queue.get_tasks_remaining() > 0
-    except (ImportError, AttributeError):
-        return False
+    remaining = getattr(getattr(getattr(PromptServer, "instance", None), "prompt_queue", None),
+                        "get_tasks_remaining", None)
+    return None if remaining is None else remaining() > 0
 
 
 def interrupt_exception() -> type[BaseException]:
@@ -385,6 +390,7 @@ def register_preview_route(path: str, service, max_body: int = 16384) -> bool:
     import json
 
     from aiohttp import web
+    from aiohttp.http_exceptions import HttpProcessingError
 
     waiting = [0]
 
@@ -396,7 +402,7 @@ def register_preview_route(path: str, service, max_body: int = 16384) -> bool:
             return answer(413, {"error": f"request body over {max_body} bytes"})
         try:
             raw = await request.content.read(max_body + 1)
-        except Exception as e:  # a broken connection or a malformed body
+        except (OSError, ValueError, HttpProcessingError) as e:  # a broken connection or a malformed body
             return answer(400, {"error": f"cannot read the request: {e}"})
         if len(raw) > max_body:
             return answer(413, {"error": f"request body over {max_body} bytes"})
@@ -406,7 +412,11 @@ def register_preview_route(path: str, service, max_body: int = 16384) -> bool:
             return answer(400, {"error": f"the body must be a JSON object ({str(e)[:120]})"})
         if not isinstance(payload, dict):
             return answer(400, {"error": "the body must be a JSON object"})
-        if queue_is_busy():
+        busy = queue_is_busy()
+        if busy is None:
+            return answer(501, {"error": "this ComfyUI does not report its queue, so previews cannot wait for "
+                                         "it; queue the graph to see each edit", "reason": "unsupported"})
+        if busy:
             return answer(503, {"error": "the queue is running; the preview renders when it is idle",
                                 "reason": "busy"})
         if waiting[0] >= MAX_WAITING_PREVIEWS:
@@ -417,6 +427,8 @@ def register_preview_route(path: str, service, max_body: int = 16384) -> bool:
             if not callable(admitted):
                 return answer(*admitted)
             return answer(*(await asyncio.get_running_loop().run_in_executor(None, admitted)))
+        except interrupt_exception():  # the service answers Cancel itself; never swallow one that escapes
+            raise
         except Exception as e:  # the service answers its own errors; this is the last line of defence
             log.exception("TransEdit: %s failed", path)
             return answer(500, {"error": f"{type(e).__name__}: {e}"})

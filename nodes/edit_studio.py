@@ -4,7 +4,8 @@ The node applies up to four directions to a W+ latent and renders the result lik
 remembers what it rendered (the latent, a weak handle on the generator, the directions) under its node id and
 the prompt id, and the frontend's sliders ask `POST /transedit/studio/preview` (registered through the bridge)
 for a low-resolution render of new slider values: the generator stops at the preview resolution (its own
-skip-branch RGB there), so no queue entry is made and a drag costs about half a full image. Both paths use
+skip-branch RGB there), so no queue entry is made and a 256 px preview of a 1024 px generator costs about a
+third of a full image. Both paths use
 `studio_wplus` and `render_latents`, so the queued image is the full-resolution render of exactly the edit the
 preview showed.
 
@@ -32,7 +33,7 @@ from ..models.directions import LatentDirection
 from ..models.latent import StyleLatent
 from . import comfy_bridge as bridge
 from .common import NodeInputError, PRECISIONS, check_choice, check_float, check_int
-from .compare import MAX_PAIRS
+from .compare import MAX_PAIRS, UI_KEY as COMPARE_KEY, compare_ui
 from .editing import MAX_LAYER, _check_latent, _fit_direction, _with_edit
 from .stylegan import StyleGANHandle, _check_generator, render_latents
 
@@ -230,8 +231,7 @@ class StudioService:
                                      f"latent(s) (0..{latent.batch_size - 1})", field="item")
         strengths = request["strengths"] + [0.0] * (MAX_DIRECTIONS - len(request["strengths"]))
         ranges = _layer_ranges(NODE, run.directions, latent, request["start_layer"], request["end_layer"])
-        wplus = latent.wplus.clone()
-        wplus[item:item + 1] = studio_wplus(latent.wplus[item:item + 1], run.directions, strengths, ranges)
+        wplus = studio_wplus(latent.wplus, run.directions, strengths, ranges)  # a few vector adds; one item renders
         res = _preview_resolution(run.preview_size, generator.config.size)
         images, _ = render_latents(NODE, generator, latent, wplus=wplus, items=[item], precision=run.precision,
                                    max_resolution=res, progress=False, cancel_each_layer=True)
@@ -374,29 +374,22 @@ class TransEditEditStudio:
                                        directions=directions, preview_size=preview_size, precision=precision,
                                        smart=smart))
             if bridge.IN_COMFYUI:  # nobody looks at previews elsewhere
-                ui = self._ui(node_id, prompt_id, generator, latent, previews, strengths, res, values, precision,
-                              directions)
+                ui = self._ui(node_id, prompt_id, generator, latent, wplus, previews, res, values, precision)
         return bridge.with_ui((images, edited), ui)
 
     @staticmethod
-    def _ui(node_id, prompt_id, generator, latent, previews, strengths, res, values, precision, directions):
-        """The frontend's data: ids for the preview route, and (before, after) pairs at preview size, the
-        'after' being the skip RGB of the queued render itself (what the route renders for these values)."""
+    def _ui(node_id, prompt_id, generator, latent, wplus, previews, res, values, precision):
+        """The frontend's data: the compare widget's (before, after) pairs at preview size — 'after' is the skip
+        RGB of the queued render itself, what the route renders for these values — and the ids for the route."""
         shown = list(range(min(MAX_PAIRS, latent.batch_size)))
-        if any(s != 0.0 for s, d in zip(strengths, directions) if d is not None):
+        before = previews[shown]
+        if not torch.equal(wplus, latent.wplus):  # an edit: render the unedited faces at preview size too
             before, _ = render_latents(NODE, generator, latent, items=shown, precision=precision,
                                        max_resolution=res, progress=False)
-        else:
-            before = previews[shown]
-        before_refs = bridge.save_temp_images(before, "studio_before")
-        after_refs = bridge.save_temp_images(previews[shown], "studio_after")
-        return {UI_KEY: [{
-            "node_id": node_id, "prompt_id": prompt_id, "route": ROUTE, "items": latent.batch_size,
-            "preview_size": res, "full_size": generator.config.size, "values": values,
-            "directions": [d.name if d is not None else None for d in directions],
-            "labels": ["before", "after"], "total": latent.batch_size,
-            "pairs": [{"before": b, "after": a} for b, a in zip(before_refs, after_refs)],
-        }]}
+        (pairs,) = compare_ui(before, previews[shown])[COMPARE_KEY]
+        return {UI_KEY: [{**pairs, "total": latent.batch_size, "node_id": node_id, "prompt_id": prompt_id,
+                          "route": ROUTE, "preview_size": res, "full_size": generator.config.size,
+                          "values": values}]}
 
 
 NODE_CLASS_MAPPINGS = {"TransEditEditStudio": TransEditEditStudio}

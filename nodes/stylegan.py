@@ -220,7 +220,6 @@ def render_latents(node: str, generator: StyleGANHandle, latent: StyleLatent, *,
     device = next(module.parameters()).device
     dtype = resolve_precision(precision, device)
     bar = bridge.Progress(len(items)) if progress else None
-    previews: list = []
 
     def render(start: int, stop: int):
         chosen = items[start:stop]
