@@ -64,6 +64,7 @@ class TransEditCompare:
     FUNCTION = "compare"
     OUTPUT_NODE = True
     CATEGORY = "TransEdit/Utils"
+    SEARCH_ALIASES = ["before after", "image compare", "split view", "slider compare"]
 
     def compare(self, before, after):
         node = "TransEdit Compare"

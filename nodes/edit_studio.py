@@ -329,6 +329,7 @@ class TransEditEditStudio:
     FUNCTION = "edit"
     OUTPUT_NODE = True  # runs (and shows its picture) even when nothing is connected to it
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["face editor", "live edit", "latent sliders", "age smile sliders", "stylegan edit"]
 
     def edit(self, generator, latent, direction_1, strength_1, strength_2, strength_3, strength_4, start_layer,
              end_layer, preview_size, precision, direction_2=None, direction_3=None, direction_4=None,

@@ -153,6 +153,7 @@ class TransEditLoadDirection:
                        "Latent Sweep.",)
     FUNCTION = "load"
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["interfacegan", "ganspace", "styleclip direction", "edit direction", "latent direction"]
 
     def load(self, direction, component=0, generator=None):
         node = "TransEdit Load Direction"
@@ -270,6 +271,7 @@ class TransEditSeFa:
                        "demo's sweep end).",)
     FUNCTION = "factorize"
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["closed-form factorization", "unsupervised directions", "stylegan directions"]
 
     def factorize(self, generator, component, start_layer, end_layer):
         node = "TransEdit SeFa"
@@ -320,6 +322,7 @@ class TransEditApplyDirection:
     OUTPUT_TOOLTIPS = ("The edited latents (same batch size), for Generate or further edits.",)
     FUNCTION = "apply"
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["latent edit", "age", "smile", "pose", "face attribute edit", "w+ edit"]
 
     def apply(self, latent, direction, strength, start_layer, end_layer):
         node = "TransEdit Apply Direction"
@@ -358,6 +361,7 @@ class TransEditLatentSweep:
     OUTPUT_TOOLTIPS = ("batch x steps latents, image-major (input 0's strip first), for Generate.",)
     FUNCTION = "sweep"
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["interpolation strip", "edit animation", "latent walk"]
 
     def sweep(self, latent, direction, from_strength, to_strength, steps, start_layer, end_layer):
         node = "TransEdit Latent Sweep"
@@ -408,6 +412,7 @@ class TransEditMixLatents:
     OUTPUT_TOOLTIPS = ("The mixed latents (A's generator and per-image extras; the larger batch size).",)
     FUNCTION = "mix"
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["style mixing", "layer mixing", "w+ mix"]
 
     def mix(self, latent_a, latent_b, layers, custom_layers, weight):
         node = "TransEdit Mix Latents"
@@ -467,6 +472,7 @@ class TransEditLoadEditTransformer:
     OUTPUT_TOOLTIPS = ("The EditTransformer, for TransEdit Reference Edit.",)
     FUNCTION = "load"
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["reference edit model", "style transformer edit"]
 
     def load(self, transformer_name):
         node = "TransEdit Load Edit Transformer"
@@ -494,6 +500,7 @@ class TransEditReferenceEdit:
     OUTPUT_TOOLTIPS = ("The edited W+ latents (used directly as the new codes, as the official code does).",)
     FUNCTION = "edit"
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["copy attribute", "reference face edit", "attribute transfer"]
 
     def edit(self, edit_transformer, latent, reference):
         node = "TransEdit Reference Edit"

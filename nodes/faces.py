@@ -129,6 +129,7 @@ class TransEditAlignFace:
     OUTPUT_TOOLTIPS = ("Aligned face squares [B, S, S, 3].", "The transform per image, for Paste Back.")
     FUNCTION = "align"
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["face crop", "ffhq align", "face detection", "retinaface"]
 
     def align(self, images, detector, output_size, face_index, if_no_face, padding):
         node = "TransEdit Align Face"
@@ -201,6 +202,8 @@ class TransEditPasteBack:
     OUTPUT_TOOLTIPS = ("Photos with the edited faces pasted in.", "Where the face was pasted (0..1).")
     FUNCTION = "paste"
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["face paste", "uncrop", "face composite", "blend face back"]
+    HAS_INTERMEDIATE_OUTPUT = True  # 0.33: a cached run still shows its before/after pictures
 
     def paste(self, original, edited, align, mask_shape, feather, color_match):
         node = "TransEdit Paste Back"

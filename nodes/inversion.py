@@ -54,6 +54,7 @@ class TransEditLoadEncoder:
                        "The StyleGAN2 generator stored in the same file (the one the encoder was trained for).")
     FUNCTION = "load"
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["gan encoder", "style transformer", "psp", "e4e", "styleprompter"]
 
     def load(self, encoder_name):
         node = "TransEdit Load Encoder"
@@ -86,6 +87,7 @@ class TransEditInvert:
     OUTPUT_TOOLTIPS = ("W+ latents, one per image, for Generate and the edit nodes.",)
     FUNCTION = "invert"
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["gan inversion", "image to latent", "encode face", "photo to w+"]
 
     chunk_size = None  # None = by device (4 on CPU, 16 on GPU); halved on out-of-memory
 
@@ -175,6 +177,7 @@ class TransEditSMARTRefine:
     OUTPUT_TOOLTIPS = ("The same W+, marked for SMART refinement; TransEdit Generate applies it.",)
     FUNCTION = "refine"
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["styleprompter", "f-space refine", "identity refine"]
 
     def refine(self, latent, encoder, beta1, beta2):
         node = "TransEdit SMART Refine"

@@ -160,6 +160,7 @@ class TransEditLoadPUT:
                        "(or why none was used). Wire it to a text display node to read it.")
     FUNCTION = "load"
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["inpainting model", "put transformer"]
 
     def load(self, put_name):
         node = "TransEdit Load PUT"
@@ -234,6 +235,8 @@ class TransEditPUTInpaint:
                        "The filled region (1 = filled) per output image, for a diffusion inpaint pass.")
     FUNCTION = "inpaint"
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["inpaint", "fill holes", "remove object", "pluralistic inpainting", "object removal"]
+    HAS_INTERMEDIATE_OUTPUT = True  # 0.33: a cached run still shows its before/after pictures
 
     def inpaint(self, put, images, mask, num_samples, seed, schedule, tokens_per_iter, iterations, top_k,
                 temperature, order, output_mode, context, feather, precision):

@@ -126,6 +126,7 @@ class TransEditLoadDINO:
     OUTPUT_TOOLTIPS = ("The frozen DINO ViT, for Splice.",)
     FUNCTION = "load"
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["dino", "vit", "splice backbone"]
 
     def load(self, vit_name):
         node = "TransEdit Load DINO"
@@ -200,6 +201,8 @@ class TransEditSplice:
                        "The trained generator(s), to apply to more frames with 'TransEdit Apply Splice'.")
     FUNCTION = "splice"
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["appearance transfer", "style transfer", "texture transfer", "dino splice"]
+    HAS_INTERMEDIATE_OUTPUT = True  # 0.33: a cached run still shows its before/after pictures
 
     def splice(self, vit, structure, appearance, preset, steps, output_size, seed, early_stop, precision,
                preview_every, lambda_structure=1.0, lambda_appearance=10.0, lambda_identity=1.0, entire_every=75,
@@ -307,6 +310,7 @@ class TransEditApplySplice:
     OUTPUT_TOOLTIPS = ("The repainted images, same size as the input.",)
     FUNCTION = "apply"
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["apply style transfer", "reuse splice"]
 
     def apply(self, splice_generator, images, match_training_size):
         node = "TransEdit Apply Splice"

@@ -83,6 +83,7 @@ class TransEditLoadStyleGAN:
     OUTPUT_TOOLTIPS = ("The generator, for Sample Latent / Generate and the inversion and edit nodes.",)
     FUNCTION = "load"
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["stylegan2", "gan loader", "load gan"]
 
     def load(self, ckpt_name):
         node = "TransEdit Load StyleGAN"
@@ -114,6 +115,7 @@ class TransEditSampleLatent:
     OUTPUT_TOOLTIPS = ("W+ latents [batch, n_latent, style_dim] for Generate and the edit nodes.",)
     FUNCTION = "sample"
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["random face", "random latent", "stylegan seed"]
 
     def sample(self, generator, seed, batch_size, truncation):
         node = "TransEdit Sample Latent"
@@ -160,6 +162,8 @@ class TransEditGenerate:
     OUTPUT_TOOLTIPS = ("RGB images [batch, size, size, 3] in 0..1.",)
     FUNCTION = "generate"
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["stylegan render", "latent to image", "gan synthesis"]
+    HAS_INTERMEDIATE_OUTPUT = True  # 0.33: a cached run still shows its before/after pictures
 
     # Images per forward pass to start with (halved on out-of-memory). None = by device: measured on
     # 2 CPU cores, batch 1 is ~1.3x faster per image than batch 8 (cache locality); GPUs want batches.

@@ -48,6 +48,22 @@ def test_every_node_is_documented():
         assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES) == len(cls.OUTPUT_TOOLTIPS)
 
 
+def test_nodes_offer_search_aliases_and_mark_their_intermediate_pictures():
+    """What ComfyUI 0.33 reads from a node class (older servers ignore both): SEARCH_ALIASES, other words an
+    artist may type in the node search; HAS_INTERMEDIATE_OUTPUT on every node that shows pictures on the canvas
+    without being an output node, so a run that takes it from the cache still shows them."""
+    import transedit
+
+    shows_pictures = {"TransEditGenerate", "TransEditPasteBack", "TransEditPUTInpaint", "TransEditSplice"}
+    for node_id, cls in transedit.NODE_CLASS_MAPPINGS.items():
+        aliases = cls.SEARCH_ALIASES
+        assert aliases and all(isinstance(a, str) and a == a.lower() and a.strip() == a for a in aliases), node_id
+        assert len(set(aliases)) == len(aliases), node_id
+        marked = getattr(cls, "HAS_INTERMEDIATE_OUTPUT", False)
+        assert marked == (node_id in shows_pictures), node_id
+        assert not (marked and getattr(cls, "OUTPUT_NODE", False)), node_id
+
+
 COMFY_IMPORT = re.compile(r"^\s*(import|from)\s+(comfy|folder_paths|server)\b", re.M)
 
 

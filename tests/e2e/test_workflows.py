@@ -754,3 +754,22 @@ def test_compare_pairs_and_direction_catalog_reach_the_frontend(server):
                     assert server._request("GET", f"/view?{query}")[:8] == b"\x89PNG\r\n\x1a\n"
     catalog = server.get_json("/transedit/directions")
     assert "preset: ganspace ffhq smile" in catalog and catalog["preset: ganspace ffhq smile"]["layers"]
+
+
+def test_current_server_reads_search_aliases_and_resends_cached_pictures(server):
+    """On ComfyUI 0.33 (feature-detected: older servers ignore both attributes) the node search gets the pack's
+    aliases, and a queued graph whose Generate and Paste Back come from the cache still reports their
+    before/after pictures (HAS_INTERMEDIATE_OUTPUT), so the compare widgets do not go blank on a re-run."""
+    info = server.object_info()
+    if "search_aliases" not in info["TransEditGenerate"]:
+        pytest.skip(f"{server.kind} has no search aliases or intermediate outputs (ComfyUI < 0.33)")
+    from transedit import NODE_CLASS_MAPPINGS
+
+    for name, cls in NODE_CLASS_MAPPINGS.items():
+        assert info[name]["search_aliases"] == cls.SEARCH_ALIASES, name
+    prompt = _invert_prompt(server)
+    first = server.run(copy.deepcopy(prompt))["outputs"]
+    again = server.run(prompt)["outputs"]  # everything cached: nothing executes
+    for outputs in (first, again):
+        reporting = {prompt[k]["class_type"] for k, v in outputs.items() if v.get("transedit_compare")}
+        assert {"TransEditGenerate", "TransEditPasteBack"} <= reporting, reporting
