@@ -28,6 +28,7 @@ from torch import nn
 
 from .checkpoint_io import RawCheckpoint, atomic_write, check_weight_dtypes, strip_dataparallel, strip_prefix
 from .errors import CheckpointError
+from .precision import PrecisionPolicy
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -123,6 +124,11 @@ def self_similarity(keys: torch.Tensor) -> torch.Tensor:
 
 class DinoViT(nn.Module):
     """A frozen DINO ViT that returns Splice's features for any input size."""
+
+    # Splice trains through it: bf16 keeps fp32's exponent range for the input gradients (fp16 would need loss
+    # scaling); the losses themselves are computed in fp32
+    PRECISION = PrecisionPolicy(fp16=True, bf16=True, auto_gpu="bf16",
+                                evidence="training through DINO: bf16 needs no loss scaling")
 
     def __init__(self, config: DinoConfig):
         super().__init__()

@@ -11,6 +11,7 @@ from torch import nn
 from .checkpoint_io import RawCheckpoint, check_weight_dtypes
 from .errors import CheckpointError
 from .irse import add_latent_avg
+from .precision import DEFAULT_POLICY, PrecisionPolicy
 from .stylegan2 import ModelDescriptor, is_stylegan2_state_dict, load_generator_weights
 
 
@@ -38,6 +39,10 @@ class LatentEncoder(nn.Module):
         elif hasattr(encoder, "compute_query"):
             raise ValueError(f"{type(encoder).__name__} needs the generator's mapping network (pass mapping=)")
         self.register_buffer("query", query)
+
+    @property
+    def PRECISION(self) -> PrecisionPolicy:  # noqa: N802 (the name every model family's policy has)
+        return getattr(self.encoder, "PRECISION", DEFAULT_POLICY)
 
     @property
     def n_latent(self) -> int:

@@ -28,6 +28,7 @@ from torch import nn
 
 from .checkpoint_io import RawCheckpoint, atomic_write, check_weight_dtypes, read_official_yaml, strip_prefix
 from .errors import CheckpointError
+from .precision import PrecisionPolicy
 from .put_codec import PatchVQVAE, infer_pvqvae_config
 
 Schedule = Union[int, str, None]
@@ -148,6 +149,11 @@ class _TPAMIBlock(nn.Module):
 # ---------------------------------------------------------------------------------------- transformers
 class _PUTTransformer(nn.Module):
     """Shared interface. Token sequences are row-major over the token grid: l = row * w + col."""
+
+    # the logits only rank codes (softmax in fp32 after them) and attention is softmax-normalised: bf16, whose
+    # range is fp32's, is the safe GPU default; fp16 runs too (README "Precision")
+    PRECISION = PrecisionPolicy(fp16=True, bf16=True, auto_gpu="bf16", evidence="range-safe; fills compared in "
+                                "benchmarks/precision_sweep.py")
 
     config: PUTConfig
 

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .precision import FP16_ACTIVATION_LIMIT
+
 Beta = Union[None, float, Sequence[float]]
 
 
@@ -195,6 +197,12 @@ class SMART(nn.Module):
         def _hook(index: int, x: torch.Tensor) -> Optional[torch.Tensor]:
             if index != target:
                 return None
-            return self.refine_map(x, [f.to(x.device) for f in features], beta=beta, flow=flow).to(x.dtype)
+            # always fp32, whatever the generator runs in: the raw q.k products are neither scaled nor
+            # softmax-normalised, so they overflow fp16 where fp32 is fine (one 16x16 map: cheap)
+            with torch.autocast(x.device.type, enabled=False):
+                out = self.refine_map(x.float(), [f.to(x.device).float() for f in features], beta=beta, flow=flow)
+            if x.dtype == torch.float16:
+                out = out.clamp(-FP16_ACTIVATION_LIMIT, FP16_ACTIVATION_LIMIT)
+            return out.to(x.dtype)
 
         return _hook

@@ -281,8 +281,10 @@ class WindowAttention(nn.Module):
         qkv = F.linear(x, self.qkv.weight, bias).view(bw, n, 3, self.heads, c // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         scale = torch.clamp(self.logit_scale, max=_LOGIT_SCALE_MAX).exp()  # [heads, 1, 1]
-        q = F.normalize(q, dim=-1) * scale
-        k = F.normalize(k, dim=-1)
+        # cosine attention normalised in fp32: F.normalize's eps (1e-12) is 0 in fp16, so a zero row (a latent
+        # token, for one) would give 0/0 = NaN there; the products go back to the compute dtype for SDPA
+        q = (F.normalize(q.float(), dim=-1) * scale).to(v.dtype)
+        k = F.normalize(k.float(), dim=-1).to(v.dtype)
 
         # additive bias over the full (N x N) logits; latent rows/columns get none
         pb = self.position_bias().to(q.dtype)

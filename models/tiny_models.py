@@ -43,6 +43,12 @@ def save_random_encoder(path, family: str = "style_transformer", generator_confi
         smart = SMART(SMARTConfig(q_channel=q, embed_dim=q, kv_channels=[c for _, c in shapes],
                                   kv_shapes=[side for side, _ in shapes], ffn_dim=2 * q)).eval()
         opts = {"encoder_type": "StylePrompter", "output_size": gcfg.size}
+    elif family == "swinstyleformer":
+        from .swinstyleformer import SwinStyleformerConfig, SwinStyleformerEncoder
+
+        swin = SwinStyleformerConfig.preset("tiny", n_latent=gcfg.n_latent, style_dim=sd)
+        encoder = SwinStyleformerEncoder(swin)
+        opts = {"encoder_type": "SwinStyleformer", "output_size": gcfg.size, "swinstyleformer_config": swin.to_dict()}
     elif family == "style_transformer":
         encoder = StyleTransformerEncoder(StyleTransformerConfig(backbone=backbone, d_model=sd, nhead=4,
                                                                  dim_feedforward=2 * sd, n_latent=gcfg.n_latent))

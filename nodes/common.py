@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from ..models.errors import CheckpointError
+from ..models.precision import DEFAULT_POLICY, PrecisionPolicy
 from . import comfy_bridge as bridge
 
 T = TypeVar("T")
@@ -121,16 +122,17 @@ def check_images(node: str, name: str, images, min_size: int = 8) -> torch.Tenso
     return torch.nan_to_num(images[..., :3], nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """'auto' is bf16 on GPUs that have it (the fast path) and fp32 elsewhere (exact)."""
-    if precision == "fp16":
-        return torch.float16
-    wants_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if wants_bf16 and bridge.supports_bf16(device):
-        return torch.bfloat16
-    if precision == "bf16":
-        bridge.log.warning("TransEdit: %s has no bf16 support; running in fp32", device)
-    return torch.float32
+def resolve_precision(precision: str, device: torch.device, policy: PrecisionPolicy = DEFAULT_POLICY) -> torch.dtype:
+    """The dtype a model runs in: `policy` is the model family's (its class's PRECISION): which half types its
+    code keeps safe, and what 'auto' takes on a CUDA GPU (measured per family; fp32 on the CPU). A choice the
+    model or the device cannot run falls back, with a warning in the log."""
+    return policy.resolve(precision, device, bridge.supports_bf16(device),
+                          warn=lambda message: bridge.log.warning("TransEdit: %s: %s", device, message))
+
+
+def precision_policy(module: torch.nn.Module) -> PrecisionPolicy:
+    """A loaded model's precision policy (its class's PRECISION; the conservative default otherwise)."""
+    return getattr(module, "PRECISION", DEFAULT_POLICY)
 
 
 def gan_to_comfy_image(images: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ from ..models.latent import StyleLatent
 from ..models.registry import EncoderDescriptor, load_encoder
 from . import comfy_bridge as bridge
 from .common import (NodeInputError, PRECISIONS, check_choice, check_float, check_images, load_model_file,
-                     resolve_precision, run_in_chunks)
+                     precision_policy, resolve_precision, run_in_chunks)
 from .stylegan import StyleGANHandle
 
 CATEGORY = "TransEdit/Inversion"
@@ -102,7 +102,7 @@ class TransEditInvert:
         desc = encoder.descriptor
         module = encoder.load()
         device = next(module.parameters()).device
-        dtype = resolve_precision(precision, device)
+        dtype = resolve_precision(precision, device, precision_policy(module))
         total = images.shape[0]
         progress = bridge.Progress(total)
         keep_features = desc.family == "styleprompter"  # SMART refines with the encoder's features

@@ -11,7 +11,7 @@ from ..models.registry import PUTDescriptor, load_put
 from . import comfy_bridge as bridge
 from .compare import compare_ui
 from .common import (MAX_SEED, NodeInputError, PRECISIONS, check_choice, check_float, check_images, check_int,
-                     comfy_image_to_pil, load_model_file, resolve_precision, run_in_chunks)
+                     comfy_image_to_pil, load_model_file, precision_policy, resolve_precision, run_in_chunks)
 
 CATEGORY = "TransEdit/Inpaint"
 SCHEDULES = ("tokens per iteration", "cosine", "linear", "average")
@@ -274,7 +274,7 @@ class TransEditPUTInpaint:
 
         model = put.load()
         device = next(model.parameters()).device
-        dtype = resolve_precision(precision, device)
+        dtype = resolve_precision(precision, device, precision_policy(model))
         size = model.image_size
         b = images.shape[0]
         # windows first (cheap), so one progress bar can cover every sampling pass of the whole batch

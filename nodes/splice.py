@@ -13,7 +13,7 @@ from ..models.splice import SpliceLambdas, SpliceSettings, SpliceTrainer, apply_
 from . import comfy_bridge as bridge
 from .compare import compare_ui
 from .common import (MAX_SEED, NodeInputError, check_choice, check_float, check_images, check_int,
-                     comfy_image_to_pil, load_model_file, resolve_precision, run_in_chunks)
+                     comfy_image_to_pil, load_model_file, precision_policy, resolve_precision, run_in_chunks)
 
 CATEGORY = "TransEdit/Splice"
 # Step counts. `official` is the paper's config; the shorter presets rely on early stopping as well
@@ -236,7 +236,7 @@ class TransEditSplice:
 
         dino = vit.load()
         device = next(dino.parameters()).device
-        dtype = resolve_precision(precision, device)
+        dtype = resolve_precision(precision, device, precision_policy(dino))
         progress = bridge.Progress(steps * len(pairs))
 
         def train(n: int, _stop: int):

@@ -8,7 +8,7 @@ from ..models.registry import ModelDescriptor, load_stylegan2
 from . import comfy_bridge as bridge
 from .compare import compare_ui
 from .common import (MAX_SEED, PRECISIONS, NodeInputError, check_choice, check_float, check_int,
-                     comfy_image_to_pil, gan_to_comfy_image, load_model_file, resolve_precision,
+                     comfy_image_to_pil, gan_to_comfy_image, load_model_file, precision_policy, resolve_precision,
                      run_in_chunks)
 
 CATEGORY = "TransEdit/StyleGAN"
@@ -222,7 +222,7 @@ def render_latents(node: str, generator: StyleGANHandle, latent: StyleLatent, *,
     smart_module = smart[0].load() if smart is not None else None
     module = generator.load()
     device = next(module.parameters()).device
-    dtype = resolve_precision(precision, device)
+    dtype = resolve_precision(precision, device, precision_policy(module))
     bar = bridge.Progress(len(items)) if progress else None
 
     def render(start: int, stop: int):
