@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint_io import RawCheckpoint, atomic_write, check_weight_dtypes, strip_dataparallel, strip_prefix
+from .devices import device_constant
 from .errors import CheckpointError
 from .precision import PrecisionPolicy
 
@@ -96,8 +97,8 @@ def preprocess(images: torch.Tensor, size: int = 224, max_size: Optional[int] = 
     out = resized_size(h, w, size, max_size)
     if out != (h, w):
         images = F.interpolate(images, size=out, mode="bilinear", align_corners=False, antialias=antialias)
-    mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mean = device_constant(IMAGENET_MEAN, images.device, images.dtype, (1, 3, 1, 1))
+    std = device_constant(IMAGENET_STD, images.device, images.dtype, (1, 3, 1, 1))
     return (images - mean) / std
 
 

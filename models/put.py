@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint_io import RawCheckpoint, atomic_write, check_weight_dtypes, read_official_yaml, strip_prefix
+from .devices import host_side
 from .errors import CheckpointError
 from .precision import PrecisionPolicy
 from .put_codec import PatchVQVAE, infer_pvqvae_config
@@ -312,31 +313,43 @@ class SamplerRNG:
     """Where the random draws come from.
 
     official: the global torch RNG, with exactly the official code's sequence of `torch.multinomial` calls
-    (one call per iteration over all rows it samples), so a `torch.manual_seed` before reproduces its runs.
-    per_sample: one torch.Generator per batch row, drawing only for that row's chosen positions, so row i's
-    result depends on its own seed only (not on the batch it was run in).
+    (one call per iteration over all rows it samples), so a `torch.manual_seed` before reproduces its runs (the
+    parity tests; multinomial reads the probabilities back, a host sync per pass on a GPU).
+    per_sample (what the node uses): one seeded *CPU* torch.Generator per batch row. Each pass draws Gumbel noise
+    for that row's chosen positions on its generator (host memory, no GPU involved), moves it to the device in
+    one copy, and takes argmax(logits + noise): the Gumbel-max trick, an exact draw from softmax(logits). Row i's
+    fill depends on its own seed only (not on the batch it ran in) and is the same on every device, up to
+    floating-point near-ties between two codes' logits; the sampling loop never waits for the GPU.
     """
 
     def __init__(self, generators: Optional[Sequence[torch.Generator]] = None):
         self.generators = list(generators) if generators is not None else None
+        if self.generators is not None and any(g.device.type != "cpu" for g in self.generators):
+            raise ValueError("per-sample generators must be CPU generators (a seed means the same on every device)")
 
     @property
     def official(self) -> bool:
         return self.generators is None
 
-    def draw(self, probs: torch.Tensor, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """probs [b, n, C] -> samples [b, n]; rows = the batch rows (indices into generators)."""
+    def draw(self, probs: torch.Tensor) -> torch.Tensor:
+        """Official mode: probs [b, n, C] -> samples [b, n] from the global RNG, as the official code draws."""
         b, n, c = probs.shape
-        if self.official:
-            return torch.multinomial(probs.reshape(-1, c), 1).view(b, n)
-        out = []
-        for j in range(b):
-            g = self.generators[int(rows[j]) if rows is not None else j]
-            p = probs[j]
-            if p.device != g.device:
-                p = p.to(g.device)
-            out.append(torch.multinomial(p, 1, generator=g).view(n).to(probs.device))
-        return torch.stack(out)
+        return torch.multinomial(probs.reshape(-1, c), 1).view(b, n)
+
+    @host_side
+    def gumbel(self, shape: tuple, device: torch.device) -> torch.Tensor:
+        """Per-sample mode: standard Gumbel noise [b, *shape], row j from generator j, on `device` (one copy)."""
+        pin = device.type == "cuda"
+        u = torch.stack([torch.rand(shape, generator=g) for g in self.generators])
+        noise = -torch.log(-torch.log(u.clamp_min(torch.finfo(torch.float32).tiny)))
+        if pin:
+            noise = noise.pin_memory()
+        return noise.to(device, non_blocking=pin)
+
+    def choose(self, scores: torch.Tensor) -> torch.Tensor:
+        """Per-sample mode: scores [b, n, C] (tempered, top-k filtered logits; -inf = excluded) -> samples [b, n]
+        distributed as softmax(scores), by Gumbel-max."""
+        return (scores.float() + self.gumbel(tuple(scores.shape[1:]), scores.device)).argmax(dim=-1)
 
 
 @dataclass
@@ -384,8 +397,14 @@ def sample_tokens(model: _PUTTransformer, feature: torch.Tensor, token: torch.Te
         with amp:
             return model.logits(e).float()
 
-    def probs_of(lg):
-        return F.softmax(top_k_filter(lg, filter_ratio) * temperature, dim=-1)
+    def scores_of(lg):  # the official logits_top_k, then the official temperature factor
+        return top_k_filter(lg, filter_ratio) * temperature
+
+    def sample(lg):
+        """Tokens for logits [b, n, C], from the official global RNG or by per-sample Gumbel-max."""
+        if rng.official:
+            return rng.draw(F.softmax(scores_of(lg), dim=-1))
+        return rng.choose(scores_of(lg))
 
     def write(rows, positions, samples, write_mask):
         """Set tokens/features at (rows, positions) where write_mask [b, n] (positions unique per row).
@@ -400,15 +419,13 @@ def sample_tokens(model: _PUTTransformer, feature: torch.Tensor, token: torch.Te
         emb[rows], token[rows], known[rows] = sub_emb, sub_tok, sub_known
 
     iteration = 0
+    all_rows = torch.arange(b, device=token.device)
     if model.config.version == "cvpr2022" and raster:
         if tokens_per_iter not in (1, None):
             raise ValueError("raster sampling fills one token per iteration")
-        all_rows = torch.arange(b, device=token.device)
-        for i in range(seq):
-            if bool(known[:, i].all()):
-                continue
-            lg = logits_of(emb)[:, i:i + 1]
-            samples = rng.draw(probs_of(lg), all_rows)
+        # the positions some row still has to fill, known before the loop (one read-back, not one per token)
+        for i in (~known).any(dim=0).nonzero().view(-1).tolist():
+            samples = sample(logits_of(emb)[:, i:i + 1])
             positions = torch.full((b, 1), i, dtype=torch.long, device=token.device)
             write(all_rows, positions, samples, ~known[:, i:i + 1])
             iteration += 1
@@ -421,37 +438,52 @@ def sample_tokens(model: _PUTTransformer, feature: torch.Tensor, token: torch.Te
         if not isinstance(ntpi, int):
             raise ValueError("the CVPR 2022 model takes a number of tokens per iteration (or -1), not "
                              f"{tokens_per_iter!r}; schedules are a TPAMI 2024 option")
-        while not bool(known.all()):
-            rows = (~known.all(dim=1)).nonzero().view(-1)
-            lg = logits_of(emb[rows])  # [b', L, C]
-            if ntpi == -1 or ntpi >= seq:
-                all_pos = torch.arange(seq, device=token.device).expand(len(rows), seq)
-                samples = rng.draw(probs_of(lg), rows)
-                write(rows, all_pos, samples, ~known[rows])
+        if rng.official:  # the official loop: each pass samples only the rows that still have unknown tokens
+            while not bool(known.all()):
+                rows = (~known.all(dim=1)).nonzero().view(-1)
+                lg = logits_of(emb[rows])  # [b', L, C]
+                if ntpi == -1 or ntpi >= seq:
+                    all_pos = torch.arange(seq, device=token.device).expand(len(rows), seq)
+                    write(rows, all_pos, sample(lg), ~known[rows])
+                    iteration += 1
+                    if on_iteration:
+                        on_iteration(SamplingState(iteration, None, token, known))
+                    break
+                conf = lg.max(dim=-1).values.masked_fill(known[rows], float("-inf"))
+                positions = torch.topk(conf, k=ntpi, dim=1).indices  # [b', ntpi]
+                chosen = torch.gather(lg, 1, positions.unsqueeze(-1).expand(-1, -1, lg.shape[-1]))
+                write(rows, positions, sample(chosen), ~torch.gather(known[rows], 1, positions))
                 iteration += 1
                 if on_iteration:
                     on_iteration(SamplingState(iteration, None, token, known))
-                break
-            conf = lg.max(dim=-1).values.masked_fill(known[rows], float("-inf"))
-            positions = torch.topk(conf, k=ntpi, dim=1).indices  # [b', ntpi]
-            chosen = torch.gather(lg, 1, positions.unsqueeze(-1).expand(-1, -1, lg.shape[-1]))
-            samples = rng.draw(probs_of(chosen), rows)
-            write(rows, positions, samples, ~torch.gather(known[rows], 1, positions))
+            return token
+        # per-sample rows: the number of passes is known up front (one read-back), and every pass runs all rows;
+        # a row with fewer unknown tokens left than the pass fills writes only those (the others are masked)
+        n_unknown = int((~known).sum(dim=1).max())
+        passes = 0 if n_unknown == 0 else (1 if ntpi == -1 or ntpi >= seq else -(-n_unknown // ntpi))
+        all_pos = torch.arange(seq, device=token.device).expand(b, seq)
+        for _ in range(passes):
+            lg = logits_of(emb)
+            if ntpi == -1 or ntpi >= seq:
+                positions, fill = all_pos, ~known
+                samples = sample(lg)
+            else:
+                conf = lg.max(dim=-1).values.masked_fill(known, float("-inf"))
+                positions = torch.topk(conf, k=ntpi, dim=1).indices
+                fill = ~torch.gather(known, 1, positions)
+                samples = sample(torch.gather(lg, 1, positions.unsqueeze(-1).expand(-1, -1, lg.shape[-1])))
+            write(all_rows, positions, samples, fill)
             iteration += 1
             if on_iteration:
-                on_iteration(SamplingState(iteration, None, token, known))
+                on_iteration(SamplingState(iteration, passes, token, known))
         return token
 
     # TPAMI 2024
     n_unknown = int((~known).sum(dim=1).max())
     nums = step_counts(n_unknown, tokens_per_iter, seq)
-    all_rows = torch.arange(b, device=token.device)
     all_pos = torch.arange(seq, device=token.device).expand(b, seq)
     for sn in nums:
         lg = logits_of(emb)  # [B, L, C]
-        # the official draws a sample at every position of every row; per-sample generators only need the
-        # chosen positions' distributions (a position's filtered maximum is its raw maximum)
-        probs = probs_of(lg) if rng.official else None
         if sn == -1 or sn >= seq:
             positions, fill = all_pos, ~known
         elif raster:
@@ -462,11 +494,10 @@ def sample_tokens(model: _PUTTransformer, feature: torch.Tensor, token: torch.Te
             conf = lg.max(dim=-1).values.masked_fill(known, float("-inf"))
             positions = torch.topk(conf, k=sn, dim=1).indices
             fill = ~torch.gather(known, 1, positions)
-        if rng.official:
-            samples = torch.gather(rng.draw(probs), 1, positions)
-        else:
-            chosen = torch.gather(lg, 1, positions.unsqueeze(-1).expand(-1, -1, lg.shape[-1]))
-            samples = rng.draw(probs_of(chosen), all_rows)
+        if rng.official:  # the official draws a sample at every position of every row, then keeps the chosen
+            samples = torch.gather(sample(lg), 1, positions)
+        else:  # per-sample rows only need the chosen positions' distributions
+            samples = sample(torch.gather(lg, 1, positions.unsqueeze(-1).expand(-1, -1, lg.shape[-1])))
         write(all_rows, positions, samples, fill)
         iteration += 1
         if on_iteration:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint_io import RawCheckpoint, atomic_write, check_weight_dtypes, strip_dataparallel
+from .devices import device_constant, host_side
 
 BACKBONES = ("resnet50", "mobilenet0.25")
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
@@ -202,7 +203,7 @@ class RetinaFace(nn.Module):
         scale = min(1.0, max_side / max(h, w))
         if scale < 1.0:
             x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
-        mean = torch.tensor(BGR_MEAN, device=device).view(1, 3, 1, 1)
+        mean = device_constant(BGR_MEAN, device, torch.float32, (1, 3, 1, 1))
         x = x.flip(1) * 255.0 - mean
         loc, score, lm = self(x)
         pri = self.priors(*x.shape[-2:], device=device)
@@ -211,16 +212,26 @@ class RetinaFace(nn.Module):
         box_s = size * torch.exp(loc[..., 2:] * VARIANCE[1])
         boxes = torch.cat([box_c - box_s / 2, box_c + box_s / 2], dim=-1) / scale
         points = (centre[:, None] + lm.reshape(*lm.shape[:2], 5, 2) * VARIANCE[0] * size[:, None]) / scale
-        results = []
-        for b in range(x.shape[0]):
-            keep = score[b] > threshold
-            kb, ks, kp = boxes[b][keep], score[b][keep], points[b][keep]
-            order = ks.argsort(descending=True)
-            kb, ks, kp = kb[order], ks[order], kp[order]
-            kept = nms(kb, nms_iou)
-            results.append([DetectedFace(kb[i].cpu().double().numpy(), float(ks[i]), kp[i].cpu().double().numpy())
-                            for i in kept])
-        return results
+        # the reference keeps the best PRE_NMS_TOP_K boxes over the threshold: the best k of all, chosen on the
+        # device, then one copy of the whole batch back; thresholding and NMS run on those few on the host
+        k = min(PRE_NMS_TOP_K, score.shape[1])
+        best, order = score.topk(k, dim=1)  # [B, k], best first
+        picked = torch.cat([best[..., None], boxes.gather(1, order[..., None].expand(-1, -1, 4)),
+                            points.reshape(*points.shape[:2], 10).gather(1, order[..., None].expand(-1, -1, 10))], -1)
+        return _faces(picked.cpu().double(), threshold, nms_iou)  # the one read-back per batch
+
+
+@host_side
+def _faces(picked: torch.Tensor, threshold: float, nms_iou: float) -> list[list["DetectedFace"]]:
+    """Host rows [B, k, 1 + 4 + 10] (score, box, landmarks; best first) -> each image's faces after the
+    threshold and NMS."""
+    results = []
+    for rows in picked:
+        rows = rows[rows[:, 0] > threshold]
+        kept = nms(rows[:, 1:5], nms_iou)
+        results.append([DetectedFace(rows[i, 1:5].numpy(), float(rows[i, 0]), rows[i, 5:].reshape(5, 2).numpy())
+                        for i in kept])
+    return results
 
 
 PRE_NMS_TOP_K = 5000  # the reference detector keeps the 5000 best boxes before NMS

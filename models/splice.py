@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .devices import host_side
 from .dino import DinoFeatures, DinoViT, preprocess, self_similarity
 
 
@@ -290,8 +291,9 @@ def color_jitter(x: torch.Tensor, factors: dict[str, float], order: Sequence[str
 
 def gaussian_blur3(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """torchvision GaussianBlur(3) with a given sigma (reflect padding)."""
-    k = torch.exp(-(torch.arange(3, dtype=torch.float32) - 1) ** 2 / (2 * sigma ** 2))
-    k = (k / k.sum()).to(x)
+    # built on x's device from a Python float: no host-to-device copy inside the training step
+    k = torch.exp(-(torch.arange(3, dtype=torch.float32, device=x.device) - 1) ** 2 / (2 * sigma ** 2))
+    k = (k / k.sum()).to(x.dtype)
     c = x.shape[1]
     x = F.pad(x, (1, 1, 1, 1), mode="reflect")
     x = F.conv2d(x, k.view(1, 1, 1, 3).expand(c, 1, 1, 3), groups=c)
@@ -330,12 +332,15 @@ class SpliceAugment:
         self.min_cover, self.jitter, self.jitter_p = min_cover, jitter, jitter_p
         self.blur_p, self.blur_sigma = blur_p, blur_sigma
 
+    @host_side
     def _uniform(self, lo: float, hi: float) -> float:
         return lo + (hi - lo) * torch.rand((), generator=self.rng).item()
 
+    @host_side
     def _coin(self, p: float) -> bool:
         return torch.rand((), generator=self.rng).item() < p
 
+    @host_side  # draws on the seeded CPU generator: a seed gives the same run on any device
     def draw_crop(self, height: int, width: int, flip: bool = True) -> CropDraw:
         """Global_crops: side ~ U(min_cover*h, h) rounded, square, clipped to the width, random position."""
         side = int(round(self._uniform(self.min_cover * height, height)))
@@ -344,6 +349,7 @@ class SpliceAugment:
         left = int(torch.randint(0, width - side + 1, (), generator=self.rng))
         return CropDraw(top, left, side, self._coin(0.5) if flip else False)
 
+    @host_side
     def draw_structure(self, height: int, width: int) -> StructureDraw:
         flip = self._coin(0.5)
         jitter, order = None, ()
@@ -413,6 +419,16 @@ def _autograd_ready(module: nn.Module) -> nn.Module:
     return module
 
 
+def _adam(params: list, lr: float, betas: tuple) -> torch.optim.Optimizer:
+    """The official optimiser (Adam, lr 2e-3, betas (0, 0.99)) in PyTorch's fused form where the device has one:
+    one kernel per step, and its step count stays on the device (the default form reads it back with .item()
+    every step). The same update, up to floating-point rounding."""
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # an older torch, or a device without the fused kernel
+        return torch.optim.Adam(params, lr=lr, betas=betas)
+
+
 @dataclass
 class StepReport:
     step: int
@@ -445,7 +461,7 @@ class SpliceTrainer:
         self.gen = SkipGenerator(generator_config).reset_parameters(init).to(self.device)
         self.gen.train()
         self.forward_g = torch.compile(self.gen) if s.compile else self.gen
-        self.opt = torch.optim.Adam(self.gen.parameters(), lr=s.lr, betas=tuple(s.betas))
+        self.opt = _adam(list(self.gen.parameters()), s.lr, tuple(s.betas))
         self.loss = SpliceLoss(dino, s.lambdas, antialias=s.antialias, size=s.dino_size)
         self.augment = SpliceAugment(seed=int(s.seed) + 1)
         self.step_index = 0

@@ -296,10 +296,13 @@ class WindowAttention(nn.Module):
             block = pb.unsqueeze(0)
         add = q.new_zeros(nw, self.heads, n, n)
         add[:, :, :npatch, :npatch] = block
-        if nw > 1:
+        if nw > 1:  # one bias per window position, broadcast over the images (no per-image copy of it)
             b = bw // nw
-            add = add.unsqueeze(0).expand(b, nw, self.heads, n, n).reshape(bw, self.heads, n, n)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=add, scale=1.0)
+            shape = (b, nw, self.heads, n, c // self.heads)
+            out = F.scaled_dot_product_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape),
+                                                 attn_mask=add, scale=1.0).reshape(bw, self.heads, n, -1)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=add, scale=1.0)
         return self.proj(out.transpose(1, 2).reshape(bw, n, c))
 
 

@@ -139,6 +139,7 @@ class TransEditAlignFace:
         if_no_face = check_choice(node, "if_no_face", if_no_face, NO_FACE_CHOICES)
         padding = check_choice(node, "padding", padding, PADDING_CHOICES)
         finder = _make_detector(node, detector)
+        device = bridge.compute_device()  # the 2x-supersampled warp and the blur padding are the heavy part
         progress = bridge.Progress(images.shape[0])
         out, records, found = [], [], []
         batch_detect = getattr(finder, "detect_batch", None)
@@ -154,7 +155,7 @@ class TransEditAlignFace:
                     faces = finder.detect_landmarks(image)
                 if len(faces) > face_index:
                     aligned, recs = fa.align_faces(image[None], [faces], output_size=size, face_index=face_index,
-                                                   padding=padding)
+                                                   padding=padding, device=device)
                     aligned, record = aligned[0], recs[0]
                     found.append(True)
                 elif if_no_face == "error":
@@ -164,7 +165,8 @@ class TransEditAlignFace:
                                          "if_no_face to 'pass through'.")
                 else:
                     h, w = image.shape[:2]
-                    aligned, record = fa.align_to_quad(image, fa.centre_quad(h, w), size, padding=padding)
+                    aligned, record = fa.align_to_quad(image, fa.centre_quad(h, w), size, padding=padding,
+                                                       device=device)
                     found.append(False)
                     bridge.log.warning("%s: no face in image %d; passing its centre square through", node, i)
                 out.append(aligned)
@@ -234,8 +236,9 @@ class TransEditPasteBack:
         if todo:
             composited, mask = fa.paste_back(original[todo], edited[todo], [align.records[i] for i in todo],
                                              feather=feather, mask_shape=mask_shape,
-                                             color_match=False if color_match == "off" else color_match)
-            out[todo], masks[todo] = composited.float(), mask.float()
+                                             color_match=False if color_match == "off" else color_match,
+                                             device=bridge.compute_device())
+            out[todo], masks[todo] = composited.float().to(out.device), mask.float().to(out.device)
         device = bridge.intermediate_device()
         return bridge.with_ui((out.to(device), masks.to(device)), compare_ui(original, out, "photo", "pasted back"))
 

@@ -118,8 +118,10 @@ class TransEditInvert:
             with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                 if keep_features:
                     wplus, levels = module(x, return_features=True)
-                    # per image, on the intermediate device (not pinned in VRAM), fp32
-                    feats = [[f[i].float().to(inter) for f in levels] for i in range(x.shape[0])]
+                    # kept on the intermediate device (not pinned in VRAM), fp32: one copy per level for the whole
+                    # chunk (not one per image and level), then split per image
+                    moved = [f.float().to(inter) for f in levels]
+                    feats = [[f[i] for f in moved] for i in range(x.shape[0])]
                 else:
                     wplus = module(x)
             progress.update(stop - start)

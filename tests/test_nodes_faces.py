@@ -100,3 +100,53 @@ def test_mediapipe_on_a_real_face():
     np.testing.assert_allclose(eyes[:, 0], [0.375 * 256, 0.625 * 256], atol=4)
     with pytest.raises(NodeInputError, match="image 0 of the batch: no face"):
         nodes.TransEditAlignFace().align(torch.zeros(1, 256, 256, 3), nodes.MEDIAPIPE, 256, 0, "error", "blur")
+
+
+def test_align_and_paste_back_run_on_the_compute_device(monkeypatch):
+    """The warps, blurs and colour matching run where the models run (bridge.compute_device: the GPU under
+    ComfyUI on a GPU machine), not on the CPU the IMAGEs arrive on; results come back to the intermediate device."""
+    import torch
+
+    from transedit.models import face_align as fa
+    from transedit.nodes import comfy_bridge as bridge
+    from transedit.nodes import faces as face_nodes
+
+    pytest.importorskip("mediapipe", reason="the node's detector here is mediapipe")
+    seen = []
+    for name in ("align_faces", "align_to_quad", "paste_back"):
+        real = getattr(fa, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            seen.append((_name, kwargs.get("device")))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(fa, name, spy)
+    compute = torch.device("cpu", 0)  # a device object of its own, to tell it from a default
+    monkeypatch.setattr(bridge, "compute_device", lambda: compute)
+    photos = torch.rand(2, 96, 80, 3, generator=torch.Generator().manual_seed(0))
+    aligned, align = face_nodes.TransEditAlignFace().align(photos, face_nodes.MEDIAPIPE, 64, 0, "pass through", "blur")
+    align.found = [True, True]  # paste both back (random pictures have no face: centre squares)
+    face_nodes.TransEditPasteBack().paste(photos, aligned, align, "ellipse", 0.04, "lab")
+    assert {n for n, _ in seen} >= {"align_to_quad", "paste_back"}
+    assert all(d is compute for _, d in seen), seen
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device to compare with")
+def test_align_and_paste_back_agree_on_cpu_and_gpu(monkeypatch):
+    import torch
+
+    from transedit.nodes import comfy_bridge as bridge
+    from transedit.nodes import faces as face_nodes
+
+    pytest.importorskip("mediapipe", reason="the node's detector here is mediapipe")
+    photos = torch.rand(1, 128, 112, 3, generator=torch.Generator().manual_seed(1))
+    results = {}
+    for dev in ("cpu", "cuda"):
+        monkeypatch.setattr(bridge, "compute_device", lambda d=dev: torch.device(d))
+        aligned, align = face_nodes.TransEditAlignFace().align(photos, face_nodes.MEDIAPIPE, 64, 0, "pass through",
+                                                               "blur")
+        align.found = [True]
+        pasted, _ = face_nodes.TransEditPasteBack().paste(photos, aligned, align, "ellipse", 0.04, "lab")
+        results[dev] = (aligned, pasted)
+    for a, b in zip(results["cpu"], results["cuda"]):
+        assert (a - b).abs().max() < 2e-3

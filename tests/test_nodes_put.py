@@ -263,11 +263,11 @@ def test_cancel_stops_within_one_iteration(cvpr, monkeypatch):
         pass
 
     passes = {"n": 0}
-    real_draw = SamplerRNG.draw
+    real_choose = SamplerRNG.choose  # one per-sample draw per pass
 
-    def counting_draw(self, probs, rows=None):
+    def counting_choose(self, scores):
         passes["n"] += 1
-        return real_draw(self, probs, rows)
+        return real_choose(self, scores)
 
     calls = {"n": 0}
 
@@ -277,7 +277,7 @@ def test_cancel_stops_within_one_iteration(cvpr, monkeypatch):
             raise Interrupted()
 
     monkeypatch.setattr(bridge, "check_interrupt", interrupt)
-    monkeypatch.setattr(SamplerRNG, "draw", counting_draw)
+    monkeypatch.setattr(SamplerRNG, "choose", counting_choose)
     with pytest.raises(Interrupted):
         run(cvpr, img, mask, tokens_per_iter=1)  # 64 passes if not cancelled
     # checks: before the image, before its chunk of samples, after passes 1, 2; the 5th raised after pass 3
