@@ -458,7 +458,9 @@ class SpliceTrainer:
         self.A = structure.float().clone().contiguous()  # clone: inference tensors cannot be saved for backward
         self.B = appearance.to(self.device).float().clone().contiguous()
         init = torch.Generator().manual_seed(int(s.seed))
-        self.gen = SkipGenerator(generator_config).reset_parameters(init).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # the layers' default init would draw from the global RNG
+            gen = SkipGenerator(generator_config)
+        self.gen = gen.reset_parameters(init).to(self.device)
         self.gen.train()
         self.forward_g = torch.compile(self.gen) if s.compile else self.gen
         self.opt = _adam(list(self.gen.parameters()), s.lr, tuple(s.betas))

@@ -196,8 +196,9 @@ class TransEditPUTInpaint:
             "num_samples": ("INT", {"default": 4, "min": 1, "max": MAX_SAMPLES,
                                     "tooltip": "Different fills per image (run together as one batch)."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED,
-                             "tooltip": "Fill i of image b uses seed + b*num_samples + i: reproducible, and "
-                                        "independent of how many samples are asked for."}),
+                             "tooltip": "Fill i of image b uses seed + b*num_samples + i: reproducible, "
+                                        "independent of how many samples are asked for, and drawn on the CPU, so "
+                                        "the same fill on every device (up to near-ties between two codes)."}),
             "schedule": (list(SCHEDULES), {"default": SCHEDULES[0],
                                            "tooltip": "tokens per iteration: a fixed count each iteration (the "
                                                       "official CVPR sampling); cosine / linear / average: the "

@@ -162,8 +162,10 @@ class TransEditSplice:
                                                    "size). DINO always sees 224 px on the short side, so this "
                                                    "mostly sets the detail and the time per step."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED,
-                                 "tooltip": "Seeds the generator's initial weights and every augmentation: the "
-                                            "same seed gives the same result on the same device."}),
+                                 "tooltip": "Seeds the generator's initial weights and every augmentation (drawn "
+                                            "on the CPU: the same draws on every device). On a CPU a seed repeats "
+                                            "a run exactly; on a GPU runs differ slightly, because PyTorch's "
+                                            "bilinear-resize gradients are not deterministic there."}),
                 "early_stop": ("BOOLEAN", {"default": True,
                                            "tooltip": "Stop when the loss has stopped improving (fast and "
                                                       "balanced only; official always runs all its steps)."}),

@@ -102,7 +102,8 @@ class TransEditSampleLatent:
         return {"required": {
             "generator": ("TE_STYLEGAN", {"tooltip": "The generator whose mapping network and W mean are used."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED,
-                             "tooltip": "Image i of the batch uses seed + i."}),
+                             "tooltip": "Image i of the batch uses seed + i (drawn on the CPU: the same latents "
+                                        "on every device)."}),
             "batch_size": ("INT", {"default": 1, "min": 1, "max": MAX_BATCH,
                                    "tooltip": "How many latents to draw."}),
             "truncation": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 1.0, "step": 0.01,
@@ -151,7 +152,8 @@ class TransEditGenerate:
                                                           "what the papers use); random: fresh per-pixel noise "
                                                           "(seeded); none: no noise (smoother texture)."}),
             "noise_seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED,
-                                   "tooltip": "Seed for noise_mode=random; image i uses noise_seed + i."}),
+                                   "tooltip": "Seed for noise_mode=random; image i uses noise_seed + i (drawn on "
+                                              "the CPU: the same noise on every device)."}),
             "precision": (list(PRECISIONS), {"default": "auto",
                                              "tooltip": "auto: bf16 on GPUs that support it, fp32 otherwise. "
                                                         "fp32 is bit-faithful to the official code."}),
