@@ -13,3 +13,4 @@ for _stage in _STAGES:
 comfy_bridge.register_json_route("/transedit/directions", editing.direction_catalog)
 # Edit Studio's live previews: slider values in, a low-resolution render of the node's last run out
 comfy_bridge.register_preview_route(edit_studio.ROUTE, edit_studio.SERVICE)
+comfy_bridge.register_prompt_gate(edit_studio.ROUTE, edit_studio.SERVICE.prompt_arriving)

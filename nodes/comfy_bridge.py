@@ -363,6 +363,55 @@ def queue_is_busy() -> Optional[bool]:
     return None if remaining is None else remaining() > 0
 
 
+def interrupt_requested() -> bool:
+    """Whether the user pressed Cancel, read without consuming it (ComfyUI's own check clears the flag, which
+    belongs to the prompt worker): for work that runs beside the queue, such as a live preview."""
+    return bool(IN_COMFYUI and _mm.processing_interrupted())
+
+
+def queue_marker() -> Optional[int]:
+    """A number that changes when ComfyUI queues or finishes a prompt (queued + running + history entries);
+    None when the server does not say."""
+    if not IN_COMFYUI:
+        return 0
+    from server import PromptServer
+
+    queue = getattr(getattr(PromptServer, "instance", None), "prompt_queue", None)
+    remaining, history = getattr(queue, "get_tasks_remaining", None), getattr(queue, "history", None)
+    if remaining is None or history is None:
+        return None
+    return remaining() + len(history)
+
+
+def register_prompt_gate(name: str, callback) -> bool:
+    """Call `callback()` whenever a prompt is submitted (POST /prompt, ComfyUI's on-prompt hook, on the event
+    loop), before ComfyUI validates and queues it: a live preview uses it to stop and let go of the models first,
+    so that model management never runs on two threads at once. False when there is no server or `name` is
+    registered already."""
+    if not IN_COMFYUI or name in _registered_gates:
+        return False
+    try:
+        from server import PromptServer
+    except ImportError as e:
+        log.warning("TransEdit: no ComfyUI server (%s); previews cannot yield to queued prompts", e)
+        return False
+    server = getattr(PromptServer, "instance", None)
+    if server is None or not hasattr(server, "add_on_prompt_handler"):
+        log.warning("TransEdit: this ComfyUI has no on-prompt hook; previews cannot yield to queued prompts")
+        return False
+
+    def gate(json_data):
+        callback()
+        return json_data  # the prompt itself is never touched
+
+    server.add_on_prompt_handler(gate)
+    _registered_gates.add(name)
+    return True
+
+
+_registered_gates: set = set()
+
+
 def interrupt_exception() -> type[BaseException]:
     """The exception check_interrupt raises (ComfyUI's InterruptProcessingException)."""
     return getattr(_mm, "InterruptProcessingException", _NeverRaised) if IN_COMFYUI else _NeverRaised

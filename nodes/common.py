@@ -46,10 +46,10 @@ def load_model_file(node: str, input_name: str, folder: str, filename: str, load
 
 
 def run_in_chunks(node: str, total: int, chunk: int, work: Callable[[int, int], T], *, what: str,
-                  advice: str, keep: tuple = ()) -> list[T]:
+                  advice: str, keep: tuple = (), cancel: Callable[[], None] = None) -> list[T]:
     """work(start, stop) over items 0..total in chunks of `chunk`, results in order.
 
-    Cancel is checked before every chunk. Out of memory frees the cache and retries the failed chunk at half
+    Cancel is checked before every chunk (`cancel`, default ComfyUI's check; work beside the queue passes its own). Out of memory frees the cache and retries the failed chunk at half
     its size (later chunks keep the smaller size). When a single item does not fit, every other model
     ComfyUI holds is unloaded (not `keep`: the ManagedModels this node runs) and the item is tried once
     more; if it still fails, the device's OOM exception is raised again with a message naming the node,
@@ -59,8 +59,9 @@ def run_in_chunks(node: str, total: int, chunk: int, work: Callable[[int, int], 
     results: list[T] = []
     start, chunk = 0, max(1, int(chunk))
     made_room = False
+    cancel = cancel or bridge.check_interrupt
     while start < total:
-        bridge.check_interrupt()
+        cancel()
         stop = min(start + chunk, total)
         try:
             results.append(work(start, stop))

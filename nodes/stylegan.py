@@ -209,14 +209,15 @@ def _smart_for(node, generator, latent):
 def render_latents(node: str, generator: StyleGANHandle, latent: StyleLatent, *, wplus=None, items=None,
                    noise_mode: str = "const", noise_seed: int = 0, precision: str = "auto", chunk=None,
                    max_resolution=None, preview_resolution=None, progress: bool = True,
-                   progress_images: bool = True, cancel_each_layer: bool = False):
+                   progress_images: bool = True, cancel_each_layer: bool = False, cancel=None):
     """The one way the pack turns W+ into pictures (Generate, Edit Studio's queue run and its live preview).
 
     wplus: the codes to render (default latent.wplus), one per latent item (SMART features, noise seeds and
     source images follow the item); items: which items (default all). max_resolution stops the generator at
     that resolution (a cheap preview); preview_resolution also returns the skip RGB at that resolution of the
     same run. Out of memory and Cancel as run_in_chunks; cancel_each_layer also checks Cancel after every
-    layer (a live preview answers Cancel at once). progress_images: show each chunk's first image on the node
+    layer (a live preview answers Cancel at once); `cancel` replaces ComfyUI's Cancel check (a preview, which runs
+    beside the queue, must never consume the prompt worker's flag). progress_images: show each chunk's first image on the node
     while it runs (off where the node draws its own picture). Returns (IMAGE [n, H, W, 3], previews IMAGE or None)."""
     wplus = latent.wplus if wplus is None else wplus
     items = list(range(wplus.shape[0])) if items is None else list(items)
@@ -226,6 +227,7 @@ def render_latents(node: str, generator: StyleGANHandle, latent: StyleLatent, *,
     device = next(module.parameters()).device
     dtype = resolve_precision(precision, device, precision_policy(module))
     bar = bridge.Progress(len(items)) if progress else None
+    check = cancel or bridge.check_interrupt
 
     def render(start: int, stop: int):
         chosen = items[start:stop]
@@ -235,7 +237,7 @@ def render_latents(node: str, generator: StyleGANHandle, latent: StyleLatent, *,
             levels = [torch.stack([f[level] for f in feats]).to(device) for level in range(len(feats[0]))]
             hooks.append(smart_module.hook(levels, beta=smart[1]))
         if cancel_each_layer:
-            hooks.append(lambda layer, x: bridge.check_interrupt())
+            hooks.append(lambda layer, x: check())
         captured = {}
 
         def capture(res, rgb):
@@ -253,7 +255,7 @@ def render_latents(node: str, generator: StyleGANHandle, latent: StyleLatent, *,
     results = run_in_chunks(node, len(items), chunk or (1 if device.type == "cpu" else 8), render,
                             what=f"generating one {size}px image",
                             advice="use precision bf16/fp16, or free GPU memory held by other programs.",
-                            keep=keep)
+                            keep=keep, cancel=check)
     images = torch.cat([r[0] for r in results], 0)
     previews = torch.cat([r[1] for r in results], 0) if preview_resolution else None
     return images, previews

@@ -4,6 +4,7 @@ wins) and its answers to hostile requests."""
 import gc
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -271,23 +272,93 @@ def test_values_the_run_cannot_take_get_a_clear_400(generator, latent, direction
 
 
 def test_cancel_stops_a_preview(generator, latent, directions, ids, monkeypatch):
-    class Interrupted(Exception):
-        pass
-
+    """Cancel pressed while a preview renders stops it at the next layer, and the flag is only read: ComfyUI's own
+    check (which clears it) is never called, so the same Cancel still reaches the queued job."""
     run_studio(generator, latent, directions[:1], [0.0])
-    layers = []
+    reads = []
 
-    def interrupt():
-        layers.append(1)
-        if len(layers) == 3:  # Cancel pressed while the generator is at its third layer
-            raise Interrupted()
+    def pressed():  # read once when the render starts, then once per layer; pressed at the third layer
+        reads.append(1)
+        return len(reads) - 1 >= 3
 
-    monkeypatch.setattr(bridge, "check_interrupt", interrupt)
-    monkeypatch.setattr(bridge, "interrupt_exception", lambda: Interrupted)
+    def consumed():
+        raise AssertionError("a preview consumed ComfyUI's Cancel flag")
+
+    monkeypatch.setattr(bridge, "interrupt_requested", pressed)
+    monkeypatch.setattr(bridge, "check_interrupt", consumed)
     status, body = preview(strengths=[1.0], seq=4)
     assert status == 409 and body["reason"] == "cancelled" and body["seq"] == 4
-    assert len(layers) == 3
+    assert len(reads) - 1 == 3
     monkeypatch.undo()
+    assert preview(strengths=[1.0])[0] == 200
+
+
+def test_a_cancel_left_set_before_the_preview_does_not_stop_it(generator, latent, directions, ids, monkeypatch):
+    """A Cancel pressed with an idle queue stays set until the next prompt starts (ComfyUI clears it then): a
+    preview starting with it set renders anyway."""
+    run_studio(generator, latent, directions[:1], [0.0])
+    monkeypatch.setattr(bridge, "interrupt_requested", lambda: True)
+    assert preview(strengths=[1.0])[0] == 200
+
+
+def test_a_submitted_prompt_stops_the_preview_and_holds_new_ones(generator, latent, directions, ids, monkeypatch):
+    """prompt_arriving (ComfyUI's on-prompt hook) stops the render in flight at its next layer and returns only
+    once it has let go of the models; previews are refused (503, retried by the frontend) until the prompt is in
+    the queue, then while the queue is busy, and render again once it is idle."""
+    import threading
+
+    run_studio(generator, latent, directions[:1], [0.0])
+    service = studio.SERVICE
+    marker = {"value": 0}
+    busy = {"value": False}
+    monkeypatch.setattr(bridge, "queue_marker", lambda: marker["value"])
+    monkeypatch.setattr(bridge, "queue_is_busy", lambda: busy["value"])
+    at_layer, release = threading.Event(), threading.Event()
+    layers_after_gate = []
+    real = sg_nodes._synthesise
+
+    def slow(module, wplus, device, dtype, noise_mode, seeds, feature_hook=None, *args, **kwargs):
+        def hook(layer, x):
+            if gate_returned.is_set():
+                layers_after_gate.append(layer)
+            if layer == 2:
+                at_layer.set()
+                release.wait(timeout=60)
+            return feature_hook(layer, x) if feature_hook is not None else None
+
+        return real(module, wplus, device, dtype, noise_mode, seeds, hook, *args, **kwargs)
+
+    gate_returned = threading.Event()
+    monkeypatch.setattr(sg_nodes, "_synthesise", slow)
+    answers = []
+    worker = threading.Thread(target=lambda: answers.append(preview(strengths=[1.0], seq=7)))
+    worker.start()
+    assert at_layer.wait(timeout=60)
+    gate = threading.Thread(target=lambda: (service.prompt_arriving(), gate_returned.set()))
+    gate.start()
+    time.sleep(0.2)
+    assert not gate_returned.is_set()  # still waiting for the render to let go
+    release.set()
+    gate.join(timeout=60)
+    worker.join(timeout=60)
+    assert gate_returned.is_set() and layers_after_gate == []
+    (status, body), = answers
+    assert status == 503 and body["reason"] == "busy", body
+    # the prompt is on its way (validated, not yet queued): held
+    assert preview(strengths=[1.0])[0] == 503
+    marker["value"], busy["value"] = 1, True  # queued and running
+    assert preview(strengths=[1.0])[0] == 503
+    busy["value"] = False  # done
+    assert preview(strengths=[1.0])[0] == 200
+
+
+def test_a_rejected_prompt_holds_previews_only_for_a_while(generator, latent, directions, ids, monkeypatch):
+    run_studio(generator, latent, directions[:1], [0.0])
+    monkeypatch.setattr(bridge, "queue_marker", lambda: 0)
+    monkeypatch.setattr(studio.StudioService, "HOLD_SECONDS", 0.3)
+    studio.SERVICE.prompt_arriving()
+    assert preview(strengths=[1.0])[0] == 503
+    time.sleep(0.4)
     assert preview(strengths=[1.0])[0] == 200
 
 
