@@ -77,6 +77,41 @@ validate() {
     fi
 }
 
+# The GPU check (benchmarks/gpu_check.py): on a lent GPU machine there is no .venv and nothing can be installed from
+# the network, so it runs with that machine's python3 (torch with CUDA), the wheels carried in .whl/ (gpu-wheels)
+# and the checkout itself importable as `transedit`. Here (CI: --device cpu --quick) it runs in .venv.
+gpu_check() {
+    local py="$VPY"
+    if [ ! -x "$py" ]; then
+        py=${PYTHON:-python3}
+        if ! "$py" -c "import torch" 2>/dev/null; then setup; py="$VPY"; fi
+    fi
+    if compgen -G ".whl/*.whl" >/dev/null; then
+        "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/transedit-site .whl/*.whl
+        export PYTHONPATH="/tmp/transedit-site${PYTHONPATH:+:$PYTHONPATH}"
+    fi
+    if ! "$py" -c "import transedit" 2>/dev/null; then  # not installed: this checkout, under the package's name
+        mkdir -p /tmp/transedit-src && ln -sfn "$PWD" /tmp/transedit-src/transedit
+        export PYTHONPATH="/tmp/transedit-src${PYTHONPATH:+:$PYTHONPATH}"
+    fi
+    exec "$py" benchmarks/gpu_check.py "$@"
+}
+
+# Wheels for the GPU machine (Python 3.12, x86-64, no network), into .whl/ (git-ignored, carried with the run):
+# what the pack needs beyond that machine's packages. Prints their size against the 64 MiB carry limit.
+gpu_wheels() {
+    rm -rf .whl && mkdir -p .whl
+    local plat=() p
+    for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64; do
+        plat+=(--platform "$p")
+    done
+    "${PYTHON:-python3}" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        "${plat[@]}" -d .whl "kornia==${KORNIA_VERSION:-0.9.0}" "kornia_rs==${KORNIA_RS_VERSION:-0.2.0}"
+    ls -l .whl
+    say "wheels for the GPU machine: $(du -sh .whl | cut -f1) in .whl (carry limit 64 MiB with the checkout)"
+}
+
 # The e2e suite on a deliberately loaded CPU (two busy processes beside it), as CI runs it: no test may fail
 # because the machine is slow. The API tests on ComfyUI 0.33.0, the browser tests on 0.33.0 with its pinned and
 # with the newest frontend (TRANSEDIT_E2E_SERVERS overrides both).
@@ -100,6 +135,8 @@ case "${1:-}" in
            exec "$VPY" -m pytest -q "$@" ;;
     test-loaded) shift; test_loaded "$@" ;;
     validate) validate ;;
+    gpu-check) shift; gpu_check "$@" ;;
+    gpu-wheels) gpu_wheels ;;
     *) cat >&2 <<'USAGE'
 usage: ./dev.sh COMMAND [args...]
   demo           run every workflow in workflows/ in a headless ComfyUI; pictures in demo_output/ (python demo.py --help)
@@ -108,6 +145,8 @@ usage: ./dev.sh COMMAND [args...]
   setup          only build .venv and install the ComfyUI servers
   browser-setup  Chromium (apt) and playwright-core (npm) for the browser tests
   validate       the Comfy Registry's check of the published tree (comfy node validate); fails on any warning
+  gpu-check      the GPU check on a lent NVIDIA machine (README "GPU check"); --device cpu --quick runs it here
+  gpu-wheels     the wheels that check needs there, into .whl/
 USAGE
        exit 2 ;;
 esac

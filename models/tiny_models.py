@@ -48,6 +48,8 @@ def save_random_encoder(path, family: str = "style_transformer", generator_confi
 
         swin = SwinStyleformerConfig.preset("tiny", n_latent=gcfg.n_latent, style_dim=sd)
         encoder = SwinStyleformerEncoder(swin)
+        with torch.no_grad():  # untrained, its head is zero (W+ = latent_avg whatever the image): give it weights
+            torch.nn.init.normal_(encoder.to_style.weight, std=0.02)
         opts = {"encoder_type": "SwinStyleformer", "output_size": gcfg.size, "swinstyleformer_config": swin.to_dict()}
     elif family == "style_transformer":
         encoder = StyleTransformerEncoder(StyleTransformerConfig(backbone=backbone, d_model=sd, nhead=4,

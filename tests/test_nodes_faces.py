@@ -132,21 +132,17 @@ def test_align_and_paste_back_run_on_the_compute_device(monkeypatch):
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device to compare with")
-def test_align_and_paste_back_agree_on_cpu_and_gpu(monkeypatch):
+def test_align_and_paste_back_agree_on_cpu_and_gpu():
+    """The same warp, blur padding and colour match on the CPU and on the GPU."""
     import torch
 
-    from transedit.nodes import comfy_bridge as bridge
-    from transedit.nodes import faces as face_nodes
-
-    pytest.importorskip("mediapipe", reason="the node's detector here is mediapipe")
-    photos = torch.rand(1, 128, 112, 3, generator=torch.Generator().manual_seed(1))
-    results = {}
+    photo = torch.rand(160, 144, 3, generator=torch.Generator().manual_seed(1))
+    quad = fa.centre_quad(160, 144) + torch.tensor([[3.0, -2.0]]).numpy()  # off-centre: padding is exercised
+    out = {}
     for dev in ("cpu", "cuda"):
-        monkeypatch.setattr(bridge, "compute_device", lambda d=dev: torch.device(d))
-        aligned, align = face_nodes.TransEditAlignFace().align(photos, face_nodes.MEDIAPIPE, 64, 0, "pass through",
-                                                               "blur")
-        align.found = [True]
-        pasted, _ = face_nodes.TransEditPasteBack().paste(photos, aligned, align, "ellipse", 0.04, "lab")
-        results[dev] = (aligned, pasted)
-    for a, b in zip(results["cpu"], results["cuda"]):
+        aligned, rec = fa.align_to_quad(photo, quad, 64, padding="blur", device=dev)
+        pasted, mask = fa.paste_back(photo[None], aligned[None].flip(-1), [rec], feather=0.04, mask_shape="ellipse",
+                                     color_match="lab", device=dev)
+        out[dev] = [t.float().cpu() for t in (aligned, pasted, mask)]
+    for a, b in zip(out["cpu"], out["cuda"]):
         assert (a - b).abs().max() < 2e-3

@@ -1,0 +1,245 @@
+"""Every stage in fp32, bf16 and fp16 against fp32, at the official sizes with random weights, written as JSON:
+the evidence behind each family's `auto` precision (models/precision.py) and a correctness check on the device.
+
+    python benchmarks/precision_sweep.py --device cuda --out benchmarks/results/gpu_precision.json
+    python benchmarks/precision_sweep.py --device cpu --quick --out /tmp/precision.json    # small models (CI)
+
+For each stage the same seeded inputs go through the model in fp32 (the reference) and under bf16 and fp16
+autocast; the row records the relative L2 error ||half - fp32|| / ||fp32||, the largest absolute error, whether
+everything stayed finite, and the median time per call. `--cpu-reference` also runs fp32 on the CPU and records
+the device's fp32 error against it (parity across devices; TF32 is off). A row fails when its error passes the
+tolerance below; the exit status is 1 when any row fails. CPU fp16 is emulated (minutes per full-size image), so
+the CPU run uses --quick.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# relative L2 error allowed against fp32 at full size (errors compound through depth: looser than the unit tests)
+TOLERANCE = {"bf16": 0.08, "fp16": 0.02, "fp32_vs_cpu": 2e-3}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def rel(a: torch.Tensor, ref: torch.Tensor) -> float:
+    a, ref = a.float().cpu(), ref.float().cpu()
+    return float((a - ref).norm() / ref.norm().clamp_min(1e-12))
+
+
+# ------------------------------------------------------------------------------------------- stages
+# each returns (model, inputs, call(model, inputs) -> tensor); the sweep runs call under autocast
+def stylegan2(quick: bool):
+    from transedit.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator
+
+    torch.manual_seed(0)
+    cfg = StyleGAN2Config(size=32, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 32, 32: 16}) if quick \
+        else StyleGAN2Config(size=1024)
+    g = StyleGAN2Generator(cfg).eval()
+    w = g.mapping(torch.randn(2, cfg.input_dim)).unsqueeze(1).expand(-1, g.n_latent, -1).contiguous()
+    return g, (w,), lambda m, x, dtype: m.synthesis(x[0], dtype=dtype)
+
+
+def smart(quick: bool):
+    from transedit.models.smart import SMART, SMARTConfig
+
+    torch.manual_seed(3)
+    cfg = SMARTConfig(q_channel=16, embed_dim=16, kv_channels=[8, 16], kv_shapes=[8, 4], ffn_dim=32) if quick \
+        else SMARTConfig()
+    block = SMART(cfg).eval()
+    x = torch.randn(2, cfg.q_channel, cfg.q_shape, cfg.q_shape)
+    feats = [torch.randn(2, s * s, c) for s, c in zip(cfg.kv_shapes, cfg.kv_channels)]
+
+    def call(m, inputs, dtype):  # as the generator calls it: a hook on a feature map in the run's dtype
+        x, *f = inputs
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            return m.hook(f, beta=1.0, layer=0)(0, x.to(dtype))
+    return block, (x, *feats), call
+
+
+def _encoder(family: str, quick: bool):
+    from transedit.models.registry import load_encoder, save_random_encoder
+
+    if quick:
+        with tempfile.TemporaryDirectory() as tmp:
+            desc = load_encoder(save_random_encoder(Path(tmp) / "e.pt", family=family))
+        model, size = desc.model, desc.input_size
+    else:
+        from bench_inversion import build_encoder
+
+        from transedit.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator
+
+        torch.manual_seed(0)
+        g = StyleGAN2Generator(StyleGAN2Config(size=1024)).eval()
+        if family == "swinstyleformer":
+            from transedit.models.inversion import LatentEncoder
+            from transedit.models.swinstyleformer import SwinStyleformerConfig, SwinStyleformerEncoder
+
+            torch.manual_seed(1)
+            enc = SwinStyleformerEncoder(SwinStyleformerConfig.preset("swin_t", n_latent=18, style_dim=512)).eval()
+            with torch.no_grad():  # untrained, its head is zero (W+ = latent_avg for every image)
+                torch.nn.init.normal_(enc.to_style.weight, std=0.02)
+            model = LatentEncoder(enc, g.mean_latent(1024)[0]).eval()
+        else:
+            model = build_encoder(family, g, "cpu")[0]
+        size = (256, 256)
+    x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    return model, (x,), lambda m, inputs, dtype: m(inputs[0])
+
+
+def dino(quick: bool):
+    from bench_splice import build_dino, dino_config
+
+    from transedit.models.dino import DinoConfig, preprocess
+
+    cfg = DinoConfig(patch_size=8, embed_dim=64, depth=2, num_heads=2) if quick else dino_config("base", 8)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build_dino(cfg, "registry", "cpu", tmp)
+    x = preprocess(torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(6)), size=64 if quick else 224)
+
+    def call(m, inputs, dtype):
+        f = m(inputs[0])
+        return torch.cat([f.keys.float().flatten(1), f.cls.float()], 1)
+    return model, (x,), call
+
+
+def put(version: str, quick: bool):
+    from bench_put import full_size_model
+
+    if quick:
+        from transedit.models.registry import load_put, save_random_put
+
+        with tempfile.TemporaryDirectory() as tmp:
+            model = load_put(save_random_put(Path(tmp) / "p.pth", version=version)).model.eval()
+    else:
+        model = full_size_model(version, "cpu")
+    h, w = model.image_size
+    img = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(7)) * 255
+    known = torch.ones(1, 1, h, w)
+    known[..., h // 4:3 * h // 4, w // 4:3 * w // 4] = 0
+    data = model.content_codec.get_features(img, known)
+    return model, (data["feature"], data["unmask_ratio"]), lambda m, x, dtype: m.logits(m.embed(x[0], x[1])).float()
+
+
+STAGES = {
+    "stylegan2_synthesis": stylegan2,
+    "smart": smart,
+    **{f"encoder_{f}": (lambda q, f=f: _encoder(f, q)) for f in ("style_transformer", "psp", "e4e", "styleprompter",
+                                                                 "swinstyleformer")},
+    "dino_features": dino,
+    "put_cvpr2022_logits": lambda q: put("cvpr2022", q),
+    "put_tpami2024_logits": lambda q: put("tpami2024", q),
+}
+
+
+def run_stage(name, build, device, quick, reps, cpu_reference):
+    model, inputs, call = build(quick)
+    ref_cpu = None
+    if cpu_reference and device.type != "cpu":
+        with torch.no_grad():
+            ref_cpu = call(model, inputs, torch.float32).float()
+    model = model.to(device)
+    inputs = tuple(t.to(device) for t in inputs)
+    rows, ref = [], None
+    for dtype_name in ("fp32", "bf16", "fp16"):
+        dtype = DTYPES[dtype_name]
+        times = []
+        out = None
+        with torch.no_grad():
+            for rep in range(reps + 1):
+                sync(device)
+                t0 = time.perf_counter()
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                    out = call(model, inputs, dtype)
+                sync(device)
+                if rep:  # the first call warms up
+                    times.append(1000 * (time.perf_counter() - t0))
+        out = out.float()
+        row = {"stage": name, "dtype": dtype_name, "ms_median": round(statistics.median(times), 3) if times else None,
+               "finite": bool(torch.isfinite(out).all())}
+        if dtype_name == "fp32":
+            ref = out
+            if ref_cpu is not None:
+                row["rel_l2_vs_cpu_fp32"] = rel(out, ref_cpu)
+                row["ok"] = row["finite"] and row["rel_l2_vs_cpu_fp32"] <= TOLERANCE["fp32_vs_cpu"]
+            else:
+                row["ok"] = row["finite"]
+        else:
+            row["rel_l2"] = rel(out, ref)
+            row["max_abs"] = float((out - ref).abs().max())
+            row["tolerance"] = TOLERANCE[dtype_name]
+            row["ok"] = row["finite"] and row["rel_l2"] <= TOLERANCE[dtype_name]
+        rows.append(row)
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+def markdown(rows: list) -> str:
+    lines = ["| stage | dtype | rel. L2 error vs fp32 | max abs error | ms / call | ok |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        err = r.get("rel_l2", r.get("rel_l2_vs_cpu_fp32"))
+        note = " (fp32 vs CPU)" if "rel_l2_vs_cpu_fp32" in r else ""
+        err_text = "" if err is None else f"{err:.2e}{note}"
+        max_text = "" if "max_abs" not in r else f"{r['max_abs']:.3g}"
+        lines.append(f"| {r['stage']} | {r['dtype']} | {err_text} | {max_text} | {r['ms_median']} | "
+                     f"{'yes' if r['ok'] else 'NO'} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true", help="small models (CPU, CI)")
+    ap.add_argument("--stages", default=",".join(STAGES), help="comma list of " + ", ".join(STAGES))
+    ap.add_argument("--reps", type=int, default=None, help="timed calls per dtype (default 5 GPU, 1 CPU)")
+    ap.add_argument("--cpu-reference", action="store_true", help="also compare the device's fp32 with the CPU's")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    reps = args.reps if args.reps is not None else (5 if device.type == "cuda" else 1)
+    rows, errors = [], []
+    for name in args.stages.split(","):
+        t0 = time.perf_counter()
+        try:
+            rows += run_stage(name, STAGES[name], device, args.quick, reps, args.cpu_reference)
+        except Exception as e:  # a stage that cannot run is reported, and the sweep goes on
+            errors.append({"stage": name, "error": f"{type(e).__name__}: {e}"})
+        print(f"{name}: {time.perf_counter() - t0:.1f} s", flush=True)
+    report = {"benchmark": "precision_sweep", "quick": args.quick, "tolerance": TOLERANCE,
+              "machine": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+                          or platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+              "rows": rows, "errors": errors, "ok": bool(rows) and all(r["ok"] for r in rows) and not errors}
+    text = json.dumps(report, indent=1)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{args.out}.tmp{os.getpid()}"
+        Path(tmp).write_text(text + "\n")
+        os.replace(tmp, args.out)
+    print(markdown(rows))
+    for e in errors:
+        print(f"ERROR {e['stage']}: {e['error']}")
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
