@@ -260,13 +260,18 @@ def infer_put_config(sd: Mapping[str, torch.Tensor], options: Optional[Mapping] 
 
 
 # -------------------------------------------------------------------------------------------- sampling
-def top_k_filter(logits: torch.Tensor, filter_ratio: float) -> torch.Tensor:
-    """The official `logits_top_k` (filter_type 'count'): keep the top k logits, the rest -inf.
+def top_k_count(filter_ratio: float, c: int) -> int:
+    """How many of C logits the official `logits_top_k` (filter_type 'count') keeps:
     0 <= r <= 1: k = max(int((1 - r) * C), 1) (so r = 1 is greedy); r > 1: k = int(r)."""
     r = abs(filter_ratio)
-    c = logits.shape[-1]
     k = max(int((1 - r) * c), 1) if r <= 1 else max(int(r), 1)
-    k = min(k, c)
+    return min(k, c)
+
+
+def top_k_filter(logits: torch.Tensor, filter_ratio: float) -> torch.Tensor:
+    """The official `logits_top_k` (filter_type 'count'): keep the top k logits (top_k_count), the rest -inf."""
+    c = logits.shape[-1]
+    k = top_k_count(filter_ratio, c)
     if k == c:
         return logits
     val, ind = torch.topk(logits, k=k, dim=-1)
@@ -401,10 +406,15 @@ def sample_tokens(model: _PUTTransformer, feature: torch.Tensor, token: torch.Te
         return top_k_filter(lg, filter_ratio) * temperature
 
     def sample(lg):
-        """Tokens for logits [b, n, C], from the official global RNG or by per-sample Gumbel-max."""
+        """Tokens for logits [b, n, C], from the official global RNG or by per-sample Gumbel-max. The latter only
+        needs the k codes the top-k filter keeps: noise for [b, n, k] (in descending-logit order), not [b, n, C]."""
         if rng.official:
             return rng.draw(F.softmax(scores_of(lg), dim=-1))
-        return rng.choose(scores_of(lg))
+        k = top_k_count(filter_ratio, lg.shape[-1])
+        if k == lg.shape[-1]:
+            return rng.choose(lg * temperature)
+        values, codes = lg.topk(k, dim=-1)
+        return codes.gather(-1, rng.choose(values * temperature).unsqueeze(-1)).squeeze(-1)
 
     def write(rows, positions, samples, write_mask):
         """Set tokens/features at (rows, positions) where write_mask [b, n] (positions unique per row).
