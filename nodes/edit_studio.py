@@ -382,8 +382,9 @@ class TransEditEditStudio:
                                                                   "own RGB at that layer (smaller = faster drags; "
                                                                   "capped at the generator's size)."}),
                 "precision": (list(PRECISIONS), {"default": "auto",
-                                                 "tooltip": "auto: bf16 on GPUs that support it, fp32 otherwise. "
-                                                            "Previews and the queued image use the same."}),
+                                                 "tooltip": "auto: fp16 on a GPU (measured closest to fp32 for the "
+                                                            "generator, overflow-guarded), fp32 on a CPU. Previews and "
+                                                            "the queued image use the same."}),
             },
             "optional": {f"direction_{i}": ("TE_DIRECTION", {"tooltip": f"Optional direction for strength_{i}."})
                          for i in range(2, MAX_DIRECTIONS + 1)},

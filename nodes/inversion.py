@@ -79,7 +79,8 @@ class TransEditInvert:
                                                         "transforms (bit-exact); fast: antialiased torch resize "
                                                         "on the GPU (within one 8-bit level)."}),
             "precision": (list(PRECISIONS), {"default": "auto",
-                                             "tooltip": "auto: bf16 on GPUs that support it, fp32 otherwise."}),
+                                             "tooltip": "auto: bf16 on a GPU (fp16 where it has no bf16), fp32 on a "
+                                                        "CPU. W+ stays fp32 either way."}),
         }}
 
     RETURN_TYPES = ("TE_LATENT",)

@@ -227,7 +227,8 @@ class TransEditPUTInpaint:
                                 "tooltip": "Pixels over which the fill blends into the original outside the "
                                            "mask (holes themselves are always fully replaced)."}),
             "precision": (list(PRECISIONS), {"default": "auto",
-                                             "tooltip": "auto: bf16 for the transformer on GPUs that support it."}),
+                                             "tooltip": "auto: bf16 for the transformer on a GPU (fp16 where it has "
+                                                        "no bf16), fp32 on a CPU."}),
         }}
 
     RETURN_TYPES = ("IMAGE", "MASK")

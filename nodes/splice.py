@@ -170,8 +170,8 @@ class TransEditSplice:
                                            "tooltip": "Stop when the loss has stopped improving (fast and "
                                                       "balanced only; official always runs all its steps)."}),
                 "precision": (list(SPLICE_PRECISIONS), {"default": "auto",
-                                                        "tooltip": "auto: bf16 autocast for DINO on GPUs that "
-                                                                   "support it, fp32 otherwise."}),
+                                                        "tooltip": "auto: bf16 autocast for DINO on a GPU (its "
+                                                                   "range needs no loss scaling), fp32 on a CPU."}),
                 "preview_every": ("INT", {"default": 50, "min": 0, "max": 10_000,
                                           "tooltip": "Show the current result every N steps (0 = never)."}),
             },

@@ -155,8 +155,9 @@ class TransEditGenerate:
                                    "tooltip": "Seed for noise_mode=random; image i uses noise_seed + i (drawn on "
                                               "the CPU: the same noise on every device)."}),
             "precision": (list(PRECISIONS), {"default": "auto",
-                                             "tooltip": "auto: bf16 on GPUs that support it, fp32 otherwise. "
-                                                        "fp32 is bit-faithful to the official code."}),
+                                             "tooltip": "auto: fp16 on a GPU (measured closest to fp32 for the "
+                                                        "generator, overflow-guarded), fp32 on a CPU. fp32 is "
+                                                        "bit-faithful to the official code."}),
         }}
 
     RETURN_TYPES = ("IMAGE",)
