@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Optional
 
 import torch
@@ -313,6 +314,15 @@ def register_json_route(path: str, handler) -> bool:
 _registered_routes: set = set()
 
 
+def _prompt_server():
+    """ComfyUI's running server (PromptServer.instance), or None: outside ComfyUI, or ComfyUI used as a library
+    (its `server` module was never imported; importing it here would start loading the web application)."""
+    if not IN_COMFYUI:
+        return None
+    module = sys.modules.get("server")
+    return getattr(getattr(module, "PromptServer", None), "instance", None)
+
+
 def _server_routes(path: str):
     """ComfyUI's route table, or None when there is no server (tests, scripts) or `path` is registered already
     (a pack reload)."""
@@ -320,11 +330,10 @@ def _server_routes(path: str):
         return None
     try:
         import aiohttp  # noqa: F401  (the server's own dependency)
-        from server import PromptServer
     except ImportError as e:
         log.warning("TransEdit: %s is not served (the frontend loses that feature): %s", path, e)
         return None
-    routes = getattr(getattr(PromptServer, "instance", None), "routes", None)
+    routes = getattr(_prompt_server(), "routes", None)
     if routes is None:
         log.warning("TransEdit: %s is not served: ComfyUI's server has no route table yet", path)
     return None if routes is None or path in _registered_routes else routes
@@ -340,12 +349,11 @@ def executing_ids(unique_id) -> tuple[str, str]:
     ctx = _executing_context() if _executing_context is not None else None
     if ctx is not None:
         return str(ctx.node_id or node_id), str(ctx.prompt_id)
-    try:  # older servers: the prompt worker records the prompt's id on the server
-        from server import PromptServer
-    except ImportError as e:  # ComfyUI used as a library, without its server
-        log.warning("TransEdit: no ComfyUI server (%s); node %s's live preview is off", e, node_id)
+    server = _prompt_server()  # older servers: the prompt worker records the prompt's id on the server
+    if server is None:  # ComfyUI used as a library, without its server
+        log.warning("TransEdit: no ComfyUI server; node %s's live preview is off", node_id)
         return node_id, ""
-    prompt_id = str(getattr(getattr(PromptServer, "instance", None), "last_prompt_id", "") or "")
+    prompt_id = str(getattr(server, "last_prompt_id", "") or "")
     if not prompt_id:
         log.warning("TransEdit: ComfyUI did not say which prompt node %s runs in; its live preview is off", node_id)
     return node_id, prompt_id
@@ -353,13 +361,12 @@ def executing_ids(unique_id) -> tuple[str, str]:
 
 def queue_is_busy() -> Optional[bool]:
     """True while ComfyUI runs or holds a prompt: a preview must not load or use models beside the prompt
-    worker (ComfyUI's model management is not made for two threads). None when this server does not say."""
-    if not IN_COMFYUI:
+    worker (ComfyUI's model management is not made for two threads). None when this server does not say;
+    False where there is no server (no queue)."""
+    server = _prompt_server()
+    if server is None:
         return False
-    from server import PromptServer
-
-    remaining = getattr(getattr(getattr(PromptServer, "instance", None), "prompt_queue", None),
-                        "get_tasks_remaining", None)
+    remaining = getattr(getattr(server, "prompt_queue", None), "get_tasks_remaining", None)
     return None if remaining is None else remaining() > 0
 
 
@@ -371,12 +378,11 @@ def interrupt_requested() -> bool:
 
 def queue_marker() -> Optional[int]:
     """A number that changes when ComfyUI queues or finishes a prompt (queued + running + history entries);
-    None when the server does not say."""
-    if not IN_COMFYUI:
+    None when the server does not say; 0 where there is no server."""
+    server = _prompt_server()
+    if server is None:
         return 0
-    from server import PromptServer
-
-    queue = getattr(getattr(PromptServer, "instance", None), "prompt_queue", None)
+    queue = getattr(server, "prompt_queue", None)
     remaining, history = getattr(queue, "get_tasks_remaining", None), getattr(queue, "history", None)
     if remaining is None or history is None:
         return None
@@ -390,13 +396,10 @@ def register_prompt_gate(name: str, callback) -> bool:
     registered already."""
     if not IN_COMFYUI or name in _registered_gates:
         return False
-    try:
-        from server import PromptServer
-    except ImportError as e:
-        log.warning("TransEdit: no ComfyUI server (%s); previews cannot yield to queued prompts", e)
+    server = _prompt_server()
+    if server is None:  # ComfyUI used as a library: no prompts are submitted
         return False
-    server = getattr(PromptServer, "instance", None)
-    if server is None or not hasattr(server, "add_on_prompt_handler"):
+    if not hasattr(server, "add_on_prompt_handler"):
         log.warning("TransEdit: this ComfyUI has no on-prompt hook; previews cannot yield to queued prompts")
         return False
 
