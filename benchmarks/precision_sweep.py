@@ -73,7 +73,8 @@ def smart(quick: bool):
 
 
 def _encoder(family: str, quick: bool):
-    from transedit.models.registry import load_encoder, save_random_encoder
+    from transedit.models.registry import load_encoder
+    from transedit.random_weights import save_random_encoder
 
     if quick:
         with tempfile.TemporaryDirectory() as tmp:
@@ -122,7 +123,8 @@ def put(version: str, quick: bool):
     from bench_put import full_size_model
 
     if quick:
-        from transedit.models.registry import load_put, save_random_put
+        from transedit.models.registry import load_put
+        from transedit.random_weights import save_random_put
 
         with tempfile.TemporaryDirectory() as tmp:
             model = load_put(save_random_put(Path(tmp) / "p.pth", version=version)).model.eval()

@@ -426,7 +426,8 @@ class SpliceSetup:
         import yaml
         from safetensors.torch import load_file
         from bench_splice import dino_config
-        from transedit.models.registry import load_dino, save_random_dino
+        from transedit.models.registry import load_dino
+        from transedit.random_weights import save_random_dino
 
         self.ctx, self.dino_size = ctx, dino_size
         backbone, self.hub_name = SPLICE_BACKBONES[backbone_key]

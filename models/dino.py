@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import math
 import re
-import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint_io import RawCheckpoint, atomic_write, check_weight_dtypes, strip_dataparallel, strip_prefix
+from .checkpoint_io import RawCheckpoint, check_weight_dtypes, strip_dataparallel, strip_prefix
+from .descriptor import ModelDescriptor
 from .devices import device_constant
 from .errors import CheckpointError
 from .precision import PrecisionPolicy
@@ -251,16 +250,9 @@ DINO_HINT = ("Put a DINO ViT in models/vit: the official dino_vitbase8_pretrain.
              "facebookresearch/dino, or timm's vit_*_224.dino model.safetensors.")
 
 
-@dataclass
-class DinoDescriptor:
-    model: torch.nn.Module  # DinoViT, frozen, eval
-    config: DinoConfig
-    source: str
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return os.path.basename(self.source)
+@dataclass(kw_only=True)
+class DinoDescriptor(ModelDescriptor):
+    """A frozen DINO ViT (eval mode) and its config (patch, width, depth, heads, from the weights)."""
 
 
 def _dino_candidate(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -306,30 +298,7 @@ def load(raw: RawCheckpoint) -> DinoDescriptor:
         notes = []
         if name == "teacher":
             notes.append("training checkpoint: using the teacher backbone (what DINO releases)")
-        return DinoDescriptor(model.eval().requires_grad_(False), config, str(path), notes)
+        return DinoDescriptor(family="dino", model=model.eval().requires_grad_(False), config=config,
+                              source=str(path), notes=notes)
     found = ", ".join(f"'{n}' ({len(sd)} tensors, e.g. {next(iter(sd), '-')})" for n, sd in raw.state_dicts.items())
     raise CheckpointError(path, f"is not a DINO ViT (found {found}).", DINO_HINT)
-
-
-def save_random_dino(path, config=None, seed: int = 0, overwrite: bool = False) -> Path:
-    """A DINO ViT with random weights in the official key layout (timm-style safetensors, heads in metadata);
-    for tests and demos. Weights are drawn large enough that features are not degenerate."""
-    from safetensors.torch import save_file
-
-    # 64 channels per head, DINO's convention, so heads are inferred right from a plain .pth as well
-    config = config or DinoConfig(patch_size=8, embed_dim=128, depth=2, num_heads=2)
-    gen = torch.Generator().manual_seed(seed)
-    sd = {}
-    for k, v in DinoViT(config).state_dict().items():
-        if k.endswith("norm1.weight") or k.endswith("norm2.weight") or k == "norm.weight":
-            t = 1 + 0.1 * torch.randn(v.shape, generator=gen)
-        elif v.ndim >= 2 and k not in ("cls_token", "pos_embed"):
-            fan_in = v[0].numel()
-            t = torch.randn(v.shape, generator=gen) / fan_in ** 0.5
-        else:
-            t = 0.5 * torch.randn(v.shape, generator=gen) if k in ("cls_token", "pos_embed") else \
-                0.1 * torch.randn(v.shape, generator=gen)
-        sd[k] = t.contiguous()
-    meta = {"arch": f"DINO ViT patch={config.patch_size} embed={config.embed_dim} depth={config.depth} "
-                    f"heads={config.num_heads} (random weights, TransEdit test model)"}
-    return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta), overwrite=overwrite)

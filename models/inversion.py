@@ -1,7 +1,6 @@
 """The encoder families behind one interface: images in [-1, 1] -> W+ (what the official forward decodes)."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -12,7 +11,8 @@ from .checkpoint_io import RawCheckpoint, check_weight_dtypes
 from .errors import CheckpointError
 from .irse import add_latent_avg
 from .precision import DEFAULT_POLICY, PrecisionPolicy
-from .stylegan2 import ModelDescriptor, is_stylegan2_state_dict, load_generator_weights
+from .descriptor import ModelDescriptor
+from .stylegan2 import StyleGAN2Descriptor, is_stylegan2_state_dict, load_generator_weights
 
 
 class LatentEncoder(nn.Module):
@@ -81,22 +81,14 @@ class EncoderFamily:
     build: Callable[[dict, dict], tuple]  # (encoder state dict, opts) -> (config, module), or ValueError
 
 
-@dataclass
-class EncoderDescriptor:
-    """An inversion encoder (images -> W+) and the StyleGAN2 generator bundled in the same file, if any."""
+@dataclass(kw_only=True)
+class EncoderDescriptor(ModelDescriptor):
+    """An inversion encoder (a LatentEncoder: images -> W+) and the StyleGAN2 generator bundled in the same file,
+    if any."""
 
-    family: str
-    model: torch.nn.Module  # LatentEncoder
-    config: object
-    source: str
-    generator: Optional[ModelDescriptor]
+    generator: Optional[StyleGAN2Descriptor]
     opts: dict = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
     smart: Optional[torch.nn.Module] = None  # StylePrompter's SMART block (full checkpoints only)
-
-    @property
-    def name(self) -> str:
-        return os.path.basename(self.source)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -160,4 +152,5 @@ def load_encoder_checkpoint(raw: RawCheckpoint, family: EncoderFamily) -> Encode
         smart.eval().requires_grad_(False)
     mapping = generator.model if family.id == "style_transformer" else None
     model = LatentEncoder(module, latent_avg, mapping=mapping).eval().requires_grad_(False)
-    return EncoderDescriptor(family.id, model, config, str(path), generator, opts, notes, smart)
+    return EncoderDescriptor(family=family.id, model=model, config=config, source=str(path), generator=generator,
+                             opts=opts, notes=notes, smart=smart)

@@ -17,8 +17,7 @@ as in the official code; the ComfyUI node converts once at its edge.
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence, Union
 
@@ -26,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint_io import RawCheckpoint, atomic_write, check_weight_dtypes, read_official_yaml, strip_prefix
+from .checkpoint_io import RawCheckpoint, check_weight_dtypes, read_official_yaml, strip_prefix
+from .descriptor import ModelDescriptor
 from .devices import host_side
 from .errors import CheckpointError
 from .precision import PrecisionPolicy
@@ -552,17 +552,11 @@ PUT_SUPPORTED = {
 }
 
 
-@dataclass
-class PUTDescriptor:
-    model: torch.nn.Module  # PUTTransformerCVPR / PUTTransformerTPAMI (with .content_codec)
-    config: PUTConfig
-    source: str
-    weights: str  # "ema" or "model"
-    notes: list[str] = field(default_factory=list)
+@dataclass(kw_only=True)
+class PUTDescriptor(ModelDescriptor):
+    """A PUT transformer (PUTTransformerCVPR / PUTTransformerTPAMI, its P-VQVAE as .content_codec)."""
 
-    @property
-    def name(self) -> str:
-        return os.path.basename(self.source)
+    weights: str  # "ema" or "model"
 
 
 @dataclass
@@ -734,54 +728,5 @@ def load(raw: RawCheckpoint, **overrides) -> PUTDescriptor:
         notes.append(f"overridden by the caller: {overrides}")
     if name == "ema":
         notes.append("using the EMA weights")
-    return PUTDescriptor(model.eval().requires_grad_(False), config, str(path), name, notes)
-
-
-def save_random_put(path, version: str = "cvpr2022", seed: int = 0, overwrite: bool = False) -> Path:
-    """A tiny PUT transformer with its P-VQVAE (64 px images, 8x8 patches, 8x8 tokens, codebook 64 = 32 + 32,
-    width 64, one head so `width // 64` infers it) and random weights, for tests and the demo. A `.pth`
-    path gets the official training container ({'last_epoch', 'last_iter', 'spend_time', 'model',
-    'optimizer_and_scheduler'}); a `.safetensors` path the bare state dict."""
-    from .put_codec import PVQVAEConfig
-
-    tpami = version == "tpami2024"
-    codec_cfg = PVQVAEConfig(version=version, patch_size=8, n_e=64, e_dim=64, masked_embed_start=32,
-                             enc_res_ch=64, enc_num_res_blocks=2, enc_out_ch=64, dec_in_ch=64, dec_res_ch=64,
-                             dec_num_res_blocks=2, dec_res_after_up=2 if tpami else 0,
-                             upsample="nearest" if tpami else "deconv",
-                             ref_downsample="downsample" if tpami else "conv", ref_res_blocks=tpami)
-    config = PUTConfig(version=version, dim=64, n_layer=2, n_head=1, token_shape=(8, 8), num_token=32,
-                       mlp_hidden=256, qkv_bias=tpami, learn_mask_emb=tpami, combine_rec_and_gt=tpami)
-    torch.manual_seed(seed)  # module init below; the weights themselves come from `gen`
-    model = build_put(config, PatchVQVAE(codec_cfg))
-    gen = torch.Generator().manual_seed(seed)
-    norms = {f"{name}.{p}" for name, mod in model.named_modules() if isinstance(mod, torch.nn.LayerNorm)
-             for p in ("weight", "bias")}
-    sd = {}
-    for k, v in model.state_dict().items():
-        if not v.is_floating_point():
-            t = v.clone()
-        elif k.endswith("quantize.embedding"):  # codebook entries spread like the encoder's features
-            t = torch.randn(v.shape, generator=gen)
-        elif k.endswith(("cluster_size", "embedding_avg")):
-            t = v.clone()
-        elif k in norms:
-            t = (1 if k.endswith("weight") else 0) + 0.1 * torch.randn(v.shape, generator=gen)
-        elif k in ("pos_emb", "mask_emb"):
-            t = 0.3 * torch.randn(v.shape, generator=gen)
-        elif v.ndim >= 2:
-            t = torch.randn(v.shape, generator=gen) / v[0].numel() ** 0.5
-        else:
-            t = 0.05 * torch.randn(v.shape, generator=gen)
-        sd[k] = t.contiguous()
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        meta = {"arch": f"PUT {version} tiny (random weights, TransEdit test model)"}
-        return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta), overwrite=overwrite)
-    container = {"last_epoch": 0, "last_iter": 0, "spend_time": 0.0, "model": sd,
-                 "optimizer_and_scheduler": {}}
-    return atomic_write(path, lambda tmp: torch.save(container, tmp), overwrite=overwrite)
-
-
+    return PUTDescriptor(family="put", model=model.eval().requires_grad_(False), config=config, source=str(path),
+                         weights=name, notes=notes)

@@ -20,15 +20,13 @@ from . import dino, psp, put, retinaface, style_transformer, styleprompter, styl
 from .checkpoint_io import (KNOWN_FORMATS, TRANSEDIT_FORMAT_KEY, RawCheckpoint, atomic_write, formats_hint, is_nvlabs_pickle,  # noqa: F401
                             load_plain_state_dict, read_official_yaml, read_safetensors, torch_load)
 from .checkpoint_io import read_checkpoint as _read_torch_or_safetensors
-from .dino import DinoDescriptor, save_random_dino  # noqa: F401
+from .dino import DinoDescriptor  # noqa: F401
 from .errors import CheckpointError
 from .inversion import EncoderDescriptor, checkpoint_opts, load_encoder_checkpoint
-from .put import PUTDescriptor, read_put_config, save_random_put  # noqa: F401
-from .retinaface import save_random_retinaface  # noqa: F401
-from .style_transformer import EditTransformerDescriptor, save_random_edit_transformer  # noqa: F401
-from .stylegan2 import (ModelDescriptor, infer_stylegan2_config,  # noqa: F401
-                        is_stylegan2_state_dict, save_random_generator, save_stylegan2_safetensors)
-from .tiny_models import ENCODER_FAMILIES, save_random_encoder  # noqa: F401
+from .put import PUTDescriptor, read_put_config  # noqa: F401
+from .style_transformer import EditTransformerDescriptor  # noqa: F401
+from .stylegan2 import (StyleGAN2Descriptor, infer_stylegan2_config,  # noqa: F401
+                        is_stylegan2_state_dict, save_stylegan2_safetensors)
 
 # Encoder families, most specific first: pSp and e4e share key names (opts tell them apart).
 ENCODERS = (swinstyleformer.ENCODER, styleprompter.ENCODER, style_transformer.ENCODER, psp.E4E_ENCODER,
@@ -110,7 +108,7 @@ def load_as(path, family_id: str, **options):
     return wanted.load(raw, **options)  # the family's own clear error when it is not one of its files
 
 
-def load_stylegan2(path) -> ModelDescriptor:
+def load_stylegan2(path) -> StyleGAN2Descriptor:
     """A StyleGAN2 generator from any supported file (the EMA weights when there are several)."""
     return load_as(path, "stylegan2")
 

@@ -16,9 +16,7 @@ and mouth corners are what FFHQ alignment needs.
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import numpy as np
@@ -26,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint_io import RawCheckpoint, atomic_write, check_weight_dtypes, strip_dataparallel
+from .checkpoint_io import RawCheckpoint, check_weight_dtypes, strip_dataparallel
+from .descriptor import ModelDescriptor
 from .devices import device_constant, host_side
 
 BACKBONES = ("resnet50", "mobilenet0.25")
@@ -266,16 +265,9 @@ def nms(boxes: torch.Tensor, iou: float) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------------ files
-@dataclass
-class RetinaFaceDescriptor:
-    model: RetinaFace
-    config: RetinaFaceConfig
-    source: str
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return os.path.basename(self.source)
+@dataclass(kw_only=True)
+class RetinaFaceDescriptor(ModelDescriptor):
+    """A RetinaFace detector (ResNet-50 or MobileNet-0.25 trunk, from the keys)."""
 
 
 def _candidate(raw: RawCheckpoint) -> Optional[dict]:
@@ -321,26 +313,9 @@ def load(raw: RawCheckpoint) -> RetinaFaceDescriptor:
     if missing or unexpected:
         raise CheckpointError(raw.path, f"RetinaFace ({config.backbone}) weights do not match (missing "
                               f"{missing[:3]}, unexpected {unexpected[:3]}).", RETINAFACE_HINT)
-    return RetinaFaceDescriptor(model.eval().requires_grad_(False), config, raw.path)
+    return RetinaFaceDescriptor(family="retinaface", model=model.eval().requires_grad_(False), config=config,
+                                source=str(raw.path))
 
 
 # Where the test detector puts its five points inside each anchor box, as fractions of the box side from its
 # centre (an FFHQ-like face, eyes level and mouth below, small enough that its crop is about 0.6 of the box).
-TEST_FACE = ((-0.08, -0.05), (0.08, -0.05), (0.0, 0.02), (-0.06, 0.09), (0.06, 0.09))
-
-
-def save_random_retinaface(path, backbone: str = "mobilenet0.25", seed: int = 0, overwrite: bool = False) -> Path:
-    """A RetinaFace at the official size and key layout (a bare state dict, as released) for tests and the demo.
-    Its trunk is random, its heads see a face in every anchor box with the five points of TEST_FACE, so the
-    face workflows run end to end on any picture (they find "the largest face": the biggest anchor)."""
-    width = {"mobilenet0.25": (32, 64), "resnet50": (256, 256)}[backbone]
-    torch.manual_seed(seed)
-    model = RetinaFace(RetinaFaceConfig(backbone=backbone, in_channel=width[0], out_channel=width[1]))
-    with torch.no_grad():
-        for heads, bias in ((model.ClassHead, [-4.0, 4.0]), (model.BboxHead, [0.0] * 4),
-                            (model.LandmarkHead, [c / VARIANCE[0] for p in TEST_FACE for c in p])):
-            for head in heads:
-                head.conv1x1.weight.zero_()
-                head.conv1x1.bias.copy_(torch.tensor(bias * model.config.num_anchors))
-    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
-    return atomic_write(Path(path), lambda tmp: torch.save(sd, tmp), overwrite)

@@ -23,16 +23,15 @@ Attention runs batch-first through `F.scaled_dot_product_attention` (the officia
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint_io import RawCheckpoint, atomic_write, check_weight_dtypes
+from .descriptor import ModelDescriptor
+from .checkpoint_io import RawCheckpoint, check_weight_dtypes
 from .errors import CheckpointError
 from .inversion import EncoderFamily
 from .irse import IRSEConfig, IRSEFPNTrunk, add_latent_avg, infer_irse_config, strip_prefix
@@ -311,19 +310,11 @@ def _build_encoder(sd: dict, opts: dict):
 ENCODER = EncoderFamily("style_transformer", _is_style_transformer, _build_encoder)
 
 
-@dataclass
-class EditTransformerDescriptor:
+@dataclass(kw_only=True)
+class EditTransformerDescriptor(ModelDescriptor):
     """Style Transformer's reference-based EditTransformer and the generator stored beside it."""
 
-    model: torch.nn.Module  # models.style_transformer.EditTransformer
-    config: object
-    source: str
-    generator: Optional[object]  # stylegan2.ModelDescriptor
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return os.path.basename(self.source)
+    generator: Optional[object] = None  # stylegan2.StyleGAN2Descriptor
 
 
 def is_edit_transformer_checkpoint(raw: RawCheckpoint) -> bool:
@@ -357,16 +348,5 @@ def load_edit_transformer_checkpoint(raw: RawCheckpoint) -> EditTransformerDescr
         if generator.config.style_dim != config.d_model:
             raise CheckpointError(path, f"its EditTransformer works on {config.d_model}-wide codes but its "
                                   f"generator's style_dim is {generator.config.style_dim}.")
-    return EditTransformerDescriptor(model, config, str(path), generator)
-
-
-
-def save_random_edit_transformer(path, style_dim: int = 64, seed: int = 0, overwrite: bool = False) -> Path:
-    """A random EditTransformer for W+ codes `style_dim` wide, in the official ref-edit container
-    ({'state_dict': encoder.module.*, 'opts'}) that Load Edit Transformer reads (tests, demo)."""
-    torch.manual_seed(seed)
-    model = EditTransformer(EditTransformerConfig(d_model=style_dim, nhead=4, dim_feedforward=2 * style_dim)).eval()
-    container = {"state_dict": {f"encoder.module.{k}": v for k, v in model.state_dict().items()}, "opts": {}}
-    return atomic_write(Path(path), lambda tmp: torch.save(container, tmp), overwrite)
-
-
+    return EditTransformerDescriptor(family="edit_transformer", model=model, config=config, source=str(path),
+                                     generator=generator)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .descriptor import ModelDescriptor
 from .checkpoint_io import TRANSEDIT_FORMAT_KEY, RawCheckpoint, atomic_write, check_weight_dtypes, formats_hint
 from .errors import CheckpointError
 from .latent import model_fingerprint
@@ -490,24 +491,15 @@ class StyleGAN2Generator(nn.Module):
 # The official containers: rosinality's train.py `{'g', 'd', 'g_ema', 'g_optim', 'd_optim', 'args'}`,
 # pSp/e4e/Style Transformer/StylePrompter `{'state_dict': decoder.*, 'opts', 'latent_avg'}`, NVlabs
 # `.pkl` (see nvlabs_pickle.py) and TransEdit's own `.safetensors` (`transedit convert`).
-@dataclass
-class ModelDescriptor:
-    """What a loader hands to the nodes: the module plus what is known about it."""
+@dataclass(kw_only=True)
+class StyleGAN2Descriptor(ModelDescriptor):
+    """A loaded generator: the file's format, which state dict inside it, its identity and its W mean."""
 
-    family: str
-    model: torch.nn.Module
-    config: object
-    source: str  # file path
     source_format: str
     weights: str  # which state dict inside the file (g_ema, g, decoder, ...)
     fingerprint: str
     latent_avg: Optional[torch.Tensor] = None  # [style_dim] W mean
     latent_avg_source: str = "checkpoint"  # or "estimated"
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return os.path.basename(self.source)
 
 
 
@@ -541,7 +533,7 @@ def infer_stylegan2_config(sd: dict[str, torch.Tensor], path="<state dict>", **o
     return StyleGAN2Config(**cfg)
 
 
-def load_generator_weights(raw: RawCheckpoint, weights: str) -> ModelDescriptor:
+def load_generator_weights(raw: RawCheckpoint, weights: str) -> StyleGAN2Descriptor:
     sd = raw.state_dicts[weights]
     stored = raw.extras.get("config") or {}
     overrides = {k: stored[k] for k in ("lr_mlp", "conv_clamp") if k in stored and stored[k] is not None}
@@ -580,7 +572,7 @@ def load_generator_weights(raw: RawCheckpoint, weights: str) -> ModelDescriptor:
     latent_avg = latent_avg.reshape(-1).float()
     if weights == "g":
         notes.append("the file has no g_ema; using the non-EMA generator 'g'")
-    return ModelDescriptor(
+    return StyleGAN2Descriptor(
         family="stylegan2", model=model, config=config, source=raw.path, source_format=raw.format,
         weights=weights, fingerprint=model_fingerprint("stylegan2", config.to_dict(), sd),
         latent_avg=latent_avg, latent_avg_source=latent_avg_source, notes=notes)
@@ -595,7 +587,7 @@ def detect(raw: RawCheckpoint) -> bool:
     return any(is_stylegan2_state_dict(sd) for sd in raw.state_dicts.values())
 
 
-def load(raw: RawCheckpoint) -> ModelDescriptor:
+def load(raw: RawCheckpoint) -> StyleGAN2Descriptor:
     """The StyleGAN2 generator in a file (the EMA weights when there are several)."""
     path = raw.path
     for name in GENERATOR_WEIGHTS_ORDER + tuple(raw.state_dicts):
@@ -612,7 +604,7 @@ def load(raw: RawCheckpoint) -> ModelDescriptor:
 
 
 
-def save_stylegan2_safetensors(desc: ModelDescriptor, path, overwrite: bool = False) -> Path:
+def save_stylegan2_safetensors(desc: StyleGAN2Descriptor, path, overwrite: bool = False) -> Path:
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in desc.model.state_dict().items()}
@@ -627,28 +619,3 @@ def save_stylegan2_safetensors(desc: ModelDescriptor, path, overwrite: bool = Fa
         "converted_from_format": desc.source_format,
     }
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), overwrite)
-
-
-def save_random_generator(path, config: Optional[StyleGAN2Config] = None, seed: int = 0,
-                          overwrite: bool = False) -> Path:
-    """Random-weight generator in an official container (tests, demo, benchmarks).
-
-    `.pt`/`.pth` writes rosinality's `{'g_ema', 'latent_avg'}`; `.safetensors` writes TransEdit's format.
-    """
-    config = config or StyleGAN2Config(size=64, style_dim=64, n_mlp=2, channels={4: 32, 8: 32, 16: 32, 32: 32, 64: 16})
-    torch.manual_seed(seed)
-    model = StyleGAN2Generator(config).eval()
-    with torch.no_grad():  # official init leaves these at constants; perturb so every term matters
-        for name, p in model.named_parameters():
-            if name.endswith(("noise.weight", "activate.bias")) or (name.endswith(".bias") and "to_rgb" in name):
-                p.add_(0.1 * torch.randn_like(p))
-    latent_avg = model.mean_latent(1024, seed=seed).reshape(-1)
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        desc = ModelDescriptor("stylegan2", model, config, str(path), "random", "g_ema",
-                               model_fingerprint("stylegan2", config.to_dict(), model.state_dict()), latent_avg)
-        return save_stylegan2_safetensors(desc, path, overwrite)
-    container = {"g_ema": model.state_dict(), "latent_avg": latent_avg}
-    return atomic_write(path, lambda tmp: torch.save(container, tmp), overwrite)
-
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..models.latent import StyleLatent
-from ..models.registry import ModelDescriptor, load_stylegan2
+from ..models.registry import StyleGAN2Descriptor, load_stylegan2
 from . import comfy_bridge as bridge
 from .compare import compare_ui
 from .common import (MAX_SEED, PRECISIONS, NodeInputError, check_choice, check_float, check_int,
@@ -19,7 +19,7 @@ NOISE_MODES = ("const", "random", "none")
 class StyleGANHandle:
     """What flows on a TE_STYLEGAN wire: the loaded generator, managed by ComfyUI's memory manager."""
 
-    def __init__(self, descriptor: ModelDescriptor):
+    def __init__(self, descriptor: StyleGAN2Descriptor):
         self.descriptor = descriptor
         self.managed = bridge.ManagedModel(descriptor.model)
 

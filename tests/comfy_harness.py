@@ -116,7 +116,7 @@ USER_MODEL_INPUTS: dict[tuple[str, str], str] = {
 
 
 def _save_tiny_stylegan(path: Path, seed: int = 0) -> Path:
-    from transedit.models.registry import save_random_generator
+    from transedit.random_weights import save_random_generator
 
     return save_random_generator(path, seed=seed, overwrite=True)
 
@@ -124,7 +124,7 @@ def _save_tiny_stylegan(path: Path, seed: int = 0) -> Path:
 def _save_tiny_encoder(path: Path, seed: int = 0) -> Path:
     """A tiny encoder + 64px decoder in the official container; the family follows the file name
     (styleprompter* -> full StylePrompter with SMART, *e4e* / *psp*, else Style Transformer)."""
-    from transedit.models.registry import save_random_encoder
+    from transedit.random_weights import save_random_encoder
 
     name = Path(path).name.lower()
     family = next((f for f in ("styleprompter", "e4e", "psp") if f in name), "style_transformer")
@@ -150,7 +150,7 @@ def _save_tiny_dino(path: Path, seed: int = 0) -> Path:
     (like the official release), others safetensors (like timm's)."""
     import torch
 
-    from transedit.models.registry import save_random_dino
+    from transedit.random_weights import save_random_dino
 
     if Path(path).suffix.lower() in (".pth", ".pt", ".bin"):
         with tempfile.TemporaryDirectory() as tmp:
@@ -165,7 +165,7 @@ def _save_tiny_dino(path: Path, seed: int = 0) -> Path:
 def _save_tiny_put(path: Path, seed: int = 0) -> Path:
     """A tiny PUT transformer + P-VQVAE (64 px, 8x8 tokens) in the official training-checkpoint container;
     TPAMI 2024 when the file name says "tpami", CVPR 2022 otherwise."""
-    from transedit.models.registry import save_random_put
+    from transedit.random_weights import save_random_put
 
     version = "tpami2024" if "tpami" in Path(path).name.lower() else "cvpr2022"
     return save_random_put(path, version=version, seed=seed, overwrite=True)
@@ -175,7 +175,7 @@ def _save_tiny_retinaface(path: Path, seed: int = 0) -> Path:
     """RetinaFace in the released layout (a bare state dict). Whatever the file name says, the small MobileNet
     trunk is written (the loader reads the trunk from the keys): its heads see a face in every anchor box, so
     the face workflows run end to end on any photo, and it costs CPU tests little."""
-    from transedit.models.registry import save_random_retinaface
+    from transedit.random_weights import save_random_retinaface
 
     return save_random_retinaface(path, backbone="mobilenet0.25", seed=seed, overwrite=True)
 

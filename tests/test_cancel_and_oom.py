@@ -16,8 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transedit.models.registry import (save_random_dino, save_random_edit_transformer, save_random_encoder,
-                                       save_random_generator, save_random_put)
+from transedit.random_weights import save_random_dino, save_random_edit_transformer, save_random_encoder, save_random_generator, save_random_put
 from transedit.models.splice import SpliceTrainer
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes import editing as edit_nodes

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import model_folders
-from transedit.models.registry import save_random_dino, save_random_encoder, save_random_put
+from transedit.random_weights import save_random_dino, save_random_encoder, save_random_put
 from transedit.nodes import compare as compare_nodes
 from transedit.nodes import faces as face_nodes
 from transedit.nodes import inversion as inv_nodes

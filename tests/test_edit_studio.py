@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from transedit.models.directions import LatentDirection
-from transedit.models.registry import load_stylegan2, save_random_generator
+from transedit.models.registry import load_stylegan2
+from transedit.random_weights import save_random_generator
 from transedit.models.stylegan2 import StyleGAN2Config
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes import edit_studio as studio
@@ -407,7 +408,7 @@ def test_smart_refined_latents_preview_and_queue_with_smart(tmp_path, ids):
     """A latent that went through SMART Refine before the studio: the queued image is what Apply Direction +
     Generate give (SMART applied in the generator), and the preview renders with SMART too; the run holds the
     SMART block weakly."""
-    from transedit.models.registry import save_random_encoder
+    from transedit.random_weights import save_random_encoder
     from transedit.nodes.inversion import RESIZE_MODES, TransEditInvert, TransEditLoadEncoder, TransEditSMARTRefine
 
     folder = tmp_path / "gan_encoders"

@@ -14,8 +14,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from transedit.models.latent import StyleLatent
-from transedit.models.registry import (save_random_dino, save_random_edit_transformer, save_random_encoder,
-                                       save_random_generator, save_random_put)
+from transedit.random_weights import save_random_dino, save_random_edit_transformer, save_random_encoder, save_random_generator, save_random_put
 from transedit.models.stylegan2 import StyleGAN2Config
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes import compare as compare_nodes

@@ -164,7 +164,8 @@ def test_smart_does_not_overflow_fp16():
 @pytest.mark.parametrize("family", ["style_transformer", "psp", "e4e", "styleprompter", "swinstyleformer"])
 @pytest.mark.parametrize("fmt", ["bf16", "fp16"])
 def test_encoders(tmp_path, family, fmt):
-    from transedit.models.registry import load_encoder, save_random_encoder
+    from transedit.models.registry import load_encoder
+    from transedit.random_weights import save_random_encoder
 
     desc = load_encoder(save_random_encoder(tmp_path / "e.pt", family=family))
     model = desc.model
@@ -181,7 +182,8 @@ def test_encoders(tmp_path, family, fmt):
 
 @pytest.fixture(scope="module")
 def dino(tmp_path_factory):
-    from transedit.models.registry import load_dino, save_random_dino
+    from transedit.models.registry import load_dino
+    from transedit.random_weights import save_random_dino
 
     return load_dino(save_random_dino(tmp_path_factory.mktemp("dino") / "d.safetensors")).model.eval()
 
@@ -219,7 +221,8 @@ def test_splice_step_losses(dino, fmt):
 @pytest.mark.parametrize("version", ["cvpr2022", "tpami2024"])
 @pytest.mark.parametrize("fmt", ["bf16", "fp16"])
 def test_put_logits(tmp_path, version, fmt):
-    from transedit.models.registry import load_put, save_random_put
+    from transedit.models.registry import load_put
+    from transedit.random_weights import save_random_put
 
     model = load_put(save_random_put(tmp_path / "p.pth", version=version)).model.eval()
     h, w = model.image_size

@@ -19,9 +19,8 @@ from safetensors.torch import save_file
 
 from transedit.models.directions import load_direction
 from transedit.models.errors import CheckpointError
-from transedit.models.registry import (load_dino, load_edit_transformer, load_encoder, load_put, load_stylegan2,
-                                       save_random_dino, save_random_encoder, save_random_generator,
-                                       save_random_put)
+from transedit.models.registry import load_dino, load_edit_transformer, load_encoder, load_put, load_stylegan2
+from transedit.random_weights import save_random_dino, save_random_encoder, save_random_generator, save_random_put
 
 LOADERS = {
     "stylegan": load_stylegan2,

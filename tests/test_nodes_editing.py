@@ -5,7 +5,8 @@ import torch
 
 from transedit.models.directions import LatentDirection, save_direction
 from transedit.models.latent import StyleLatent
-from transedit.models.registry import atomic_write, load_stylegan2, save_random_generator
+from transedit.models.registry import atomic_write, load_stylegan2
+from transedit.random_weights import save_random_generator
 from transedit.models.style_transformer import EditTransformer, EditTransformerConfig
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes.common import NodeInputError

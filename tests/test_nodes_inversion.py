@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from transedit.models.registry import CheckpointError, save_random_encoder, save_random_generator
+from transedit.models.registry import CheckpointError
+from transedit.random_weights import save_random_encoder, save_random_generator
 from transedit.models.stylegan2 import StyleGAN2Config
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes.common import NodeInputError

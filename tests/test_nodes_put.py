@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from transedit.models.put import SamplerRNG
-from transedit.models.registry import save_random_put
+from transedit.random_weights import save_random_put
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes import put as nodes
 from transedit.nodes.common import NodeInputError

@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 
 from conftest import fixture_dir
 from transedit.models.latent import StyleLatent
-from transedit.models.registry import load_encoder, save_random_encoder
+from transedit.models.registry import load_encoder
+from transedit.random_weights import save_random_encoder
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes.common import NodeInputError
 from transedit.nodes.inversion import RESIZE_MODES, TransEditInvert, TransEditLoadEncoder, TransEditSMARTRefine

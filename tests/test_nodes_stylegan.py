@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from transedit.models.latent import StyleLatent
-from transedit.models.registry import save_random_generator
+from transedit.random_weights import save_random_generator
 from transedit.models.stylegan2 import StyleGAN2Config
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes import stylegan as sg_nodes

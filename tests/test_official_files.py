@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 from conftest import fixture_dir, model_folders
 from transedit.models.checkpoint_io import read_official_yaml
 from transedit.models.errors import CheckpointError
-from transedit.models.registry import (load_dino, load_encoder, load_put, load_stylegan2, save_random_dino,
-                                       save_random_encoder, save_random_generator)
+from transedit.models.registry import load_dino, load_encoder, load_put, load_stylegan2
+from transedit.random_weights import save_random_dino, save_random_encoder, save_random_generator
 from transedit.models.splice import CropDraw, SpliceAugment, StructureDraw, color_jitter, gaussian_blur3
 from transedit.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator
 

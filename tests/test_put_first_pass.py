@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from transedit.models.put import SamplerRNG, inpaint
-from transedit.models.registry import load_put, save_random_put
+from transedit.models.registry import load_put
+from transedit.random_weights import save_random_put
 
 
 @pytest.mark.parametrize("version", ["cvpr2022", "tpami2024"])

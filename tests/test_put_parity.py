@@ -12,7 +12,8 @@ from conftest import TEST_DEVICE, fixture_dir
 from transedit.models.put import (PUTConfig, SamplerRNG, build_put, infer_put_config, inpaint, sample_tokens,
                                   step_counts, top_k_filter)
 from transedit.models.put_codec import PatchVQVAE, infer_pvqvae_config
-from transedit.models.registry import CheckpointError, load_put, save_random_put
+from transedit.models.registry import CheckpointError, load_put
+from transedit.random_weights import save_random_put
 
 TOL_LOGITS = dict(atol=1e-4, rtol=0)
 TOL_EMB = dict(atol=1e-5, rtol=0)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from transedit.cli import main as cli_main
-from transedit.models.registry import (CheckpointError, load_stylegan2, read_checkpoint,
-                                       save_random_generator, save_stylegan2_safetensors)
+from transedit.models.registry import CheckpointError, load_stylegan2, read_checkpoint, save_stylegan2_safetensors
+from transedit.random_weights import save_random_generator
 from transedit.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator
 
 

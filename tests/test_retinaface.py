@@ -12,9 +12,10 @@ import torch
 from conftest import model_folders
 from transedit.models import face_align as fa
 from transedit.models.errors import CheckpointError
-from transedit.models.registry import load_encoder, load_retinaface, save_random_retinaface
-from transedit.models.retinaface import (MIN_SIZES, STEPS, TEST_FACE, RetinaFace, RetinaFaceConfig, infer_config,
-                                         nms)
+from transedit.models.registry import load_encoder, load_retinaface
+from transedit.random_weights import save_random_retinaface
+from transedit.models.retinaface import MIN_SIZES, STEPS, RetinaFace, RetinaFaceConfig, infer_config, nms
+from transedit.random_weights import TEST_FACE
 from transedit.nodes import faces as nodes
 from transedit.nodes.common import NodeInputError
 
@@ -48,7 +49,7 @@ def test_loads_the_released_state_dict_unchanged(tmp_path, prefix):
 
 
 def test_other_files_are_refused_naming_what_they_are(tmp_path):
-    from transedit.models.registry import save_random_encoder
+    from transedit.random_weights import save_random_encoder
 
     enc = save_random_encoder(tmp_path / "enc.pt")
     with pytest.raises(CheckpointError, match="is an inversion encoder, not a RetinaFace face detector"):

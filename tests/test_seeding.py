@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import model_folders
-from transedit.models.registry import save_random_dino, save_random_generator, save_random_put
+from transedit.random_weights import save_random_dino, save_random_generator, save_random_put
 from transedit.nodes import put as put_nodes
 from transedit.nodes import splice as splice_nodes
 from transedit.nodes import stylegan as sg_nodes

@@ -43,7 +43,8 @@ def test_stylegan2_synthesis_has_none():
 
 @pytest.fixture(scope="module")
 def dino(tmp_path_factory):
-    from transedit.models.registry import load_dino, save_random_dino
+    from transedit.models.registry import load_dino
+    from transedit.random_weights import save_random_dino
 
     return load_dino(save_random_dino(tmp_path_factory.mktemp("dino") / "d.safetensors")).model.eval()
 
@@ -80,7 +81,8 @@ def test_splice_training_step_has_none(dino):
 
 @pytest.mark.parametrize("family", ["style_transformer", "psp", "e4e", "styleprompter", "swinstyleformer"])
 def test_encoder_forward_has_none(tmp_path, family):
-    from transedit.models.registry import load_encoder, save_random_encoder
+    from transedit.models.registry import load_encoder
+    from transedit.random_weights import save_random_encoder
 
     desc = load_encoder(save_random_encoder(tmp_path / "e.pt", family=family))
     x = torch.rand(2, 3, *desc.input_size) * 2 - 1
@@ -91,7 +93,8 @@ def test_encoder_forward_has_none(tmp_path, family):
 
 @pytest.fixture(scope="module", params=["cvpr2022", "tpami2024"])
 def put_model(request, tmp_path_factory):
-    from transedit.models.registry import load_put, save_random_put
+    from transedit.models.registry import load_put
+    from transedit.random_weights import save_random_put
 
     path = save_random_put(tmp_path_factory.mktemp("put") / f"{request.param}.pth", version=request.param)
     return load_put(path).model.eval()
@@ -128,7 +131,8 @@ def test_put_raster_order_has_none(put_model):
 def test_retinaface_reads_back_once_per_batch(tmp_path):
     """However many images and detections, one copy of the batch's best boxes comes back (it used to be several
     per image and two per face)."""
-    from transedit.models.registry import load_retinaface, save_random_retinaface
+    from transedit.models.registry import load_retinaface
+    from transedit.random_weights import save_random_retinaface
 
     model = load_retinaface(save_random_retinaface(tmp_path / "r.pth", backbone="mobilenet0.25")).model.eval()
     images = torch.rand(3, 3, 64, 80, generator=torch.Generator().manual_seed(0))
@@ -145,7 +149,7 @@ def test_invert_copies_back_per_chunk_not_per_image(tmp_path):
     """StylePrompter's encoder features come back to the intermediate device once per level and chunk, whatever
     the number of images in the chunk."""
     from conftest import model_folders
-    from transedit.models.registry import save_random_encoder
+    from transedit.random_weights import save_random_encoder
     from transedit.nodes.inversion import TransEditInvert, TransEditLoadEncoder
 
     with model_folders(tmp_path, ("gan_encoders",)):

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from transedit.models import losses as L
-from transedit.models.registry import load_encoder, save_random_generator
+from transedit.models.registry import load_encoder
+from transedit.random_weights import save_random_generator
 from transedit.models.stylegan2 import StyleGAN2Config
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes import inversion as inv_nodes

@@ -34,7 +34,7 @@ def main() -> None:
     dynamic = _enable_dynamic_vram(mm, comfy.model_patcher) if os.environ.get("TRANSEDIT_PROBE_DYNAMIC_VRAM") else None
 
     import transedit  # noqa: F401  (registers the model folders, as ComfyUI's loader would)
-    from transedit.models import registry
+    from transedit import random_weights
     from transedit.nodes import NODE_CLASS_MAPPINGS as N
     from transedit.nodes import comfy_bridge as bridge
 
@@ -43,12 +43,12 @@ def main() -> None:
     for name, path in folders.items():
         os.makedirs(path, exist_ok=True)
         folder_paths.folder_names_and_paths[name] = ([path], set(bridge.MODEL_FOLDERS[name][1]))
-    registry.save_random_generator(os.path.join(folders["stylegan"], "g.pt"), overwrite=True)
-    registry.save_random_encoder(os.path.join(folders["gan_encoders"], "sp.pt"), family="styleprompter",
+    random_weights.save_random_generator(os.path.join(folders["stylegan"], "g.pt"), overwrite=True)
+    random_weights.save_random_encoder(os.path.join(folders["gan_encoders"], "sp.pt"), family="styleprompter",
                                  overwrite=True)
-    registry.save_random_put(os.path.join(folders["put"], "p.pth"), overwrite=True)
-    registry.save_random_dino(os.path.join(folders["vit"], "d.safetensors"), overwrite=True)
-    registry.save_random_edit_transformer(os.path.join(folders["gan_encoders"], "ref_edit.pt"), overwrite=True)
+    random_weights.save_random_put(os.path.join(folders["put"], "p.pth"), overwrite=True)
+    random_weights.save_random_dino(os.path.join(folders["vit"], "d.safetensors"), overwrite=True)
+    random_weights.save_random_edit_transformer(os.path.join(folders["gan_encoders"], "ref_edit.pt"), overwrite=True)
 
     inter = mm.intermediate_device()
     compute = mm.get_torch_device()

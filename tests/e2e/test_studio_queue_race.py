@@ -29,7 +29,7 @@ SEFA = "sefa: from the generator input (all layers)"
 
 @pytest.fixture(scope="module")
 def server(comfy_root, tmp_path_factory):
-    from transedit.models.registry import save_random_generator
+    from transedit.random_weights import save_random_generator
     from transedit.models.stylegan2 import StyleGAN2Config
 
     big = save_random_generator(tmp_path_factory.mktemp("race_weights") / BIG, config=StyleGAN2Config(size=256))

@@ -48,7 +48,7 @@ def server(comfy_root, tmp_path_factory):
     models, _ = h.prepare_models(workflows, [], tiny)
     inputs, _ = h.prepare_inputs(workflows, [], tmp_path_factory.mktemp("load_inputs"))
 
-    from transedit.models.registry import save_random_generator
+    from transedit.random_weights import save_random_generator
     from transedit.models.stylegan2 import StyleGAN2Config
 
     models["stylegan"][OTHER_GENERATOR] = save_random_generator(tiny / OTHER_GENERATOR, seed=1, config=StyleGAN2Config(

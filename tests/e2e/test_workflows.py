@@ -56,7 +56,7 @@ def server(comfy_root, tmp_path_factory):
     models, _ = h.prepare_models(workflows, [], tiny_dir)
     inputs, _ = h.prepare_inputs(workflows, [], tmp_path_factory.mktemp("input_images"))
 
-    from transedit.models.registry import save_random_generator
+    from transedit.random_weights import save_random_generator
     from transedit.models.stylegan2 import StyleGAN2Config
 
     other = save_random_generator(tiny_dir / OTHER_GENERATOR, seed=1, config=StyleGAN2Config(
