@@ -39,7 +39,8 @@ from transedit.random_weights import save_random_generator
 from transedit.models.stylegan2 import StyleGAN2Config  # noqa: E402
 from transedit.nodes import comfy_bridge as bridge  # noqa: E402
 from transedit.nodes import edit_studio as studio  # noqa: E402
-from transedit.nodes.stylegan import StyleGANHandle, TransEditSampleLatent  # noqa: E402
+from transedit.nodes.rendering import StyleGANHandle
+from transedit.nodes.stylegan import TransEditSampleLatent  # noqa: E402
 
 
 def sync(device):

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from . import comfy_bridge as bridge
-from .common import NodeInputError, check_images
+from .inputs import NodeInputError, check_images
 
 UI_KEY = "transedit_compare"  # the key the js extension looks for in a node's "executed" message
 MAX_PAIRS = 4  # previews written per execution: the widget shows one pair at a time

@@ -32,10 +32,11 @@ from PIL import Image
 from ..models.directions import LatentDirection
 from ..models.latent import StyleLatent
 from . import comfy_bridge as bridge
-from .common import NodeInputError, PRECISIONS, check_choice, check_float, check_int
 from .compare import MAX_PAIRS, UI_KEY as COMPARE_KEY, compare_ui
-from .editing import MAX_LAYER, _check_latent, _fit_direction, _with_edit
-from .stylegan import StyleGANHandle, _check_generator, render_latents
+from .inputs import NodeInputError, check_choice, check_float, check_int
+from .latents import MAX_LAYER, check_latent, fit_direction, with_edit
+from .precision import PRECISIONS
+from .rendering import StyleGANHandle, check_generator, render_latents
 
 CATEGORY = "TransEdit/Edit"
 NODE = "TransEdit Edit Studio"
@@ -81,7 +82,7 @@ def _layer_ranges(node: str, directions, latent: StyleLatent, start_layer: int, 
     ranges = []
     for i, d in enumerate(directions, start=1):
         try:
-            ranges.append(None if d is None else _fit_direction(node, d, latent, start_layer, end_layer))
+            ranges.append(None if d is None else fit_direction(node, d, latent, start_layer, end_layer))
         except NodeInputError as e:
             if e.input_name != "direction":
                 raise
@@ -403,8 +404,8 @@ class TransEditEditStudio:
     def edit(self, generator, latent, direction_1, strength_1, strength_2, strength_3, strength_4, start_layer,
              end_layer, preview_size, precision, direction_2=None, direction_3=None, direction_4=None,
              unique_id=None):
-        generator = _check_generator(NODE, generator)
-        latent = generator.check_latent(_check_latent(NODE, "latent", latent), NODE)
+        generator = check_generator(NODE, generator)
+        latent = generator.check_latent(check_latent(NODE, "latent", latent), NODE)
         directions = []
         for i, d in enumerate((direction_1, direction_2, direction_3, direction_4), start=1):
             if (i == 1 or d is not None) and not isinstance(d, LatentDirection):
@@ -427,7 +428,7 @@ class TransEditEditStudio:
         images, previews = render_latents(NODE, generator, latent, wplus=wplus, precision=precision,
                                           preview_resolution=res, progress_images=False)  # it draws its own
         values = {"strengths": strengths, "start_layer": start_layer, "end_layer": end_layer}
-        edited = _with_edit(latent, wplus, {"studio": [d.name if d is not None else None for d in directions],
+        edited = with_edit(latent, wplus, {"studio": [d.name if d is not None else None for d in directions],
                                             **values})
 
         node_id, prompt_id = bridge.executing_ids(unique_id)

@@ -10,14 +10,15 @@ import torch
 from ..models.directions import (GANSPACE_PCA_FILES, LAYER_GROUPS, DirectionError, LatentDirection,
                                  ganspace_preset, load_direction, load_ganspace_pca, mix_wplus, parse_layers,
                                  preset_names, sefa_direction)
-from ..models.latent import StyleLatent
-from ..models.registry import EditTransformerDescriptor, load_edit_transformer
+from ..models.registry import load_edit_transformer
 from . import comfy_bridge as bridge
-from .common import NodeInputError, check_choice, check_float, check_int, load_model_file, run_in_chunks
-from .stylegan import StyleGANHandle
+from .chunks import run_in_chunks
+from .handles import ModelHandle, load_handle
+from .inputs import NodeInputError, check_choice, check_float, check_int, load_model_file
+from .latents import MAX_LAYER, broadcast_index, check_direction, check_latent, fit_direction, with_edit
+from .rendering import StyleGANHandle
 
 CATEGORY = "TransEdit/Edit"
-MAX_LAYER = 64  # W+ rows of the largest generator TransEdit builds (2048 px) are 20; room to spare
 MAX_STRENGTH = 100.0
 MAX_COMPONENT = 4095
 MAX_SWEEP_STEPS = 64
@@ -32,84 +33,6 @@ def preset_label(domain: str, name: str) -> str:
 
 
 PRESET_LABELS = {preset_label(d, n): (d, n) for d, n in preset_names()}
-
-
-# ------------------------------------------------------------------------------------------- helpers
-def _check_latent(node: str, name: str, latent) -> StyleLatent:
-    if not isinstance(latent, StyleLatent):
-        raise NodeInputError(node, name, f"must be a TE_LATENT, got {type(latent).__name__}.",
-                             "connect the output of Sample Latent, Invert or another edit node.")
-    if latent.batch_size == 0:
-        raise NodeInputError(node, name, "is an empty batch.", "connect a latent with at least one item.")
-    return latent
-
-
-def _check_direction(node: str, direction) -> LatentDirection:
-    if not isinstance(direction, LatentDirection):
-        raise NodeInputError(node, "direction", f"must be a TE_DIRECTION, got {type(direction).__name__}.",
-                             "connect the output of TransEdit Load Direction or TransEdit SeFa.")
-    return direction
-
-
-def _fit_direction(node: str, direction: LatentDirection, latent: StyleLatent, start: int, end: int):
-    """The direction's vector for this latent and the [start, end) rows, or a NodeInputError."""
-    try:
-        direction.resolve_vector(latent.n_latent, latent.style_dim)
-    except DirectionError as e:
-        raise NodeInputError(node, "direction", f"{e}.", "use a direction made for this generator "
-                             f"(W+ [{latent.n_latent}, {latent.style_dim}]).") from None
-    try:
-        s, e = direction.layer_range(latent.n_latent, None if start == -1 else start, None if end == -1 else end)
-    except DirectionError as err:
-        name = "end_layer" if end != -1 else ("start_layer" if start != -1 else "direction")
-        fix = (f"use 0 <= start_layer < end_layer <= {latent.n_latent} (end_layer is exclusive; -1 keeps the "
-               "direction's own range).")
-        if name == "direction":
-            fix = (f"this direction was made for a generator with more W+ layers; set start_layer/end_layer "
-                   f"within 0..{latent.n_latent} or use a direction for this generator.")
-        raise NodeInputError(node, name, f"{err}", fix) from None
-    if direction.generator and latent.generator and direction.generator != latent.generator:
-        bridge.log.warning("%s: direction '%s' was made for generator '%s', the latent comes from '%s' "
-                           "(same shape, allowed)", node, direction.name, direction.generator_name or
-                           direction.generator, latent.generator_name or latent.generator)
-    return s, e
-
-
-def _take_extras(extras: dict, old_batch: int, index: torch.Tensor) -> dict:
-    """Carry per-item extras (tensors/lists with one entry per latent, e.g. source images for paste-back)
-    along a re-indexed batch: output item k takes input item index[k]. Everything else is kept as is."""
-    out = {}
-    for key, value in extras.items():
-        if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == old_batch:
-            out[key] = value.index_select(0, index.to(value.device))
-        elif isinstance(value, (list, tuple)) and len(value) == old_batch and old_batch != 1:
-            out[key] = type(value)(value[int(i)] for i in index)
-        elif isinstance(value, (list, tuple)) and len(value) == 1 and old_batch == 1:
-            out[key] = type(value)(value[0] for _ in index)
-        else:
-            out[key] = value
-    return out
-
-
-def _with_edit(latent: StyleLatent, wplus: torch.Tensor, record: dict,
-               index: Optional[torch.Tensor] = None) -> StyleLatent:
-    extras = dict(latent.extras) if index is None else _take_extras(latent.extras, latent.batch_size, index)
-    extras["edits"] = list(latent.extras.get("edits", [])) + [record]
-    return StyleLatent(wplus=wplus.float().cpu().contiguous(), generator=latent.generator,
-                       generator_name=latent.generator_name, extras=extras)
-
-
-def _broadcast_index(node: str, a: StyleLatent, b: StyleLatent, a_name: str, b_name: str):
-    if (a.n_latent, a.style_dim) != (b.n_latent, b.style_dim):
-        raise NodeInputError(node, b_name, f"holds W+ [{b.n_latent}, {b.style_dim}] but '{a_name}' holds "
-                             f"[{a.n_latent}, {a.style_dim}].", "use latents from the same generator.")
-    na, nb = a.batch_size, b.batch_size
-    if na == nb or nb == 1:
-        return torch.arange(na), na
-    if na == 1:
-        return torch.zeros(nb, dtype=torch.long), nb
-    raise NodeInputError(node, b_name, f"has a batch of {nb} but '{a_name}' has {na}; they cannot be paired.",
-                         "use equal batch sizes (item i with item i) or a batch of 1 (applied to every item).")
 
 
 # -------------------------------------------------------------------------------------------- loading
@@ -326,14 +249,14 @@ class TransEditApplyDirection:
 
     def apply(self, latent, direction, strength, start_layer, end_layer):
         node = "TransEdit Apply Direction"
-        latent = _check_latent(node, "latent", latent)
-        direction = _check_direction(node, direction)
+        latent = check_latent(node, "latent", latent)
+        direction = check_direction(node, direction)
         strength = check_float(node, "strength", strength, -MAX_STRENGTH, MAX_STRENGTH)
         start_layer, end_layer = _check_layers(node, start_layer, end_layer)
-        s, e = _fit_direction(node, direction, latent, start_layer, end_layer)
+        s, e = fit_direction(node, direction, latent, start_layer, end_layer)
         value = strength * direction.default_strength
         wplus = direction.apply(latent.wplus, value, s, e)
-        return (_with_edit(latent, wplus, {"direction": direction.name, "kind": direction.kind,
+        return (with_edit(latent, wplus, {"direction": direction.name, "kind": direction.kind,
                                            "strength": value, "layers": [s, e]}),)
 
 
@@ -365,8 +288,8 @@ class TransEditLatentSweep:
 
     def sweep(self, latent, direction, from_strength, to_strength, steps, start_layer, end_layer):
         node = "TransEdit Latent Sweep"
-        latent = _check_latent(node, "latent", latent)
-        direction = _check_direction(node, direction)
+        latent = check_latent(node, "latent", latent)
+        direction = check_direction(node, direction)
         lo = check_float(node, "from_strength", from_strength, -MAX_STRENGTH, MAX_STRENGTH)
         hi = check_float(node, "to_strength", to_strength, -MAX_STRENGTH, MAX_STRENGTH)
         steps = check_int(node, "steps", steps, 2, MAX_SWEEP_STEPS)
@@ -375,12 +298,12 @@ class TransEditLatentSweep:
             raise NodeInputError(node, "steps", f"x a batch of {latent.batch_size} gives "
                                  f"{latent.batch_size * steps} latents (at most {MAX_OUTPUT_BATCH}).",
                                  "use fewer steps or a smaller batch.")
-        s, e = _fit_direction(node, direction, latent, start_layer, end_layer)
+        s, e = fit_direction(node, direction, latent, start_layer, end_layer)
         values = torch.linspace(lo, hi, steps, dtype=torch.float64).tolist()
         per_step = [direction.apply(latent.wplus, v * direction.default_strength, s, e) for v in values]
         wplus = torch.stack(per_step, 1).reshape(-1, latent.n_latent, latent.style_dim)  # [B*steps, n, C]
         index = torch.arange(latent.batch_size).repeat_interleave(steps)
-        return (_with_edit(latent, wplus, {"sweep": direction.name, "kind": direction.kind,
+        return (with_edit(latent, wplus, {"sweep": direction.name, "kind": direction.kind,
                                            "strengths": [v * direction.default_strength for v in values],
                                            "layers": [s, e], "order": "image-major"}, index),)
 
@@ -416,11 +339,11 @@ class TransEditMixLatents:
 
     def mix(self, latent_a, latent_b, layers, custom_layers, weight):
         node = "TransEdit Mix Latents"
-        a = _check_latent(node, "latent_a", latent_a)
-        b = _check_latent(node, "latent_b", latent_b)
+        a = check_latent(node, "latent_a", latent_a)
+        b = check_latent(node, "latent_b", latent_b)
         layers = check_choice(node, "layers", layers, LAYER_CHOICES)
         weight = check_float(node, "weight", weight, 0.0, 1.0)
-        index, _ = _broadcast_index(node, a, b, "latent_a", "latent_b")
+        index, _ = broadcast_index(node, a, b, "latent_a", "latent_b")
         name, spec = ("custom_layers", str(custom_layers)) if layers == "custom" else ("layers", layers)
         try:
             rows = parse_layers(spec, a.n_latent)
@@ -428,32 +351,16 @@ class TransEditMixLatents:
             raise NodeInputError(node, name, f"{e}", "choose layers that exist in this latent "
                                  f"(0..{a.n_latent - 1}).") from None
         wplus = mix_wplus(a.wplus, b.wplus, rows, weight)
-        return (_with_edit(a, wplus, {"mix": b.generator_name or "latent_b", "layers": rows, "weight": weight},
+        return (with_edit(a, wplus, {"mix": b.generator_name or "latent_b", "layers": rows, "weight": weight},
                            index),)
 
 
 # ------------------------------------------------------------------------------------ reference editing
-class EditTransformerHandle:
+class EditTransformerHandle(ModelHandle):
     """What flows on a TE_EDIT_TRANSFORMER wire."""
-
-    def __init__(self, descriptor: EditTransformerDescriptor):
-        self.descriptor = descriptor
-        self.managed = bridge.ManagedModel(descriptor.model)
-
-    @property
-    def name(self) -> str:
-        return self.descriptor.name
-
-    @property
-    def config(self):
-        return self.descriptor.config
-
-    def load(self):
-        return self.managed.load()
 
     def __repr__(self) -> str:
         return f"EditTransformer({self.name}, d_model {self.config.d_model})"
-
 
 class TransEditLoadEditTransformer:
     DESCRIPTION = ("Loads Style Transformer's reference-based EditTransformer (the official ref-edit checkpoint "
@@ -476,10 +383,8 @@ class TransEditLoadEditTransformer:
 
     def load(self, transformer_name):
         node = "TransEdit Load Edit Transformer"
-        descriptor = load_model_file(node, "transformer_name", "gan_encoders", transformer_name, load_edit_transformer)
-        for note in descriptor.notes:
-            bridge.log.info("TransEdit: %s: %s", descriptor.name, note)
-        return (EditTransformerHandle(descriptor),)
+        return (load_handle(node, "transformer_name", "gan_encoders", transformer_name, load_edit_transformer,
+                            EditTransformerHandle),)
 
 
 class TransEditReferenceEdit:
@@ -508,14 +413,14 @@ class TransEditReferenceEdit:
             raise NodeInputError(node, "edit_transformer", f"must be a TE_EDIT_TRANSFORMER, got "
                                  f"{type(edit_transformer).__name__}.",
                                  "connect the output of TransEdit Load Edit Transformer.")
-        src = _check_latent(node, "latent", latent)
-        ref = _check_latent(node, "reference", reference)
+        src = check_latent(node, "latent", latent)
+        ref = check_latent(node, "reference", reference)
         d_model = edit_transformer.config.d_model
         if src.style_dim != d_model:
             raise NodeInputError(node, "latent", f"has style_dim {src.style_dim} but EditTransformer "
                                  f"'{edit_transformer.name}' works on {d_model}-wide codes.",
                                  "use latents from the generator the EditTransformer was trained with.")
-        index, _ = _broadcast_index(node, src, ref, "latent", "reference")
+        index, _ = broadcast_index(node, src, ref, "latent", "reference")
         for name, lat in (("latent", src), ("reference", ref)):
             if not torch.isfinite(lat.wplus).all():
                 raise NodeInputError(node, name, "contains NaN or infinite values.",
@@ -534,7 +439,7 @@ class TransEditReferenceEdit:
         out = torch.cat(run_in_chunks(node, a.shape[0], a.shape[0], edit_rows, what="editing one latent",
                                       advice="free GPU memory held by other programs.",
                                       keep=(edit_transformer.managed,)), 0)
-        return (_with_edit(src, out, {"reference_edit": edit_transformer.name}, index),)
+        return (with_edit(src, out, {"reference_edit": edit_transformer.name}, index),)
 
 
 NODE_CLASS_MAPPINGS = {

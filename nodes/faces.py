@@ -12,8 +12,8 @@ from ..models.registry import load_retinaface
 from ..models.retinaface import RETINAFACE_FILES
 from . import comfy_bridge as bridge
 from .compare import compare_ui
-from .common import (NodeInputError, check_choice, check_float, check_images, check_int, comfy_image_to_pil,
-                     load_model_file)
+from .images import comfy_image_to_pil
+from .inputs import NodeInputError, check_choice, check_float, check_images, check_int, load_model_file
 
 CATEGORY = "TransEdit/Face"
 MEDIAPIPE = "mediapipe (bundled models)"

@@ -3,37 +3,40 @@ from __future__ import annotations
 
 import torch
 
+from typing import Optional
+
+from ..models.descriptor import ModelDescriptor
 from ..models.irse import preprocess_fast, preprocess_official
 from ..models.latent import StyleLatent
-from ..models.registry import EncoderDescriptor, load_encoder
+from ..models.registry import load_encoder
 from . import comfy_bridge as bridge
-from .common import (NodeInputError, PRECISIONS, check_choice, check_float, check_images, load_model_file,
-                     precision_policy, resolve_precision, run_in_chunks)
-from .stylegan import StyleGANHandle
+from .chunks import run_in_chunks
+from .handles import ModelHandle, load_handle
+from .inputs import NodeInputError, check_choice, check_float, check_images
+from .precision import PRECISIONS, resolve_precision
+from .rendering import StyleGANHandle
 
 CATEGORY = "TransEdit/Inversion"
 RESIZE_MODES = ("official (PIL)", "fast (torch)")
 
 
-class EncoderHandle:
-    """What flows on a TE_ENCODER wire."""
+class EncoderHandle(ModelHandle):
+    """What flows on a TE_ENCODER wire (an EncoderDescriptor: the encoder, and the SMART block of a StylePrompter
+    full checkpoint)."""
 
-    def __init__(self, descriptor: EncoderDescriptor):
-        self.descriptor = descriptor
-        self.managed = bridge.ManagedModel(descriptor.model)
-        self._smart_handle = None  # made on first use by SMART Refine
+    _smart: Optional["SmartHandle"] = None
 
-    @property
-    def name(self) -> str:
-        return self.descriptor.name
-
-    def load(self):
-        return self.managed.load()
+    def smart_handle(self) -> Optional["SmartHandle"]:
+        """The checkpoint's SMART block as a handle of its own (made on first use, then the same one), or None."""
+        smart = self.descriptor.smart
+        if smart is not None and self._smart is None:
+            self._smart = SmartHandle(ModelDescriptor(family="smart", model=smart, config=smart.config,
+                                                      source=self.descriptor.source))
+        return self._smart
 
     def __repr__(self) -> str:
         m = self.descriptor.model
         return f"{self.descriptor.family}({self.name}, W+ {m.n_latent}x{m.style_dim})"
-
 
 class TransEditLoadEncoder:
     DESCRIPTION = ("Loads an inversion encoder from models/gan_encoders: Style Transformer, pSp or e4e training "
@@ -58,11 +61,9 @@ class TransEditLoadEncoder:
 
     def load(self, encoder_name):
         node = "TransEdit Load Encoder"
-        descriptor = load_model_file(node, "encoder_name", "gan_encoders", encoder_name, load_encoder)
-        for note in descriptor.notes:
-            bridge.log.info("TransEdit: %s: %s", descriptor.name, note)
-        generator = StyleGANHandle(descriptor.generator) if descriptor.generator is not None else None
-        return (EncoderHandle(descriptor), generator)
+        encoder = load_handle(node, "encoder_name", "gan_encoders", encoder_name, load_encoder, EncoderHandle)
+        bundled = encoder.descriptor.generator
+        return (encoder, StyleGANHandle(bundled) if bundled is not None else None)
 
 
 class TransEditInvert:
@@ -103,7 +104,7 @@ class TransEditInvert:
         desc = encoder.descriptor
         module = encoder.load()
         device = next(module.parameters()).device
-        dtype = resolve_precision(precision, device, precision_policy(module))
+        dtype = resolve_precision(precision, device, encoder.precision)
         total = images.shape[0]
         progress = bridge.Progress(total)
         keep_features = desc.family == "styleprompter"  # SMART refines with the encoder's features
@@ -143,20 +144,9 @@ class TransEditInvert:
                             generator_name=desc.name, extras=extras),)
 
 
-class SmartHandle:
-    """StylePrompter's SMART block from a full checkpoint, managed like any model."""
-
-    def __init__(self, module, name: str):
-        self.module, self.name = module, name
-        self.managed = bridge.ManagedModel(module)
-
-    @property
-    def config(self):
-        return self.module.config
-
-    def load(self):
-        return self.managed.load()
-
+class SmartHandle(ModelHandle):
+    """StylePrompter's SMART block from a full checkpoint, managed like any model (it rides in a latent's extras
+    from SMART Refine to Generate)."""
 
 class TransEditSMARTRefine:
     DESCRIPTION = ("StylePrompter's SMART: at render time, refines the generator's 16x16 style feature with the "
@@ -200,10 +190,8 @@ class TransEditSMARTRefine:
         if not feats or len(feats) != latent.batch_size:
             raise NodeInputError(node, "latent", "carries no StylePrompter encoder features.",
                                  "invert the images with a StylePrompter checkpoint (TransEdit Invert) first.")
-        if encoder._smart_handle is None:
-            encoder._smart_handle = SmartHandle(desc.smart, desc.name)
         extras = dict(latent.extras)
-        extras["smart"] = {"handle": encoder._smart_handle, "beta": (beta1, beta2)}
+        extras["smart"] = {"handle": encoder.smart_handle(), "beta": (beta1, beta2)}
         return (latent.with_extras(extras),)
 
 

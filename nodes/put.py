@@ -9,9 +9,12 @@ import torch.nn.functional as F
 from ..models.put import SamplerRNG, SamplingState, sample_tokens, step_counts
 from ..models.registry import PUTDescriptor, load_put
 from . import comfy_bridge as bridge
+from .chunks import run_in_chunks
 from .compare import compare_ui
-from .common import (MAX_SEED, NodeInputError, PRECISIONS, check_choice, check_float, check_images, check_int,
-                     comfy_image_to_pil, load_model_file, precision_policy, resolve_precision, run_in_chunks)
+from .handles import ModelHandle, load_handle
+from .images import comfy_image_to_pil
+from .inputs import MAX_SEED, NodeInputError, check_choice, check_float, check_images, check_int
+from .precision import PRECISIONS, resolve_precision
 
 CATEGORY = "TransEdit/Inpaint"
 SCHEDULES = ("tokens per iteration", "cosine", "linear", "average")
@@ -21,20 +24,8 @@ MASK_THRESHOLD = 0.5  # soft masks: > 0.5 is a hole
 MAX_SAMPLES = 32
 
 
-class PUTHandle:
-    """What flows on a TE_PUT wire."""
-
-    def __init__(self, descriptor: PUTDescriptor):
-        self.descriptor = descriptor
-        self.managed = bridge.ManagedModel(descriptor.model)
-
-    @property
-    def name(self) -> str:
-        return self.descriptor.name
-
-    @property
-    def config(self):
-        return self.descriptor.config
+class PUTHandle(ModelHandle):
+    """What flows on a TE_PUT wire: the transformer with its P-VQVAE (a PUTDescriptor)."""
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -43,9 +34,6 @@ class PUTHandle:
     @property
     def patch_size(self) -> int:
         return self.descriptor.model.patch_size
-
-    def load(self):
-        return self.managed.load()
 
     def __repr__(self) -> str:
         return f"PUT({self.name}, {self.config.version}, {self.image_size[0]}px)"
@@ -164,10 +152,8 @@ class TransEditLoadPUT:
 
     def load(self, put_name):
         node = "TransEdit Load PUT"
-        descriptor = load_model_file(node, "put_name", "put", put_name, load_put)
-        for note in descriptor.notes:
-            bridge.log.info("TransEdit: %s: %s", descriptor.name, note)
-        return (PUTHandle(descriptor), put_info(descriptor))
+        put = load_handle(node, "put_name", "put", put_name, load_put, PUTHandle)
+        return (put, put_info(put.descriptor))
 
 
 def put_info(descriptor: PUTDescriptor) -> str:
@@ -276,7 +262,7 @@ class TransEditPUTInpaint:
 
         model = put.load()
         device = next(model.parameters()).device
-        dtype = resolve_precision(precision, device, precision_policy(model))
+        dtype = resolve_precision(precision, device, put.precision)
         size = model.image_size
         b = images.shape[0]
         # windows first (cheap), so one progress bar can cover every sampling pass of the whole batch

@@ -8,12 +8,15 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..models.registry import DinoDescriptor, load_dino
+from ..models.registry import load_dino
 from ..models.splice import SpliceLambdas, SpliceSettings, SpliceTrainer, apply_generator
 from . import comfy_bridge as bridge
+from .chunks import run_in_chunks
 from .compare import compare_ui
-from .common import (MAX_SEED, NodeInputError, check_choice, check_float, check_images, check_int,
-                     comfy_image_to_pil, load_model_file, precision_policy, resolve_precision, run_in_chunks)
+from .handles import ModelHandle, load_handle
+from .images import comfy_image_to_pil
+from .inputs import MAX_SEED, NodeInputError, check_choice, check_float, check_images, check_int
+from .precision import resolve_precision
 
 CATEGORY = "TransEdit/Splice"
 # Step counts. `official` is the paper's config; the shorter presets rely on early stopping as well
@@ -27,23 +30,11 @@ MAX_ASPECT = 8.0
 MAX_OUTPUT = 2048
 
 
-class DinoHandle:
+class DinoHandle(ModelHandle):
     """What flows on a TE_VIT wire: a frozen DINO ViT managed by ComfyUI's memory manager."""
 
-    def __init__(self, descriptor: DinoDescriptor):
-        self.descriptor = descriptor
-        self.managed = bridge.ManagedModel(descriptor.model)
-
-    @property
-    def name(self) -> str:
-        return self.descriptor.name
-
-    @property
-    def config(self):
-        return self.descriptor.config
-
     def load(self):
-        model = self.managed.load()
+        model = super().load()
         model.eval().requires_grad_(False)  # frozen whatever happened to it before
         return model
 
@@ -131,10 +122,7 @@ class TransEditLoadDINO:
     def load(self, vit_name):
         node = "TransEdit Load DINO"
         with torch.inference_mode(False):  # Splice back-propagates through DINO: no inference tensors
-            descriptor = load_model_file(node, "vit_name", "vit", vit_name, load_dino)
-        for note in descriptor.notes:
-            bridge.log.info("TransEdit: %s: %s", descriptor.name, note)
-        return (DinoHandle(descriptor),)
+            return (load_handle(node, "vit_name", "vit", vit_name, load_dino, DinoHandle),)
 
 
 class TransEditSplice:
@@ -238,7 +226,7 @@ class TransEditSplice:
 
         dino = vit.load()
         device = next(dino.parameters()).device
-        dtype = resolve_precision(precision, device, precision_policy(dino))
+        dtype = resolve_precision(precision, device, vit.precision)
         progress = bridge.Progress(steps * len(pairs))
 
         def train(n: int, _stop: int):

@@ -16,10 +16,12 @@ from transedit.random_weights import save_random_generator
 from transedit.models.stylegan2 import StyleGAN2Config
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes import edit_studio as studio
+from transedit.nodes import rendering
 from transedit.nodes import stylegan as sg_nodes
-from transedit.nodes.common import NodeInputError
+from transedit.nodes.inputs import NodeInputError
 from transedit.nodes.editing import TransEditApplyDirection
-from transedit.nodes.stylegan import StyleGANHandle, TransEditGenerate, TransEditSampleLatent
+from transedit.nodes.rendering import StyleGANHandle
+from transedit.nodes.stylegan import TransEditGenerate, TransEditSampleLatent
 
 # 256 px so that a 128 px preview stops the generator early; narrow, so it stays fast
 CONFIG = StyleGAN2Config(size=256, style_dim=32, n_mlp=2,
@@ -316,7 +318,7 @@ def test_a_submitted_prompt_stops_the_preview_and_holds_new_ones(generator, late
     monkeypatch.setattr(bridge, "queue_is_busy", lambda: busy["value"])
     at_layer, release = threading.Event(), threading.Event()
     layers_after_gate = []
-    real = sg_nodes._synthesise
+    real = rendering._synthesise
 
     def slow(module, wplus, device, dtype, noise_mode, seeds, feature_hook=None, *args, **kwargs):
         def hook(layer, x):
@@ -330,7 +332,7 @@ def test_a_submitted_prompt_stops_the_preview_and_holds_new_ones(generator, late
         return real(module, wplus, device, dtype, noise_mode, seeds, hook, *args, **kwargs)
 
     gate_returned = threading.Event()
-    monkeypatch.setattr(sg_nodes, "_synthesise", slow)
+    monkeypatch.setattr(rendering, "_synthesise", slow)
     answers = []
     worker = threading.Thread(target=lambda: answers.append(preview(strengths=[1.0], seq=7)))
     worker.start()
@@ -369,7 +371,7 @@ def test_out_of_memory_is_answered_not_raised(generator, latent, directions, ids
     def full(*args, **kwargs):
         raise bridge.oom_exception()("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(sg_nodes, "_synthesise", full)
+    monkeypatch.setattr(rendering, "_synthesise", full)
     status, body = preview(strengths=[1.0])
     assert status == 507 and "TransEdit Edit Studio: out of memory" in body["error"]
 

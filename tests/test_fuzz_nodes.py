@@ -24,7 +24,7 @@ from transedit.nodes import inversion as inv_nodes
 from transedit.nodes import put as put_nodes
 from transedit.nodes import splice as splice_nodes
 from transedit.nodes import stylegan as sg_nodes
-from transedit.nodes.common import MAX_SEED, NodeInputError
+from transedit.nodes.inputs import MAX_SEED, NodeInputError
 from conftest import model_folders
 
 # CI runs the same 20 cases per property every time (derandomised). A deeper, random hunt:

@@ -63,7 +63,10 @@ def test_nodes_read_each_family_policy():
     from transedit.models.dino import DinoViT
     from transedit.models.inversion import LatentEncoder
     from transedit.models.put import PUTTransformerCVPR, PUTTransformerTPAMI
-    from transedit.nodes.common import precision_policy
+    from transedit.models.descriptor import ModelDescriptor
+
+    def precision_policy(module):  # what a handle's `precision` reads: its descriptor's, i.e. the model's
+        return ModelDescriptor(family="test", model=module, config=None, source="-").precision
 
     assert precision_policy(small_generator()).auto_gpu == "fp16"
     for cls in (DinoViT, PUTTransformerCVPR, PUTTransformerTPAMI):

@@ -8,7 +8,7 @@ from transedit.models.directions import LatentDirection, save_direction
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes import compare as nodes
 from transedit.nodes import editing
-from transedit.nodes.common import NodeInputError
+from transedit.nodes.inputs import NodeInputError
 
 
 def test_pair_indices():

@@ -9,12 +9,13 @@ from transedit.models.registry import atomic_write, load_stylegan2
 from transedit.random_weights import save_random_generator
 from transedit.models.style_transformer import EditTransformer, EditTransformerConfig
 from transedit.nodes import comfy_bridge as bridge
-from transedit.nodes.common import NodeInputError
+from transedit.nodes.inputs import NodeInputError
 from transedit.nodes.editing import (NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, SEFA_ENTRY,
                                      EditTransformerHandle, TransEditApplyDirection, TransEditLatentSweep,
                                      TransEditLoadDirection, TransEditLoadEditTransformer, TransEditMixLatents,
                                      TransEditReferenceEdit, TransEditSeFa, preset_label)
-from transedit.nodes.stylegan import StyleGANHandle, TransEditSampleLatent
+from transedit.nodes.rendering import StyleGANHandle
+from transedit.nodes.stylegan import TransEditSampleLatent
 
 N, C = 10, 64  # the default random generator: 64 px, style_dim 64
 

@@ -5,7 +5,7 @@ import torch
 
 from transedit.models import face_align as fa
 from transedit.nodes import faces as nodes
-from transedit.nodes.common import NodeInputError
+from transedit.nodes.inputs import NodeInputError
 
 
 class StubDetector:

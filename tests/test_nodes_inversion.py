@@ -6,7 +6,7 @@ from transedit.models.registry import CheckpointError
 from transedit.random_weights import save_random_encoder, save_random_generator
 from transedit.models.stylegan2 import StyleGAN2Config
 from transedit.nodes import comfy_bridge as bridge
-from transedit.nodes.common import NodeInputError
+from transedit.nodes.inputs import NodeInputError
 from transedit.nodes.inversion import RESIZE_MODES, TransEditInvert, TransEditLoadEncoder
 from transedit.nodes.stylegan import TransEditGenerate, TransEditLoadStyleGAN
 

@@ -7,7 +7,7 @@ from transedit.models.put import SamplerRNG
 from transedit.random_weights import save_random_put
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes import put as nodes
-from transedit.nodes.common import NodeInputError
+from transedit.nodes.inputs import NodeInputError
 
 FAST = dict(num_samples=2, seed=0, schedule="tokens per iteration", tokens_per_iter=8, iterations=4, top_k=8,
             temperature=1.0, order="most confident first (official)", output_mode="crop around mask", context=0.5,

@@ -11,7 +11,7 @@ from transedit.models.latent import StyleLatent
 from transedit.models.registry import load_encoder
 from transedit.random_weights import save_random_encoder
 from transedit.nodes import comfy_bridge as bridge
-from transedit.nodes.common import NodeInputError
+from transedit.nodes.inputs import NodeInputError
 from transedit.nodes.inversion import RESIZE_MODES, TransEditInvert, TransEditLoadEncoder, TransEditSMARTRefine
 from transedit.nodes.stylegan import TransEditGenerate
 

@@ -8,7 +8,7 @@ from transedit.random_weights import save_random_dino, save_random_generator
 from transedit.models.splice import SpliceAugment, SpliceSettings, SpliceTrainer
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes import splice as nodes
-from transedit.nodes.common import NodeInputError
+from transedit.nodes.inputs import NodeInputError
 
 STEPS = 4
 

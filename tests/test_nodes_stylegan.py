@@ -6,8 +6,9 @@ from transedit.models.latent import StyleLatent
 from transedit.random_weights import save_random_generator
 from transedit.models.stylegan2 import StyleGAN2Config
 from transedit.nodes import comfy_bridge as bridge
+from transedit.nodes import rendering
 from transedit.nodes import stylegan as sg_nodes
-from transedit.nodes.common import NodeInputError
+from transedit.nodes.inputs import NodeInputError
 from transedit.nodes.stylegan import (TransEditGenerate, TransEditLoadStyleGAN, TransEditSampleLatent)
 
 
@@ -91,7 +92,7 @@ def test_chunked_batches_equal_one_pass(gen, monkeypatch):
 def test_out_of_memory_halves_the_chunk(gen, monkeypatch):
     lat = sample(gen, batch=6)
     whole = generate(gen, lat)
-    real = sg_nodes._synthesise
+    real = rendering._synthesise
     calls = []
 
     def flaky(module, wplus, *args):
@@ -100,7 +101,7 @@ def test_out_of_memory_halves_the_chunk(gen, monkeypatch):
             raise bridge.oom_exception()("CUDA out of memory (simulated)")
         return real(module, wplus, *args)
 
-    monkeypatch.setattr(sg_nodes, "_synthesise", flaky)
+    monkeypatch.setattr(rendering, "_synthesise", flaky)
     monkeypatch.setattr(TransEditGenerate, "chunk_size", 8)
     torch.testing.assert_close(generate(gen, lat), whole)
     assert calls[:3] == [6, 3, 1]  # each retry halves what failed

@@ -17,7 +17,7 @@ from transedit.random_weights import save_random_retinaface
 from transedit.models.retinaface import MIN_SIZES, STEPS, RetinaFace, RetinaFaceConfig, infer_config, nms
 from transedit.random_weights import TEST_FACE
 from transedit.nodes import faces as nodes
-from transedit.nodes.common import NodeInputError
+from transedit.nodes.inputs import NodeInputError
 
 # Full-size layouts of the released files (parameters + BatchNorm buffers), as the reference code builds them
 # (checked against facexlib's retinaface_net.py + torchvision's resnet50 run locally: identical key sets,

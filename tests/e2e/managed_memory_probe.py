@@ -111,7 +111,7 @@ def main() -> None:
         output("Splice", spliced)
         output("Apply Splice", N["TransEditApplySplice"]().apply(gens, photos, True)[0])
         output("Invert (W+)", inverted.wplus)
-        return {"stylegan": generator, "encoder": encoder, "smart": encoder._smart_handle, "put": put,
+        return {"stylegan": generator, "encoder": encoder, "smart": encoder.smart_handle(), "put": put,
                 "dino": vit, "edit_transformer": edit_tf, "bundled_generator": sp_generator}
 
     def ours_loaded(handles):

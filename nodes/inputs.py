@@ -1,20 +1,18 @@
-"""Small helpers shared by every stage's nodes: error messages, batch chunking and ComfyUI image conversion."""
+"""Checking what a node receives: the user-facing error (which node, which input, what is wrong, how to fix
+it), model files chosen from a folder, numbers, choices and IMAGEs."""
 from __future__ import annotations
 
 from typing import Callable, TypeVar
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..models.errors import CheckpointError
-from ..models.precision import DEFAULT_POLICY, PrecisionPolicy
 from . import comfy_bridge as bridge
 
 T = TypeVar("T")
 
 MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class NodeInputError(ValueError):
@@ -43,41 +41,6 @@ def load_model_file(node: str, input_name: str, folder: str, filename: str, load
         return loader(path)
     except CheckpointError as e:
         raise NodeInputError(node, input_name, f"cannot be used: {e}") from None
-
-
-def run_in_chunks(node: str, total: int, chunk: int, work: Callable[[int, int], T], *, what: str,
-                  advice: str, keep: tuple = (), cancel: Callable[[], None] = None) -> list[T]:
-    """work(start, stop) over items 0..total in chunks of `chunk`, results in order.
-
-    Cancel is checked before every chunk (`cancel`, default ComfyUI's check; work beside the queue passes its own). Out of memory frees the cache and retries the failed chunk at half
-    its size (later chunks keep the smaller size). When a single item does not fit, every other model
-    ComfyUI holds is unloaded (not `keep`: the ManagedModels this node runs) and the item is tried once
-    more; if it still fails, the device's OOM exception is raised again with a message naming the node,
-    `what` failed and `advice` (what to lower), so ComfyUI still recognises it as out-of-memory. `work` must
-    not leave partial results behind when it raises."""
-    oom = bridge.oom_exception()
-    results: list[T] = []
-    start, chunk = 0, max(1, int(chunk))
-    made_room = False
-    cancel = cancel or bridge.check_interrupt
-    while start < total:
-        cancel()
-        stop = min(start + chunk, total)
-        try:
-            results.append(work(start, stop))
-        except oom:
-            bridge.soft_empty_cache()
-            if stop - start == 1:
-                if not made_room and bridge.unload_other_models(keep):
-                    made_room = True
-                    continue
-                raise oom(f"{node}: out of memory {what}. Fix: {advice}") from None
-            chunk = max(1, (stop - start) // 2)
-            bridge.log.warning("%s: out of memory with %d items at once; retrying %d at a time", node,
-                               stop - start, chunk)
-            continue
-        start = stop
-    return results
 
 
 def check_int(node: str, name: str, value, lo: int, hi: int) -> int:
@@ -121,28 +84,3 @@ def check_images(node: str, name: str, images, min_size: int = 8) -> torch.Tenso
     if images.shape[-1] == 1:
         images = images.expand(-1, -1, -1, 3)
     return torch.nan_to_num(images[..., :3], nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)
-
-
-def resolve_precision(precision: str, device: torch.device, policy: PrecisionPolicy = DEFAULT_POLICY) -> torch.dtype:
-    """The dtype a model runs in: `policy` is the model family's (its class's PRECISION): which half types its
-    code keeps safe, and what 'auto' takes on a CUDA GPU (measured per family; fp32 on the CPU). A choice the
-    model or the device cannot run falls back, with a warning in the log."""
-    return policy.resolve(precision, device, bridge.supports_bf16(device),
-                          warn=lambda message: bridge.log.warning("TransEdit: %s: %s", device, message))
-
-
-def precision_policy(module: torch.nn.Module) -> PrecisionPolicy:
-    """A loaded model's precision policy (its class's PRECISION; the conservative default otherwise)."""
-    return getattr(module, "PRECISION", DEFAULT_POLICY)
-
-
-def gan_to_comfy_image(images: torch.Tensor) -> torch.Tensor:
-    """[B,3,H,W] in [-1,1] -> ComfyUI IMAGE [B,H,W,3] fp32 in [0,1] on the intermediate device."""
-    out = ((images.float() + 1.0) * 0.5).clamp_(0.0, 1.0).permute(0, 2, 3, 1)
-    return out.to(bridge.intermediate_device()).contiguous()
-
-
-def comfy_image_to_pil(image: torch.Tensor) -> Image.Image:
-    """One [H,W,3] ComfyUI image -> PIL (for progress previews)."""
-    arr = (image.detach().float().clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
-    return Image.fromarray(arr)
