@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -102,7 +101,7 @@ class ImageFolder(torch.utils.data.Dataset):
         self.size = size
         self.detector = None
         if align:  # the same FFHQ alignment as the Align Face node; photos without a face are skipped
-            from .models.face_align import MediaPipeLandmarks
+            from .models.face_landmarks import MediaPipeLandmarks
 
             self.detector = MediaPipeLandmarks()
         self.files, self.skipped, self.no_face = [], [], set()
@@ -128,7 +127,8 @@ class ImageFolder(torch.utils.data.Dataset):
         from PIL import Image
 
         if self.detector is not None:
-            from .models.face_align import FaceAlignError, align_faces
+            from .models.face_align import align_faces
+            from .models.face_landmarks import FaceAlignError
 
             for k in range(len(self.files)):  # the next photo with a face
                 j = (i + k) % len(self.files)

@@ -35,7 +35,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_stylegan import DTYPES, RSSPeak, sync  # noqa: E402
 
-from transedit.models.put import PUTConfig, SamplerRNG, build_put, sample_tokens, step_counts  # noqa: E402
+from transedit.models.put import PUTConfig, build_put  # noqa: E402
+from transedit.models.put_sampling import SamplerRNG, sample_tokens, step_counts  # noqa: E402
 from transedit.models.put_codec import PatchVQVAE, PVQVAEConfig  # noqa: E402
 
 MIB = 2 ** 20
@@ -73,7 +74,6 @@ def run_case(model, image, mask, schedule, samples, dtype_name, max_passes, devi
     xs, ms = image.expand(samples, -1, -1, -1), mask.expand(samples, -1, -1, -1)
     amp = None if dtype_name == "fp32" else DTYPES[dtype_name]
     plan = -1 if schedule == "all" else int(schedule)
-    timings = {"passes": 0, "pass_s": []}
 
     class Stop(Exception):
         pass
@@ -101,7 +101,7 @@ def run_case(model, image, mask, schedule, samples, dtype_name, max_passes, devi
         tokens = data["token"]
         try:
             tokens = sample_tokens(model, data["feature"], data["token"], data["token_type"], data["unmask_ratio"],
-                                   tokens_per_iter=plan, filter_ratio=50.0, rng=SamplerRNG(gens),
+                                   schedule=plan, top_k=50, rng=SamplerRNG(gens),
                                    on_iteration=on_iteration, autocast_dtype=amp)
             complete = True
         except Stop:

@@ -599,7 +599,7 @@ def stage_put(ctx):
     vs TransEdit's inpaint(), 256² with a centred hole; all-at-once and 20 tokens per pass timed, 1 token per
     pass (the paper's setting) extrapolated from them; 1 and 4 samples. Greedy (top-1) fills are compared first."""
     from transedit.models.registry import load_put
-    from transedit.models.put import SamplerRNG, inpaint
+    from transedit.models.put_sampling import SamplerRNG, inpaint, official_top_k
 
     rows = []
     image, mask = _put_input()
@@ -617,9 +617,10 @@ def stage_put(ctx):
                                                  num_token_per_iter=ntpi, calculate_acc_and_prob=False,
                                                  **extra)["completed"]
 
-        def run_pack(ntpi, fr, samples):  # as the PUT Inpaint node samples: one seeded generator per sample
-            rng = SamplerRNG([torch.Generator(ctx.device).manual_seed(k) for k in range(samples)])
-            return inpaint(pack, image, mask, num_samples=samples, tokens_per_iter=ntpi, filter_ratio=fr, rng=rng)
+        def run_pack(ntpi, fr, samples):  # as the PUT Inpaint node samples: one seeded CPU generator per sample
+            rng = SamplerRNG([torch.Generator().manual_seed(k) for k in range(samples)])
+            return inpaint(pack, image, mask, num_samples=samples, schedule=ntpi,
+                           top_k=official_top_k(fr, pack.config.num_token), rng=rng)
 
         for ntpi in (-1, 20):
             row = {"stage": f"put_{version}_check", **agreement(run_official(ntpi, 1, 1), run_pack(ntpi, 1, 1))}

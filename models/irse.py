@@ -22,12 +22,15 @@ This file also holds what every image encoder here shares: the official image pr
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:  # PIL is only named in a type hint; pillow stays an optional import here
+    import PIL.Image
 
 # Units per block of the official `get_blocks(num_layers)` tables.
 IR_UNITS = {50: (3, 4, 14, 3), 100: (3, 13, 30, 3), 152: (3, 8, 36, 3)}

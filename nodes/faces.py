@@ -8,6 +8,8 @@ import os
 import torch
 
 from ..models import face_align as fa
+from ..models import face_landmarks as fl
+from ..models import face_paste as fp
 from ..models.registry import load_retinaface
 from ..models.retinaface import RETINAFACE_FILES
 from . import comfy_bridge as bridge
@@ -19,7 +21,7 @@ CATEGORY = "TransEdit/Face"
 MEDIAPIPE = "mediapipe (bundled models)"
 NO_FACE_CHOICES = ("error", "pass through")
 PADDING_CHOICES = fa.PADDING_MODES
-MASK_SHAPES = fa.MASK_SHAPES
+MASK_SHAPES = fp.MASK_SHAPES
 COLOR_MATCH = ("lab", "rgb", "off")
 
 
@@ -70,7 +72,7 @@ def _retinaface(node: str, name: str):
         descriptor = load_model_file(node, "detector", "facedetection", name, load_retinaface)
         _retinaface_cache.clear()
         cached = _retinaface_cache[path] = (stamp, bridge.ManagedModel(descriptor.model))
-    return fa.RetinaFaceLandmarks(cached[1].load())
+    return fl.RetinaFaceLandmarks(cached[1].load())
 
 
 def _make_detector(node: str, choice: str):
@@ -78,8 +80,8 @@ def _make_detector(node: str, choice: str):
         return _retinaface(node, choice[len(RETINAFACE):])
     if choice == MEDIAPIPE:
         try:
-            return fa.MediaPipeLandmarks(max_num_faces=8)
-        except fa.MissingDependencyError as e:
+            return fl.MediaPipeLandmarks(max_num_faces=8)
+        except fl.MissingDependencyError as e:
             raise NodeInputError(node, "detector", f"needs mediapipe, which is not installed ({e}).",
                                  'choose a RetinaFace detector (no extra package), run `pip install '
                                  '"mediapipe==0.10.14"` in ComfyUI\'s Python (Python <= 3.12), or choose a '
@@ -90,8 +92,8 @@ def _make_detector(node: str, choice: str):
         if path is None:
             raise NodeInputError(node, "detector", f"'{name}' was not found.", "put it in models/face_landmarks.")
         try:
-            return fa.DlibLandmarks(path)
-        except fa.MissingDependencyError as e:
+            return fl.DlibLandmarks(path)
+        except fl.MissingDependencyError as e:
             raise NodeInputError(node, "detector", f"needs dlib, which is not installed ({e}).",
                                  "`pip install dlib`, or choose RetinaFace or mediapipe.") from None
     raise NodeInputError(node, "detector", f"unknown detector {choice!r}.", f"choose one of {_detector_choices()}.")
@@ -234,7 +236,7 @@ class TransEditPasteBack:
         out, masks = original.clone(), torch.zeros(original.shape[:3])
         todo = [i for i, ok in enumerate(align.found) if ok]
         if todo:
-            composited, mask = fa.paste_back(original[todo], edited[todo], [align.records[i] for i in todo],
+            composited, mask = fp.paste_back(original[todo], edited[todo], [align.records[i] for i in todo],
                                              feather=feather, mask_shape=mask_shape,
                                              color_match=False if color_match == "off" else color_match,
                                              device=bridge.compute_device())

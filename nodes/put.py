@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..models.put import SamplerRNG, SamplingState, sample_tokens, step_counts
+from ..models.put_sampling import SamplerRNG, SamplingState, sample_tokens, step_counts
 from ..models.registry import PUTDescriptor, load_put
 from . import comfy_bridge as bridge
 from .chunks import run_in_chunks
@@ -331,8 +331,8 @@ class TransEditPUTInpaint:
                 progress.update(1, preview=preview)
 
             tokens = sample_tokens(model, data["feature"], data["token"], data["token_type"], data["unmask_ratio"],
-                                   tokens_per_iter=plan, filter_ratio=float(top_k) if top_k > 1 else 1.0,
-                                   temperature=1.0 / temperature, raster=raster, rng=SamplerRNG(gens),
+                                   schedule=plan, top_k=top_k, logit_scale=1.0 / temperature, raster=raster,
+                                   rng=SamplerRNG(gens),
                                    on_iteration=on_iteration,
                                    autocast_dtype=None if dtype == torch.float32 else dtype)
             filled = codec.decode(tokens, xs, ms, combine_rec_and_gt=combine)

@@ -297,10 +297,10 @@ def test_cancel_apply_splice(handles, monkeypatch):
 
 def test_cancel_align_face(monkeypatch):
     pytest.importorskip("mediapipe")
-    from transedit.models import face_align
+    from transedit.models import face_landmarks
     from transedit.nodes import faces as face_nodes
 
     photos = picture(4, 96, 80, seed=2)
     assert_cancel_stops(monkeypatch, lambda: face_nodes.TransEditAlignFace().align(
         photos, face_nodes.MEDIAPIPE, 64, 0, "pass through", "blur")[0],
-        face_align.MediaPipeLandmarks, "detect_landmarks", 3, 2)
+        face_landmarks.MediaPipeLandmarks, "detect_landmarks", 3, 2)

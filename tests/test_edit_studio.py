@@ -17,7 +17,6 @@ from transedit.models.stylegan2 import StyleGAN2Config
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes import edit_studio as studio
 from transedit.nodes import rendering
-from transedit.nodes import stylegan as sg_nodes
 from transedit.nodes.inputs import NodeInputError
 from transedit.nodes.editing import TransEditApplyDirection
 from transedit.nodes.rendering import StyleGANHandle

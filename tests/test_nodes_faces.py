@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from transedit.models import face_align as fa
+from transedit.models import face_landmarks as fl
+from transedit.models import face_paste as fp
 from transedit.nodes import faces as nodes
 from transedit.nodes.inputs import NodeInputError
 
@@ -20,7 +22,7 @@ class StubDetector:
 
 
 def face_at(cx, cy, scale=40.0):
-    return fa.FaceLandmarks(eye_left=(cx - scale / 2, cy), eye_right=(cx + scale / 2, cy),
+    return fl.FaceLandmarks(eye_left=(cx - scale / 2, cy), eye_right=(cx + scale / 2, cy),
                             mouth_left=(cx - scale / 3, cy + scale), mouth_right=(cx + scale / 3, cy + scale))
 
 
@@ -107,20 +109,20 @@ def test_align_and_paste_back_run_on_the_compute_device(monkeypatch):
     ComfyUI on a GPU machine), not on the CPU the IMAGEs arrive on; results come back to the intermediate device."""
     import torch
 
-    from transedit.models import face_align as fa
+    from transedit.models import face_paste as fp
     from transedit.nodes import comfy_bridge as bridge
     from transedit.nodes import faces as face_nodes
 
     pytest.importorskip("mediapipe", reason="the node's detector here is mediapipe")
     seen = []
-    for name in ("align_faces", "align_to_quad", "paste_back"):
-        real = getattr(fa, name)
+    for module, name in ((fa, "align_faces"), (fa, "align_to_quad"), (fp, "paste_back")):
+        real = getattr(module, name)
 
         def spy(*args, _real=real, _name=name, **kwargs):
             seen.append((_name, kwargs.get("device")))
             return _real(*args, **kwargs)
 
-        monkeypatch.setattr(fa, name, spy)
+        monkeypatch.setattr(module, name, spy)
     compute = torch.device("cpu", 0)  # a device object of its own, to tell it from a default
     monkeypatch.setattr(bridge, "compute_device", lambda: compute)
     photos = torch.rand(2, 96, 80, 3, generator=torch.Generator().manual_seed(0))
@@ -141,7 +143,7 @@ def test_align_and_paste_back_agree_on_cpu_and_gpu():
     out = {}
     for dev in ("cpu", "cuda"):
         aligned, rec = fa.align_to_quad(photo, quad, 64, padding="blur", device=dev)
-        pasted, mask = fa.paste_back(photo[None], aligned[None].flip(-1), [rec], feather=0.04, mask_shape="ellipse",
+        pasted, mask = fp.paste_back(photo[None], aligned[None].flip(-1), [rec], feather=0.04, mask_shape="ellipse",
                                      color_match="lab", device=dev)
         out[dev] = [t.float().cpu() for t in (aligned, pasted, mask)]
     for a, b in zip(out["cpu"], out["cuda"]):

@@ -7,7 +7,6 @@ from transedit.random_weights import save_random_generator
 from transedit.models.stylegan2 import StyleGAN2Config
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes import rendering
-from transedit.nodes import stylegan as sg_nodes
 from transedit.nodes.inputs import NodeInputError
 from transedit.nodes.stylegan import (TransEditGenerate, TransEditLoadStyleGAN, TransEditSampleLatent)
 

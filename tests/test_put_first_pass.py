@@ -3,7 +3,7 @@ would get alone."""
 import pytest
 import torch
 
-from transedit.models.put import SamplerRNG, inpaint
+from transedit.models.put_sampling import SamplerRNG, inpaint
 from transedit.models.registry import load_put
 from transedit.random_weights import save_random_put
 
@@ -24,11 +24,11 @@ def test_samples_share_the_first_pass_and_match_running_alone(tmp_path, version,
 
     model.logits = spy
     seeds = (11, 12, 13)
-    together = inpaint(model, image, mask, num_samples=3, tokens_per_iter=schedule, filter_ratio=8,
+    together = inpaint(model, image, mask, num_samples=3, schedule=schedule, top_k=8,
                        rng=SamplerRNG([torch.Generator().manual_seed(s) for s in seeds]))
     assert batches[0] == 1  # the shared first pass, once
     assert all(b == 3 for b in batches[1:]) or version == "cvpr2022"  # CVPR drops finished rows
-    alone = torch.cat([inpaint(model, image, mask, num_samples=1, tokens_per_iter=schedule, filter_ratio=8,
+    alone = torch.cat([inpaint(model, image, mask, num_samples=1, schedule=schedule, top_k=8,
                                rng=SamplerRNG([torch.Generator().manual_seed(s)])) for s in seeds])
     torch.testing.assert_close(together, alone, rtol=0, atol=1e-3)
     assert not torch.equal(together[0], together[1])  # top-8 sampling: the samples do differ

@@ -9,8 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import TEST_DEVICE, fixture_dir
-from transedit.models.put import (PUTConfig, SamplerRNG, build_put, infer_put_config, inpaint, sample_tokens,
-                                  step_counts, top_k_filter)
+from transedit.models.put import PUTConfig, build_put, infer_put_config
+from transedit.models.put_sampling import (SamplerRNG, inpaint, official_top_k, sample_tokens, step_counts,
+                                           top_k_filter)
 from transedit.models.put_codec import PatchVQVAE, infer_pvqvae_config
 from transedit.models.registry import CheckpointError, load_put
 from transedit.random_weights import save_random_put
@@ -20,20 +21,20 @@ TOL_EMB = dict(atol=1e-5, rtol=0)
 TOL_IMAGE = dict(atol=1e-2, rtol=0)
 FIXTURE_HEADS = 4  # the reduced models' n_head (width 64): no tensor shape records it, the yaml does
 FULL = {"cvpr2022": "cvpr2022_ffhq", "tpami2024": "tpami2024_ffhq_res256"}
-# official run name -> sample_tokens arguments (filter_ratio is --num_token_for_sampling)
+# official run name -> sample_tokens arguments (top_k is the official --num_token_for_sampling count)
 RUNS = {
     "cvpr2022": {
-        "largest_ntpi1_top1": dict(tokens_per_iter=1),
-        "largest_ntpi3_top1": dict(tokens_per_iter=3),
-        "largest_ntpiall_top1": dict(tokens_per_iter=-1),
-        "raster_ntpi1_top1": dict(tokens_per_iter=1, raster=True),
+        "largest_ntpi1_top1": dict(schedule=1),
+        "largest_ntpi3_top1": dict(schedule=3),
+        "largest_ntpiall_top1": dict(schedule=-1),
+        "raster_ntpi1_top1": dict(schedule=1, raster=True),
     },
     "tpami2024": {
-        "ntpi1_top1": dict(tokens_per_iter=1),
-        "ntpi5_top1": dict(tokens_per_iter=5),
-        "ntpiall_top1": dict(tokens_per_iter=-1),
-        "cosine4_top1": dict(tokens_per_iter="cosine_4"),
-        "raster_ntpi1_top1": dict(tokens_per_iter=1, raster=True),
+        "ntpi1_top1": dict(schedule=1),
+        "ntpi5_top1": dict(schedule=5),
+        "ntpiall_top1": dict(schedule=-1),
+        "cosine4_top1": dict(schedule="cosine_4"),
+        "raster_ntpi1_top1": dict(schedule=1, raster=True),
     },
 }
 SEEDED = {"cvpr2022": "largest_ntpi1_top8_seed123", "tpami2024": "ntpi1_top8_seed123"}
@@ -114,7 +115,7 @@ def test_greedy_runs_match_exactly(fx):
 def test_seeded_top8_run_reproduces_official_draws(fx):
     run = SEEDED[fx["version"]]
     torch.manual_seed(123)  # as the official script did right before generate_content
-    tokens, images, fill_step = run_sampling(fx, tokens_per_iter=1, filter_ratio=8)
+    tokens, images, fill_step = run_sampling(fx, schedule=1, top_k=8)
     io = fx["io"]
     assert torch.equal(tokens.cpu(), io[f"sample_{run}_tokens"])
     assert torch.equal(fill_step, io[f"sample_{run}_fill_step"])
@@ -130,7 +131,7 @@ def test_per_sample_generators_are_batch_independent(fx):
         gens = [torch.Generator(device=TEST_DEVICE).manual_seed(s) for s in seeds]
         pick = lambda t: t[rows]  # noqa: E731
         return sample_tokens(model, pick(data["feature"]), pick(data["token"]), pick(data["token_type"]),
-                             pick(data["unmask_ratio"]), tokens_per_iter=2, filter_ratio=8, rng=SamplerRNG(gens))
+                             pick(data["unmask_ratio"]), schedule=2, top_k=8, rng=SamplerRNG(gens))
 
     rows = torch.tensor([0, 0, 1], device=TEST_DEVICE)
     together = run(rows, [7, 8, 9])
@@ -146,19 +147,19 @@ def test_bf16_autocast_samples_valid_tokens(fx):
     data, model = fx["data"], fx["model"]
     torch.manual_seed(0)
     tokens = sample_tokens(model, data["feature"], data["token"], data["token_type"], data["unmask_ratio"],
-                           tokens_per_iter=4, autocast_dtype=torch.bfloat16)
+                           schedule=4, autocast_dtype=torch.bfloat16)
     known = data["token_type"].reshape(2, -1) == 1
     assert torch.equal(tokens[known], data["token"][known]) and int(tokens[~known].max()) < model.config.num_token
     greedy_fp32 = fx["io"][f"sample_{list(RUNS[fx['version']])[0]}_tokens"].to(tokens.device)
     # bf16 logits move the argmax only where fp32's margin is small: most greedy choices agree
-    greedy_bf16, _, _ = run_sampling(fx, tokens_per_iter=1, autocast_dtype=torch.bfloat16)
+    greedy_bf16, _, _ = run_sampling(fx, schedule=1, autocast_dtype=torch.bfloat16)
     assert (greedy_bf16[~known] == greedy_fp32[~known]).float().mean() > 0.5
 
 
 def test_inpaint_keeps_known_pixels_when_compositing(fx):
     model = fx["model"]
     torch.manual_seed(1)
-    out = inpaint(model, fx["image"][:1], fx["mask"][:1], num_samples=2, tokens_per_iter=-1, filter_ratio=8)
+    out = inpaint(model, fx["image"][:1], fx["mask"][:1], num_samples=2, schedule=-1, top_k=8)
     assert out.shape == (2, 3, 64, 64) and out.min() >= 0 and out.max() <= 255
     if model.config.combine_rec_and_gt:
         keep = fx["mask"][:1].bool().expand_as(out)
@@ -264,7 +265,7 @@ def test_top_k_filter_counts():
     assert torch.isfinite(greedy).sum() == 1 and greedy[0, 3] == 0.9
     top3 = top_k_filter(logits, 3)
     assert set(torch.isfinite(top3)[0].nonzero().view(-1).tolist()) == {1, 3, 7}
-    half = top_k_filter(logits, 0.5)  # 0 <= r <= 1: k = (1 - r) * C
+    half = top_k_filter(logits, official_top_k(0.5, 8))  # the official filter_ratio 0 <= r <= 1: k = (1 - r) * C
     assert torch.isfinite(half).sum() == 4
     assert torch.equal(top_k_filter(logits, 100), logits)
 
@@ -273,7 +274,7 @@ def test_cvpr_rejects_schedules():
     cfg = PUTConfig(version="cvpr2022", dim=64, n_layer=1, n_head=1, token_shape=(2, 2), num_token=4, mlp_hidden=8)
     with pytest.raises(ValueError, match="TPAMI"):
         sample_tokens(_tiny(cfg), torch.zeros(1, 64, 2, 2), torch.zeros(1, 4, dtype=torch.long),
-                      torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), tokens_per_iter="cosine_2")
+                      torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), schedule="cosine_2")
 
 
 def _tiny(cfg):

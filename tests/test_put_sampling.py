@@ -3,7 +3,7 @@ exact draw from softmax(logits), respects top-k filtering, and depends on the se
 import pytest
 import torch
 
-from transedit.models.put import SamplerRNG, top_k_filter
+from transedit.models.put_sampling import SamplerRNG, top_k_filter
 
 
 def test_gumbel_max_draws_follow_the_softmax():
@@ -24,7 +24,7 @@ def test_filtered_codes_are_never_drawn_and_temperature_sharpens():
     samples = rng.choose(scores)
     allowed = torch.topk(logits, 4, dim=-1).indices
     assert (samples.unsqueeze(-1) == allowed).any(-1).all()
-    greedy = rng.choose(top_k_filter(logits, 1.0))  # filter ratio 1: k = 1, deterministic
+    greedy = rng.choose(top_k_filter(logits, 1))  # top 1: deterministic
     assert torch.equal(greedy, logits.argmax(-1))
 
 

@@ -11,6 +11,7 @@ import torch
 
 from conftest import model_folders
 from transedit.models import face_align as fa
+from transedit.models import face_landmarks as fl
 from transedit.models.errors import CheckpointError
 from transedit.models.registry import load_encoder, load_retinaface
 from transedit.random_weights import save_random_retinaface
@@ -148,9 +149,9 @@ def test_five_point_alignment_agrees_with_the_68_point_recipe():
     pytest.importorskip("mediapipe")
     skdata = pytest.importorskip("skimage.data")
     photo = np.asarray(skdata.astronaut())
-    with fa.MediaPipeLandmarks(max_num_faces=1, eye_mode="contour") as contour:
+    with fl.MediaPipeLandmarks(max_num_faces=1, eye_mode="contour") as contour:
         (ibug,) = contour.detect_landmarks(photo)
-    with fa.MediaPipeLandmarks(max_num_faces=1, eye_mode="iris") as iris:
+    with fl.MediaPipeLandmarks(max_num_faces=1, eye_mode="iris") as iris:
         (five,) = iris.detect_landmarks(photo)
     q68, s68 = fa.ffhq_quad(ibug)
     q5, s5 = fa.ffhq_quad(five)

@@ -22,10 +22,10 @@ def test_the_sentinel_sees_syncs_and_ignores_host_side_draws():
         draw(torch.Generator().manual_seed(0))
         _ = torch.tensor([1.0])  # the test's own calls are not the pack's: not counted
     assert syncs.total() == 0
-    from transedit.models import put
+    from transedit.models import put_sampling
 
     with SyncCounter() as syncs:
-        put.top_k_filter(x[None], 1.0)  # pack code without syncs
+        put_sampling.top_k_filter(x[None], 1)  # pack code without syncs
     assert syncs.total() == 0
 
 
@@ -100,10 +100,10 @@ def put_model(request, tmp_path_factory):
     return load_put(path).model.eval()
 
 
-def put_fill(model, hole: int, tokens_per_iter=1, raster: bool = False):
+def put_fill(model, hole: int, schedule=1, raster: bool = False):
     """Three samples of one picture with a hole of `hole` x `hole` tokens, per-sample CPU generators (the node's
     way)."""
-    from transedit.models.put import SamplerRNG, sample_tokens
+    from transedit.models.put_sampling import SamplerRNG, sample_tokens
 
     h, w = model.image_size
     p = model.patch_size
@@ -113,13 +113,13 @@ def put_fill(model, hole: int, tokens_per_iter=1, raster: bool = False):
     data = model.content_codec.get_features(img, known)
     gens = [torch.Generator().manual_seed(s) for s in range(3)]
     return sample_tokens(model, data["feature"], data["token"], data["token_type"], data["unmask_ratio"],
-                         tokens_per_iter=tokens_per_iter, filter_ratio=4, raster=raster, rng=SamplerRNG(gens))
+                         schedule=schedule, top_k=4, raster=raster, rng=SamplerRNG(gens))
 
 
 def test_put_sampling_passes_have_none(put_model):
     """The number of syncs does not grow with the number of passes (a larger hole at 2 tokens per pass means
     more passes); what a fill does once (planning its passes) is allowed."""
-    assert per_step(lambda hole: put_fill(put_model, hole, tokens_per_iter=2), 2, 4) == {}
+    assert per_step(lambda hole: put_fill(put_model, hole, schedule=2), 2, 4) == {}
 
 
 def test_put_raster_order_has_none(put_model):

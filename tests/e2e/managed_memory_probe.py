@@ -19,6 +19,11 @@ import sys
 import weakref
 
 
+def _tensors_off_meta(module) -> int:
+    """How many of a module's tensors are still off the stand-in device."""
+    return sum(t.device.type != "meta" for t in list(module.parameters()) + list(module.buffers()))
+
+
 def main() -> None:
     comfy_root, work, out_path = sys.argv[1:4]
     sys.argv = ["main.py", *sys.argv[4:]]  # ComfyUI parses its flags from here
@@ -170,10 +175,9 @@ def main() -> None:
             patcher.patch_model_lowvram(device_to=torch.device("meta"), lowvram_model_memory=1)
         else:  # current servers: load() with a memory budget is the low-VRAM path
             patcher.load(device_to=torch.device("meta"), lowvram_model_memory=1)
-        left = lambda: sum(t.device.type != "meta" for t in list(clone.parameters()) + list(clone.buffers()))
-        before = left()
+        before = _tensors_off_meta(clone)
         bridge.complete_partial_load(clone, torch.device("meta"))
-        report["low_vram"][name] = {"left_in_ram_by_comfyui": before, "left_after_bridge": left()}
+        report["low_vram"][name] = {"left_in_ram_by_comfyui": before, "left_after_bridge": _tensors_off_meta(clone)}
     del clone, patcher, handle
 
     # the graph's outputs gone (ComfyUI's cache dropped): nothing of TransEdit may keep the weights alive

@@ -5,7 +5,6 @@ models) get clear JSON answers while the server keeps serving."""
 from __future__ import annotations
 
 import base64
-import copy
 import io
 import json
 import sys
