@@ -35,6 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO / "tests"))
 import comfy_harness as h  # noqa: E402
+import workflow_graph as wg  # noqa: E402
 
 DEFAULT_MODELS = REPO / "models_demo"
 DEFAULT_INPUTS = REPO / "demo_inputs"
@@ -88,18 +89,18 @@ def main(argv=None) -> int:
                     help="the ComfyUI to run on (default: 0.33.0 when its source can be had, else the 2024 server)")
     args = ap.parse_args(argv)
 
-    paths = h.workflow_files()
+    paths = wg.workflow_files()
     if args.workflow:
         wanted = {Path(w).stem for w in args.workflow}
         paths = [p for p in paths if p.stem in wanted]
         missing = wanted - {p.stem for p in paths}
         if missing:
-            print(f"no such workflow(s) in {h.WORKFLOWS_DIR}: {', '.join(sorted(missing))}", file=sys.stderr)
+            print(f"no such workflow(s) in {wg.WORKFLOWS_DIR}: {', '.join(sorted(missing))}", file=sys.stderr)
             return 2
     if not paths:
-        print(f"no workflows found in {h.WORKFLOWS_DIR}", file=sys.stderr)
+        print(f"no workflows found in {wg.WORKFLOWS_DIR}", file=sys.stderr)
         return 2
-    workflows = {p: h.load_workflow(p) for p in paths}
+    workflows = {p: wg.load_workflow(p) for p in paths}
 
     kind = args.server or h.default_server_kinds().kinds[0]
     try:
@@ -180,7 +181,7 @@ def main(argv=None) -> int:
                 t = time.monotonic()
                 try:
                     info = server.object_info()
-                    prompt = h.ui_to_api(wf, info)
+                    prompt = wg.ui_to_api(wf, info)
                     if stand_in_sd is not None and h.shorten_for_tiny_weights(prompt, h.STAND_IN_DIFFUSION_OVERRIDES):
                         print(f"[demo] {path.name}: the diffusion part runs on the random SD 1.5 stand-in "
                               f"({h.STAND_IN_DIFFUSION_OVERRIDES['KSampler']['steps']} sampling steps)", flush=True)
@@ -194,7 +195,7 @@ def main(argv=None) -> int:
                             if node["class_type"] == "TransEditAlignFace" and \
                                     node["inputs"]["detector"].startswith("retinaface: "):
                                 node["inputs"]["detector"] = real_detector
-                    if not h.output_node_ids(prompt, info):
+                    if not wg.output_node_ids(prompt, info):
                         raise h.ComfyError("the workflow has no output node to run")
                     history = server.run(prompt, timeout=args.timeout)
                 except (h.ComfyError, ValueError) as e:

@@ -23,6 +23,9 @@ Output folder: `checkpoint.pt` (encoder, optimiser, discriminator, step, RNG sta
 --save-every steps and at the end; `--resume` continues from it), `encoder.safetensors` (what TransEdit Load
 Encoder reads: encoder + the generator it was trained for + latent_avg), `train_log.jsonl`, `samples/`.
 An existing output folder is refused unless --resume or --overwrite.
+
+Over 600 lines: one trainer (config, data, DDP, checkpoints, resume) shared by every encoder family; the
+losses live in models/losses.py.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ from torch import nn
 
 from .models import losses as L
 from .models.inversion import LatentEncoder
-from .models.irse import add_latent_avg, preprocess_official
+from .models.irse import offset_by_latent_avg, preprocess_official
 from .models.registry import atomic_write, load_encoder, load_stylegan2
 
 FAMILIES = ("style_transformer", "psp", "e4e", "styleprompter", "styleprompter_smart", "swinstyleformer")
@@ -208,7 +211,7 @@ class Inverter(nn.Module):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         if self.family == "style_transformer":  # queries through the frozen mapping, so z trains too
             codes = enc(x, query=enc.compute_query(self._generator[0]))
-            return add_latent_avg(codes.float(), self.wrapped.latent_avg), None
+            return offset_by_latent_avg(codes.float(), self.wrapped.latent_avg), None
         if self.smart is not None:
             with torch.no_grad():
                 wplus, feats = self.wrapped(x, return_features=True)

@@ -117,8 +117,8 @@ def encoder_call(family, wrapped, enc, latent_avg, g, x, dtype_name, device, off
     """A zero-argument callable: x -> W+ (the node's path, or the official fp32 path)."""
     if official:
         if family == "style_transformer":
-            return lambda: enc.add_latent_avg(enc(x, mapping=g), latent_avg)  # queries re-mapped every call
-        return lambda: enc.add_latent_avg(enc(x), latent_avg)
+            return lambda: enc.to_wplus(enc(x, mapping=g), latent_avg)  # queries re-mapped every call
+        return lambda: enc.to_wplus(enc(x), latent_avg)
     dtype = DTYPES[dtype_name]
     features = family == "styleprompter_smart"  # SMART needs the encoder's multi-scale features too
     if dtype == torch.float32:

@@ -30,6 +30,9 @@ Sizes are the official ones: config-f 1024 generator, IR-SE-50 Style Transformer
 DINO ViT-S/8 and ViT-B/8 at 224 px, PUT CVPR 2022 FFHQ (30 x 512) and TPAMI 2024 FFHQ-256 (12 x 768) at 256².
 Timings: `--reps` interleaved calls of each (after the comparison run of each), the median; fp32, no TF32. Peak memory:
 resident-set growth during the call (CPU, sampled every 2 ms) or CUDA max_memory_allocated above the start.
+
+Over 600 lines: one race per family, each with its adapter for the official code, beside the shared
+compare-then-time harness at the top.
 """
 from __future__ import annotations
 

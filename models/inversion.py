@@ -9,7 +9,7 @@ from torch import nn
 
 from .checkpoint_io import RawCheckpoint, check_weight_dtypes
 from .errors import CheckpointError
-from .irse import add_latent_avg
+from .irse import offset_by_latent_avg
 from .precision import DEFAULT_POLICY, PrecisionPolicy
 from .descriptor import ModelDescriptor
 from .stylegan2 import StyleGAN2Descriptor, is_stylegan2_state_dict, load_generator_weights
@@ -64,7 +64,7 @@ class LatentEncoder(nn.Module):
         out = self._run(x, return_features)
         codes, feats = out if return_features else (out, None)
         # Under autocast the heads return bf16/fp16; W+ itself is kept in fp32 (latent_avg is large).
-        add = getattr(self.encoder, "add_latent_avg", None) or add_latent_avg
+        add = getattr(self.encoder, "to_wplus", None) or offset_by_latent_avg
         with torch.autocast(codes.device.type, enabled=False):
             wplus = add(codes.float(), self.latent_avg)
         return (wplus, feats) if return_features else wplus

@@ -17,7 +17,7 @@ Module and parameter names follow the official code (`input_layer.0.weight`, `bo
 the IR-100/152 unit tables build too.
 
 This file also holds what every image encoder here shares: the official image preprocessing
-(`preprocess_official`, `preprocess_fast`) and `add_latent_avg`.
+(`preprocess_official`, `preprocess_fast`) and `offset_by_latent_avg`.
 """
 from __future__ import annotations
 
@@ -264,7 +264,7 @@ def strip_prefix(sd: dict[str, torch.Tensor], prefixes: Sequence[str] = ("encode
 
 
 # ------------------------------------------------------------------------------------ shared helpers
-def add_latent_avg(codes: torch.Tensor, latent_avg: Optional[torch.Tensor]) -> torch.Tensor:
+def offset_by_latent_avg(codes: torch.Tensor, latent_avg: Optional[torch.Tensor]) -> torch.Tensor:
     """codes [B, n, C] (or [B, C] for learn_in_w) + the checkpoint's `latent_avg`.
 
     Accepts every stored layout: Style Transformer's [C], pSp/e4e's [n, C] (repeated at training start),

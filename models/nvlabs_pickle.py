@@ -37,6 +37,9 @@ stylegan3 repo's `training/networks_stylegan2.py` apart from defaults and repr h
   1/sqrt(in_ch)) + our clamp; the skip image is up-sampled with the same filter and added.
 - W indexing: block b4 uses ws[0] (conv1), ws[1] (torgb); block b(2^k) uses ws[2k-5..2k-3], as in
   rosinality. Truncation is `w_avg.lerp(w, psi)` in both.
+
+Over 600 lines: the allow-list, the inert stand-ins and the legacy storage reader are one security boundary,
+kept in one file so it can be audited whole.
 """
 from __future__ import annotations
 

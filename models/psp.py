@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .inversion import EncoderFamily
-from .irse import IRSEConfig, IRSEFPNTrunk, add_latent_avg, infer_irse_config, strip_prefix
+from .irse import IRSEConfig, IRSEFPNTrunk, offset_by_latent_avg, infer_irse_config, strip_prefix
 from .stylegan2 import EqualLinear
 
 PSP_KINDS = ("psp", "e4e")
@@ -119,10 +119,11 @@ class _StyleHeadsEncoder(IRSEFPNTrunk):
     def style_dim(self) -> int:
         return self.config.style_dim
 
-    def add_latent_avg(self, codes: torch.Tensor, latent_avg: Optional[torch.Tensor]) -> torch.Tensor:
+    def to_wplus(self, codes: torch.Tensor, latent_avg: Optional[torch.Tensor]) -> torch.Tensor:
+        """codes -> W+: pSp/e4e add latent_avg only when their opts say start_from_latent_avg."""
         if not self.config.start_from_latent_avg:
             return codes
-        return add_latent_avg(codes, latent_avg)
+        return offset_by_latent_avg(codes, latent_avg)
 
 
 class GradualStyleEncoder(_StyleHeadsEncoder):

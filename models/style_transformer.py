@@ -34,7 +34,7 @@ from .descriptor import ModelDescriptor
 from .checkpoint_io import RawCheckpoint, check_weight_dtypes
 from .errors import CheckpointError
 from .inversion import EncoderFamily
-from .irse import IRSEConfig, IRSEFPNTrunk, add_latent_avg, infer_irse_config, strip_prefix
+from .irse import IRSEConfig, IRSEFPNTrunk, offset_by_latent_avg, infer_irse_config, strip_prefix
 
 DEFAULT_NHEAD = 4  # the official value; head count cannot be read from weight shapes
 
@@ -245,11 +245,11 @@ class StyleTransformerEncoder(IRSEFPNTrunk):
             return q, feats
         return q
 
-    def add_latent_avg(self, codes: torch.Tensor, latent_avg: Optional[torch.Tensor]) -> torch.Tensor:
+    def to_wplus(self, codes: torch.Tensor, latent_avg: Optional[torch.Tensor]) -> torch.Tensor:
         """codes + latent_avg when the checkpoint's opts say start_from_latent_avg (the official default)."""
         if not self.config.start_from_latent_avg:
             return codes
-        return add_latent_avg(codes, latent_avg)
+        return offset_by_latent_avg(codes, latent_avg)
 
 
 # ----------------------------------------------------------------------------------------- editing

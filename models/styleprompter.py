@@ -421,7 +421,7 @@ class StylePrompterEncoder(nn.Module):
             self.has_latent_avg = True
         return self
 
-    def forward(self, x: torch.Tensor, return_features: bool = False, add_latent_avg: bool = True,
+    def forward(self, x: torch.Tensor, return_features: bool = False, with_latent_avg: bool = True,
                 intermediates: Optional[dict] = None):
         """x [B, C, S, S] -> codes [B, n_latent, style_dim], or (codes, features) with return_features.
 
@@ -453,7 +453,7 @@ class StylePrompterEncoder(nn.Module):
         codes = self.prediction_head(tokens)
         if intermediates is not None:
             intermediates["codes_raw"] = codes
-        if add_latent_avg and self.has_latent_avg:
+        if with_latent_avg and self.has_latent_avg:
             codes = codes + self.latent_avg.to(codes.dtype)
         features = features[::-1]
         return (codes, features) if return_features else codes

@@ -1,5 +1,6 @@
-"""ComfyUI glue: one module per stage plus `comfy_bridge`, the only module that imports ComfyUI."""
-from . import comfy_bridge, compare, edit_studio, editing, faces, inversion, put, splice, stylegan
+"""ComfyUI glue: one module per stage plus `comfy_bridge`, the only module that imports ComfyUI, and
+`http_routes`, the endpoints the frontend extension calls."""
+from . import comfy_bridge, compare, edit_studio, editing, faces, http_routes, inversion, put, splice, stylegan
 
 _STAGES = (stylegan, faces, inversion, editing, edit_studio, splice, put, compare)
 
@@ -10,7 +11,7 @@ for _stage in _STAGES:
     NODE_DISPLAY_NAME_MAPPINGS.update(_stage.NODE_DISPLAY_NAME_MAPPINGS)
 
 # data for the frontend extension (js/transedit.js): Load Direction's descriptions
-comfy_bridge.register_json_route("/transedit/directions", editing.direction_catalog)
+http_routes.register_json_route("/transedit/directions", editing.direction_catalog)
 # Edit Studio's live previews: slider values in, a low-resolution render of the node's last run out
-comfy_bridge.register_preview_route(edit_studio.ROUTE, edit_studio.SERVICE)
+http_routes.register_preview_route(edit_studio.ROUTE, edit_studio.SERVICE)
 comfy_bridge.register_prompt_gate(edit_studio.ROUTE, edit_studio.SERVICE.prompt_arriving)

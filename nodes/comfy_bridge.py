@@ -291,29 +291,6 @@ def with_ui(result: tuple, ui: Optional[dict]):
     return result
 
 
-def register_json_route(path: str, handler) -> bool:
-    """Serve handler() as JSON at GET `path` on ComfyUI's server (for the frontend extension); False when
-    there is no server (tests, scripts) or the route exists already (a pack reload)."""
-    routes = _server_routes(path)
-    if routes is None:
-        return False
-    from aiohttp import web
-
-    async def serve(request):
-        try:
-            return web.json_response(handler())
-        except (OSError, ValueError, KeyError, RuntimeError) as e:  # a hint: answer with the reason, not a traceback
-            log.warning("TransEdit: %s failed: %s", path, e)
-            return web.json_response({"error": str(e)}, status=500)
-
-    routes.get(path)(serve)
-    _registered_routes.add(path)
-    return True
-
-
-_registered_routes: set = set()
-
-
 def _prompt_server():
     """ComfyUI's running server (PromptServer.instance), or None: outside ComfyUI, or ComfyUI used as a library
     (its `server` module was never imported; importing it here would start loading the web application)."""
@@ -323,10 +300,10 @@ def _prompt_server():
     return getattr(getattr(module, "PromptServer", None), "instance", None)
 
 
-def _server_routes(path: str):
-    """ComfyUI's route table, or None when there is no server (tests, scripts) or `path` is registered already
-    (a pack reload)."""
-    if not IN_COMFYUI:
+def claim_route(path: str):
+    """ComfyUI's route table for registering `path` (nodes/http_routes.py does, at once), or None when there is
+    no server (tests, scripts) or `path` was claimed already (a pack reload)."""
+    if not IN_COMFYUI or path in _claimed_routes:
         return None
     try:
         import aiohttp  # noqa: F401  (the server's own dependency)
@@ -336,7 +313,12 @@ def _server_routes(path: str):
     routes = getattr(_prompt_server(), "routes", None)
     if routes is None:
         log.warning("TransEdit: %s is not served: ComfyUI's server has no route table yet", path)
-    return None if routes is None or path in _registered_routes else routes
+        return None
+    _claimed_routes.add(path)
+    return routes
+
+
+_claimed_routes: set = set()
 
 
 # ------------------------------------------------------------------------------------ live previews
@@ -422,71 +404,3 @@ def interrupt_exception() -> type[BaseException]:
 
 class _NeverRaised(Exception):
     """Stands for ComfyUI's interrupt exception outside ComfyUI, where nothing raises it."""
-
-
-MAX_WAITING_PREVIEWS = 16  # requests waiting for a render at once; more are answered 429 at once
-
-
-def register_preview_route(path: str, service, max_body: int = 16384) -> bool:
-    """Serve a live-preview service at POST `path` on ComfyUI's server.
-
-    `service.admit(payload: dict)` runs on the event loop (fast: validation, bookkeeping) and returns either
-    a finished answer `(status, body)` or a function that renders and returns one; that function runs in a
-    worker thread so the server stays responsive. The route itself refuses what no service should see:
-    bodies over `max_body` bytes (413), anything but a JSON object (400), a busy queue (503), more than
-    MAX_WAITING_PREVIEWS waiting requests (429). Errors are answered as JSON and never reach the server."""
-    routes = _server_routes(path)
-    if routes is None:
-        return False
-    import asyncio
-    import json
-
-    from aiohttp import web
-    from aiohttp.http_exceptions import HttpProcessingError
-
-    waiting = [0]
-
-    def answer(status: int, body: dict):
-        return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
-
-    async def serve(request):
-        if request.content_length is not None and request.content_length > max_body:
-            return answer(413, {"error": f"request body over {max_body} bytes"})
-        try:
-            raw = await request.content.read(max_body + 1)
-        except (OSError, ValueError, HttpProcessingError) as e:  # a broken connection or a malformed body
-            return answer(400, {"error": f"cannot read the request: {e}"})
-        if len(raw) > max_body:
-            return answer(413, {"error": f"request body over {max_body} bytes"})
-        try:
-            payload = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:  # ValueError includes numbers of over 4300 digits
-            return answer(400, {"error": f"the body must be a JSON object ({str(e)[:120]})"})
-        if not isinstance(payload, dict):
-            return answer(400, {"error": "the body must be a JSON object"})
-        busy = queue_is_busy()
-        if busy is None:
-            return answer(501, {"error": "this ComfyUI does not report its queue, so previews cannot wait for "
-                                         "it; queue the graph to see each edit", "reason": "unsupported"})
-        if busy:
-            return answer(503, {"error": "the queue is running; the preview renders when it is idle",
-                                "reason": "busy"})
-        if waiting[0] >= MAX_WAITING_PREVIEWS:
-            return answer(429, {"error": "too many preview requests at once", "reason": "busy"})
-        waiting[0] += 1
-        try:
-            admitted = service.admit(payload)
-            if not callable(admitted):
-                return answer(*admitted)
-            return answer(*(await asyncio.get_running_loop().run_in_executor(None, admitted)))
-        except interrupt_exception():  # the service answers Cancel itself; never swallow one that escapes
-            raise
-        except Exception as e:  # the service answers its own errors; this is the last line of defence
-            log.exception("TransEdit: %s failed", path)
-            return answer(500, {"error": f"{type(e).__name__}: {e}"})
-        finally:
-            waiting[0] -= 1
-
-    routes.post(path)(serve)
-    _registered_routes.add(path)
-    return True

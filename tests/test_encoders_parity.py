@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from transedit.models.irse import add_latent_avg, preprocess_fast, preprocess_official, strip_prefix
+from transedit.models.irse import offset_by_latent_avg, preprocess_fast, preprocess_official, strip_prefix
 from transedit.models.inversion import LatentEncoder
 from transedit.models.psp import (Encoder4Editing, GradualStyleEncoder, PSPConfig,
                                   infer_psp_config)
@@ -136,7 +136,7 @@ def test_codes_and_images(st_ckpt, st_models, st_io, st_run):
     close(codes, st_io["out_codes_before_avg"])
     latent_avg = st_ckpt["latent_avg"]
     close(latent_avg.to(TEST_DEVICE), st_io["in_latent_avg"], dict(atol=0, rtol=0))
-    wplus = enc.add_latent_avg(codes, latent_avg)
+    wplus = enc.to_wplus(codes, latent_avg)
     close(wplus, st_io["out_codes"])
     img = gen.synthesis(wplus, noise_mode="const")
     close(img, st_io["out_img_raw"], IMAGE_TOL)
@@ -238,18 +238,18 @@ def test_preprocess_fast_is_within_one_level(st_io):
             assert diff.mean().item() < 0.5 * level, (size, diff.mean().item())
 
 
-def test_add_latent_avg_layouts():
+def test_offset_by_latent_avg_layouts():
     codes = torch.randn(2, 5, 4)
     avg = torch.randn(4)
     want = codes + avg.repeat(2, 1, 1)  # Style Transformer's [C]
-    close(add_latent_avg(codes, avg), want)
-    close(add_latent_avg(codes, avg[None]), want)
+    close(offset_by_latent_avg(codes, avg), want)
+    close(offset_by_latent_avg(codes, avg[None]), want)
     rows = torch.randn(5, 4)  # pSp / e4e store [n_styles, C]
-    close(add_latent_avg(codes, rows), codes + rows.repeat(2, 1, 1))
-    close(add_latent_avg(codes[:, 0], avg), codes[:, 0] + avg.repeat(2, 1))  # learn_in_w
-    assert add_latent_avg(codes, None) is codes
+    close(offset_by_latent_avg(codes, rows), codes + rows.repeat(2, 1, 1))
+    close(offset_by_latent_avg(codes[:, 0], avg), codes[:, 0] + avg.repeat(2, 1))  # learn_in_w
+    assert offset_by_latent_avg(codes, None) is codes
     with pytest.raises(ValueError):
-        add_latent_avg(codes, torch.randn(3, 4))
+        offset_by_latent_avg(codes, torch.randn(3, 4))
 
 
 # ------------------------------------------------------------------------------------ pSp / e4e

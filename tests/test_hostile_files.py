@@ -216,9 +216,9 @@ BROAD_HANDLERS_ALLOWED = {
     ("models/nvlabs_pickle.py", "_load_storage_bytes"): "hostile storage bytes; re-raised as CheckpointError",
     ("models/nvlabs_pickle.py", "read_nvlabs_pickle"): "hostile bytes; re-raised as CheckpointError",
     ("train.py", "__init__"): "PIL's verify raises many types for broken image files; they are skipped and counted",
-    ("nodes/comfy_bridge.py", "serve"): "the live-preview route runs beside the queue, not in a prompt: a failing "
-                                        "render is answered as JSON, never raised into the server; ComfyUI's "
-                                        "interrupt is re-raised just before it (the service answers Cancel 409)",
+    ("nodes/http_routes.py", "serve"): "the live-preview route runs beside the queue, not in a prompt: a failing "
+                                       "render is answered as JSON, never raised into the server; ComfyUI's "
+                                       "interrupt is re-raised just before it (the service answers Cancel 409)",
 }
 
 

@@ -24,12 +24,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import comfy_harness as h  # noqa: E402
+import workflow_graph as wg  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
 BROWSER_DIR = Path(__file__).resolve().parents[1] / "browser"
 QUEUED = "invert_reconstruct"
-WORKFLOWS = sorted(h.WORKFLOWS_DIR.glob("*.json"))
+WORKFLOWS = sorted(wg.WORKFLOWS_DIR.glob("*.json"))
 
 
 def _missing_tools() -> str | None:
@@ -55,7 +56,7 @@ def tools():
 
 def _variants() -> list[dict]:
     """stylegan_generate.json as another version of the pack might have saved it."""
-    base = h.load_workflow(h.WORKFLOWS_DIR / "stylegan_generate.json")
+    base = wg.load_workflow(wg.WORKFLOWS_DIR / "stylegan_generate.json")
     surplus = copy.deepcopy(base)
     for node in surplus["nodes"]:
         if node["type"] == "TransEditSampleLatent":
@@ -79,7 +80,7 @@ def _variants() -> list[dict]:
 @pytest.fixture(scope="module")
 def report(tools, comfy_root, tmp_path_factory):
     tiny_dir = tmp_path_factory.mktemp("tiny_weights")
-    graphs = {p.stem: h.load_workflow(p) for p in WORKFLOWS}
+    graphs = {p.stem: wg.load_workflow(p) for p in WORKFLOWS}
     models, _ = h.prepare_models(graphs.values(), [], tiny_dir)
     # the diffusion workflows' checkpoint is there, as for a user who has one: no missing-model report
     models["checkpoints"] = {name: h.stable_diffusion_stand_in(comfy_root)

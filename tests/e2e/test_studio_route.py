@@ -19,17 +19,18 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import comfy_harness as h  # noqa: E402
+import workflow_graph as wg  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
-WORKFLOW = h.WORKFLOWS_DIR / "edit_studio.json"
+WORKFLOW = wg.WORKFLOWS_DIR / "edit_studio.json"
 ROUTE = "/transedit/studio/preview"
 
 
 @pytest.fixture(scope="module")
 def server(comfy_root, tmp_path_factory):
     tiny_dir = tmp_path_factory.mktemp("tiny_weights")
-    graphs = [h.load_workflow(WORKFLOW), h.load_workflow(h.WORKFLOWS_DIR / "splice.json")]
+    graphs = [wg.load_workflow(WORKFLOW), wg.load_workflow(wg.WORKFLOWS_DIR / "splice.json")]
     models, _ = h.prepare_models(graphs, [], tiny_dir)
     inputs, _ = h.prepare_inputs(graphs, [], tmp_path_factory.mktemp("inputs"))
     with h.ComfyServer(comfy_root, models=models, inputs=inputs) as srv:
@@ -49,7 +50,7 @@ def post(server, body, raw: bytes | None = None, timeout: float = 600.0) -> tupl
 
 
 def studio_prompt(server, strength_1=2.0) -> tuple[dict, str]:
-    prompt = h.ui_to_api(h.load_workflow(WORKFLOW), server.object_info())
+    prompt = wg.ui_to_api(wg.load_workflow(WORKFLOW), server.object_info())
     (studio,) = [k for k, v in prompt.items() if v["class_type"] == "TransEditEditStudio"]
     prompt[studio]["inputs"]["strength_1"] = strength_1
     return prompt, studio
@@ -176,7 +177,7 @@ def test_a_busy_queue_is_answered_503(server):
     """While a prompt runs the preview waits (503, reason busy): ComfyUI's model management is not made for a
     second thread loading models beside the prompt worker."""
     _, payload, _ = run_studio(server)
-    splice = h.ui_to_api(h.load_workflow(h.WORKFLOWS_DIR / "splice.json"), server.object_info())
+    splice = wg.ui_to_api(wg.load_workflow(wg.WORKFLOWS_DIR / "splice.json"), server.object_info())
     h.shorten_for_tiny_weights(splice)
     splice = h.without_unavailable_user_models(splice, server.object_info())[0]
     for node in splice.values():

@@ -8,6 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for comfy_harness
 import comfy_harness as h  # noqa: E402
+import workflow_graph as wg  # noqa: E402
 
 OBJECT_INFO = {
     "Src": {"input": {"required": {}}, "output": ["MODEL"], "display_name": "Source"},
@@ -45,7 +46,7 @@ def test_widgets_links_and_seed_control_value():
                  inputs=[{"name": "model", "type": "MODEL", "link": 1}]),
             node(3, "Note", ["just text"])],
            [[1, 1, 0, 2, 0, "MODEL"]])
-    api = h.ui_to_api(g, OBJECT_INFO)
+    api = wg.ui_to_api(g, OBJECT_INFO)
     assert set(api) == {"1", "2"}
     assert api["2"]["class_type"] == "Sampler"
     assert api["2"]["inputs"] == {"model": ["1", 0], "seed": 7, "steps": 20, "sampler": "b", "cfg": 7.5,
@@ -57,7 +58,7 @@ def test_seed_without_control_value_is_not_skipped():
     g = wf([node(1, "Src", outputs=[{"name": "MODEL", "type": "MODEL", "links": [1]}]),
             node(2, "Sampler", [7, 20, "a", 1.5, "", False], inputs=[{"name": "model", "type": "MODEL", "link": 1}])],
            [[1, 1, 0, 2, 0, "MODEL"]])
-    assert h.ui_to_api(g, OBJECT_INFO)["2"]["inputs"]["steps"] == 20
+    assert wg.ui_to_api(g, OBJECT_INFO)["2"]["inputs"]["steps"] == 20
 
 
 def test_reroute_bypass_primitive_and_muted():
@@ -65,15 +66,15 @@ def test_reroute_bypass_primitive_and_muted():
             node(2, "Reroute", inputs=[{"name": "", "type": "*", "link": 1}],
                  outputs=[{"name": "", "type": "MODEL", "links": [2]}]),
             node(3, "Pass", inputs=[{"name": "model", "type": "MODEL", "link": 2}],
-                 outputs=[{"name": "MODEL", "type": "MODEL", "links": [3]}], mode=h.MODE_BYPASS),
+                 outputs=[{"name": "MODEL", "type": "MODEL", "links": [3]}], mode=wg.MODE_BYPASS),
             node(4, "PrimitiveNode", [99, "fixed"], outputs=[{"name": "INT", "type": "INT", "links": [4],
                                                                "widget": {"name": "seed"}}]),
             node(5, "Sampler", [0, "randomize", 5, "a", 2.0, "", False],
                  inputs=[{"name": "model", "type": "MODEL", "link": 3},
                          {"name": "seed", "type": "INT", "link": 4, "widget": {"name": "seed"}}]),
-            node(6, "Sampler", [1, "fixed", 5, "a", 2.0, "", False], mode=h.MODE_NEVER)],
+            node(6, "Sampler", [1, "fixed", 5, "a", 2.0, "", False], mode=wg.MODE_NEVER)],
            [[1, 1, 0, 2, 0, "*"], [2, 2, 0, 3, 0, "MODEL"], [3, 3, 0, 5, 0, "MODEL"], [4, 4, 0, 5, 1, "INT"]])
-    api = h.ui_to_api(g, OBJECT_INFO)
+    api = wg.ui_to_api(g, OBJECT_INFO)
     assert set(api) == {"1", "5"}
     assert api["5"]["inputs"]["model"] == ["1", 0]
     assert api["5"]["inputs"]["seed"] == 99
@@ -82,35 +83,35 @@ def test_reroute_bypass_primitive_and_muted():
 
 def test_upload_and_combo_control_widgets():
     g = wf([node(1, "LoadImage", ["y.png", "image"]), node(2, "ComboCtl", ["q", "fixed", "", 3])], [])
-    api = h.ui_to_api(g, OBJECT_INFO)
+    api = wg.ui_to_api(g, OBJECT_INFO)
     assert api["1"]["inputs"] == {"image": "y.png"}
     assert api["2"]["inputs"] == {"choice": "q", "n": 3}
 
 
 def test_dict_widgets_values():
     g = wf([node(1, "ComboCtl", {"choice": "p", "n": 4})], [])
-    assert h.ui_to_api(g, OBJECT_INFO)["1"]["inputs"] == {"choice": "p", "n": 4}
+    assert wg.ui_to_api(g, OBJECT_INFO)["1"]["inputs"] == {"choice": "p", "n": 4}
 
 
 def test_unknown_node_type_is_named():
     with pytest.raises(ValueError, match="NotInstalled"):
-        h.ui_to_api(wf([node(1, "NotInstalled", [])], []), OBJECT_INFO)
+        wg.ui_to_api(wf([node(1, "NotInstalled", [])], []), OBJECT_INFO)
 
 
 def test_workflow_model_files():
-    wf_path = h.WORKFLOWS_DIR / "stylegan_generate.json"
-    assert ("stylegan", "stylegan2-ffhq-config-f.pt") in h.workflow_model_files(h.load_workflow(wf_path))
-    inv = h.load_workflow(h.WORKFLOWS_DIR / "invert_reconstruct.json")
+    wf_path = wg.WORKFLOWS_DIR / "stylegan_generate.json"
+    assert ("stylegan", "stylegan2-ffhq-config-f.pt") in h.workflow_model_files(wg.load_workflow(wf_path))
+    inv = wg.load_workflow(wg.WORKFLOWS_DIR / "invert_reconstruct.json")
     assert h.workflow_model_files(inv) == [("facedetection", "detection_Resnet50_Final.pth"),
                                            ("gan_encoders", "style_transformer_ffhq.pt")]
 
 
 def test_workflow_input_files():
     g = wf([node(1, "LoadImage", ["a.png", "image"]), node(2, "LoadImage", {"image": "b.png [input]"}),
-            node(3, "LoadImage", ["a.png", "image"]), node(4, "LoadImage", ["muted.png", "image"], mode=h.MODE_NEVER)],
+            node(3, "LoadImage", ["a.png", "image"]), node(4, "LoadImage", ["muted.png", "image"], mode=wg.MODE_NEVER)],
            [])
     assert h.workflow_input_files(g) == ["a.png", "b.png"]
-    inv = h.load_workflow(h.WORKFLOWS_DIR / "invert_reconstruct.json")
+    inv = wg.load_workflow(wg.WORKFLOWS_DIR / "invert_reconstruct.json")
     assert h.workflow_input_files(inv) == ["transedit_example_face.png"]
 
 
@@ -128,12 +129,12 @@ def test_prepare_inputs_finds_or_writes_the_example_face(tmp_path):
 
 
 def test_workflow_model_files_directions_and_checkpoints():
-    edit = h.load_workflow(h.WORKFLOWS_DIR / "invert_edit.json")
+    edit = wg.load_workflow(wg.WORKFLOWS_DIR / "invert_edit.json")
     assert h.workflow_model_files(edit) == [("facedetection", "detection_Resnet50_Final.pth"),
                                             ("gan_encoders", "style_transformer_ffhq.pt"),
                                             ("latent_directions", "age.pt"), ("latent_directions", "smile.pt")]
     assert h.workflow_model_files(edit, h.USER_MODEL_INPUTS) == []
-    diff = h.load_workflow(h.WORKFLOWS_DIR / "edit_to_diffusion.json")
+    diff = wg.load_workflow(wg.WORKFLOWS_DIR / "edit_to_diffusion.json")
     assert h.workflow_model_files(diff, h.USER_MODEL_INPUTS) == [("checkpoints", "v1-5-pruned-emaonly.safetensors")]
     presets = wf([node(1, "TransEditLoadDirection", ["preset: ganspace ffhq smile", 0]),
                   node(2, "TransEditLoadDirection", ["sefa: from the generator input (all layers)", 3]),
@@ -153,7 +154,7 @@ def test_tiny_directions_differ_per_name(tmp_path):
 
 
 def test_find_user_models(tmp_path):
-    diff = h.load_workflow(h.WORKFLOWS_DIR / "edit_to_diffusion.json")
+    diff = wg.load_workflow(wg.WORKFLOWS_DIR / "edit_to_diffusion.json")
     found, missing = h.find_user_models([diff], [tmp_path])
     assert found == {} and missing == [("checkpoints", "v1-5-pruned-emaonly.safetensors")]
     (tmp_path / "checkpoints").mkdir()
@@ -188,20 +189,20 @@ def _typed_graph(link_from_slot=1, link_type="VAE"):
 
 
 def test_check_workflow_types():
-    assert h.check_workflow_types(_typed_graph(), TYPED_INFO) == []
-    problems = h.check_workflow_types(_typed_graph(link_from_slot=0, link_type="MODEL"), TYPED_INFO)
+    assert wg.check_workflow_types(_typed_graph(), TYPED_INFO) == []
+    problems = wg.check_workflow_types(_typed_graph(link_from_slot=0, link_type="MODEL"), TYPED_INFO)
     assert len(problems) == 1 and "MODEL does not fit input type VAE" in problems[0], problems
-    problems = h.check_workflow_types(_typed_graph(link_from_slot=5), TYPED_INFO)
+    problems = wg.check_workflow_types(_typed_graph(link_from_slot=5), TYPED_INFO)
     assert problems and "no output slot 5" in problems[0], problems
     g = _typed_graph()
     g["nodes"][2]["inputs"][1]["name"] = "vae_renamed"
-    assert any("has no input 'vae_renamed'" in p for p in h.check_workflow_types(g, TYPED_INFO))
+    assert any("has no input 'vae_renamed'" in p for p in wg.check_workflow_types(g, TYPED_INFO))
     g = _typed_graph()
     g["nodes"][0]["type"] = "GoneNode"
-    assert any("'GoneNode' is not in /object_info" in p for p in h.check_workflow_types(g, TYPED_INFO))
+    assert any("'GoneNode' is not in /object_info" in p for p in wg.check_workflow_types(g, TYPED_INFO))
     g = _typed_graph()
     g["nodes"][0]["outputs"][1]["type"] = "CLIP"  # saved slot type disagrees with the server
-    assert any("output 1 is saved as CLIP" in p for p in h.check_workflow_types(g, TYPED_INFO))
+    assert any("output 1 is saved as CLIP" in p for p in wg.check_workflow_types(g, TYPED_INFO))
 
 
 def test_drop_nodes_and_unavailable_user_models():
@@ -215,4 +216,4 @@ def test_drop_nodes_and_unavailable_user_models():
     assert dropped == ["1", "3", "4"] and set(kept) == {"2", "5"}
     prompt["1"]["inputs"]["ckpt_name"] = "a.ckpt"
     assert h.without_unavailable_user_models(prompt, TYPED_INFO) == (prompt, [])
-    assert h.output_node_ids(prompt, TYPED_INFO) == ["4"]
+    assert wg.output_node_ids(prompt, TYPED_INFO) == ["4"]

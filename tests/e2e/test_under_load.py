@@ -27,6 +27,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for comfy_harness
 import comfy_harness as h  # noqa: E402
+import workflow_graph as wg  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +44,7 @@ SEED_INPUTS = ("seed", "noise_seed")
 
 @pytest.fixture(scope="module")
 def server(comfy_root, tmp_path_factory):
-    workflows = [h.load_workflow(h.WORKFLOWS_DIR / f"{name}.json") for name in GOOD]
+    workflows = [wg.load_workflow(wg.WORKFLOWS_DIR / f"{name}.json") for name in GOOD]
     tiny = tmp_path_factory.mktemp("load_weights")
     models, _ = h.prepare_models(workflows, [], tiny)
     inputs, _ = h.prepare_inputs(workflows, [], tmp_path_factory.mktemp("load_inputs"))
@@ -66,7 +67,7 @@ def _nodes_of(prompt: dict, class_type: str) -> list[str]:
 
 
 def good_prompt(server, kind: str, i: int) -> dict:
-    prompt = h.ui_to_api(h.load_workflow(h.WORKFLOWS_DIR / f"{kind}.json"), server.object_info())
+    prompt = wg.ui_to_api(wg.load_workflow(wg.WORKFLOWS_DIR / f"{kind}.json"), server.object_info())
     h.shorten_for_tiny_weights(prompt)
     changed = False
     for node in prompt.values():  # a prompt of its own: ComfyUI re-runs what changed instead of reusing its cache
@@ -190,7 +191,7 @@ def test_fifty_mixed_prompts(server):
             assert status["status_str"] == "success" and status["completed"], (kind, status)
             images = server.output_images(entry)
             saved = {img.node_id for img in images}
-            assert saved == set(h.output_node_ids(prompt, server.object_info())), (kind, saved)
+            assert saved == set(wg.output_node_ids(prompt, server.object_info())), (kind, saved)
             assert all(img.path is not None and img.path.is_file() for img in images), kind
             counts["succeeded"] += 1
         else:

@@ -8,6 +8,8 @@ Load Checkpoint, VAE Encode, KSampler and VAE Decode (on smaller copies of the p
 to keep the CPU time down). Test-only probe nodes (probe_nodes/) record what crosses the links between the
 pack's nodes and ComfyUI's. The tests skip only when ComfyUI cannot be installed (no package index); with
 TRANSEDIT_REQUIRE_E2E=1 (CI) they fail instead.
+
+Over 600 lines: every test here shares one module-scoped server (splitting the file would start another).
 """
 from __future__ import annotations
 
@@ -22,22 +24,23 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for comfy_harness
 import comfy_harness as h  # noqa: E402
+import workflow_graph as wg  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
-WORKFLOWS = h.workflow_files()
+WORKFLOWS = wg.workflow_files()
 OTHER_GENERATOR = "tiny-other-32px.pt"  # a generator with another latent shape
-INVERT_WORKFLOW = h.WORKFLOWS_DIR / "invert_reconstruct.json"
-EDIT_WORKFLOW = h.WORKFLOWS_DIR / "invert_edit.json"
-DIFFUSION_WORKFLOW = h.WORKFLOWS_DIR / "edit_to_diffusion.json"
-SPLICE_WORKFLOW = h.WORKFLOWS_DIR / "splice.json"
+INVERT_WORKFLOW = wg.WORKFLOWS_DIR / "invert_reconstruct.json"
+EDIT_WORKFLOW = wg.WORKFLOWS_DIR / "invert_edit.json"
+DIFFUSION_WORKFLOW = wg.WORKFLOWS_DIR / "edit_to_diffusion.json"
+SPLICE_WORKFLOW = wg.WORKFLOWS_DIR / "splice.json"
 # What each workflow's diffusion part is made of: dropped when there is no SD checkpoint.
 DIFFUSION_PART = {"CheckpointLoaderSimple", "CLIPTextEncode", "VAEEncode", "SetLatentNoiseMask", "KSampler",
                   "VAEDecode", "ImageCompositeMasked", "SaveImage"}
 DIFFUSION_PARTS = {
     DIFFUSION_WORKFLOW: DIFFUSION_PART,
-    h.WORKFLOWS_DIR / "splice_to_diffusion.json": DIFFUSION_PART - {"SetLatentNoiseMask", "ImageCompositeMasked"},
-    h.WORKFLOWS_DIR / "put_to_diffusion.json": DIFFUSION_PART,
+    wg.WORKFLOWS_DIR / "splice_to_diffusion.json": DIFFUSION_PART - {"SetLatentNoiseMask", "ImageCompositeMasked"},
+    wg.WORKFLOWS_DIR / "put_to_diffusion.json": DIFFUSION_PART,
 }
 SD_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"  # what the diffusion workflows load
 # e2e only: the diffusion half runs on copies of the pictures scaled to this long side (VAE Encode/Decode of a
@@ -52,7 +55,7 @@ CORNER = 48  # side of the corner patches that paste-back must leave untouched (
 @pytest.fixture(scope="module")
 def server(comfy_root, tmp_path_factory):
     tiny_dir = tmp_path_factory.mktemp("tiny_weights")
-    workflows = [h.load_workflow(p) for p in WORKFLOWS]
+    workflows = [wg.load_workflow(p) for p in WORKFLOWS]
     models, _ = h.prepare_models(workflows, [], tiny_dir)
     inputs, _ = h.prepare_inputs(workflows, [], tmp_path_factory.mktemp("input_images"))
 
@@ -98,21 +101,21 @@ def _nodes_of(prompt: dict, class_type: str) -> list[str]:
 
 
 def _stylegan_prompt(server) -> dict:
-    return h.ui_to_api(h.load_workflow(h.WORKFLOWS_DIR / "stylegan_generate.json"), server.object_info())
+    return wg.ui_to_api(wg.load_workflow(wg.WORKFLOWS_DIR / "stylegan_generate.json"), server.object_info())
 
 
 def _invert_prompt(server) -> dict:
-    return h.ui_to_api(h.load_workflow(INVERT_WORKFLOW), server.object_info())
+    return wg.ui_to_api(wg.load_workflow(INVERT_WORKFLOW), server.object_info())
 
 
 def _edit_prompt(server) -> dict:
-    return h.ui_to_api(h.load_workflow(EDIT_WORKFLOW), server.object_info())
+    return wg.ui_to_api(wg.load_workflow(EDIT_WORKFLOW), server.object_info())
 
 
 def _runnable_prompt(server, ui_workflow: dict) -> tuple[dict, list[str]]:
     """The workflow as an API prompt without the parts that need weights only the user has (the SD
     checkpoint and what depends on it); returns (prompt, dropped node ids)."""
-    prompt = h.ui_to_api(ui_workflow, server.object_info())
+    prompt = wg.ui_to_api(ui_workflow, server.object_info())
     h.shorten_for_tiny_weights(prompt)  # Splice: a few steps on the tiny DINO
     return h.without_unavailable_user_models(prompt, server.object_info())
 
@@ -162,7 +165,7 @@ def _write_no_face_photo(path: Path) -> Path:
 # ------------------------------------------------------------------------------- workflow files
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_workflow_file_is_frontend_format(path):
-    wf = h.load_workflow(path)
+    wf = wg.load_workflow(path)
     for key in ("last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra", "version"):
         assert key in wf, f"{path.name}: missing '{key}'"
     ids = {n["id"] for n in wf["nodes"]}
@@ -205,7 +208,7 @@ def test_object_info_lists_every_pack_node(server):
 def test_workflow_input_images_are_in_the_input_folder(server):
     listed = server.object_info()["LoadImage"]["input"]["required"]["image"][0]
     for path in WORKFLOWS:
-        for name in h.workflow_input_files(h.load_workflow(path)):
+        for name in h.workflow_input_files(wg.load_workflow(path)):
             assert name in listed, f"{path.name} loads {name}, which LoadImage does not list"
 
 
@@ -213,7 +216,7 @@ def test_workflow_input_images_are_in_the_input_folder(server):
 def test_workflow_nodes_and_link_types_match_object_info(server, path):
     """Every node type is one this ComfyUI knows, and every link joins an output and an input of the same
     type (or "*"), as /object_info declares them: what the frontend checks when it loads the file."""
-    problems = h.check_workflow_types(h.load_workflow(path), server.object_info())
+    problems = wg.check_workflow_types(wg.load_workflow(path), server.object_info())
     assert not problems, f"{path.name}:\n" + "\n".join(problems)
 
 
@@ -221,7 +224,7 @@ def test_workflow_nodes_and_link_types_match_object_info(server, path):
 def test_workflow_model_files_are_listed(server, path):
     """The file names the pack's loaders ask for are the ones their COMBOs list (models/<folder>/<name>)."""
     info = server.object_info()
-    wf = h.load_workflow(path)
+    wf = wg.load_workflow(path)
     for (node_type, input_name), folder in h.MODEL_INPUTS.items():
         listed = info[node_type]["input"]["required"][input_name][0]
         for f, name in h.workflow_model_files(wf):
@@ -233,9 +236,9 @@ def test_workflow_model_files_are_listed(server, path):
 @pytest.mark.parametrize("path", [p for p in WORKFLOWS if p not in DIFFUSION_PARTS], ids=lambda p: p.name)
 def test_workflow_runs(server, path):
     """Every workflow without a diffusion half runs whole (those with one: test_diffusion_chain_runs_through)."""
-    prompt, dropped = _runnable_prompt(server, h.load_workflow(path))
+    prompt, dropped = _runnable_prompt(server, wg.load_workflow(path))
     assert not dropped, f"{path.name}: needs {dropped}, which only the user can supply"
-    assert h.output_node_ids(prompt, server.object_info()), f"{path.name}: nothing left to run"
+    assert wg.output_node_ids(prompt, server.object_info()), f"{path.name}: nothing left to run"
     history = server.run(prompt)
     assert history["status"]["status_str"] == "success" and history["status"]["completed"]
     images = server.output_images(history)
@@ -384,8 +387,8 @@ def _assert_only_the_face_changed(photo_name: str, photo: np.ndarray, arr: np.nd
 def test_paste_back_changes_only_the_face(server, path):
     """The face workflows with a real detector on the real photo: the pasted result differs from the photo in
     and around the face only."""
-    prompt, _ = _runnable_prompt(server, h.load_workflow(path))
-    prompt, _ = h.drop_nodes(prompt, _nodes_of(prompt, "CheckpointLoaderSimple"))  # the paste is what is checked
+    prompt, _ = _runnable_prompt(server, wg.load_workflow(path))
+    prompt, _ = wg.drop_nodes(prompt, _nodes_of(prompt, "CheckpointLoaderSimple"))  # the paste is what is checked
     _with_real_detector(prompt)
     history = server.run(prompt)
     pasted = _pasted_photos(prompt)
@@ -477,7 +480,7 @@ def test_latent_sweep_strip(server):
                      "inputs": {**prompt[gen]["inputs"], "latent": [invert, 0]}}
     preview = str(int(plain) + 1)
     prompt[preview] = {"class_type": "PreviewImage", "inputs": {"images": [plain, 0]}}
-    prompt, _ = h.drop_nodes(prompt, _nodes_of(prompt, "TransEditPasteBack"))  # not needed here
+    prompt, _ = wg.drop_nodes(prompt, _nodes_of(prompt, "TransEditPasteBack"))  # not needed here
     history = server.run(prompt)
     strip = _saved_by(server, history, save)
     (middle,) = _saved_by(server, history, preview)
@@ -491,7 +494,7 @@ def test_latent_sweep_strip(server):
 
 # ---------------------------------------------------------------------------------- diffusion
 def _diffusion_prompt(server, path: Path = DIFFUSION_WORKFLOW) -> dict:
-    return h.ui_to_api(h.load_workflow(path), server.object_info())
+    return wg.ui_to_api(wg.load_workflow(path), server.object_info())
 
 
 def _add_probe(prompt: dict, node_id: str, input_name: str, kind: str, label: str) -> None:
@@ -637,7 +640,7 @@ def test_diffusion_workflow_with_a_file_that_is_no_checkpoint_fails_in_load_chec
 
 # ------------------------------------------------------------------------------------ Splice
 def _splice_prompt(server) -> dict:
-    prompt = h.ui_to_api(h.load_workflow(SPLICE_WORKFLOW), server.object_info())
+    prompt = wg.ui_to_api(wg.load_workflow(SPLICE_WORKFLOW), server.object_info())
     h.shorten_for_tiny_weights(prompt)
     return prompt
 
@@ -709,7 +712,7 @@ def test_splice_cancel_stops_quickly_and_leaves_nothing_behind(server):
 def test_put_workflow_fills_only_the_holes(server):
     """put_inpaint.json on the transparent-holes photo: num_samples fills at the photo's size, different
     from each other inside the holes, and identical to the photo away from them (feather band excluded)."""
-    prompt = h.ui_to_api(h.load_workflow(h.WORKFLOWS_DIR / "put_inpaint.json"), server.object_info())
+    prompt = wg.ui_to_api(wg.load_workflow(wg.WORKFLOWS_DIR / "put_inpaint.json"), server.object_info())
     (put,) = _nodes_of(prompt, "TransEditPUTInpaint")
     settings = prompt[put]["inputs"]
     _, load = _upstream(prompt, put, "images")
