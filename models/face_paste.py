@@ -53,23 +53,122 @@ def _weighted_stats(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, tor
     return mean, var.clamp_min(1e-12).sqrt()
 
 
-def _color_match(src: torch.Tensor, ref: torch.Tensor, w: torch.Tensor, space: str) -> torch.Tensor:
-    """Match per-channel mean/std of ``src`` to ``ref`` [1, 3, h, w] under weights ``w`` [1, 1, h, w]."""
-    if float(w.sum()) < 1.0:
-        return src
+def _to_space(x: torch.Tensor, space: str) -> torch.Tensor:
     if space == "lab":
         import kornia.color  # noqa: PLC0415
 
-        a, b = kornia.color.rgb_to_lab(src.clamp(0, 1)), kornia.color.rgb_to_lab(ref.clamp(0, 1))
-    else:
-        a, b = src, ref
+        return kornia.color.rgb_to_lab(x.clamp(0, 1))
+    return x
+
+
+def _stats_in_space(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
+    """[4, 3]: per-channel mean and std of ``a``, then of ``b`` ([1, 3, h, w], already in the colour space)
+    under weights ``w``; None where the weights cover less than one pixel."""
+    if float(w.sum()) < 1.0:
+        return None
     ma, sa = _weighted_stats(a, w)
     mb, sb = _weighted_stats(b, w)
-    gain = (sb / sa).clamp(0.5, 2.0)
-    a = (a - ma) * gain + mb
+    return torch.stack([ma.reshape(3), sa.reshape(3), mb.reshape(3), sb.reshape(3)])
+
+
+def _apply_in_space(a: torch.Tensor, stats: torch.Tensor, space: str) -> torch.Tensor:
+    """Move ``a``'s per-channel statistics from its own (rows 0, 1 of ``stats``) to the reference's (rows 2, 3);
+    the gain is clamped to 0.5..2 so that a flat region is never blown up. Returns RGB."""
+    ma, sa, mb, sb = (row.reshape(1, 3, 1, 1).to(a) for row in stats)
+    a = (a - ma) * (sb / sa).clamp(0.5, 2.0) + mb
     if space == "lab":
+        import kornia.color  # noqa: PLC0415
+
         return kornia.color.lab_to_rgb(a, clip=True)
     return a.clamp(0.0, 1.0)
+
+
+class _Pasted:
+    """One edited face warped into its photo's region: the box (x0, y0, x1, y1), the warped face and the mask
+    [1, C, h, w] over that box; empty when the square misses the photo."""
+
+    def __init__(self, i, img, edit, rec, feather, mask_shape, mask_margin, device):
+        _, H, W = img.shape
+        if tuple(rec.source_size) != (H, W):
+            raise BatchSizeMismatch(
+                f"align record {i} was made for a {rec.source_size[1]}x{rec.source_size[0]} image, "
+                f"but original image {i} is {W}x{H}"
+            )
+        if edit.shape[-1] != edit.shape[-2]:
+            raise ValueError(f"edited face {i} must be square, got {edit.shape[-1]}x{edit.shape[-2]}")
+        S = edit.shape[-1]
+        edit = edit[None]
+        # Anti-alias: if the face is smaller in the photo than in the aligned image, shrink the aligned image
+        # to about that size first.
+        S_use = S
+        if rec.qsize < S:
+            S_use = max(1, int(round(rec.qsize)))
+            edit = resize(edit, (S_use, S_use))
+        a_from_s = rec.resized(S_use).aligned_from_source
+        # The feathered mask is smooth: build it at <= 256 px (cheap blur) and let the warp interpolate it.
+        S_mask = S_use if feather <= 0 else min(S_use, _MASK_RES)
+        mask_a = face_mask(S_mask, mask_shape, mask_margin, feather, device=device)[None, None]
+        m_from_s = rec.resized(S_mask).aligned_from_source
+        # Region of the photo covered by the warped square.
+        self.x0 = max(int(np.floor(rec.quad[:, 0].min())) - 2, 0)
+        self.y0 = max(int(np.floor(rec.quad[:, 1].min())) - 2, 0)
+        self.x1 = min(int(np.ceil(rec.quad[:, 0].max())) + 3, W)
+        self.y1 = min(int(np.ceil(rec.quad[:, 1].max())) + 3, H)
+        self.empty = not (self.x1 > self.x0 and self.y1 > self.y0)
+        if self.empty:
+            return
+        region = (self.y1 - self.y0, self.x1 - self.x0)
+        shift = translate(self.x0, self.y0)
+        self.face = warp(edit, a_from_s @ shift, (S_use, S_use), region, padding_mode="border")
+        self.mask = warp(mask_a, m_from_s @ shift, (S_mask, S_mask), region, padding_mode="zeros").clamp_(0.0, 1.0)
+        self.photo = img[None, :, self.y0:self.y1, self.x0:self.x1]
+
+
+def _prepare(original, edited_aligned, records, device, color_match):
+    if color_match is True:
+        color_match = "lab"
+    if color_match not in (False, None, "lab", "rgb"):
+        raise ValueError(f"color_match must be True, False, 'lab' or 'rgb', not {color_match!r}")
+    if device is None:
+        device = original.device if isinstance(original, torch.Tensor) else (
+            original[0].device if isinstance(original, Sequence) and original and isinstance(original[0], torch.Tensor) else "cpu"
+        )
+    origs, batched = as_image_list(original, device, "original")
+    edits, _ = as_image_list(edited_aligned, device, "edited_aligned")
+    records = list(records)
+    if not (len(origs) == len(edits) == len(records)):
+        raise BatchSizeMismatch(
+            f"batch sizes differ: {len(origs)} original image(s), {len(edits)} edited face(s), {len(records)} align record(s)"
+        )
+    return origs, edits, records, batched, device, color_match
+
+
+def paste_color_stats(
+    original: Any,
+    edited_aligned: Any,
+    records: Sequence[AlignRecord],
+    *,
+    feather: float = 0.04,
+    mask_shape: str = "ellipse",
+    mask_margin: float = 0.1,
+    color_match: bool | str = "lab",
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The colour statistics :func:`paste_back` would match, per image: ([B, 4, 3] float32 on the CPU, rows: the
+    edited face's mean and std, then the photo's; [B] bool, False where the mask misses the photo). For video, smooth them over
+    time and hand them back to :func:`paste_back` as ``color_stats``."""
+    origs, edits, records, _, device, space = _prepare(original, edited_aligned, records, device, color_match)
+    if not space:
+        raise ValueError("color_match is off: there are no statistics to compute")
+    stats, valid = torch.zeros(len(origs), 4, 3), torch.zeros(len(origs), dtype=torch.bool)
+    for i, (img, edit, rec) in enumerate(zip(origs, edits, records)):
+        pasted = _Pasted(i, img, edit, rec, feather, mask_shape, mask_margin, device)
+        if pasted.empty:
+            continue
+        found = _stats_in_space(_to_space(pasted.face, space), _to_space(pasted.photo, space), pasted.mask)
+        if found is not None:
+            stats[i], valid[i] = found.float().cpu(), True
+    return stats, valid
 
 
 def paste_back(
@@ -81,6 +180,8 @@ def paste_back(
     mask_shape: str = "ellipse",
     mask_margin: float = 0.1,
     color_match: bool | str = True,
+    color_stats: torch.Tensor | None = None,
+    strength: Sequence[float] | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[Any, Any]:
     """Warp edited aligned faces back into their photos.
@@ -93,72 +194,40 @@ def paste_back(
     ``feather`` as fractions of the aligned side) warped into the photo.
     ``color_match`` (``True``/``"lab"``, ``"rgb"`` or ``False``) matches the
     per-channel mean and standard deviation of the edited face to the
-    original's inside the mask before blending (gain clamped to 0.5..2).
+    original's inside the mask before blending (gain clamped to 0.5..2);
+    ``color_stats`` ([B, 4, 3], from :func:`paste_color_stats`, e.g. smoothed
+    over a clip's frames) replaces the statistics measured per image.
+    ``strength`` (per image, 0..1) scales the mask (a clip's fade around
+    frames whose face was lost).
 
     Returns ``(composited, mask)``: ``[B, H, W, 3]`` and ``[B, H, W]`` tensors
     for tensor input, lists of ``[H, W, 3]`` / ``[H, W]`` for list input.
     Pixels outside the warped face square are returned unchanged.
     """
-    if color_match is True:
-        color_match = "lab"
-    if color_match not in (False, None, "lab", "rgb"):
-        raise ValueError(f"color_match must be True, False, 'lab' or 'rgb', not {color_match!r}")
     if mask_shape not in MASK_SHAPES:
         raise ValueError(f"mask_shape must be one of {MASK_SHAPES}, not {mask_shape!r}")
-    if device is None:
-        device = original.device if isinstance(original, torch.Tensor) else (
-            original[0].device if isinstance(original, Sequence) and original and isinstance(original[0], torch.Tensor) else "cpu"
-        )
-    origs, batched = as_image_list(original, device, "original")
-    edits, _ = as_image_list(edited_aligned, device, "edited_aligned")
-    records = list(records)
-    if not (len(origs) == len(edits) == len(records)):
-        raise BatchSizeMismatch(
-            f"batch sizes differ: {len(origs)} original image(s), {len(edits)} edited face(s), {len(records)} align record(s)"
-        )
+    origs, edits, records, batched, device, space = _prepare(original, edited_aligned, records, device, color_match)
+    if color_stats is not None and tuple(color_stats.shape) != (len(origs), 4, 3):
+        raise BatchSizeMismatch(f"color_stats must be [{len(origs)}, 4, 3], got {tuple(color_stats.shape)}")
+    if strength is not None and len(strength) != len(origs):
+        raise BatchSizeMismatch(f"{len(strength)} strengths for {len(origs)} images")
 
     outs, masks = [], []
     for i, (img, edit, rec) in enumerate(zip(origs, edits, records)):
-        _, H, W = img.shape
-        if tuple(rec.source_size) != (H, W):
-            raise BatchSizeMismatch(
-                f"align record {i} was made for a {rec.source_size[1]}x{rec.source_size[0]} image, "
-                f"but original image {i} is {W}x{H}"
-            )
-        if edit.shape[-1] != edit.shape[-2]:
-            raise ValueError(f"edited face {i} must be square, got {edit.shape[-1]}x{edit.shape[-2]}")
-        S = edit.shape[-1]
-        edit = edit[None]
-        # Anti-alias: if the face is smaller in the photo than in the aligned
-        # image, shrink the aligned image to about that size first.
-        S_use = S
-        if rec.qsize < S:
-            S_use = max(1, int(round(rec.qsize)))
-            edit = resize(edit, (S_use, S_use))
-        a_from_s = rec.resized(S_use).aligned_from_source
-        # The feathered mask is smooth: build it at <= 256 px (cheap blur) and
-        # let the warp interpolate it.
-        S_mask = S_use if feather <= 0 else min(S_use, _MASK_RES)
-        mask_a = face_mask(S_mask, mask_shape, mask_margin, feather, device=device)[None, None]
-        m_from_s = rec.resized(S_mask).aligned_from_source
-        # Region of the photo covered by the warped square.
-        x0 = max(int(np.floor(rec.quad[:, 0].min())) - 2, 0)
-        y0 = max(int(np.floor(rec.quad[:, 1].min())) - 2, 0)
-        x1 = min(int(np.ceil(rec.quad[:, 0].max())) + 3, W)
-        y1 = min(int(np.ceil(rec.quad[:, 1].max())) + 3, H)
+        pasted = _Pasted(i, img, edit, rec, feather, mask_shape, mask_margin, device)
         out = img.clone()
-        mask_full = torch.zeros(H, W, device=device)
-        if x1 > x0 and y1 > y0:
-            region = (y1 - y0, x1 - x0)
-            warped = warp(edit, a_from_s @ translate(x0, y0), (S_use, S_use), region, padding_mode="border")
-            m = warp(mask_a, m_from_s @ translate(x0, y0), (S_mask, S_mask), region, padding_mode="zeros")
-            m = m.clamp_(0.0, 1.0)
-            orig_r = img[None, :, y0:y1, x0:x1]
-            if color_match:
-                warped = _color_match(warped, orig_r, m, color_match)
-            blended = orig_r + (warped - orig_r) * m
-            out[:, y0:y1, x0:x1] = blended[0]
-            mask_full[y0:y1, x0:x1] = m[0, 0]
+        mask_full = torch.zeros(img.shape[1:], device=device)
+        if not pasted.empty:
+            face, m, photo = pasted.face, pasted.mask, pasted.photo
+            if space:
+                a = _to_space(face, space)
+                stats = color_stats[i] if color_stats is not None else _stats_in_space(a, _to_space(photo, space), m)
+                if stats is not None:
+                    face = _apply_in_space(a, stats, space)
+            if strength is not None:
+                m = m * float(strength[i])
+            out[:, pasted.y0:pasted.y1, pasted.x0:pasted.x1] = (photo + (face - photo) * m)[0]
+            mask_full[pasted.y0:pasted.y1, pasted.x0:pasted.x1] = m[0, 0]
         outs.append(out.permute(1, 2, 0))
         masks.append(mask_full)
     if batched and len({tuple(o.shape) for o in outs}) == 1:

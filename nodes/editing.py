@@ -11,8 +11,10 @@ from ..models.directions import (GANSPACE_PCA_FILES, LAYER_GROUPS, DirectionErro
                                  ganspace_preset, load_direction, load_ganspace_pca, mix_wplus, parse_layers,
                                  preset_names, sefa_direction)
 from ..models.registry import load_edit_transformer
+from ..models.temporal import smooth_series
 from . import comfy_bridge as bridge
 from .chunks import run_in_chunks
+from .faces import FaceAlignment
 from .handles import ModelHandle, load_handle
 from .inputs import NodeInputError, check_choice, check_float, check_int, load_model_file
 from .latents import MAX_LAYER, broadcast_index, check_direction, check_latent, fit_direction, with_edit
@@ -355,6 +357,61 @@ class TransEditMixLatents:
                            index),)
 
 
+class TransEditSmoothLatents:
+    DESCRIPTION = ("For video: smooths a clip's latents over time, so that frames inverted one by one do not "
+                   "wobble. Put it after Invert (and after the edit, which is the same on every frame); with "
+                   "Align Face's 'align' connected, frames whose face was lost are left out and filled from their "
+                   "neighbours. StylePrompter's encoder features for SMART are smoothed the same way.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "latent": ("TE_LATENT", {"tooltip": "One latent per frame, in frame order."}),
+            "smoothing": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 30.0, "step": 0.25,
+                                    "tooltip": "Gaussian sigma in frames. 1 removes frame-to-frame wobble and keeps "
+                                               "expressions; larger values also smooth fast motion (blinks, "
+                                               "speech) away. 0 leaves the latents as they are."}),
+        }, "optional": {
+            "align": ("TE_ALIGN", {"tooltip": "Align Face's output for the same frames: frames it could not find "
+                                              "the face in do not count and are filled from their neighbours."}),
+        }}
+
+    RETURN_TYPES = ("TE_LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The smoothed latents (same frames, same extras).",)
+    FUNCTION = "smooth"
+    CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["video", "temporal smoothing", "deflicker", "stabilize latents"]
+
+    def smooth(self, latent, smoothing, align=None):
+        node = "TransEdit Smooth Latents"
+        latent = check_latent(node, "latent", latent)
+        smoothing = check_float(node, "smoothing", smoothing, 0.0, 30.0)
+        present = None
+        if align is not None:
+            if not isinstance(align, FaceAlignment):
+                raise NodeInputError(node, "align", f"must be a TE_ALIGN, got {type(align).__name__}.",
+                                     "connect the 'align' output of TransEdit Align Face, or leave it empty.")
+            if len(align) != latent.batch_size:
+                raise NodeInputError(node, "align", f"describes {len(align)} frames but the latent has "
+                                     f"{latent.batch_size}.", "connect the Align Face that made these frames.")
+            present = [ok and (not align.is_video or status == "found")
+                       for ok, status in zip(align.found, align.status or align.found)]
+            if not any(present):
+                present = None  # no frame had the face: every latent counts alike
+        if latent.batch_size == 1 or smoothing == 0 and present is None:
+            return (latent,)
+        wplus = smooth_series(latent.wplus, smoothing, present)
+        extras = dict(latent.extras)
+        features = extras.get("smart_features")
+        if features and len(features) == latent.batch_size:  # SMART injects these at render time: smooth alike
+            levels = [smooth_series(torch.stack([frame[k] for frame in features]), smoothing, present)
+                      for k in range(len(features[0]))]
+            extras["smart_features"] = [[level[t] for level in levels] for t in range(latent.batch_size)]
+        extras["edits"] = list(latent.extras.get("edits", [])) + [{"smooth": smoothing}]
+        return (latent.with_wplus(wplus.float().cpu().contiguous()).with_extras(extras),)
+
+
 # ------------------------------------------------------------------------------------ reference editing
 class EditTransformerHandle(ModelHandle):
     """What flows on a TE_EDIT_TRANSFORMER wire."""
@@ -450,6 +507,7 @@ NODE_CLASS_MAPPINGS = {
     "TransEditLoadEditTransformer": TransEditLoadEditTransformer,
     "TransEditReferenceEdit": TransEditReferenceEdit,
     "TransEditLatentSweep": TransEditLatentSweep,
+    "TransEditSmoothLatents": TransEditSmoothLatents,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "TransEditLoadDirection": "TransEdit Load Direction",
@@ -459,4 +517,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "TransEditLoadEditTransformer": "TransEdit Load Edit Transformer",
     "TransEditReferenceEdit": "TransEdit Reference Edit",
     "TransEditLatentSweep": "TransEdit Latent Sweep",
+    "TransEditSmoothLatents": "TransEdit Smooth Latents",
 }

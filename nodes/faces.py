@@ -5,21 +5,26 @@ from dataclasses import dataclass
 
 import os
 
+import numpy as np
 import torch
 
 from ..models import face_align as fa
 from ..models import face_landmarks as fl
 from ..models import face_paste as fp
+from ..models import face_video as fv
+from ..models.temporal import smooth_series
 from ..models.registry import load_retinaface
 from ..models.retinaface import RETINAFACE_FILES
 from . import comfy_bridge as bridge
+from .chunks import run_in_chunks
 from .compare import compare_ui
 from .images import comfy_image_to_pil
 from .inputs import NodeInputError, check_choice, check_float, check_images, check_int, load_model_file
 
 CATEGORY = "TransEdit/Face"
 MEDIAPIPE = "mediapipe (bundled models)"
-NO_FACE_CHOICES = ("error", "pass through")
+NO_FACE_CHOICES = ("error", "pass through", "interpolate")
+TEMPORAL_MODES = ("off", "video")
 PADDING_CHOICES = fa.PADDING_MODES
 MASK_SHAPES = fp.MASK_SHAPES
 COLOR_MATCH = ("lab", "rgb", "off")
@@ -30,10 +35,18 @@ class FaceAlignment:
     """What flows on a TE_ALIGN wire: per image, how the aligned square maps back into the photo."""
 
     records: list  # fa.AlignRecord per image
-    found: list  # bool per image: False = no face, the centred square was used (paste-back skips it)
+    found: list  # bool per image: False = nothing to paste (no face; paste-back leaves that image untouched)
+    # video mode: each frame's fv status (found / interpolated / lost) and the crop's smoothing in frames, which
+    # Paste Back reuses for its colour statistics and its fade around lost frames; None for separate photos
+    status: list | None = None
+    smoothing: float = 0.0
 
     def __len__(self) -> int:
         return len(self.records)
+
+    @property
+    def is_video(self) -> bool:
+        return self.status is not None
 
 
 RETINAFACE = "retinaface: "
@@ -118,30 +131,60 @@ class TransEditAlignFace:
                                                "1024 keeps detail for the before/after and paste-back."}),
             "face_index": ("INT", {"default": 0, "min": 0, "max": 63,
                                    "tooltip": "Which face when there are several: 0 = the largest."}),
-            "if_no_face": (list(NO_FACE_CHOICES), {"tooltip": "error: stop and name the image; pass through: use "
-                                                             "the centred square and leave that photo untouched "
-                                                             "in Paste Back."}),
+            "if_no_face": (list(NO_FACE_CHOICES), {"tooltip": "error: stop and name the image; pass through: leave "
+                                                             "that photo (video: frame) untouched in Paste Back; "
+                                                             "interpolate (video mode): fill the lost frame's crop "
+                                                             "from the frames around it and paste it like the others."}),
             "padding": (list(PADDING_CHOICES), {"default": "blur",
                                                  "tooltip": "How to fill where the crop leaves the photo: blur is "
                                                             "FFHQ's reflect-and-blur."}),
+        }, "optional": {
+            "temporal_mode": (list(TEMPORAL_MODES), {"default": "off",
+                                                     "tooltip": "video: the images are one clip's frames in order. "
+                                                                "The person picked by face_index in the first frame "
+                                                                "is followed from frame to frame, and the crop is "
+                                                                "smoothed over time so it does not jitter. off: "
+                                                                "each image is aligned on its own."}),
+            "smoothing": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 30.0, "step": 0.5,
+                                    "tooltip": "Video mode: over how many frames the crop's size and rotation are "
+                                               "smoothed (Gaussian sigma; its position uses a third of it, as in "
+                                               "STIT). 0 follows each frame's detection. Paste Back smooths its "
+                                               "colour match over the same span."}),
         }}
 
-    RETURN_TYPES = ("IMAGE", "TE_ALIGN")
-    RETURN_NAMES = ("aligned", "align")
-    OUTPUT_TOOLTIPS = ("Aligned face squares [B, S, S, 3].", "The transform per image, for Paste Back.")
+    RETURN_TYPES = ("IMAGE", "TE_ALIGN", "STRING")
+    RETURN_NAMES = ("aligned", "align", "report")
+    OUTPUT_TOOLTIPS = ("Aligned face squares [B, S, S, 3].", "The transform per image, for Paste Back.",
+                       "What happened: in video mode which frames had the face, which were interpolated or left "
+                       "untouched.")
     FUNCTION = "align"
     CATEGORY = CATEGORY
-    SEARCH_ALIASES = ["face crop", "ffhq align", "face detection", "retinaface"]
+    SEARCH_ALIASES = ["face crop", "ffhq align", "face detection", "retinaface", "video face", "face tracking"]
 
-    def align(self, images, detector, output_size, face_index, if_no_face, padding):
+    def align(self, images, detector, output_size, face_index, if_no_face, padding, temporal_mode="off",
+              smoothing=3.0):
         node = "TransEdit Align Face"
         images = check_images(node, "images", images)
         size = check_int(node, "output_size", output_size, 64, 2048)
         face_index = check_int(node, "face_index", face_index, 0, 63)
         if_no_face = check_choice(node, "if_no_face", if_no_face, NO_FACE_CHOICES)
         padding = check_choice(node, "padding", padding, PADDING_CHOICES)
+        temporal_mode = check_choice(node, "temporal_mode", temporal_mode, TEMPORAL_MODES)
+        smoothing = check_float(node, "smoothing", smoothing, 0.0, 30.0)
+        if if_no_face == "interpolate" and temporal_mode != "video":
+            raise NodeInputError(node, "if_no_face", "'interpolate' fills a lost frame from the frames around it, "
+                                 "which separate photos do not have.",
+                                 "set temporal_mode to 'video' for a clip's frames, or if_no_face to 'pass through'.")
         finder = _make_detector(node, detector)
         device = bridge.compute_device()  # the 2x-supersampled warp and the blur padding are the heavy part
+        if temporal_mode == "video":
+            try:
+                return self._align_clip(node, images, finder, size, face_index, if_no_face, padding, smoothing,
+                                        device)
+            finally:
+                close = getattr(finder, "close", None)
+                if close is not None:
+                    close()
         progress = bridge.Progress(images.shape[0])
         out, records, found = [], [], []
         batch_detect = getattr(finder, "detect_batch", None)
@@ -179,7 +222,54 @@ class TransEditAlignFace:
             if close is not None:
                 close()
         aligned = torch.stack(out).to(bridge.intermediate_device())
-        return (aligned, FaceAlignment(records, found))
+        missing = [i for i, ok in enumerate(found) if not ok]
+        report = f"{len(found)} photos aligned separately; face found in {len(found) - len(missing)}"
+        if missing:
+            report += f"\nno face (passed through): {fv.frame_ranges(missing)}"
+        return (aligned, FaceAlignment(records, found), report)
+
+    @staticmethod
+    def _align_clip(node, images, finder, size, face_index, if_no_face, padding, smoothing, device):
+        """Video mode: every frame's faces first (landmarks only, so a long clip costs little), then the person's
+        track and the smoothed crops, then one warp per frame."""
+        count = images.shape[0]
+        progress = bridge.Progress(2 * count)
+        batch_detect = getattr(finder, "detect_batch", None)
+        step = DETECTOR_BATCH if batch_detect is not None else 1
+
+        def detect(start: int, stop: int) -> list:
+            found = (batch_detect(images[start:stop]) if batch_detect is not None
+                     else [finder.detect_landmarks(image) for image in images[start:stop]])
+            progress.update(stop - start)
+            return found
+
+        frames = [faces for chunk in run_in_chunks(node, count, step, detect, what="detecting faces in one frame",
+                                                   advice="use a smaller detector (mobilenet0.25) or free GPU memory.")
+                  for faces in chunk]
+        clip = fv.align_clip(frames, face_index=face_index, smoothing=smoothing,
+                             interpolate_lost=if_no_face == "interpolate")
+        lost = [t for t, s in enumerate(clip.status) if s != fv.FOUND]
+        if if_no_face == "error" and lost:
+            what = ("no frame has the face" if clip.start < 0 else
+                    f"the person is missing in frames {fv.frame_ranges(lost)} (of {count})")
+            raise NodeInputError(node, "images", f"{what}.",
+                                 "set if_no_face to 'interpolate' (fill those frames from their neighbours) or "
+                                 "'pass through' (leave them untouched), or lower face_index.")
+        h, w = images.shape[1:3]
+        out, records = [], []
+        for t in range(count):
+            bridge.check_interrupt()
+            quad = clip.quads[t] if clip.start >= 0 else fa.centre_quad(h, w)
+            aligned, record = fa.align_to_quad(images[t], quad, size, padding=padding, device=device,
+                                               face_index=face_index, landmarks=clip.landmarks[t])
+            out.append(aligned.to(bridge.intermediate_device()))
+            records.append(record)
+            progress.update(1, preview=comfy_image_to_pil(aligned) if t % 8 == 0 else None)
+        if lost:
+            bridge.log.warning("%s: %s", node, clip.summary().replace("\n", "; "))
+        found = [s != fv.LOST for s in clip.status]
+        alignment = FaceAlignment(records, found, status=list(clip.status), smoothing=smoothing)
+        return (torch.stack(out), alignment, clip.summary())
 
 
 class TransEditPasteBack:
@@ -199,6 +289,12 @@ class TransEditPasteBack:
             "color_match": (list(COLOR_MATCH), {"default": "lab",
                                                 "tooltip": "Match the edited face's colour statistics to the "
                                                            "photo inside the mask (lab is perceptual)."}),
+        }, "optional": {
+            "color_smoothing": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 30.0, "step": 0.5,
+                                          "tooltip": "Over how many frames the colour match is smoothed (Gaussian "
+                                                     "sigma), so a clip's face does not flicker. -1 follows Align "
+                                                     "Face: its smoothing in video mode, per image otherwise. 0: "
+                                                     "per image."}),
         }}
 
     RETURN_TYPES = ("IMAGE", "MASK")
@@ -209,7 +305,9 @@ class TransEditPasteBack:
     SEARCH_ALIASES = ["face paste", "uncrop", "face composite", "blend face back"]
     HAS_INTERMEDIATE_OUTPUT = True  # 0.33: a cached run still shows its before/after pictures
 
-    def paste(self, original, edited, align, mask_shape, feather, color_match):
+    chunk_size = None  # frames per chunk (None: 8 on a CPU, 16 on a GPU); tests set it
+
+    def paste(self, original, edited, align, mask_shape, feather, color_match, color_smoothing=-1.0):
         node = "TransEdit Paste Back"
         original = check_images(node, "original", original)
         edited = check_images(node, "edited", edited)
@@ -219,6 +317,7 @@ class TransEditPasteBack:
         mask_shape = check_choice(node, "mask_shape", mask_shape, MASK_SHAPES)
         feather = check_float(node, "feather", feather, 0.0, 0.5)
         color_match = check_choice(node, "color_match", color_match, COLOR_MATCH)
+        color_smoothing = check_float(node, "color_smoothing", color_smoothing, -1.0, 30.0)
         n = len(align)
         if original.shape[0] != n:
             raise NodeInputError(node, "original", f"has {original.shape[0]} images but 'align' describes {n}.",
@@ -233,14 +332,48 @@ class TransEditPasteBack:
                 raise NodeInputError(node, "original", f"image {i} is {original.shape[2]}x{original.shape[1]} but was "
                                      f"{rec.source_size[1]}x{rec.source_size[0]} when aligned.",
                                      "connect the same photos that went into Align Face.")
-        out, masks = original.clone(), torch.zeros(original.shape[:3])
+        sigma = (align.smoothing if align.is_video else 0.0) if color_smoothing < 0 else color_smoothing
+        space = False if color_match == "off" else color_match
+        device = bridge.compute_device()
         todo = [i for i, ok in enumerate(align.found) if ok]
-        if todo:
-            composited, mask = fp.paste_back(original[todo], edited[todo], [align.records[i] for i in todo],
-                                             feather=feather, mask_shape=mask_shape,
-                                             color_match=False if color_match == "off" else color_match,
-                                             device=bridge.compute_device())
-            out[todo], masks[todo] = composited.float().to(out.device), mask.float().to(out.device)
+        # a clip's face fades out and back in around frames where it was lost, instead of popping
+        strength = fv.paste_strength(align.status, align.smoothing) if align.is_video else None
+        chunk = self.chunk_size or (8 if device.type == "cpu" else 16)
+        advice = "lower the resolution of the photos or free GPU memory."
+        stats = None
+        if todo and space and sigma > 0:  # a clip: one colour match that drifts slowly, not one per frame
+            progress = bridge.Progress(len(todo))
+
+            def measure(start: int, stop: int):
+                part = todo[start:stop]
+                found = fp.paste_color_stats(original[part], edited[part], [align.records[i] for i in part],
+                                             feather=feather, mask_shape=mask_shape, color_match=space, device=device)
+                progress.update(stop - start)
+                return found
+
+            measured = run_in_chunks(node, len(todo), chunk, measure, what="measuring the colours of one frame",
+                                     advice=advice)
+            # smoothed along the clip's own frame numbers, so a stretch of lost frames counts as time passing
+            per_frame, present = torch.zeros(n, 4, 3), np.zeros(n, dtype=bool)
+            per_frame[todo] = torch.cat([m for m, _ in measured])
+            present[todo] = torch.cat([v for _, v in measured]).numpy()
+            stats = smooth_series(per_frame, sigma, present)[todo] if present.any() else None
+        # frames are pasted in chunks straight into the output: a long clip never holds more than one chunk's
+        # full-resolution intermediates (warped face, mask, colour conversion) at once
+        out, masks = original.clone(), torch.zeros(original.shape[:3], dtype=original.dtype, device=original.device)
+        progress = bridge.Progress(max(len(todo), 1))
+
+        def paste(start: int, stop: int) -> None:
+            part = todo[start:stop]
+            composited, mask = fp.paste_back(original[part], edited[part], [align.records[i] for i in part],
+                                             feather=feather, mask_shape=mask_shape, color_match=space,
+                                             color_stats=None if stats is None else stats[start:stop],
+                                             strength=None if strength is None else strength[part],
+                                             device=device)
+            out[part], masks[part] = composited.to(out), mask.to(masks)
+            progress.update(stop - start, preview=comfy_image_to_pil(composited[0]))
+
+        run_in_chunks(node, len(todo), chunk, paste, what="pasting one face back", advice=advice)
         device = bridge.intermediate_device()
         return bridge.with_ui((out.to(device), masks.to(device)), compare_ui(original, out, "photo", "pasted back"))
 

@@ -279,8 +279,9 @@ def workflow_model_files(ui_workflow: dict, model_inputs: Optional[Mapping[tuple
 
 
 # ------------------------------------------------------------------------------------ input images
-# Which input of which node names a picture in ComfyUI's input/ folder.
-IMAGE_INPUTS: tuple[tuple[str, str], ...] = (("LoadImage", "image"),)
+# Which input of which node names a picture or a clip in ComfyUI's input/ folder.
+IMAGE_INPUTS: tuple[tuple[str, str], ...] = (("LoadImage", "image"), ("LoadVideo", "file"))
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv")
 EXAMPLE_FACE_SOURCE = "skimage.data.astronaut()"  # what stands in for a missing input picture
 
 
@@ -293,7 +294,7 @@ def _annotated_name(name: str) -> str:
 
 
 def workflow_input_files(ui_workflow: dict) -> list[str]:
-    """File names (relative to ComfyUI's input/) of every picture a UI-format workflow loads."""
+    """File names (relative to ComfyUI's input/) of every picture and clip a UI-format workflow loads."""
     found = []
     for node in ui_workflow.get("nodes", []):
         if node.get("mode", 0) == MODE_NEVER:
@@ -304,7 +305,7 @@ def workflow_input_files(ui_workflow: dict) -> list[str]:
             values = node.get("widgets_values")
             if isinstance(values, dict):
                 name = values.get(input_name)
-            else:  # LoadImage: [file name, "image" (the upload button)]
+            else:  # LoadImage, LoadVideo: [file name, "image" (the upload button)]
                 name = values[0] if values else None
             if isinstance(name, str) and name:
                 name = _annotated_name(name)
@@ -355,10 +356,11 @@ def write_example_picture(path: os.PathLike, picture: Optional[str] = None) -> P
 
 def prepare_inputs(ui_workflows: Iterable[dict], search_dirs: Iterable[os.PathLike], stand_in_dir: os.PathLike,
                    ) -> tuple[dict[str, Path], list[str]]:
-    """Find each workflow's input pictures; write the example face photo for what is missing.
+    """Find each workflow's input pictures and clips; write the example face photo (example_clip.py's moving
+    astronaut for a clip) for what is missing.
 
     search_dirs are folders laid out like ComfyUI's input/ (<dir>/<name>). Returns
-    ({name: path}, [names that got the example photo]).
+    ({name: path}, [names that got a stand-in]).
     """
     inputs: dict[str, Path] = {}
     stand_ins: list[str] = []
@@ -369,7 +371,12 @@ def prepare_inputs(ui_workflows: Iterable[dict], search_dirs: Iterable[os.PathLi
                 continue
             hit = next((Path(d) / name for d in search_dirs if (Path(d) / name).is_file()), None)
             if hit is None:
-                hit = write_example_picture(Path(stand_in_dir) / name)
+                if name.lower().endswith(VIDEO_SUFFIXES):
+                    from example_clip import write_example_clip
+
+                    hit = write_example_clip(Path(stand_in_dir) / name)
+                else:
+                    hit = write_example_picture(Path(stand_in_dir) / name)
                 stand_ins.append(name)
             inputs[name] = hit
     return inputs, stand_ins

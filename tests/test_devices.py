@@ -52,7 +52,7 @@ def test_put_inpaint_mixed_devices(handles, image_device, mask_device):
 @pytest.mark.parametrize("device", ["cuda", "cpu"])
 def test_invert_generate_paste_back_compare(handles, device):
     imgs = photos(2, device)
-    aligned, align = face_nodes.TransEditAlignFace().align(imgs, face_nodes.MEDIAPIPE, 64, 0, "pass through", "blur")
+    aligned, align, _ = face_nodes.TransEditAlignFace().align(imgs, face_nodes.MEDIAPIPE, 64, 0, "pass through", "blur")
     latent = inv_nodes.TransEditInvert().invert(handles["encoder"], aligned.to(device), "fast (torch)", "auto")[0]
     (rendered,) = sg_nodes.TransEditGenerate().generate(handles["generator"], latent, "const", 0, "auto")
     check(rendered)

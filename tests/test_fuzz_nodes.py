@@ -306,7 +306,7 @@ def test_align_face_then_paste_back(imgs, data):
         imgs, face_nodes.MEDIAPIPE, size, 0, if_no_face, data.draw(st.sampled_from(face_nodes.PADDING_CHOICES))))
     if out is None:
         return
-    aligned, align = out
+    aligned, align, _ = out
     b = imgs.shape[0]
     assert aligned.shape == (b, size, size, 3) and aligned.dtype == torch.float32
     assert torch.isfinite(aligned).all() and aligned.min() >= 0 and aligned.max() <= 1

@@ -40,7 +40,7 @@ def run_align(monkeypatch, images, landmarks, **kw):
 
 
 def test_align_batch_and_round_trip(monkeypatch, photos):
-    aligned, align = run_align(monkeypatch, photos, [face_at(120, 90), face_at(100, 110, 30)])
+    aligned, align, _ = run_align(monkeypatch, photos, [face_at(120, 90), face_at(100, 110, 30)])
     assert aligned.shape == (2, 128, 128, 3) and aligned.dtype == torch.float32
     assert len(align) == 2 and align.found == [True, True]
     out, mask = nodes.TransEditPasteBack().paste(photos, aligned, align, "ellipse", 0.04, "off")
@@ -51,7 +51,7 @@ def test_align_batch_and_round_trip(monkeypatch, photos):
 
 
 def test_pass_through_leaves_photo_untouched(monkeypatch, photos):
-    aligned, align = run_align(monkeypatch, photos, [None, face_at(120, 100)], if_no_face="pass through")
+    aligned, align, _ = run_align(monkeypatch, photos, [None, face_at(120, 100)], if_no_face="pass through")
     assert align.found == [False, True] and aligned.shape == (2, 128, 128, 3)
     out, mask = nodes.TransEditPasteBack().paste(photos, torch.zeros_like(aligned), align, "ellipse", 0.04, "lab")
     assert torch.equal(out[0], photos[0]) and mask[0].max() == 0
@@ -64,7 +64,7 @@ def test_no_face_error_names_the_image(monkeypatch, photos):
 
 
 def test_paste_back_batch_mismatch(monkeypatch, photos):
-    aligned, align = run_align(monkeypatch, photos, [face_at(120, 90), face_at(100, 110)])
+    aligned, align, _ = run_align(monkeypatch, photos, [face_at(120, 90), face_at(100, 110)])
     with pytest.raises(NodeInputError, match="'edited' has 1 images but 'align' describes 2"):
         nodes.TransEditPasteBack().paste(photos, aligned[:1], align, "ellipse", 0.04, "lab")
     with pytest.raises(NodeInputError, match="'original' has 1 images"):
@@ -84,10 +84,10 @@ def test_align_bad_images(monkeypatch, shape):
 
 def test_greyscale_and_rgba_inputs(monkeypatch):
     grey = torch.rand(1, 120, 120, 1)
-    aligned, _ = run_align(monkeypatch, grey, [face_at(60, 50, 20)])
+    aligned, _, _ = run_align(monkeypatch, grey, [face_at(60, 50, 20)])
     assert aligned.shape == (1, 128, 128, 3)
     rgba = torch.rand(1, 120, 120, 4)
-    aligned, _ = run_align(monkeypatch, rgba, [face_at(60, 50, 20)])
+    aligned, _, _ = run_align(monkeypatch, rgba, [face_at(60, 50, 20)])
     assert aligned.shape == (1, 128, 128, 3)
 
 
@@ -95,7 +95,7 @@ def test_mediapipe_on_a_real_face():
     pytest.importorskip("mediapipe")
     data = pytest.importorskip("skimage.data")
     photo = torch.from_numpy(np.asarray(data.astronaut())).float()[None] / 255.0
-    aligned, align = nodes.TransEditAlignFace().align(photo, nodes.MEDIAPIPE, 256, 0, "error", "blur")
+    aligned, align, _ = nodes.TransEditAlignFace().align(photo, nodes.MEDIAPIPE, 256, 0, "error", "blur")
     assert aligned.shape == (1, 256, 256, 3) and align.found == [True]
     eyes = align.records[0].to_aligned(np.array([align.records[0].landmarks.eye_left,
                                                  align.records[0].landmarks.eye_right]))
@@ -126,7 +126,7 @@ def test_align_and_paste_back_run_on_the_compute_device(monkeypatch):
     compute = torch.device("cpu", 0)  # a device object of its own, to tell it from a default
     monkeypatch.setattr(bridge, "compute_device", lambda: compute)
     photos = torch.rand(2, 96, 80, 3, generator=torch.Generator().manual_seed(0))
-    aligned, align = face_nodes.TransEditAlignFace().align(photos, face_nodes.MEDIAPIPE, 64, 0, "pass through", "blur")
+    aligned, align, _ = face_nodes.TransEditAlignFace().align(photos, face_nodes.MEDIAPIPE, 64, 0, "pass through", "blur")
     align.found = [True, True]  # paste both back (random pictures have no face: centre squares)
     face_nodes.TransEditPasteBack().paste(photos, aligned, align, "ellipse", 0.04, "lab")
     assert {n for n, _ in seen} >= {"align_to_quad", "paste_back"}

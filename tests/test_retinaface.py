@@ -112,10 +112,10 @@ def test_align_face_with_retinaface(tmp_path):
         choice = "retinaface: detection_Resnet50_Final.pth"
         assert nodes._detector_choices()[0] == choice
         photos = torch.rand(3, 160, 200, 3, generator=torch.Generator().manual_seed(2))
-        aligned, align = nodes.TransEditAlignFace().align(photos, choice, 128, 0, "error", "blur")
+        aligned, align, _ = nodes.TransEditAlignFace().align(photos, choice, 128, 0, "error", "blur")
         assert aligned.shape == (3, 128, 128, 3) and align.found == [True] * 3
         assert align.records[0].landmarks.source == "retinaface"
-        again, _ = nodes.TransEditAlignFace().align(photos[1:2], choice, 128, 0, "error", "blur")
+        again, _, _ = nodes.TransEditAlignFace().align(photos[1:2], choice, 128, 0, "error", "blur")
         torch.testing.assert_close(again[0], aligned[1], atol=1e-5, rtol=0)  # batch of 3 == image alone
         assert len(nodes._retinaface_cache) == 1  # loaded once
 

@@ -18,7 +18,7 @@ GAP = 40
 # nodes that draw a picture inside themselves after a run (previews while running, compare widgets, outputs)
 PICTURE_NODES = {"TransEditAlignFace", "TransEditGenerate", "TransEditPasteBack", "TransEditCompare",
                  "TransEditPUTInpaint", "TransEditSplice", "TransEditApplySplice", "TransEditSMARTRefine", "TransEditEditStudio",
-                 "PreviewImage", "SaveImage", "LoadImage"}
+                 "PreviewImage", "SaveImage", "LoadImage", "LoadVideo", "SaveVideo", "PreviewAny"}
 
 
 def _size(node) -> tuple[float, float]:

@@ -14,10 +14,11 @@ WORKFLOWS_DIR = Path(__file__).resolve().parents[1] / "workflows"
 # ComfyUI's frontend (this version) adds a "control_after_generate" combo after seed-like widgets and
 # stores its value in widgets_values, although it is never sent to the server.
 _CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize", "increment-wrap"}
-_WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+_WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}  # "COMBO": V3 nodes send the choices as options
 # Frontend-only nodes: never sent to the server.
 _VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 MODE_NEVER, MODE_BYPASS = 2, 4
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"  # a combo whose choice adds inputs of its own (V3 nodes, ComfyUI >= 0.2x)
 
 
 def _is_widget(spec) -> bool:
@@ -32,9 +33,39 @@ def _widget_value_count(name: str, spec) -> int:
     """How many widgets_values entries the frontend stores for this input (1 + companions)."""
     opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
     extra = 0
-    if opts.get("image_upload"):
-        extra += 1  # the "upload" button widget (value "image")
+    if opts.get("image_upload") or opts.get("video_upload") or opts.get("audio_upload"):
+        extra += 1  # the upload button widget (its value is "image" for pictures and clips alike)
     return 1 + extra
+
+
+def _take_widget_values(name: str, spec, values: list, i: int, inputs: dict) -> int:
+    """Read input `name`'s value(s) from widgets_values at position i into `inputs`; returns the next position.
+
+    A dynamic combo (V3 nodes' COMFY_DYNAMICCOMBO_V3, e.g. 0.33's Save Video format -> codec -> encoding) stores
+    its own value, then the values of the inputs its chosen option adds, depth first, named "<combo>.<input>"
+    (as the frontend sends them)."""
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if spec[0] == DYNAMIC_COMBO:
+        chosen = values[i] if i < len(values) else None
+        if chosen is not None:
+            inputs[name] = chosen
+        option = next((o for o in opts.get("options", []) if o.get("key") == chosen), None)
+        i += 1
+        for section in ("required", "optional"):
+            for child, child_spec in ((option or {}).get("inputs", {}).get(section) or {}).items():
+                i = _take_widget_values(f"{name}.{child}", child_spec, values, i, inputs)
+        return i
+    if not _is_widget(spec):
+        return i
+    if i < len(values):
+        inputs[name] = values[i]
+    i += _widget_value_count(name, spec)
+    seed_like = opts.get("control_after_generate") or (spec[0] == "INT" and "seed" in name.lower())
+    if seed_like and i < len(values) and values[i] in _CONTROL_VALUES:
+        i += 1
+        if isinstance(spec[0], list) and i < len(values) and isinstance(values[i], str) and values[i] not in spec[0]:
+            i += 1  # the combo's control_filter_list text
+    return i
 
 
 def ui_to_api(ui_workflow: dict, object_info: Mapping[str, dict]) -> dict:
@@ -103,18 +134,7 @@ def ui_to_api(ui_workflow: dict, object_info: Mapping[str, dict]) -> dict:
         else:
             values, i = list(values or []), 0
             for name, spec in specs.items():
-                if not _is_widget(spec):
-                    continue
-                if i < len(values):
-                    inputs[name] = values[i]
-                i += _widget_value_count(name, spec)
-                opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-                seed_like = opts.get("control_after_generate") or (spec[0] == "INT" and "seed" in name.lower())
-                if seed_like and i < len(values) and values[i] in _CONTROL_VALUES:
-                    i += 1
-                    if isinstance(spec[0], list) and i < len(values) and isinstance(values[i], str) \
-                            and values[i] not in spec[0]:
-                        i += 1  # the combo's control_filter_list text
+                i = _take_widget_values(name, spec, values, i, inputs)
         for name, link_id in linked.items():
             src = source(link_id)
             if src is None:  # dangling, or from a muted node: a converted widget keeps its value

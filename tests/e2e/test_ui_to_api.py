@@ -217,3 +217,44 @@ def test_drop_nodes_and_unavailable_user_models():
     prompt["1"]["inputs"]["ckpt_name"] = "a.ckpt"
     assert h.without_unavailable_user_models(prompt, TYPED_INFO) == (prompt, [])
     assert wg.output_node_ids(prompt, TYPED_INFO) == ["4"]
+
+
+def _codec_combo(optional=False):
+    encoding = ["COMFY_DYNAMICCOMBO_V3", {"options": [
+        {"key": "auto", "inputs": {"required": {}}},
+        {"key": "re-encode", "inputs": {"required": {"crf": ["FLOAT", {"default": 23.0}],
+                                                     "color_space": ["COMBO", {"options": ["auto", "sRGB"]}]}}}]}]
+    return ["COMFY_DYNAMICCOMBO_V3", {"options": [{"key": "auto", "inputs": {"required": {}}},
+                                                  {"key": "h264", "inputs": {"required": {},
+                                                                             "optional": {"encoding": encoding}}}]}]
+
+
+# 0.33's Save Video (a V3 node): format -> codec -> encoding, each choice adding inputs; Load Video's upload
+VIDEO_INFO = {
+    "SaveVideo": {"input": {
+        "required": {"video": ["VIDEO"], "filename_prefix": ["STRING", {"default": "video/ComfyUI"}],
+                     "format": ["COMFY_DYNAMICCOMBO_V3", {"options": [
+                         {"key": "auto", "inputs": {"required": {"codec": _codec_combo()}}},
+                         {"key": "mp4", "inputs": {"required": {"codec": _codec_combo()}}}]}]},
+        "optional": {"codec": _codec_combo()}}, "output": ["VIDEO"], "output_node": True},
+    "LoadVideo": {"input": {"required": {"file": ["COMBO", {"options": ["clip.mp4"], "video_upload": True}]}},
+                  "output": ["VIDEO"]},
+}
+
+
+def test_dynamic_combos_and_video_upload_as_the_frontend_sends_them():
+    """What frontends 1.49.6 and 1.58.1 save for these nodes and send for them (seen in a browser, see the
+    face-video workflow), read back the same way."""
+    video = [{"name": "video", "type": "VIDEO", "link": 1}]
+    g = wf([node(1, "LoadVideo", ["clip.mp4", "image"], outputs=[{"name": "VIDEO", "type": "VIDEO", "links": [1]}]),
+            node(2, "SaveVideo", ["video/ComfyUI", "mp4", "h264", "re-encode", 18.0, "sRGB", "auto"], inputs=video),
+            node(3, "SaveVideo", ["out/x", "auto", "auto", "auto"], inputs=[dict(video[0], link=None)])],
+           [[1, 1, 0, 2, 0, "VIDEO"]])
+    api = wg.ui_to_api(g, VIDEO_INFO)
+    assert api["1"]["inputs"] == {"file": "clip.mp4"}
+    assert api["2"]["inputs"] == {"video": ["1", 0], "filename_prefix": "video/ComfyUI", "format": "mp4",
+                                  "format.codec": "h264", "format.codec.encoding": "re-encode",
+                                  "format.codec.encoding.crf": 18.0, "format.codec.encoding.color_space": "sRGB",
+                                  "codec": "auto"}
+    assert api["3"]["inputs"] == {"filename_prefix": "out/x", "format": "auto", "format.codec": "auto",
+                                  "codec": "auto"}
