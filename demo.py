@@ -134,14 +134,19 @@ def main(argv=None) -> int:
                   f"and the stand-in photo needs scikit-image ({e}); pip install scikit-image, or pass "
                   "--inputs DIR with the picture", file=sys.stderr)
             return 2
+        def stand_in(name: str) -> str:
+            return h.EXAMPLE_CLIP_SOURCE if name.lower().endswith(h.VIDEO_SUFFIXES) else \
+                f"{h.EXAMPLE_FACE_SOURCE} (a 512x512 face photo, NASA, public domain)"
+
         for name, path in inputs.items():
             if name in stand_ins:
+                what = "clip" if name.lower().endswith(h.VIDEO_SUFFIXES) else "photo"
                 print(f"[demo] input/{name}: not found in {', '.join(str(s) for s in input_search)}; "
-                      f"NOTE: using {h.EXAMPLE_FACE_SOURCE} (a 512x512 face photo, NASA, public domain) instead. "
-                      "Put your own photo under that name in --inputs DIR to use it.")
+                      f"NOTE: using {stand_in(name)} instead. Put your own {what} under that name in --inputs DIR "
+                      "to use it.")
             else:
                 print(f"[demo] input/{name}: found ({path})")
-        summary["stand_in_input_images"] = [f"input/{n} = {h.EXAMPLE_FACE_SOURCE}" for n in stand_ins]
+        summary["stand_in_input_images"] = [f"input/{n} = {stand_in(n)}" for n in stand_ins]
         for folder, files in models.items():
             for name, path in files.items():
                 kind = "TINY RANDOM" if (folder, name) in tiny else "found"
@@ -222,10 +227,14 @@ def main(argv=None) -> int:
                 uses_sd = any(n["class_type"] == "CheckpointLoaderSimple" for n in prompt.values())
                 if uses_sd and stand_in_sd is not None:
                     summary["workflows"][path.name]["diffusion"] = "random-weight SD 1.5 stand-in (noise)"
-                print(f"[demo] {path.name}: {len(copied)} image(s) in {seconds:.1f} s"
+                print(f"[demo] {path.name}: {len(copied)} file(s) in {seconds:.1f} s"
                       + (" (diffusion on the RANDOM SD stand-in)" if uses_sd and stand_in_sd is not None else ""))
                 for c in copied:
                     print(f"         {c}")
+                for node_id, shown in (history.get("outputs") or {}).items():  # Preview Any: e.g. Align Face's report
+                    for text in shown.get("text") or []:
+                        print(f"[demo] {path.name}: {node_label(wf, node_id)}:\n         "
+                              + str(text).replace("\n", "\n         "))
             if args.keep_server_dir:
                 print(f"[demo] server folder kept: {server.base}")
         summary["total_seconds"] = round(time.monotonic() - t0, 1)

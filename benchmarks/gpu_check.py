@@ -40,7 +40,7 @@ DEVICE_TESTS = ["tests/test_devices.py", "tests/test_half_precision.py", "tests/
                 "tests/test_seeding.py", "tests/test_nodes_faces.py", "tests/test_edit_studio.py",
                 "tests/test_nodes_stylegan.py", "tests/test_stylegan2_parity.py", "tests/test_encoders_parity.py",
                 "tests/test_styleprompter_parity.py", "tests/test_splice_parity.py", "tests/test_put_parity.py",
-                "tests/test_put_codec_parity.py"]
+                "tests/test_put_codec_parity.py", "tests/test_face_video.py"]
 
 
 def benchmark_steps(device: str, quick: bool, out: Path) -> list[tuple[str, list[str], float]]:
@@ -61,6 +61,9 @@ def benchmark_steps(device: str, quick: bool, out: Path) -> list[tuple[str, list
                           "1", "--dtypes", "fp32", "--max-passes", "1", "--out", str(out / "put.json")], 0.12),
             ("studio", py + ["benchmarks/bench_studio.py", *d, "--size", "64", "--previews", "128", "--reps", "1",
                              "--warmup", "0", "--no-drag", "--out", str(out / "studio.json")], 0.06),
+            ("face_video", py + ["benchmarks/bench_face_video.py", *d, "--frames", "16", "--memory-frames", "8",
+                                 "--memory-height", "360", "--out", str(out / "face_video.json"),
+                                 "--strip", str(out / "face_video_strip.jpg")], 0.05),
         ]
     return [
         ("generate", py + ["benchmarks/bench_stylegan.py", *d, "--sizes", "1024", "--batches", "1,8,32", "--dtypes",
@@ -75,6 +78,8 @@ def benchmark_steps(device: str, quick: bool, out: Path) -> list[tuple[str, list
          0.12),
         ("studio", py + ["benchmarks/bench_studio.py", *d, "--dtypes", "fp32,bf16,fp16", "--previews", "256,1024",
                          "--reps", "20", "--out", str(out / "studio.json")], 0.06),
+        ("face_video", py + ["benchmarks/bench_face_video.py", *d, "--memory-frames", "30,120",
+                             "--out", str(out / "face_video.json"), "--strip", str(out / "face_video_strip.jpg")], 0.05),
     ]
 
 

@@ -11,8 +11,10 @@ import torch
 import torch.nn.functional as F
 
 
-def as_image_list(images: Any, device, what: str) -> tuple[list[torch.Tensor], bool]:
-    """-> list of [3, H, W] float tensors, and whether the input was a batch tensor."""
+def as_image_list(images: Any, device, what: str, views: bool = False) -> tuple[list[torch.Tensor], bool]:
+    """-> list of [3, H, W] float tensors on ``device``, and whether the input was a batch tensor. With
+    ``views`` the items are [3, H, W] views of the input as it is (its device and dtype, no copy: a long clip
+    of full-size frames is not duplicated); read them through :func:`as_float`."""
     if isinstance(images, torch.Tensor) or isinstance(images, np.ndarray):
         t = torch.as_tensor(images)
         if t.ndim == 3:
@@ -31,12 +33,15 @@ def as_image_list(images: Any, device, what: str) -> tuple[list[torch.Tensor], b
         if t.ndim != 3 or t.shape[-1] not in (3, 4):
             raise ValueError(f"{what}[{i}] must be [H, W, 3], got shape {tuple(t.shape)}")
         t = t[..., :3]
-        if t.dtype == torch.uint8:
-            t = t.float() / 255.0
-        elif not t.is_floating_point():
-            t = t.float()
-        out.append(t.to(device=device, dtype=torch.float32).permute(2, 0, 1).contiguous())
+        out.append(t.permute(2, 0, 1) if views else as_float(t, device).permute(2, 0, 1).contiguous())
     return out, batched
+
+
+def as_float(t: torch.Tensor, device) -> torch.Tensor:
+    """A picture (or a part of one) as float32 0..1 on ``device``: uint8 is divided by 255."""
+    if t.dtype == torch.uint8:
+        return t.to(device=device, dtype=torch.float32) / 255.0
+    return t.to(device=device, dtype=torch.float32)
 
 
 def reflect_index(n: int, before: int, after: int, device) -> torch.Tensor:

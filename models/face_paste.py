@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .face_align import AlignRecord
-from .face_image_ops import as_image_list, blur, resize, translate, warp
+from .face_image_ops import as_float, as_image_list, blur, resize, translate, warp
 from .face_landmarks import BatchSizeMismatch
 
 MASK_SHAPES = ("ellipse", "square", "face")
@@ -84,8 +84,9 @@ def _apply_in_space(a: torch.Tensor, stats: torch.Tensor, space: str) -> torch.T
 
 
 class _Pasted:
-    """One edited face warped into its photo's region: the box (x0, y0, x1, y1), the warped face and the mask
-    [1, C, h, w] over that box; empty when the square misses the photo."""
+    """One edited face warped into its photo's region: the box (x0, y0, x1, y1), the warped face, the mask and
+    the photo's pixels there ([1, C, h, w] on the device); empty when the square misses the photo. ``img`` is
+    the whole photo [3, H, W] on any device (a view is enough: only the region is read)."""
 
     def __init__(self, i, img, edit, rec, feather, mask_shape, mask_margin, device):
         _, H, W = img.shape
@@ -121,7 +122,26 @@ class _Pasted:
         shift = translate(self.x0, self.y0)
         self.face = warp(edit, a_from_s @ shift, (S_use, S_use), region, padding_mode="border")
         self.mask = warp(mask_a, m_from_s @ shift, (S_mask, S_mask), region, padding_mode="zeros").clamp_(0.0, 1.0)
-        self.photo = img[None, :, self.y0:self.y1, self.x0:self.x1]
+        self.photo = as_float(img[None, :, self.y0:self.y1, self.x0:self.x1], device)
+
+    def composite(self, out_hwc: torch.Tensor, mask_hw: torch.Tensor, space, stats=None, strength=None) -> None:
+        """Blend into ``out_hwc`` [H, W, 3] and record the mask in ``mask_hw`` [H, W] (any device and float
+        dtype), over the box only: with ``space`` ("lab"/"rgb") the face's colour statistics are first moved to
+        ``stats`` ([4, 3]) or, without, to the photo's own inside the mask; ``strength`` scales the mask."""
+        if self.empty:
+            return
+        face, m, photo = self.face, self.mask, self.photo
+        if space:
+            a = _to_space(face, space)
+            if stats is None:
+                stats = _stats_in_space(a, _to_space(photo, space), m)
+            if stats is not None:
+                face = _apply_in_space(a, stats, space)
+        if strength is not None:
+            m = m * float(strength)
+        box = (slice(self.y0, self.y1), slice(self.x0, self.x1))
+        out_hwc[box] = (photo + (face - photo) * m)[0].permute(1, 2, 0).to(out_hwc)
+        mask_hw[box] = m[0, 0].to(mask_hw)
 
 
 def _prepare(original, edited_aligned, records, device, color_match):
@@ -133,7 +153,7 @@ def _prepare(original, edited_aligned, records, device, color_match):
         device = original.device if isinstance(original, torch.Tensor) else (
             original[0].device if isinstance(original, Sequence) and original and isinstance(original[0], torch.Tensor) else "cpu"
         )
-    origs, batched = as_image_list(original, device, "original")
+    origs, batched = as_image_list(original, device, "original", views=True)  # photos are read by region
     edits, _ = as_image_list(edited_aligned, device, "edited_aligned")
     records = list(records)
     if not (len(origs) == len(edits) == len(records)):
@@ -182,6 +202,7 @@ def paste_back(
     color_match: bool | str = True,
     color_stats: torch.Tensor | None = None,
     strength: Sequence[float] | None = None,
+    into: tuple[torch.Tensor, torch.Tensor] | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[Any, Any]:
     """Warp edited aligned faces back into their photos.
@@ -202,7 +223,11 @@ def paste_back(
 
     Returns ``(composited, mask)``: ``[B, H, W, 3]`` and ``[B, H, W]`` tensors
     for tensor input, lists of ``[H, W, 3]`` / ``[H, W]`` for list input.
-    Pixels outside the warped face square are returned unchanged.
+    Pixels outside the warped face square are returned unchanged. With
+    ``into`` = (images [B, H, W, 3], masks [B, H, W]), already holding the
+    photos and zeros, the faces are blended into those in place, over their
+    boxes only (a clip's full-size frames are never copied), and they are
+    returned.
     """
     if mask_shape not in MASK_SHAPES:
         raise ValueError(f"mask_shape must be one of {MASK_SHAPES}, not {mask_shape!r}")
@@ -211,25 +236,23 @@ def paste_back(
         raise BatchSizeMismatch(f"color_stats must be [{len(origs)}, 4, 3], got {tuple(color_stats.shape)}")
     if strength is not None and len(strength) != len(origs):
         raise BatchSizeMismatch(f"{len(strength)} strengths for {len(origs)} images")
+    if into is not None and (into[0].shape[0] != len(origs) or into[1].shape[0] != len(origs)):
+        raise BatchSizeMismatch(f"into holds {into[0].shape[0]} images for {len(origs)} photos")
 
     outs, masks = [], []
     for i, (img, edit, rec) in enumerate(zip(origs, edits, records)):
         pasted = _Pasted(i, img, edit, rec, feather, mask_shape, mask_margin, device)
-        out = img.clone()
-        mask_full = torch.zeros(img.shape[1:], device=device)
-        if not pasted.empty:
-            face, m, photo = pasted.face, pasted.mask, pasted.photo
-            if space:
-                a = _to_space(face, space)
-                stats = color_stats[i] if color_stats is not None else _stats_in_space(a, _to_space(photo, space), m)
-                if stats is not None:
-                    face = _apply_in_space(a, stats, space)
-            if strength is not None:
-                m = m * float(strength[i])
-            out[:, pasted.y0:pasted.y1, pasted.x0:pasted.x1] = (photo + (face - photo) * m)[0]
-            mask_full[pasted.y0:pasted.y1, pasted.x0:pasted.x1] = m[0, 0]
-        outs.append(out.permute(1, 2, 0))
+        if into is not None:
+            out, mask_full = into[0][i], into[1][i]
+        else:
+            out = as_float(img, device).permute(1, 2, 0).contiguous()
+            mask_full = torch.zeros(img.shape[1:], device=device)
+        pasted.composite(out, mask_full, space, None if color_stats is None else color_stats[i],
+                         None if strength is None else strength[i])
+        outs.append(out)
         masks.append(mask_full)
+    if into is not None:
+        return into
     if batched and len({tuple(o.shape) for o in outs}) == 1:
         return torch.stack(outs), torch.stack(masks)
     return outs, masks

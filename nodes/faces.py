@@ -345,11 +345,11 @@ class TransEditPasteBack:
             progress = bridge.Progress(len(todo))
 
             def measure(start: int, stop: int):
-                part = todo[start:stop]
-                found = fp.paste_color_stats(original[part], edited[part], [align.records[i] for i in part],
-                                             feather=feather, mask_shape=mask_shape, color_match=space, device=device)
+                found = [fp.paste_color_stats(original[i:i + 1], edited[i:i + 1], [align.records[i]],
+                                              feather=feather, mask_shape=mask_shape, color_match=space,
+                                              device=device) for i in todo[start:stop]]
                 progress.update(stop - start)
-                return found
+                return torch.cat([m for m, _ in found]), torch.cat([v for _, v in found])
 
             measured = run_in_chunks(node, len(todo), chunk, measure, what="measuring the colours of one frame",
                                      advice=advice)
@@ -358,20 +358,20 @@ class TransEditPasteBack:
             per_frame[todo] = torch.cat([m for m, _ in measured])
             present[todo] = torch.cat([v for _, v in measured]).numpy()
             stats = smooth_series(per_frame, sigma, present)[todo] if present.any() else None
-        # frames are pasted in chunks straight into the output: a long clip never holds more than one chunk's
-        # full-resolution intermediates (warped face, mask, colour conversion) at once
+        # each face is blended straight into the output over its box: a long clip of full-size frames is copied
+        # once (the output itself), and only a face's neighbourhood is ever converted, warped or colour-matched.
+        # A chunk that runs out of memory is redone from the photos, which these writes never touch.
         out, masks = original.clone(), torch.zeros(original.shape[:3], dtype=original.dtype, device=original.device)
         progress = bridge.Progress(max(len(todo), 1))
 
         def paste(start: int, stop: int) -> None:
-            part = todo[start:stop]
-            composited, mask = fp.paste_back(original[part], edited[part], [align.records[i] for i in part],
-                                             feather=feather, mask_shape=mask_shape, color_match=space,
-                                             color_stats=None if stats is None else stats[start:stop],
-                                             strength=None if strength is None else strength[part],
-                                             device=device)
-            out[part], masks[part] = composited.to(out), mask.to(masks)
-            progress.update(stop - start, preview=comfy_image_to_pil(composited[0]))
+            for k, i in enumerate(todo[start:stop], start):
+                fp.paste_back(original[i:i + 1], edited[i:i + 1], [align.records[i]], feather=feather,
+                              mask_shape=mask_shape, color_match=space,
+                              color_stats=None if stats is None else stats[k:k + 1],
+                              strength=None if strength is None else strength[i:i + 1],
+                              into=(out[i:i + 1], masks[i:i + 1]), device=device)
+            progress.update(stop - start, preview=comfy_image_to_pil(out[todo[start]]))
 
         run_in_chunks(node, len(todo), chunk, paste, what="pasting one face back", advice=advice)
         device = bridge.intermediate_device()

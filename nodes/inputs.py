@@ -69,6 +69,7 @@ def check_choice(node: str, name: str, value, choices) -> str:
 
 def check_images(node: str, name: str, images, min_size: int = 8) -> torch.Tensor:
     """A ComfyUI IMAGE as fp32 RGB in [0, 1] on the CPU: greyscale expanded, alpha dropped, NaN/inf cleaned.
+    A clean fp32 CPU input comes back as itself (no copy), so nodes must not write into what this returns.
 
     On the CPU because inputs may come from anywhere (under --gpu-only a VAE Decode hands over CUDA images,
     Load Image CPU ones) and several inputs are combined; each node moves what it computes on to its device."""
@@ -83,4 +84,9 @@ def check_images(node: str, name: str, images, min_size: int = 8) -> torch.Tenso
     images = images.detach().to("cpu", torch.float32)
     if images.shape[-1] == 1:
         images = images.expand(-1, -1, -1, 3)
-    return torch.nan_to_num(images[..., :3], nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)
+    images = images[..., :3]
+    # one pass over the pixels, and a copy only when something needs cleaning: a clip's frames can be gigabytes
+    lo, hi = images.aminmax()  # NaN and +-inf show up here
+    if bool(torch.isfinite(lo) & torch.isfinite(hi) & (lo >= 0) & (hi <= 1)):
+        return images
+    return torch.nan_to_num(images, nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)

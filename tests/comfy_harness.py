@@ -283,6 +283,8 @@ def workflow_model_files(ui_workflow: dict, model_inputs: Optional[Mapping[tuple
 IMAGE_INPUTS: tuple[tuple[str, str], ...] = (("LoadImage", "image"), ("LoadVideo", "file"))
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv")
 EXAMPLE_FACE_SOURCE = "skimage.data.astronaut()"  # what stands in for a missing input picture
+EXAMPLE_CLIP_SOURCE = ("a 12-frame clip of skimage.data.astronaut() gliding, turning and growing along a known path "
+                       "(tests/example_clip.py)")  # ... and for a missing input clip
 
 
 def _annotated_name(name: str) -> str:

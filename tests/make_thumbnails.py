@@ -1,7 +1,9 @@
 """Workflow thumbnails (workflows/<name>.jpg, shown by ComfyUI versions that list custom-node templates) from
 the real-browser test's screenshots:
 
-    ./dev.sh test tests/e2e/test_browser.py && .venv/bin/python tests/make_thumbnails.py
+    ./dev.sh test tests/e2e/test_browser.py && .venv/bin/python tests/make_thumbnails.py [WORKFLOW ...]
+
+With workflow names (stems), only their thumbnails are rewritten.
 """
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ SIZE = (768, 480)
 
 
 def main() -> int:
-    made = 0
+    made, only = 0, set(sys.argv[1:])
     for wf in sorted((REPO / "workflows").glob("*.json")):
+        if only and wf.stem not in only:
+            continue
         executed, loaded = SHOTS / f"{wf.stem}.executed.png", SHOTS / f"{wf.stem}.png"
         shot = executed if executed.is_file() else loaded  # a run's result shows more than an empty graph
         if not shot.is_file():

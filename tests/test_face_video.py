@@ -231,20 +231,29 @@ def test_paste_back_fades_out_around_a_lost_stretch(monkeypatch, clip):
     assert peaks[11] == pytest.approx(1 / 3, abs=0.01) and peaks[0] > 0.99
 
 
-def test_paste_back_runs_in_chunks_with_the_same_result(monkeypatch, clip):
+def test_paste_back_reads_frames_in_place_and_survives_out_of_memory(monkeypatch, clip):
     truth, _ = moving_faces(20)
     (aligned, align, _), _ = run_video_align(monkeypatch, clip, [[f] for f in truth])
     edited = aligned.flip(1)
     whole = nodes.TransEditPasteBack()
     whole.chunk_size = 64
     expected = whole.paste(clip, edited, align, "ellipse", 0.04, "lab")
-    sizes = []
+    seen, failed = [], []
     real = fp.paste_back
-    monkeypatch.setattr(fp, "paste_back", lambda original, *a, **k: sizes.append(original.shape[0]) or real(original, *a, **k))
+
+    def paste_back(original, *a, **k):
+        # every call gets one frame, a view of the clip (a long clip's frames are never copied)
+        seen.append((original.shape[0], original.untyped_storage().data_ptr() == clip.untyped_storage().data_ptr()))
+        if k.get("into") is not None and len(seen) == 7 and not failed:
+            failed.append(True)
+            raise torch.OutOfMemoryError("simulated")  # mid-chunk: the chunk is redone at half its size
+        return real(original, *a, **k)
+
+    monkeypatch.setattr(fp, "paste_back", paste_back)
     chunked = nodes.TransEditPasteBack()
-    chunked.chunk_size = 3
+    chunked.chunk_size = 4
     got = chunked.paste(clip, edited, align, "ellipse", 0.04, "lab")
-    assert max(sizes) == 3 and sum(sizes) == 20
+    assert failed and all(n == 1 and shared for n, shared in seen)
     assert torch.allclose(got[0], expected[0], atol=1e-6) and torch.equal(got[1], expected[1])
 
 
@@ -292,3 +301,16 @@ def test_degenerate_detections_are_skipped():
     point = fl.FaceLandmarks(eye_left=(5, 5), eye_right=(5, 5), mouth_left=(5, 5), mouth_right=(5, 5))
     track, start = fv.track_person([[point], [point, face_at(100, 100)], [face_at(101, 100)]])
     assert start == 1 and track[0] is None and track[2] is not None
+
+
+def test_image_inputs_are_not_copied_unless_they_need_cleaning():
+    from transedit.nodes.inputs import check_images
+
+    clean = torch.rand(3, 16, 16, 4)
+    got = check_images("node", "images", clean)
+    assert got.untyped_storage().data_ptr() == clean.untyped_storage().data_ptr() and got.shape[-1] == 3
+    dirty = clean.clone()
+    dirty[0, 1, 1, 0], dirty[1, 2, 2, 1], dirty[2, 3, 3, 2] = float("nan"), float("inf"), -2.0
+    got = check_images("node", "images", dirty)
+    assert got.untyped_storage().data_ptr() != dirty.untyped_storage().data_ptr()
+    assert torch.isfinite(got).all() and got.min() >= 0 and got.max() <= 1 and got[1, 2, 2, 1] == 1

@@ -87,7 +87,7 @@ def apply(latent, direction, strength=1.0, start=-1, end=-1):
 def test_nodes_are_documented():
     assert set(NODE_CLASS_MAPPINGS) == set(NODE_DISPLAY_NAME_MAPPINGS) == {
         "TransEditLoadDirection", "TransEditApplyDirection", "TransEditSeFa", "TransEditMixLatents",
-        "TransEditReferenceEdit", "TransEditLoadEditTransformer", "TransEditLatentSweep"}
+        "TransEditReferenceEdit", "TransEditLoadEditTransformer", "TransEditLatentSweep", "TransEditSmoothLatents"}
     for node_id, cls in NODE_CLASS_MAPPINGS.items():
         assert cls.CATEGORY == "TransEdit/Edit" and cls.DESCRIPTION and callable(getattr(cls, cls.FUNCTION))
         for section in cls.INPUT_TYPES().values():
