@@ -314,3 +314,47 @@ def test_image_inputs_are_not_copied_unless_they_need_cleaning():
     got = check_images("node", "images", dirty)
     assert got.untyped_storage().data_ptr() != dirty.untyped_storage().data_ptr()
     assert torch.isfinite(got).all() and got.min() >= 0 and got.max() <= 1 and got[1, 2, 2, 1] == 1
+
+
+class Cancelled(Exception):
+    """Stands for ComfyUI's interrupt exception."""
+
+
+def cancel_at(monkeypatch, n):
+    from transedit.nodes import comfy_bridge as bridge
+
+    checks = {"n": 0}
+
+    def check():
+        checks["n"] += 1
+        if checks["n"] >= n:
+            raise Cancelled()
+
+    monkeypatch.setattr(bridge, "check_interrupt", check)
+
+
+def test_cancel_stops_the_video_align_and_the_paste(monkeypatch, clip):
+    truth, _ = moving_faces(20)
+    frames = [[f] for f in truth]
+    (aligned, align, _), _ = run_video_align(monkeypatch, clip, frames)
+    expected = nodes.TransEditPasteBack().paste(clip, aligned, align, "ellipse", 0.04, "lab")
+    from transedit.models import face_align as fa
+
+    warps, pastes = [], []
+    real_warp, real_paste = fa.align_to_quad, fp.paste_back
+    with monkeypatch.context() as m:
+        m.setattr(fa, "align_to_quad", lambda *a, **k: warps.append(1) or real_warp(*a, **k))
+        cancel_at(m, 5)  # three detection chunks, then one check per warped frame
+        with pytest.raises(Cancelled):
+            run_video_align(m, clip, frames)
+    assert len(warps) == 1
+    with monkeypatch.context() as m:
+        m.setattr(fp, "paste_back", lambda *a, **k: pastes.append(1) or real_paste(*a, **k))
+        cancel_at(m, 7)  # five chunks measuring colours, then one check per chunk of four pasted frames
+        paste = nodes.TransEditPasteBack()
+        paste.chunk_size = 4
+        with pytest.raises(Cancelled):
+            paste.paste(clip, aligned, align, "ellipse", 0.04, "lab")
+    assert len(pastes) == 4
+    again = nodes.TransEditPasteBack().paste(clip, aligned, align, "ellipse", 0.04, "lab")
+    assert torch.equal(again[0], expected[0]) and torch.equal(again[1], expected[1])
