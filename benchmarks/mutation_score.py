@@ -10,7 +10,9 @@ number moved by one (`3` to `4`, `0.5` to `1.5`), a sign dropped (`-x` to `x`), 
 dropped, `True`/`False` exchanged. The judge tests run once per mutant; a mutant is killed when they fail (or run
 past three times their clean duration), and survives when they pass. A survivor is a change no test notices:
 either a missing test, or a change that cannot alter behaviour (an equivalent mutant), which
-benchmarks/mutation_equivalents.json lists with the reason, mutant by mutant.
+benchmarks/mutation_equivalents.json lists with the reason, mutant by mutant
+(`{"models/temporal.py": {"<line>:<kind>:<before>-><after>": "why it cannot change behaviour"}}`, keys as printed
+by --list).
 
 Why not mutmut: mutmut 3 mutates only code inside functions (the tracking gate's module-level constants, the
 very code that failed at a cut, would never be mutated) and maps files to module names from the folder layout,
@@ -39,14 +41,15 @@ REPO = Path(__file__).resolve().parents[1]
 EQUIVALENTS = REPO / "benchmarks" / "mutation_equivalents.json"
 RESULTS = REPO / "benchmarks" / "results"
 
-# module -> the tests that judge it (the tests a change to that module should answer to)
-TARGETS: dict[str, list[str]] = {
-    "models/temporal.py": ["tests/test_face_video.py"],
-    "models/face_video.py": ["tests/test_face_video.py"],
-    "models/precision.py": ["tests/test_half_precision.py"],
-    "nodes/edit_studio.py": ["tests/test_edit_studio.py"],
-    "tests/sync_sentinel.py": ["tests/test_sync_free.py"],
-    "models/put_sampling.py": ["tests/test_put_sampling.py"],
+# module -> (the tests that judge it, the functions/classes to mutate or None for the whole module)
+TARGETS: dict[str, tuple[list[str], list[str] | None]] = {
+    "models/temporal.py": (["tests/test_face_video.py"], None),
+    "models/face_video.py": (["tests/test_face_video.py"], None),
+    "models/precision.py": (["tests/test_half_precision.py"], None),
+    "nodes/edit_studio.py": (["tests/test_edit_studio.py"], None),
+    "tests/sync_sentinel.py": (["tests/test_sync_free.py"], None),
+    # the schedule: how many tokens each pass fills and which logits it may draw from
+    "models/put_sampling.py": (["tests/test_put_sampling.py"], ["official_top_k", "top_k_filter", "step_counts"]),
 }
 
 _CMP_FLIP = {ast.Lt: ">=", ast.GtE: "<", ast.Gt: "<=", ast.LtE: ">", ast.Eq: "!=", ast.NotEq: "==",
@@ -104,8 +107,16 @@ def _inside(node: ast.AST, spans) -> bool:
     return any((a, b) <= pos < (c, d) for a, b, c, d in spans)
 
 
-def find_mutants(source: str) -> list[Mutant]:
+def find_mutants(source: str, functions: list[str] | None = None) -> list[Mutant]:
+    """Every mutant of `source`, or of the top-level functions/classes named in `functions`."""
     tree = ast.parse(source)
+    if functions:
+        defs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+        missing = [f for f in functions if f not in defs]
+        if missing:
+            raise SystemExit(f"no top-level definition named {missing} in the module")
+        ranges = [(defs[f].lineno, defs[f].end_lineno) for f in functions]
+        return [m for m in find_mutants(source) if any(a <= m.line <= b for a, b in ranges)]
     starts = _offsets(source)
     lines = source.splitlines()
     skip = _skipped_spans(tree)
@@ -253,12 +264,12 @@ def _run_tests(root: Path, tests: list[str], timeout: float) -> tuple[bool, floa
 
 
 def score_module(module: str, tests: list[str], only_lines: set[int] | None = None,
-                 equivalents: dict | None = None, log=print) -> dict:
+                 equivalents: dict | None = None, functions: list[str] | None = None, log=print) -> dict:
     with tempfile.TemporaryDirectory(prefix="transedit-mutants-") as tmp:
         root = copy_tree(Path(tmp))
         target = root / module
         clean = target.read_text()
-        mutants = [m for m in find_mutants(clean) if not only_lines or m.line in only_lines]
+        mutants = [m for m in find_mutants(clean, functions) if not only_lines or m.line in only_lines]
         ok, base_s = _run_tests(root, tests, timeout=1800)
         if not ok:
             raise SystemExit(f"{module}: the judge tests {tests} fail on the unmutated tree; fix them first")
@@ -285,7 +296,7 @@ def score_module(module: str, tests: list[str], only_lines: set[int] | None = No
     killed = sum(r["status"] in ("killed", "timeout") for r in counted)
     equivalent = sum(r["status"] == "equivalent" for r in counted)
     judged = len(counted) - equivalent
-    result = {"module": module, "tests": tests, "mutants": len(counted), "killed": killed, "equivalent": equivalent,
+    result = {"module": module, "tests": tests, "functions": functions, "mutants": len(counted), "killed": killed, "equivalent": equivalent,
               "survived": judged - killed, "score": round(killed / judged, 4) if judged else 1.0,
               "raw_score": round(killed / len(counted), 4) if counted else 1.0, "clean_seconds": round(base_s, 2),
               "rows": rows}
@@ -302,10 +313,11 @@ def _row(m: Mutant) -> dict:
 
 
 def markdown(results: list[dict]) -> str:
-    lines = ["| module | judge tests | mutants | killed | equivalent | survived | score |",
+    lines = ["| module (functions) | judge tests | mutants | killed | equivalent | survived | score |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| `{r['module']}` | {', '.join(f'`{t}`' for t in r['tests'])} | {r['mutants']} | "
+        where = f"`{r['module']}`" + (f" ({', '.join(r['functions'])})" if r.get("functions") else "")
+        lines.append(f"| {where} | {', '.join(f'`{t}`' for t in r['tests'])} | {r['mutants']} | "
                      f"{r['killed']} | {r['equivalent']} | {r['survived']} | **{100 * r['score']:.0f} %** |")
     return "\n".join(lines)
 
@@ -314,6 +326,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--module", action="append", help="a module path relative to the repository (default: TARGETS)")
     p.add_argument("--tests", nargs="+", help="the judge tests for --module (default: TARGETS' entry)")
+    p.add_argument("--functions", help="comma-separated top-level functions/classes to mutate (default: TARGETS' "
+                   "entry for a module listed there, else the whole module)")
     p.add_argument("--only", help="comma-separated line numbers: mutate only there")
     p.add_argument("--list", action="store_true", help="list the mutants and exit")
     p.add_argument("--out", type=Path, help="JSON results (default: benchmarks/results/mutation.json for a full run)")
@@ -321,9 +335,14 @@ def main(argv=None) -> int:
     modules = args.module or list(TARGETS)
     equivalents = json.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.is_file() else {}
     only = {int(x) for x in args.only.split(",")} if args.only else None
+    def functions_of(module):
+        if args.functions:
+            return args.functions.split(",")
+        return TARGETS[module][1] if module in TARGETS else None
+
     if args.list:
         for module in modules:
-            for m in find_mutants((REPO / module).read_text()):
+            for m in find_mutants((REPO / module).read_text(), functions_of(module)):
                 if not only or m.line in only:
                     print(f"{module}:{m.key}")
         return 0
@@ -331,10 +350,10 @@ def main(argv=None) -> int:
     import torch  # noqa: F401
     results = []
     for module in modules:
-        tests = args.tests or TARGETS.get(module)
+        tests = args.tests or (TARGETS[module][0] if module in TARGETS else None)
         if not tests:
             p.error(f"{module}: no judge tests; pass --tests")
-        results.append(score_module(module, tests, only, equivalents))
+        results.append(score_module(module, tests, only, equivalents, functions_of(module)))
     out = args.out or (RESULTS / "mutation.json" if not args.module and not only else None)
     if out:
         out.write_text(json.dumps({"results": results}, indent=1) + "\n")
