@@ -20,21 +20,30 @@ tests/comfy_servers.py). With the stand-in photo and no real face detector weigh
 Pictures a workflow loads (Load Image) are looked for in the --inputs folders (like ComfyUI's input/);
 one that is not found is replaced by a real face photo, scikit-image's astronaut (NASA, public domain),
 under the same name, and the demo says so.
+
+Each workflow's needs are checked on their own: the Python modules its stand-in inputs and nodes need (PyAV `av`
+for a clip and ComfyUI's video nodes, scikit-image for a stand-in photo), the node types it uses (the 2024
+fallback server has no core video nodes), and a Stable Diffusion checkpoint or its stand-in. A workflow whose
+needs are missing is skipped with the reason and the fix; the others run. The summary lists what ran, what
+failed and what was skipped, and the exit status is 1 only when a workflow that could run failed.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO / "tests"))
 import comfy_harness as h  # noqa: E402
+import comfy_servers  # noqa: E402
 import workflow_graph as wg  # noqa: E402
 
 DEFAULT_MODELS = REPO / "models_demo"
@@ -60,8 +69,6 @@ MEDIAPIPE = "mediapipe (bundled models)"  # Align Face's detector choice for it
 def _stand_in_face_detector(tiny: list, stand_ins: list) -> str | None:
     """A real detector for the stand-in photo when the RetinaFace weights are tiny random ones (their boxes land
     anywhere, e.g. on the rocket beside the astronaut): mediapipe when it is installed, else None."""
-    import importlib.util
-
     if not stand_ins or not any(folder == "facedetection" for folder, _ in tiny):
         return None
     if importlib.util.find_spec("mediapipe") is None:
@@ -70,6 +77,115 @@ def _stand_in_face_detector(tiny: list, stand_ins: list) -> str | None:
               "detection_Resnet50_Final.pth in <models>/facedetection/)")
         return None
     return MEDIAPIPE
+
+
+# ------------------------------------------------------------------------------ what each workflow needs
+# Python modules a workflow can need in this interpreter (the server runs in it too): the package that provides
+# each, and its name for pip.
+MODULE_PACKAGES = {
+    "av": ("PyAV", "av"),
+    "skimage": ("scikit-image", "scikit-image"),
+}
+# ComfyUI's core video nodes decode and encode clips with PyAV inside the server's process.
+NODE_MODULES = {node_type: ("av",) for node_type in ("LoadVideo", "SaveVideo", "CreateVideo", "GetVideoComponents")}
+# Node types the frontend keeps to itself (never sent to the server), and the modes of nodes it leaves out.
+FRONTEND_ONLY_NODES = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode"})
+LEFT_OUT_MODES = (wg.MODE_NEVER, wg.MODE_BYPASS)
+CURRENT_SERVER = "comfyui-0.33.0"  # the server every shipped workflow is checked against (tests/e2e)
+
+
+def module_available(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that fails to import, or a module with no spec
+        return False
+
+
+def server_node_types(ui_workflow: dict) -> list[str]:
+    """The node types a UI-format workflow sends to the server (muted and bypassed nodes left out)."""
+    return sorted({n["type"] for n in ui_workflow.get("nodes", [])
+                   if n["type"] not in FRONTEND_ONLY_NODES and n.get("mode", 0) not in LEFT_OUT_MODES})
+
+
+def module_uses(ui_workflow: dict, input_found) -> dict[str, list[str]]:
+    """{Python module: [what in this workflow needs it]}; input_found(name) says whether input/<name> is supplied
+    (a missing one gets a stand-in, which needs scikit-image, and PyAV for a clip)."""
+    uses: dict[str, list[str]] = {}
+    for name in h.workflow_input_files(ui_workflow):
+        if input_found(name):
+            continue
+        if name.lower().endswith(h.VIDEO_SUFFIXES):
+            uses.setdefault("skimage", []).append(f"the frames of the stand-in clip input/{name}")
+            uses.setdefault("av", []).append(f"writing the stand-in clip input/{name}")
+        else:
+            uses.setdefault("skimage", []).append(f"the stand-in photo input/{name}")
+    video_nodes = {}
+    for node_type in server_node_types(ui_workflow):
+        for module in NODE_MODULES.get(node_type, ()):
+            video_nodes.setdefault(module, []).append(node_type)
+    for module, node_types in video_nodes.items():
+        uses.setdefault(module, []).append(f"ComfyUI's {', '.join(node_types)} node(s)")
+    return uses
+
+
+def missing_module_reason(module: str, uses: list[str]) -> str:
+    """Why a workflow is skipped when `module` cannot be imported: the module, its package and how to get it."""
+    package, pip_name = MODULE_PACKAGES.get(module, (None, None))
+    needs = f"{package} (Python module '{module}')" if package else f"the Python module '{module}'"
+    fix = (f"install it with `{sys.executable} -m pip install {pip_name}`" if pip_name
+           else f"it is not installed in this Python ({sys.executable})")
+    reason = f"needs {needs} for {'; '.join(uses)}: {fix}"
+    if any("stand-in" in use for use in uses):
+        reason += ", or put your own file under that name in a folder and pass --inputs DIR"
+    return reason
+
+
+def missing_node_reason(missing: list[str], server_label: str, fallback: bool) -> list[str]:
+    """Why a workflow is skipped when the server lacks some of its node types: ComfyUI's own nodes and the pack's."""
+    core = [t for t in missing if not t.startswith("TransEdit")]
+    pack = [t for t in missing if t.startswith("TransEdit")]
+    reasons = []
+    if core:
+        hint = (f"ComfyUI 0.33.0 has them: run `python demo.py --server {CURRENT_SERVER}`, which needs its source "
+                "in ../shared/comfyui or access to GitHub" if fallback else
+                "a newer ComfyUI, or the node pack that provides them, is needed")
+        reasons.append(f"this server ({server_label}) has no node type(s) {', '.join(core)}; {hint}")
+    if pack:
+        reasons.append(f"this server did not register TransEdit's node(s) {', '.join(pack)}; their import error is "
+                       "in the server log (run with --keep-server-dir to keep it)")
+    return reasons
+
+
+def plan_workflows(workflows, *, input_found, have_module=None, object_info=None, server_label="this ComfyUI",
+                   fallback=False) -> dict:
+    """{workflow path: [reasons it cannot run here]} ([] = it can). Python modules are checked always (have_module,
+    default: importable in this interpreter); node types only when the server's object_info is given."""
+    have_module = have_module or module_available
+    plan = {}
+    for path, wf in workflows.items():
+        reasons = [missing_module_reason(module, uses) for module, uses in module_uses(wf, input_found).items()
+                   if not have_module(module)]
+        if object_info is not None:
+            missing = [t for t in server_node_types(wf) if t not in object_info]
+            reasons += missing_node_reason(missing, server_label, fallback) if missing else []
+        plan[path] = reasons
+    return plan
+
+
+def uses_user_models(ui_workflow: dict, missing: list) -> bool:
+    """Whether the workflow loads one of the (folder, file) weights only the user can supply that are missing."""
+    return any(need in missing for need in h.workflow_model_files(ui_workflow, h.USER_MODEL_INPUTS))
+
+
+def summary_lines(results: dict) -> list[str]:
+    """The closing summary: what ran, what failed and what was skipped, each with its reason."""
+    ran = [name for name, r in results.items() if r.get("ok")]
+    failed = [(name, r["error"]) for name, r in results.items() if "error" in r]
+    skipped = [(name, r["skipped"]) for name, r in results.items() if "skipped" in r]
+    lines = [f"ran ({len(ran)}): {', '.join(ran) if ran else 'none'}"]
+    lines += [f"FAILED: {name}: {error}" for name, error in failed]
+    lines += [f"skipped: {name}: {reason}" for name, reason in skipped]
+    return lines
 
 
 def main(argv=None) -> int:
@@ -102,11 +218,11 @@ def main(argv=None) -> int:
         return 2
     workflows = {p: wg.load_workflow(p) for p in paths}
 
-    kind = args.server or h.default_server_kinds().kinds[0]
+    server_kind = args.server or h.default_server_kinds().kinds[0]
     try:
-        comfy_root = h.ensure_server(kind, log=lambda s: print(f"[demo] {s}", flush=True))
+        comfy_root = h.ensure_server(server_kind, log=lambda s: print(f"[demo] {s}", flush=True))
     except h.ComfyUIUnavailable as e:
-        print(f"[demo] ComfyUI ({kind}) could not be installed: {e}", file=sys.stderr)
+        print(f"[demo] ComfyUI ({server_kind}) could not be installed: {e}", file=sys.stderr)
         return 2
     search = list(args.models) if args.models else [DEFAULT_MODELS]
     if not args.models and os.environ.get(h.COMFYUI_OVERRIDE_ENV):
@@ -121,19 +237,56 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     summary = {"server": comfy_root.label, "workflows": {}, "tiny_random_weights": [], "stand_in_input_images": [],
                "stand_in_checkpoints": []}
-    failures = 0
+    results = {p.name: {} for p in workflows}  # filled in workflow order; summary["workflows"] at the end
+    skipped: dict[Path, list[str]] = {}
+
+    def skip(path: Path, reasons: list[str]) -> None:
+        new_reasons = [r for r in reasons if r not in skipped.get(path, [])]
+        skipped.setdefault(path, []).extend(new_reasons)
+        results[path.name] = {"ok": False, "skipped": "; ".join(skipped[path])}
+        for reason in new_reasons:
+            print(f"[demo] {path.name}: SKIPPED: {reason}", flush=True)
+
+    def input_found(name: str) -> bool:
+        return any((Path(d) / name).is_file() for d in input_search)
+
+    for path, reasons in plan_workflows(workflows, input_found=input_found).items():
+        if reasons:
+            skip(path, reasons)
     with tempfile.TemporaryDirectory(prefix="transedit-demo-weights-") as tiny_dir:
-        models, tiny = h.prepare_models(workflows.values(), search, tiny_dir)
-        user_models, user_missing = h.find_user_models(workflows.values(), search)
+        inputs, stand_ins = {}, []
+        for path, wf in workflows.items():
+            if path in skipped:
+                continue
+            try:
+                found, made = h.prepare_inputs([wf], input_search, Path(tiny_dir) / "input")
+            except ImportError as e:  # a module the plan could not foresee (e.g. installed but broken)
+                module = (e.name or "?").split(".")[0]
+                skip(path, [missing_module_reason(module, [f"its input files ({e})"])])
+                continue
+            inputs.update(found)
+            stand_ins += [n for n in made if n not in stand_ins]
+        user_models, user_missing = h.find_user_models(
+            [wf for p, wf in workflows.items() if p not in skipped], search)
+        stand_in_sd = None
+        if user_missing:
+            try:
+                stand_in_sd = h.stable_diffusion_stand_in(comfy_root, log=lambda s: print(f"[demo] {s}", flush=True))
+            except (RuntimeError, OSError) as e:  # this server cannot build it: only the workflows that need it lose
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                wanted = ", ".join(f"{f}/{n}" for f, n in user_missing)
+                for path, wf in workflows.items():
+                    if path not in skipped and uses_user_models(wf, user_missing):
+                        skip(path, [f"needs a Stable Diffusion checkpoint ({wanted}), which is not in "
+                                    f"{', '.join(str(s) for s in search)}, and the random SD 1.5 stand-in could not "
+                                    f"be built on this server ({first}): put your SD 1.5 checkpoint in "
+                                    "<models>/checkpoints/ and pass --models <models>"])
+                user_missing = []
+        runnable = [wf for p, wf in workflows.items() if p not in skipped]
+        models, tiny = h.prepare_models(runnable, search, tiny_dir)
         for folder, files in user_models.items():
             models.setdefault(folder, {}).update(files)
-        try:
-            inputs, stand_ins = h.prepare_inputs(workflows.values(), input_search, Path(tiny_dir) / "input")
-        except ImportError as e:  # the stand-in photo comes from scikit-image
-            print(f"[demo] a workflow loads a picture that is not in {', '.join(str(s) for s in input_search)}, "
-                  f"and the stand-in photo needs scikit-image ({e}); pip install scikit-image, or pass "
-                  "--inputs DIR with the picture", file=sys.stderr)
-            return 2
+
         def stand_in(name: str) -> str:
             return h.EXAMPLE_CLIP_SOURCE if name.lower().endswith(h.VIDEO_SUFFIXES) else \
                 f"{h.EXAMPLE_FACE_SOURCE} (a 512x512 face photo, NASA, public domain)"
@@ -149,11 +302,9 @@ def main(argv=None) -> int:
         summary["stand_in_input_images"] = [f"input/{n} = {stand_in(n)}" for n in stand_ins]
         for folder, files in models.items():
             for name, path in files.items():
-                kind = "TINY RANDOM" if (folder, name) in tiny else "found"
-                print(f"[demo] {folder}/{name}: {kind} ({path})")
-        stand_in_sd = None
-        if user_missing:
-            stand_in_sd = h.stable_diffusion_stand_in(comfy_root, log=lambda s: print(f"[demo] {s}", flush=True))
+                found_or_tiny = "TINY RANDOM" if (folder, name) in tiny else "found"
+                print(f"[demo] {folder}/{name}: {found_or_tiny} ({path})")
+        if stand_in_sd is not None:
             for folder, name in user_missing:
                 models.setdefault(folder, {})[name] = stand_in_sd
                 print(f"[demo] {folder}/{name}: NOT FOUND; RANDOM-WEIGHT SD 1.5 STAND-IN ({stand_in_sd})")
@@ -180,73 +331,117 @@ def main(argv=None) -> int:
             ]), flush=True)
 
         t0 = time.monotonic()
-        with h.ComfyServer(comfy_root, models=models, inputs=inputs, keep=args.keep_server_dir) as server:
-            print(f"[demo] ComfyUI ready in {server.startup_seconds:.1f} s ({server.url})")
-            for path, wf in workflows.items():
-                t = time.monotonic()
-                try:
-                    info = server.object_info()
-                    prompt = wg.ui_to_api(wf, info)
-                    if stand_in_sd is not None and h.shorten_for_tiny_weights(prompt, h.STAND_IN_DIFFUSION_OVERRIDES):
-                        print(f"[demo] {path.name}: the diffusion part runs on the random SD 1.5 stand-in "
-                              f"({h.STAND_IN_DIFFUSION_OVERRIDES['KSampler']['steps']} sampling steps)", flush=True)
-                    if any(folder == "vit" for folder, _ in tiny):  # tiny DINO: a short Splice says as much
-                        shortened = h.shorten_for_tiny_weights(prompt)
-                        if shortened:
-                            print(f"[demo] {path.name}: tiny random DINO, so Splice trains for "
-                                  f"{h.TINY_RUN_OVERRIDES['TransEditSplice']['steps']} steps only", flush=True)
-                    if real_detector:
-                        for node in prompt.values():
-                            if node["class_type"] == "TransEditAlignFace" and \
-                                    node["inputs"]["detector"].startswith("retinaface: "):
-                                node["inputs"]["detector"] = real_detector
-                    if not wg.output_node_ids(prompt, info):
-                        raise h.ComfyError("the workflow has no output node to run")
-                    history = server.run(prompt, timeout=args.timeout)
-                except (h.ComfyError, ValueError) as e:
-                    failures += 1
-                    print(f"[demo] {path.name}: FAILED\n{e}", file=sys.stderr, flush=True)
-                    summary["workflows"][path.name] = {"ok": False, "error": str(e).splitlines()[0]}
-                    continue
-                seconds = time.monotonic() - t
-                dest = out / path.stem
-                if dest.exists():
-                    shutil.rmtree(dest)
-                dest.mkdir(parents=True)
-                copied, previews = [], 0
-                for img in server.output_images(history):
-                    if img.type == "temp":  # Preview Image: ComfyUI names these with a random part
-                        previews += 1
-                        target = dest / f"preview_node{img.node_id}_{previews:02d}{Path(img.filename).suffix}"
-                    else:
-                        target = dest / img.filename
-                    shutil.copyfile(img.path, target)
-                    copied.append(target)
-                summary["workflows"][path.name] = {"ok": True, "seconds": round(seconds, 2),
-                                                   "images": [str(c.relative_to(out)) for c in copied]}
-                uses_sd = any(n["class_type"] == "CheckpointLoaderSimple" for n in prompt.values())
-                if uses_sd and stand_in_sd is not None:
-                    summary["workflows"][path.name]["diffusion"] = "random-weight SD 1.5 stand-in (noise)"
-                print(f"[demo] {path.name}: {len(copied)} file(s) in {seconds:.1f} s"
-                      + (" (diffusion on the RANDOM SD stand-in)" if uses_sd and stand_in_sd is not None else ""))
-                for c in copied:
-                    print(f"         {c}")
-                for node_id, shown in (history.get("outputs") or {}).items():  # Preview Any: e.g. Align Face's report
-                    for text in shown.get("text") or []:
-                        print(f"[demo] {path.name}: {node_label(wf, node_id)}:\n         "
-                              + str(text).replace("\n", "\n         "))
-            if args.keep_server_dir:
-                print(f"[demo] server folder kept: {server.base}")
+        if any(p not in skipped for p in workflows):
+            run = RunSettings(out, args.timeout, stand_in_sd, tiny, real_detector)
+            try:
+                with h.ComfyServer(comfy_root, models=models, inputs=inputs, keep=args.keep_server_dir) as server:
+                    run_on_server(server, comfy_root, workflows, input_found, skip, skipped, results, run)
+                    if args.keep_server_dir:
+                        print(f"[demo] server folder kept: {server.base}")
+            except h.ComfyError as e:  # the server did not start: nothing that was to run on it ran
+                print(f"[demo] the ComfyUI server failed: {e}", file=sys.stderr, flush=True)
+                for path in workflows:
+                    if path not in skipped and not results[path.name]:
+                        results[path.name] = {"ok": False, "error": "the server failed: " + str(e).splitlines()[0]}
+        else:
+            print("[demo] no workflow can run here (see the reasons above); the server was not started")
         summary["total_seconds"] = round(time.monotonic() - t0, 1)
 
+    summary["workflows"] = results
+    failures = sum(1 for r in results.values() if "error" in r)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if tiny:
         print(banner(["REMINDER: these images are from TINY RANDOM weights, not a trained model."]))
-    if user_missing:
+    if stand_in_sd is not None and user_missing:
         print(banner(["REMINDER: the diffusion part ran on a RANDOM-WEIGHT SD 1.5 stand-in (no checkpoint: "
                       + ", ".join(f"{f}/{n}" for f, n in user_missing) + ")."]))
-    print(f"[demo] done: {len(workflows) - failures}/{len(workflows)} workflow(s) ran; images in {out}")
+    for line in summary_lines(results):
+        print(f"[demo] {line}")
+    ran = sum(1 for r in results.values() if r.get("ok"))
+    print(f"[demo] done: {ran}/{len(workflows)} workflow(s) ran, {failures} failed, {len(skipped)} skipped; "
+          f"images in {out}")
     return 1 if failures else 0
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    out: Path  # pictures go to out/<workflow stem>/
+    timeout: float  # seconds per workflow
+    stand_in_sd: Path | None  # the random SD 1.5 checkpoint, when a workflow runs on it
+    tiny: list  # (folder, file) weights that are tiny random ones
+    real_detector: str | None  # Align Face's detector on the stand-in photo instead of tiny random RetinaFace
+
+
+def run_on_server(server, comfy_root, workflows: dict, input_found, skip, skipped: dict, results: dict,
+                  run: RunSettings) -> None:
+    """Skip the workflows whose node types the running server lacks; run the others into results."""
+    print(f"[demo] ComfyUI ready in {server.startup_seconds:.1f} s ({server.url})")
+    info = server.object_info()
+    # every workflow, skipped ones too: a user who installs the missing module should not meet the
+    # next reason only on the next run
+    node_plan = plan_workflows(workflows, input_found=input_found, have_module=lambda _module: True,
+                               object_info=info, server_label=comfy_root.label,
+                               fallback=getattr(comfy_root, "kind", "") == comfy_servers.FALLBACK_KIND)
+    for path, reasons in node_plan.items():
+        if reasons:
+            skip(path, reasons)
+    for path, wf in workflows.items():
+        if path in skipped:
+            continue
+        run_workflow(server, path, wf, info, results, run)
+
+
+def run_workflow(server, path: Path, wf: dict, info: dict, results: dict, run: RunSettings) -> None:
+    """Run one workflow, copy its pictures to out/<stem>/ and record it in results (ok, or its error)."""
+    out, stand_in_sd, tiny, real_detector = run.out, run.stand_in_sd, run.tiny, run.real_detector
+    t = time.monotonic()
+    try:
+        prompt = wg.ui_to_api(wf, info)
+        if stand_in_sd is not None and h.shorten_for_tiny_weights(prompt, h.STAND_IN_DIFFUSION_OVERRIDES):
+            print(f"[demo] {path.name}: the diffusion part runs on the random SD 1.5 stand-in "
+                  f"({h.STAND_IN_DIFFUSION_OVERRIDES['KSampler']['steps']} sampling steps)", flush=True)
+        if any(folder == "vit" for folder, _ in tiny):  # tiny DINO: a short Splice says as much
+            if h.shorten_for_tiny_weights(prompt):
+                print(f"[demo] {path.name}: tiny random DINO, so Splice trains for "
+                      f"{h.TINY_RUN_OVERRIDES['TransEditSplice']['steps']} steps only", flush=True)
+        if real_detector:
+            for node in prompt.values():
+                if node["class_type"] == "TransEditAlignFace" and \
+                        str(node["inputs"].get("detector", "")).startswith("retinaface: "):
+                    node["inputs"]["detector"] = real_detector
+        if not wg.output_node_ids(prompt, info):
+            raise h.ComfyError("the workflow has no output node to run")
+        history = server.run(prompt, timeout=run.timeout)
+    except (h.ComfyError, ValueError) as e:
+        print(f"[demo] {path.name}: FAILED\n{e}", file=sys.stderr, flush=True)
+        results[path.name] = {"ok": False, "error": (str(e).splitlines() or [type(e).__name__])[0]}
+        return
+    seconds = time.monotonic() - t
+    dest = out / path.stem
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    copied, previews = [], 0
+    for img in server.output_images(history):
+        if img.type == "temp":  # Preview Image: ComfyUI names these with a random part
+            previews += 1
+            target = dest / f"preview_node{img.node_id}_{previews:02d}{Path(img.filename).suffix}"
+        else:
+            target = dest / img.filename
+        shutil.copyfile(img.path, target)
+        copied.append(target)
+    results[path.name] = {"ok": True, "seconds": round(seconds, 2),
+                          "images": [str(c.relative_to(out)) for c in copied]}
+    uses_sd = any(n["class_type"] == "CheckpointLoaderSimple" for n in prompt.values())
+    if uses_sd and stand_in_sd is not None:
+        results[path.name]["diffusion"] = "random-weight SD 1.5 stand-in (noise)"
+    print(f"[demo] {path.name}: {len(copied)} file(s) in {seconds:.1f} s"
+          + (" (diffusion on the RANDOM SD stand-in)" if uses_sd and stand_in_sd is not None else ""))
+    for c in copied:
+        print(f"         {c}")
+    for node_id, shown in (history.get("outputs") or {}).items():  # Preview Any: e.g. Align Face's report
+        for text in shown.get("text") or []:
+            print(f"[demo] {path.name}: {node_label(wf, node_id)}:\n         " + str(text).replace("\n", "\n         "))
 
 
 if __name__ == "__main__":
