@@ -361,7 +361,8 @@ class TransEditSmoothLatents:
     DESCRIPTION = ("For video: smooths a clip's latents over time, so that frames inverted one by one do not "
                    "wobble. Put it after Invert (and after the edit, which is the same on every frame); with "
                    "Align Face's 'align' connected, frames whose face was lost are left out and filled from their "
-                   "neighbours. StylePrompter's encoder features for SMART are smoothed the same way.")
+                   "neighbours, and nothing is smoothed across the clip's cuts. StylePrompter's encoder features for "
+                   "SMART are smoothed the same way.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -387,7 +388,7 @@ class TransEditSmoothLatents:
         node = "TransEdit Smooth Latents"
         latent = check_latent(node, "latent", latent)
         smoothing = check_float(node, "smoothing", smoothing, 0.0, 30.0)
-        present = None
+        present = segments = None
         if align is not None:
             if not isinstance(align, FaceAlignment):
                 raise NodeInputError(node, "align", f"must be a TE_ALIGN, got {type(align).__name__}.",
@@ -399,13 +400,14 @@ class TransEditSmoothLatents:
                        for ok, status in zip(align.found, align.status or align.found)]
             if not any(present):
                 present = None  # no frame had the face: every latent counts alike
+            segments = align.segments  # a clip's shots: nothing is smoothed across a cut
         if latent.batch_size == 1 or smoothing == 0 and present is None:
             return (latent,)
-        wplus = smooth_series(latent.wplus, smoothing, present)
+        wplus = smooth_series(latent.wplus, smoothing, present, segments)
         extras = dict(latent.extras)
         features = extras.get("smart_features")
         if features and len(features) == latent.batch_size:  # SMART injects these at render time: smooth alike
-            levels = [smooth_series(torch.stack([frame[k] for frame in features]), smoothing, present)
+            levels = [smooth_series(torch.stack([frame[k] for frame in features]), smoothing, present, segments)
                       for k in range(len(features[0]))]
             extras["smart_features"] = [[level[t] for level in levels] for t in range(latent.batch_size)]
         extras["edits"] = list(latent.extras.get("edits", [])) + [{"smooth": smoothing}]

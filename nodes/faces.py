@@ -40,6 +40,9 @@ class FaceAlignment:
     # Paste Back reuses for its colour statistics and its fade around lost frames; None for separate photos
     status: list | None = None
     smoothing: float = 0.0
+    # video mode: per frame the number of its shot (a new one after each hard cut), so that Paste Back's colour
+    # match and Smooth Latents stay inside a shot; None: one shot
+    segments: list | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -133,8 +136,11 @@ class TransEditAlignFace:
                                    "tooltip": "Which face when there are several: 0 = the largest."}),
             "if_no_face": (list(NO_FACE_CHOICES), {"tooltip": "error: stop and name the image; pass through: leave "
                                                              "that photo (video: frame) untouched in Paste Back; "
-                                                             "interpolate (video mode): fill the lost frame's crop "
-                                                             "from the frames around it and paste it like the others."}),
+                                                             "interpolate (video mode): fill a gap of at most "
+                                                             f"{fv.MAX_INTERPOLATED_GAP} frames inside a shot from "
+                                                             "the frames around it and paste it like the others; "
+                                                             "longer gaps (an occluder, the person leaving) pass "
+                                                             "through with a fade."}),
             "padding": (list(PADDING_CHOICES), {"default": "blur",
                                                  "tooltip": "How to fill where the crop leaves the photo: blur is "
                                                             "FFHQ's reflect-and-blur."}),
@@ -143,12 +149,14 @@ class TransEditAlignFace:
                                                      "tooltip": "video: the images are one clip's frames in order. "
                                                                 "The person picked by face_index in the first frame "
                                                                 "is followed from frame to frame, and the crop is "
-                                                                "smoothed over time so it does not jitter. off: "
-                                                                "each image is aligned on its own."}),
+                                                                "smoothed over time so it does not jitter. Hard "
+                                                                "cuts are found and nothing is smoothed across "
+                                                                "them. off: each image is aligned on its own."}),
             "smoothing": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 30.0, "step": 0.5,
                                     "tooltip": "Video mode: over how many frames the crop's size and rotation are "
-                                               "smoothed (Gaussian sigma; its position uses a third of it, as in "
-                                               "STIT). 0 follows each frame's detection. Paste Back smooths its "
+                                               "smoothed at most (Gaussian sigma; its position uses a third of it, "
+                                               "as in STIT); narrower where the face moves fast, so it does not "
+                                               "lag. 0 follows each frame's detection. Paste Back smooths its "
                                                "colour match over the same span."}),
         }}
 
@@ -237,17 +245,19 @@ class TransEditAlignFace:
         batch_detect = getattr(finder, "detect_batch", None)
         step = DETECTOR_BATCH if batch_detect is not None else 1
 
-        def detect(start: int, stop: int) -> list:
+        def detect(start: int, stop: int) -> tuple[list, torch.Tensor]:
             found = (batch_detect(images[start:stop]) if batch_detect is not None
                      else [finder.detect_landmarks(image) for image in images[start:stop]])
+            signatures = fv.frame_signatures(images[start:stop].to(device))  # colour histograms, for the cuts
             progress.update(stop - start)
-            return found
+            return found, signatures
 
-        frames = [faces for chunk in run_in_chunks(node, count, step, detect, what="detecting faces in one frame",
-                                                   advice="use a smaller detector (mobilenet0.25) or free GPU memory.")
-                  for faces in chunk]
+        chunks = run_in_chunks(node, count, step, detect, what="detecting faces in one frame",
+                               advice="use a smaller detector (mobilenet0.25) or free GPU memory.")
+        frames = [faces for found, _ in chunks for faces in found]
+        change = fv.frame_change(torch.cat([signatures for _, signatures in chunks]))
         clip = fv.align_clip(frames, face_index=face_index, smoothing=smoothing,
-                             interpolate_lost=if_no_face == "interpolate")
+                             interpolate_lost=if_no_face == "interpolate", change=change)
         lost = [t for t, s in enumerate(clip.status) if s != fv.FOUND]
         if if_no_face == "error" and lost:
             what = ("no frame has the face" if clip.start < 0 else
@@ -259,7 +269,7 @@ class TransEditAlignFace:
         out, records = [], []
         for t in range(count):
             bridge.check_interrupt()
-            quad = clip.quads[t] if clip.start >= 0 else fa.centre_quad(h, w)
+            quad = clip.quads[t] if np.isfinite(clip.quads[t]).all() else fa.centre_quad(h, w)  # a faceless shot
             aligned, record = fa.align_to_quad(images[t], quad, size, padding=padding, device=device,
                                                face_index=face_index, landmarks=clip.landmarks[t])
             out.append(aligned.to(bridge.intermediate_device()))
@@ -268,7 +278,8 @@ class TransEditAlignFace:
         if lost:
             bridge.log.warning("%s: %s", node, clip.summary().replace("\n", "; "))
         found = [s != fv.LOST for s in clip.status]
-        alignment = FaceAlignment(records, found, status=list(clip.status), smoothing=smoothing)
+        alignment = FaceAlignment(records, found, status=list(clip.status), smoothing=smoothing,
+                                  segments=[int(s) for s in clip.segments])
         return (torch.stack(out), alignment, clip.summary())
 
 
@@ -337,7 +348,7 @@ class TransEditPasteBack:
         device = bridge.compute_device()
         todo = [i for i, ok in enumerate(align.found) if ok]
         # a clip's face fades out and back in around frames where it was lost, instead of popping
-        strength = fv.paste_strength(align.status, align.smoothing) if align.is_video else None
+        strength = fv.paste_strength(align.status, align.smoothing, align.segments) if align.is_video else None
         chunk = self.chunk_size or (8 if device.type == "cpu" else 16)
         advice = "lower the resolution of the photos or free GPU memory."
         stats = None
@@ -357,7 +368,7 @@ class TransEditPasteBack:
             per_frame, present = torch.zeros(n, 4, 3), np.zeros(n, dtype=bool)
             per_frame[todo] = torch.cat([m for m, _ in measured])
             present[todo] = torch.cat([v for _, v in measured]).numpy()
-            stats = smooth_series(per_frame, sigma, present)[todo] if present.any() else None
+            stats = smooth_series(per_frame, sigma, present, align.segments)[todo] if present.any() else None
         # each face is blended straight into the output over its box: a long clip of full-size frames is copied
         # once (the output itself), and only a face's neighbourhood is ever converted, warped or colour-matched.
         # A chunk that runs out of memory is redone from the photos, which these writes never touch.
