@@ -12,6 +12,6 @@ for _stage in _STAGES:
 
 # data for the frontend extension (js/transedit.js): Load Direction's descriptions
 http_routes.register_json_route("/transedit/directions", editing.direction_catalog)
-# Edit Studio's live previews: slider values in, a low-resolution render of the node's last run out
+# Edit Studio's live previews: slider values in, a low-resolution render of the node's last run out; submitted
+# prompts wait (off the event loop) until the preview in flight has let go of the models
 http_routes.register_preview_route(edit_studio.ROUTE, edit_studio.SERVICE)
-comfy_bridge.register_prompt_gate(edit_studio.ROUTE, edit_studio.SERVICE.prompt_arriving)

@@ -358,43 +358,32 @@ def interrupt_requested() -> bool:
     return bool(IN_COMFYUI and _mm.processing_interrupted())
 
 
-def queue_marker() -> Optional[int]:
-    """A number that changes when ComfyUI queues or finishes a prompt (queued + running + history entries);
-    None when the server does not say; 0 where there is no server."""
+def queue_pending_ids() -> Optional[set]:
+    """Ids of the prompts waiting in ComfyUI's queue, not yet taken by the prompt worker. None when this server
+    does not say; empty where there is no server."""
     server = _prompt_server()
     if server is None:
-        return 0
+        return set()
     queue = getattr(server, "prompt_queue", None)
-    remaining, history = getattr(queue, "get_tasks_remaining", None), getattr(queue, "history", None)
-    if remaining is None or history is None:
+    current = getattr(queue, "get_current_queue_volatile", None) or getattr(queue, "get_current_queue", None)
+    if current is None:
         return None
-    return remaining() + len(history)
+    _running, pending = current()
+    return {str(item[1]) for item in pending}  # queue items are (number, prompt id, prompt, ...)
 
 
-def register_prompt_gate(name: str, callback) -> bool:
-    """Call `callback()` whenever a prompt is submitted (POST /prompt, ComfyUI's on-prompt hook, on the event
-    loop), before ComfyUI validates and queues it: a live preview uses it to stop and let go of the models first,
-    so that model management never runs on two threads at once. False when there is no server or `name` is
-    registered already."""
-    if not IN_COMFYUI or name in _registered_gates:
-        return False
-    server = _prompt_server()
-    if server is None:  # ComfyUI used as a library: no prompts are submitted
-        return False
-    if not hasattr(server, "add_on_prompt_handler"):
-        log.warning("TransEdit: this ComfyUI has no on-prompt hook; previews cannot yield to queued prompts")
-        return False
-
-    def gate(json_data):
-        callback()
-        return json_data  # the prompt itself is never touched
-
-    server.add_on_prompt_handler(gate)
-    _registered_gates.add(name)
-    return True
-
-
-_registered_gates: set = set()
+def claim_middlewares(name: str):
+    """ComfyUI's web application's middleware list, for wrapping its own routes (nodes/http_routes.py does, at
+    once: a submitted prompt waits there until a live preview has let go of the models). None when there is no
+    server, `name` was claimed already, or the application serves already (its list is frozen then)."""
+    if not IN_COMFYUI or name in _claimed_routes:
+        return None
+    middlewares = getattr(getattr(_prompt_server(), "app", None), "middlewares", None)
+    if middlewares is None or getattr(middlewares, "frozen", True):
+        log.warning("TransEdit: %s is not installed: ComfyUI's web application takes no more middleware", name)
+        return None
+    _claimed_routes.add(name)
+    return middlewares
 
 
 def interrupt_exception() -> type[BaseException]:

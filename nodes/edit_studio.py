@@ -36,6 +36,7 @@ from .compare import MAX_PAIRS, UI_KEY as COMPARE_KEY, compare_ui
 from .inputs import NodeInputError, check_choice, check_float, check_int
 from .latents import MAX_LAYER, check_latent, fit_direction, with_edit
 from .precision import PRECISIONS
+from .preview_service import PreviewGate, PreviewStopped
 from .rendering import StyleGANHandle, check_generator, render_latents
 
 CATEGORY = "TransEdit/Edit"
@@ -130,77 +131,25 @@ class StudioRun:
         return StyleLatent(wplus=self.wplus, extras=extras, **self.latent_meta)
 
 
-class PreviewStopped(Exception):
-    """A preview stopped between two layers: its own stop flag (a prompt is being queued) or the user's Cancel."""
-
-    def __init__(self, status: int, message: str, reason: str):
-        super().__init__(message)
-        self.status, self.reason = status, reason
-
-
 class StudioService:
     """Remembered runs and the preview renderer behind the route (no ComfyUI import: testable alone).
 
-    Previews run beside ComfyUI's queue, never with it: a preview renders only when the queue is idle, checked
-    when the request is admitted and again under the render lock; when a prompt is submitted, `prompt_arriving`
-    (ComfyUI's on-prompt hook) stops the render in flight at its next layer and returns once it has let go of the
-    models, and previews stay refused until the prompt is in the queue (or was rejected). The render checks its
-    own stop flag and reads ComfyUI's Cancel flag without consuming it, so the user's Cancel still reaches the
-    queued job."""
+    Previews run beside ComfyUI's queue, never with it: `gate` (nodes/preview_service.py) holds them while a
+    submitted prompt is on its way to the worker, refuses them while the queue is busy, and stops the render in
+    flight between layers; the render reads ComfyUI's Cancel without consuming it, so the user's Cancel still
+    reaches the queued job."""
 
-    HOLD_SECONDS = 30.0  # a submitted prompt that never reaches the queue (rejected) stops holding previews then
-
-    def __init__(self, max_runs: int = MAX_REMEMBERED):
+    def __init__(self, max_runs: int = MAX_REMEMBERED, gate: Optional[PreviewGate] = None):
         self.max_runs = max_runs
         self._runs: "OrderedDict[str, StudioRun]" = OrderedDict()  # node id -> its latest run
         self._latest: dict[str, int] = {}  # node id -> ticket of the newest request
         self._tickets = 0
-        self._book = threading.Lock()  # guards the two dicts and the hold
-        self._render = threading.Lock()  # one preview renders at a time
-        self._stop = threading.Event()  # set: the render in flight stops at its next layer
-        self._hold: Optional[tuple] = None  # (monotonic time, queue marker) of a prompt on its way to the queue
+        self._book = threading.Lock()  # guards the two dicts
+        # the bridge is looked up at each call (tests replace its functions)
+        self.gate = gate or PreviewGate(queue_busy=lambda: bridge.queue_is_busy(),
+                                        pending_ids=lambda: bridge.queue_pending_ids(),
+                                        interrupted=lambda: bridge.interrupt_requested())
         self.rendered = 0  # previews rendered (tests, benchmarks)
-
-    # ------------------------------------------------------------------ the queue comes first
-    def prompt_arriving(self, timeout: float = 120.0) -> bool:
-        """A prompt is being submitted: hold new previews, stop the one in flight and wait (bounded) until it has
-        released the models. True when no preview renders any more."""
-        with self._book:
-            self._hold = (time.monotonic(), bridge.queue_marker())
-        self._stop.set()
-        if not self._render.acquire(timeout=timeout):
-            bridge.log.warning("TransEdit: a live preview did not stop within %.0f s of a queued prompt", timeout)
-            return False
-        self._render.release()
-        return True
-
-    def _queue_idle(self) -> bool:
-        """Under the render lock: no prompt queued or running, and none on its way there."""
-        if bridge.queue_is_busy():
-            with self._book:
-                self._hold = None  # the submitted prompt reached the queue: busy covers it from here
-            return False
-        with self._book:
-            if self._hold is None:
-                return True
-            since, marker = self._hold
-            if bridge.queue_marker() != marker or time.monotonic() - since > self.HOLD_SECONDS:
-                self._hold = None  # queued (and maybe done already), or rejected long ago
-                return True
-            return False
-
-    def _stop_check(self):
-        """The render's Cancel check (between layers): its own flag, and ComfyUI's Cancel read without clearing it
-        (only a Cancel pressed during this render counts: the flag may be left set from an idle-queue press)."""
-        stale = bridge.interrupt_requested()
-
-        def check():
-            if self._stop.is_set():
-                raise PreviewStopped(503, "a prompt was queued; the preview renders when the queue is idle", "busy")
-            if not stale and bridge.interrupt_requested():
-                raise PreviewStopped(409, "cancelled", "cancelled")
-
-        return check
 
     # ------------------------------------------------------------------ bookkeeping
     def remember(self, run: StudioRun) -> None:
@@ -255,24 +204,29 @@ class StudioService:
         return admitted() if callable(admitted) else admitted
 
     def render(self, run: StudioRun, request: dict, ticket: int) -> tuple[int, dict]:
-        with self._render:
+        with self.gate.render_slot():
             status, body = self._render_locked(run, request, ticket)
-            body["ended_ms"] = int(time.time() * 1000)  # when the models were let go (a queued prompt starts after)
+            body["ended_ms"] = int(time.time() * 1000)  # the models are let go now (a queued prompt starts after)
             return status, body
 
     def _render_locked(self, run: StudioRun, request: dict, ticket: int) -> tuple[int, dict]:
-        self._stop.clear()
-        if not self._queue_idle():
-            return 503, {"error": "the queue is running; the preview renders when it is idle", "reason": "busy"}
+        refusal = self.gate.refusal()
+        if refusal:
+            return 503, {"error": refusal, "reason": "busy"}
         if self._runs.get(run.node_id) is not run:  # the node ran again since: its new ids apply
             return 404, {"error": f"node {run.node_id} has run again since; preview the new run",
                          "reason": "unknown"}
         if self._latest.get(run.node_id) != ticket:  # a newer request of this node came in: skip this one
             return 409, {"error": "superseded by a newer request", "reason": "superseded",
                          "seq": request.get("seq")}
+        started_ms = int(time.time() * 1000)  # from here on the models are in use: every answer says since when
+        status, body = self._render_admitted(run, request)
+        return status, {**body, "started_ms": started_ms}
+
+    def _render_admitted(self, run: StudioRun, request: dict) -> tuple[int, dict]:
         t0 = time.perf_counter()
         try:
-            image, size = self._render_preview(run, request, self._stop_check())
+            image, size = self._render_preview(run, request, self.gate.layer_check())
         except StudioRequestError as e:
             return e.answer()
         except NodeInputError as e:

@@ -1,8 +1,9 @@
 """The pack's HTTP endpoints on ComfyUI's server, for the frontend extension (js/transedit.js).
 
 comfy_bridge hands over the server's route table (`claim_route`); this module owns what is spoken over it:
-JSON answers, body limits, the queue check and the worker thread a preview renders in. aiohttp is the
-server's own dependency, so it is imported only once there is a server to serve on.
+JSON answers, body limits, the queue check, the worker thread a preview renders in, and the wrapper around
+ComfyUI's own prompt route that makes a submitted prompt wait (off the event loop) for the preview in flight.
+aiohttp is the server's own dependency, so it is imported only once there is a server to serve on.
 """
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import json
 import logging
 
 from . import comfy_bridge as bridge
+from .preview_service import submit_after_previews
 
 log = logging.getLogger("TransEdit")
 
 MAX_WAITING_PREVIEWS = 16  # requests waiting for a render at once; more are answered 429 at once
+PROMPT_PATHS = ("/prompt", "/api/prompt")  # ComfyUI serves its routes with and without the /api prefix
 
 
 def register_json_route(path: str, handler) -> bool:
@@ -42,10 +45,12 @@ def register_preview_route(path: str, service, max_body: int = 16384) -> bool:
     a finished answer `(status, body)` or a function that renders and returns one; that function runs in a
     worker thread so the server stays responsive. The route itself refuses what no service should see:
     bodies over `max_body` bytes (413), anything but a JSON object (400), a busy queue (503), more than
-    MAX_WAITING_PREVIEWS waiting requests (429). Errors are answered as JSON and never reach the server."""
+    MAX_WAITING_PREVIEWS waiting requests (429), and every request (501) where submitted prompts cannot be made
+    to wait for `service.gate`. Errors are answered as JSON and never reach the server."""
     routes = bridge.claim_route(path)
     if routes is None:
         return False
+    gated = guard_prompt_route(path, service.gate)
     import asyncio
 
     from aiohttp import web
@@ -79,9 +84,10 @@ def register_preview_route(path: str, service, max_body: int = 16384) -> bool:
         if not isinstance(payload, dict):
             return payload
         busy = bridge.queue_is_busy()
-        if busy is None:
-            return answer(501, {"error": "this ComfyUI does not report its queue, so previews cannot wait for "
-                                         "it; queue the graph to see each edit", "reason": "unsupported"})
+        if busy is None or not gated:
+            return answer(501, {"error": "this ComfyUI does not report its queue or let prompts wait for "
+                                         "previews, so previews cannot run beside it; queue the graph to see "
+                                         "each edit", "reason": "unsupported"})
         if busy:
             return answer(503, {"error": "the queue is running; the preview renders when it is idle",
                                 "reason": "busy"})
@@ -102,4 +108,26 @@ def register_preview_route(path: str, service, max_body: int = 16384) -> bool:
             waiting[0] -= 1
 
     routes.post(path)(serve)
+    return True
+
+
+def guard_prompt_route(name: str, gate) -> bool:
+    """Wrap ComfyUI's POST /prompt so that a submitted prompt takes a hold on `gate` (PreviewGate) at once and is
+    validated and queued only once no preview holds the models (preview_service.submit_after_previews). False
+    when the server's application takes no more middleware."""
+    middlewares = bridge.claim_middlewares(name + " (prompts wait for the preview)")
+    if middlewares is None:
+        return False
+    from aiohttp import web
+
+    def answer_of(response):
+        return getattr(response, "status", 0), getattr(response, "body", None)
+
+    @web.middleware
+    async def prompts_wait_for_previews(request, handler):
+        if request.method != "POST" or request.path not in PROMPT_PATHS:
+            return await handler(request)
+        return await submit_after_previews(gate, lambda: handler(request), answer_of)
+
+    middlewares.append(prompts_wait_for_previews)
     return True

@@ -1,6 +1,10 @@
 """Edit Studio: the queued edit equals a chain of Apply Direction + Generate, the live preview equals the queued
-render at preview size, and the preview service's bookkeeping (ids, re-runs, freed generators, latest request
-wins) and its answers to hostile requests."""
+render at preview size, the preview service's bookkeeping (ids, re-runs, freed generators, latest request
+wins) and its answers to hostile requests, and the gate that keeps previews away from ComfyUI's queue
+(nodes/preview_service.py: holds of submitted prompts, the render lock, the checks between layers).
+Over 600 lines: the node, its preview service and the gate share the generator and run fixtures, and these tests
+are the gate's mutation-score judges."""
+import asyncio
 import gc
 import json
 import threading
@@ -16,7 +20,7 @@ from transedit.random_weights import save_random_generator
 from transedit.models.stylegan2 import StyleGAN2Config
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes import edit_studio as studio
-from transedit.nodes import rendering
+from transedit.nodes import preview_service, rendering
 from transedit.nodes.inputs import NodeInputError
 from transedit.nodes.editing import TransEditApplyDirection
 from transedit.nodes.rendering import StyleGANHandle
@@ -303,65 +307,350 @@ def test_a_cancel_left_set_before_the_preview_does_not_stop_it(generator, latent
     assert preview(strengths=[1.0])[0] == 200
 
 
-def test_a_submitted_prompt_stops_the_preview_and_holds_new_ones(generator, latent, directions, ids, monkeypatch):
-    """prompt_arriving (ComfyUI's on-prompt hook) stops the render in flight at its next layer and returns only
-    once it has let go of the models; previews are refused (503, retried by the frontend) until the prompt is in
-    the queue, then while the queue is busy, and render again once it is idle."""
-    import threading
+class FakeQueue:
+    """ComfyUI's queue as the gate reads it: pending prompt ids, a running count, the Cancel flag."""
 
-    run_studio(generator, latent, directions[:1], [0.0])
-    service = studio.SERVICE
-    marker = {"value": 0}
-    busy = {"value": False}
-    monkeypatch.setattr(bridge, "queue_marker", lambda: marker["value"])
-    monkeypatch.setattr(bridge, "queue_is_busy", lambda: busy["value"])
-    at_layer, release = threading.Event(), threading.Event()
-    layers_after_gate = []
+    def __init__(self):
+        self.pending, self.running, self.cancel = set(), 0, False
+        self.pending_reads = 0
+
+    def busy(self):
+        return bool(self.pending) or self.running > 0
+
+    def pending_ids(self):
+        self.pending_reads += 1
+        return set(self.pending)
+
+    def gate(self):
+        return preview_service.PreviewGate(self.busy, self.pending_ids, lambda: self.cancel)
+
+
+def test_a_hold_lasts_until_the_worker_takes_its_prompt():
+    queue = FakeQueue()
+    gate = queue.gate()
+    assert gate.holds() == 0 and gate.refusal() is None
+    first, second = gate.prompt_arriving(), gate.prompt_arriving()
+    assert first != second and gate.holds() == 2
+    assert queue.pending_reads == 0  # nothing queued yet: the queue is not read
+    assert gate.refusal() == preview_service.BUSY  # being validated: held although the queue is idle
+    gate.prompt_routed(first, "p-a")
+    queue.pending.add("p-a")
+    assert gate.holds() == 2
+    gate.prompt_routed(second, None)  # rejected: its hold ends at once
+    assert gate.holds() == 1
+    queue.pending.discard("p-a")  # taken by the worker: running, the busy queue covers it
+    queue.running = 1
+    assert gate.holds() == 0 and gate.refusal() == preview_service.BUSY
+    queue.running = 0
+    assert gate.refusal() is None
+    gate.prompt_routed(first, "p-a")  # a late answer for a hold that ended adds nothing
+    assert gate.holds() == 0
+
+
+def test_a_hold_waits_for_its_own_prompt_not_any_other():
+    """The bug of the on-prompt hook: any busy queue cleared the hold. Here another prompt runs and finishes while
+    ours is validated: ours still holds previews until the worker takes it."""
+    queue = FakeQueue()
+    gate = queue.gate()
+    queue.pending.add("other")
+    ours = gate.prompt_arriving()
+    queue.pending.discard("other")
+    queue.running = 1
+    assert gate.refusal() == preview_service.BUSY and gate.holds() == 1
+    queue.running = 0  # the other prompt finished; ours is still being validated
+    assert gate.refusal() == preview_service.BUSY and gate.holds() == 1
+    gate.prompt_routed(ours, "ours")
+    queue.pending.add("ours")
+    assert gate.refusal() == preview_service.BUSY and gate.holds() == 1
+    queue.pending.clear()
+    assert gate.refusal() is None
+
+
+def test_a_server_that_does_not_list_its_queue_lets_the_busy_check_cover_a_queued_prompt():
+    gate = preview_service.PreviewGate(lambda: False, lambda: None, lambda: False)
+    token = gate.prompt_arriving()
+    assert gate.holds() == 1
+    gate.prompt_routed(token, 42)
+    assert gate.holds() == 0 and gate.refusal() is None
+
+
+def test_the_layer_check_stops_on_a_hold_a_busy_queue_or_a_new_cancel():
+    queue = FakeQueue()
+    gate = queue.gate()
+    check = gate.layer_check()
+    check()  # idle: goes on
+    token = gate.prompt_arriving()
+    with pytest.raises(preview_service.PreviewStopped) as stopped:
+        check()
+    assert (stopped.value.status, stopped.value.reason) == (503, "busy") and "queued" in str(stopped.value)
+    gate.prompt_routed(token, "p")
+    queue.pending.add("p")
+    with pytest.raises(preview_service.PreviewStopped):  # queued, not yet taken: still held
+        check()
+    queue.pending.clear()
+    gate.holds()
+    check()
+    queue.running = 1  # a prompt that came by another route: the queue alone stops the render
+    with pytest.raises(preview_service.PreviewStopped) as stopped:
+        check()
+    assert stopped.value.status == 503
+    queue.running = 0
+    queue.cancel = True
+    with pytest.raises(preview_service.PreviewStopped) as stopped:
+        check()
+    assert (stopped.value.status, stopped.value.reason, str(stopped.value)) == (409, "cancelled", "cancelled")
+    check_after = gate.layer_check()  # a render that starts with the flag set takes it for an old press
+    check_after()
+
+
+def test_one_render_at_a_time_and_rendering_says_so():
+    gate = FakeQueue().gate()
+    inside, release, order = threading.Event(), threading.Event(), []
+
+    def first():
+        with gate.render_slot():
+            order.append("first in")
+            inside.set()
+            release.wait(timeout=30)
+            order.append("first out")
+
+    def second():
+        with gate.render_slot():
+            order.append("second in")
+
+    assert not gate.rendering()
+    a = threading.Thread(target=first)
+    a.start()
+    assert inside.wait(timeout=30) and gate.rendering()
+    b = threading.Thread(target=second)
+    b.start()
+    time.sleep(0.05)
+    assert order == ["first in"]
+    release.set()
+    a.join(timeout=30)
+    b.join(timeout=30)
+    assert order == ["first in", "first out", "second in"] and not gate.rendering()
+
+
+@pytest.mark.parametrize("status, body, expected", [
+    (200, b'{"prompt_id": "abc", "number": 3}', "abc"),
+    (200, '{"prompt_id": 17}', "17"),
+    (400, b'{"prompt_id": "abc"}', None),
+    (200, None, None),
+    (200, b"not json", None),
+    (200, b"\xff\xfe", None),
+    (200, b"[1, 2]", None),
+    (200, b'{"number": 3}', None),
+    (200, 12, None),
+])
+def test_the_queued_prompt_is_read_from_the_routes_answer(status, body, expected):
+    assert preview_service.queued_prompt_id(status, body) == expected
+
+
+class FakeResponse:
+    def __init__(self, status, prompt_id=None):
+        self.status = status
+        self.body = json.dumps({"prompt_id": prompt_id} if prompt_id else {"error": "invalid"}).encode()
+
+
+def answer_of(response):
+    return response.status, response.body
+
+
+def test_a_submitted_prompt_is_held_from_its_arrival_to_the_worker():
+    queue = FakeQueue()
+    gate = queue.gate()
+    seen = []
+
+    async def submit():
+        seen.append(gate.holds())
+        await asyncio.sleep(0)
+        queue.pending.add("p-1")  # ComfyUI queues it before answering
+        return FakeResponse(200, "p-1")
+
+    response = asyncio.run(preview_service.submit_after_previews(gate, submit, answer_of))
+    assert response.status == 200 and seen == [1]
+    assert gate.holds() == 1  # queued, not taken
+    queue.pending.clear()
+    assert gate.holds() == 0
+
+
+def test_a_rejected_or_failed_submission_ends_its_hold():
+    gate = FakeQueue().gate()
+
+    async def rejected():
+        return FakeResponse(400)
+
+    async def failing():
+        raise RuntimeError("validation blew up")
+
+    assert asyncio.run(preview_service.submit_after_previews(gate, rejected, answer_of)).status == 400
+    assert gate.holds() == 0
+    with pytest.raises(RuntimeError, match="blew up"):
+        asyncio.run(preview_service.submit_after_previews(gate, failing, answer_of))
+    assert gate.holds() == 0
+
+
+def test_a_submitted_prompt_waits_for_the_preview_without_holding_the_event_loop():
+    """The prompt route runs only once the render let go; meanwhile the event loop serves everyone else."""
+    gate = FakeQueue().gate()
+    inside, release = threading.Event(), threading.Event()
+    events = []
+
+    def preview():
+        with gate.render_slot():
+            inside.set()
+            release.wait(timeout=30)
+            events.append("preview let go")
+
+    async def submit():
+        events.append("route ran")
+        return FakeResponse(400)
+
+    async def main():
+        ticks = 0
+        task = asyncio.create_task(preview_service.submit_after_previews(gate, submit, answer_of, poll=0.005))
+        while ticks < 20:  # the loop keeps turning while the prompt waits
+            await asyncio.sleep(0.005)
+            ticks += 1
+        assert events == [] and gate.holds() == 1
+        release.set()
+        await task
+        return ticks
+
+    worker = threading.Thread(target=preview)
+    worker.start()
+    assert inside.wait(timeout=30)
+    assert asyncio.run(main()) == 20
+    worker.join(timeout=30)
+    assert events == ["preview let go", "route ran"] and gate.holds() == 0
+
+
+def test_a_preview_that_cannot_stop_holds_the_prompt_back_only_so_long(caplog):
+    gate = FakeQueue().gate()
+    inside, release = threading.Event(), threading.Event()
+
+    def stuck():
+        with gate.render_slot():
+            inside.set()
+            release.wait(timeout=30)
+
+    async def submit():
+        return FakeResponse(400)
+
+    worker = threading.Thread(target=stuck)
+    worker.start()
+    assert inside.wait(timeout=30)
+    try:
+        t0 = time.monotonic()
+        asyncio.run(preview_service.submit_after_previews(gate, submit, answer_of, wait_seconds=0.1, poll=0.01))
+        waited = time.monotonic() - t0
+    finally:
+        release.set()
+        worker.join(timeout=30)
+    assert 0.1 <= waited < 20
+    assert "did not stop within" in caplog.text
+
+
+def test_a_submission_cancelled_while_waiting_ends_its_hold():
+    gate = FakeQueue().gate()
+    inside, release = threading.Event(), threading.Event()
+
+    def preview():
+        with gate.render_slot():
+            inside.set()
+            release.wait(timeout=30)
+
+    async def submit():
+        raise AssertionError("the route ran while the preview held the models")
+
+    async def main():
+        task = asyncio.create_task(preview_service.submit_after_previews(gate, submit, answer_of))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    worker = threading.Thread(target=preview)
+    worker.start()
+    assert inside.wait(timeout=30)
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()
+        worker.join(timeout=30)
+    assert gate.holds() == 0
+
+
+def slowed_at_layer(monkeypatch, layer_to_wait: int):
+    """The render waits at one layer until released (the models are in use there)."""
+    at_layer, release, layers = threading.Event(), threading.Event(), []
     real = rendering._synthesise
 
     def slow(module, wplus, device, dtype, noise_mode, seeds, feature_hook=None, *args, **kwargs):
         def hook(layer, x):
-            if gate_returned.is_set():
-                layers_after_gate.append(layer)
-            if layer == 2:
+            layers.append(layer)
+            if layer == layer_to_wait:
                 at_layer.set()
                 release.wait(timeout=60)
             return feature_hook(layer, x) if feature_hook is not None else None
 
         return real(module, wplus, device, dtype, noise_mode, seeds, hook, *args, **kwargs)
 
-    gate_returned = threading.Event()
     monkeypatch.setattr(rendering, "_synthesise", slow)
+    return at_layer, release, layers
+
+
+def test_a_submitted_prompt_stops_the_preview_at_its_next_layer(generator, latent, directions, ids, monkeypatch):
+    """The hold is taken without waiting (on the event loop), the render stops after the layer it is in, and new
+    previews are refused until the worker has taken the prompt and the queue is idle again."""
+    queue = FakeQueue()
+    service = studio.StudioService(gate=queue.gate())
+    monkeypatch.setattr(studio, "SERVICE", service)  # the node remembers its run there
+    run_studio(generator, latent, directions[:1], [0.0])
+    at_layer, release, layers = slowed_at_layer(monkeypatch, 2)
     answers = []
-    worker = threading.Thread(target=lambda: answers.append(preview(strengths=[1.0], seq=7)))
+    worker = threading.Thread(target=lambda: answers.append(preview(service, strengths=[1.0], seq=7)))
     worker.start()
     assert at_layer.wait(timeout=60)
-    gate = threading.Thread(target=lambda: (service.prompt_arriving(), gate_returned.set()))
-    gate.start()
-    time.sleep(0.2)
-    assert not gate_returned.is_set()  # still waiting for the render to let go
+    token = service.gate.prompt_arriving()  # returns at once, with the render still in its layer
+    assert service.gate.rendering() and worker.is_alive()
     release.set()
-    gate.join(timeout=60)
     worker.join(timeout=60)
-    assert gate_returned.is_set() and layers_after_gate == []
     (status, body), = answers
-    assert status == 503 and body["reason"] == "busy", body
-    # the prompt is on its way (validated, not yet queued): held
-    assert preview(strengths=[1.0])[0] == 503
-    marker["value"], busy["value"] = 1, True  # queued and running
-    assert preview(strengths=[1.0])[0] == 503
-    busy["value"] = False  # done
-    assert preview(strengths=[1.0])[0] == 200
+    assert status == 503 and body["reason"] == "busy" and body["seq"] == 7, body
+    assert max(layers) == 2 and not service.gate.rendering()  # no layer after the one it was in
+    assert body["started_ms"] <= body["ended_ms"]
+    status, body = preview(service, strengths=[1.0])
+    assert status == 503 and "started_ms" not in body  # refused before touching the models
+    service.gate.prompt_routed(token, "p-9")
+    queue.pending.add("p-9")
+    assert preview(service, strengths=[1.0])[0] == 503
+    queue.pending.clear()
+    queue.running = 1
+    assert preview(service, strengths=[1.0])[0] == 503
+    queue.running = 0
+    status, body = preview(service, strengths=[1.0])
+    assert status == 200 and body["started_ms"] <= body["ended_ms"]
+    assert service.rendered == 1
 
 
-def test_a_rejected_prompt_holds_previews_only_for_a_while(generator, latent, directions, ids, monkeypatch):
+def test_a_prompt_queued_by_another_route_stops_the_preview(generator, latent, directions, ids, monkeypatch):
+    """No hold (the prompt did not come through POST /prompt): the render reads the queue between layers."""
+    queue = FakeQueue()
+    service = studio.StudioService(gate=queue.gate())
+    monkeypatch.setattr(studio, "SERVICE", service)  # the node remembers its run there
     run_studio(generator, latent, directions[:1], [0.0])
-    monkeypatch.setattr(bridge, "queue_marker", lambda: 0)
-    monkeypatch.setattr(studio.StudioService, "HOLD_SECONDS", 0.3)
-    studio.SERVICE.prompt_arriving()
-    assert preview(strengths=[1.0])[0] == 503
-    time.sleep(0.4)
-    assert preview(strengths=[1.0])[0] == 200
+    at_layer, release, layers = slowed_at_layer(monkeypatch, 1)
+    answers = []
+    worker = threading.Thread(target=lambda: answers.append(preview(service, strengths=[1.0], seq=3)))
+    worker.start()
+    assert at_layer.wait(timeout=60)
+    queue.pending.add("elsewhere")
+    release.set()
+    worker.join(timeout=60)
+    (status, body), = answers
+    assert status == 503 and max(layers) == 1, (body, layers)
 
 
 def test_out_of_memory_is_answered_not_raised(generator, latent, directions, ids, monkeypatch):
