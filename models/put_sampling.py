@@ -59,8 +59,8 @@ def step_counts(n_unknown: int, schedule: Schedule, seq_len: int) -> list[int]:
         weights = [math.cos(math.pi * s / total) + 1 for s in range(total)]
     elif kind.startswith("linear"):
         weights = list(range(total, 0, -1))
-    else:
-        weights = [n_unknown // total] * total
+    else:  # the official [n // total] * total, normalised below to the same plan, but without dividing by zero
+        weights = [1] * total  # when a small hole has fewer unknown tokens than passes
     factor = float(n_unknown) / sum(weights)
     nums = [round(w * factor) for w in weights]
     diff = sum(nums) - n_unknown
