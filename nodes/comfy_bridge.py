@@ -137,12 +137,6 @@ def intermediate_device() -> torch.device:
     return torch.device("cpu")
 
 
-def supports_bf16(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu"
-
-
 def oom_exception() -> type[BaseException]:
     """The exception a device raises when it runs out of memory.
 
@@ -356,6 +350,13 @@ def interrupt_requested() -> bool:
     """Whether the user pressed Cancel, read without consuming it (ComfyUI's own check clears the flag, which
     belongs to the prompt worker): for work that runs beside the queue, such as a live preview."""
     return bool(IN_COMFYUI and _mm.processing_interrupted())
+
+
+def clear_interrupt() -> None:
+    """Reset the Cancel flag, as ComfyUI does when a prompt starts: for a live preview starting with an idle queue,
+    where a flag left set by an earlier press belongs to nobody (so each press during a preview stops it)."""
+    if IN_COMFYUI:
+        _mm.interrupt_current_processing(False)
 
 
 def queue_pending_ids() -> Optional[set]:

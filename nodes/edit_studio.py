@@ -31,11 +31,12 @@ from PIL import Image
 
 from ..models.directions import LatentDirection
 from ..models.latent import StyleLatent
+from ..models.stylegan2 import StyleGAN2Generator
 from . import comfy_bridge as bridge
 from .compare import MAX_PAIRS, UI_KEY as COMPARE_KEY, compare_ui
 from .inputs import NodeInputError, check_choice, check_float, check_int
 from .latents import MAX_LAYER, check_latent, fit_direction, with_edit
-from .precision import PRECISIONS
+from .precision import PRECISIONS, auto_tooltip
 from .preview_service import PreviewGate, PreviewStopped
 from .rendering import StyleGANHandle, check_generator, render_latents
 
@@ -148,7 +149,8 @@ class StudioService:
         # the bridge is looked up at each call (tests replace its functions)
         self.gate = gate or PreviewGate(queue_busy=lambda: bridge.queue_is_busy(),
                                         pending_ids=lambda: bridge.queue_pending_ids(),
-                                        interrupted=lambda: bridge.interrupt_requested())
+                                        interrupted=lambda: bridge.interrupt_requested(),
+                                        clear_interrupt=lambda: bridge.clear_interrupt())
         self.rendered = 0  # previews rendered (tests, benchmarks)
 
     # ------------------------------------------------------------------ bookkeeping
@@ -337,9 +339,8 @@ class TransEditEditStudio:
                                                                   "own RGB at that layer (smaller = faster drags; "
                                                                   "capped at the generator's size)."}),
                 "precision": (list(PRECISIONS), {"default": "auto",
-                                                 "tooltip": "auto: fp16 on a GPU (measured closest to fp32 for the "
-                                                            "generator, overflow-guarded), fp32 on a CPU. Previews and "
-                                                            "the queued image use the same."}),
+                                                 "tooltip": auto_tooltip(StyleGAN2Generator.PRECISION)
+                                                 + " Previews and the queued image use the same."}),
             },
             "optional": {f"direction_{i}": ("TE_DIRECTION", {"tooltip": f"Optional direction for strength_{i}."})
                          for i in range(2, MAX_DIRECTIONS + 1)},

@@ -8,7 +8,9 @@ ComfyUI's model management is made for one thread, the prompt worker; a live pre
   the route answered without queueing it (rejected, or it failed).
 - A preview starts only with no hold and an idle queue, checked under the render lock; between layers it stops as
   soon as a hold appears or the queue is busy (a prompt queued by some other route), and on the user's Cancel,
-  read without consuming it so that the same Cancel still reaches the queued job.
+  read without consuming it so that the same Cancel still reaches the queued job. A flag left set by an earlier
+  press (ComfyUI clears it only when the next prompt starts) is reset when a preview starts with the queue idle and
+  no hold: it belongs to nobody then, and each press during a preview stops that preview.
 
 No ComfyUI import: the queue and the Cancel flag are read through the callables it is given (the bridge's).
 """
@@ -43,11 +45,13 @@ class PreviewGate:
     """Holds of submitted prompts, the render lock, and the checks a preview makes before and while it renders.
 
     queue_busy(): whether ComfyUI's queue holds a prompt (pending or running); pending_ids(): the ids of prompts
-    still waiting to be taken (None: the server does not say); interrupted(): the Cancel flag, read only."""
+    still waiting to be taken (None: the server does not say); interrupted(): the Cancel flag, read only;
+    clear_interrupt(): reset it."""
 
     def __init__(self, queue_busy: Callable[[], Optional[bool]], pending_ids: Callable[[], Optional[set]],
-                 interrupted: Callable[[], bool]):
-        self._queue_busy, self._pending_ids, self._interrupted = queue_busy, pending_ids, interrupted
+                 interrupted: Callable[[], bool], clear_interrupt: Callable[[], None]):
+        self._queue_busy, self._pending_ids = queue_busy, pending_ids
+        self._interrupted, self._clear_interrupt = interrupted, clear_interrupt
         self._book = threading.Lock()  # guards the holds
         self._render = threading.Lock()  # one preview uses the models at a time
         self._holds: dict[int, Optional[str]] = {}  # token -> id of the queued prompt (None: not answered yet)
@@ -106,16 +110,17 @@ class PreviewGate:
         return None
 
     def layer_check(self) -> Callable[[], None]:
-        """The check a render makes between layers. Only a Cancel pressed during the render counts: the flag may be
-        left set from a press with an idle queue (ComfyUI clears it when the next prompt starts)."""
-        stale = bool(self._interrupted())
+        """The check a render makes between layers; made once refusal() let it start (queue idle, no hold), when a
+        Cancel flag still set is an old press that no prompt will read."""
+        if self._interrupted():
+            self._clear_interrupt()
 
         def check() -> None:
             with self._book:
                 held = bool(self._holds)
             if held or self._queue_busy():
                 raise PreviewStopped(503, STOPPED, "busy")
-            if not stale and self._interrupted():
+            if self._interrupted():
                 raise PreviewStopped(409, "cancelled", "cancelled")
 
         return check

@@ -278,8 +278,8 @@ def test_values_the_run_cannot_take_get_a_clear_400(generator, latent, direction
 
 
 def test_cancel_stops_a_preview(generator, latent, directions, ids, monkeypatch):
-    """Cancel pressed while a preview renders stops it at the next layer, and the flag is only read: ComfyUI's own
-    check (which clears it) is never called, so the same Cancel still reaches the queued job."""
+    """Cancel pressed while a preview renders stops it at the next layer, and the flag is only read: neither
+    ComfyUI's own check nor a reset (both clear it) is called, so the same Cancel still reaches the queued job."""
     run_studio(generator, latent, directions[:1], [0.0])
     reads = []
 
@@ -292,6 +292,7 @@ def test_cancel_stops_a_preview(generator, latent, directions, ids, monkeypatch)
 
     monkeypatch.setattr(bridge, "interrupt_requested", pressed)
     monkeypatch.setattr(bridge, "check_interrupt", consumed)
+    monkeypatch.setattr(bridge, "clear_interrupt", consumed)
     status, body = preview(strengths=[1.0], seq=4)
     assert status == 409 and body["reason"] == "cancelled" and body["seq"] == 4
     assert len(reads) - 1 == 3
@@ -299,12 +300,29 @@ def test_cancel_stops_a_preview(generator, latent, directions, ids, monkeypatch)
     assert preview(strengths=[1.0])[0] == 200
 
 
-def test_a_cancel_left_set_before_the_preview_does_not_stop_it(generator, latent, directions, ids, monkeypatch):
+def test_a_cancel_left_set_is_reset_and_a_new_press_still_stops_the_preview(generator, latent, directions, ids,
+                                                                            monkeypatch):
     """A Cancel pressed with an idle queue stays set until the next prompt starts (ComfyUI clears it then): a
-    preview starting with it set renders anyway."""
+    preview starting with it set resets it (no prompt will read it) and renders; a press during the next preview
+    stops that one, as the first press would have if nothing had been left set."""
     run_studio(generator, latent, directions[:1], [0.0])
-    monkeypatch.setattr(bridge, "interrupt_requested", lambda: True)
-    assert preview(strengths=[1.0])[0] == 200
+    flag = {"set": True, "resets": 0}
+    monkeypatch.setattr(bridge, "interrupt_requested", lambda: flag["set"])
+    monkeypatch.setattr(bridge, "clear_interrupt", lambda: flag.update(set=False, resets=flag["resets"] + 1))
+    assert preview(strengths=[1.0])[0] == 200 and flag == {"set": False, "resets": 1}
+    assert preview(strengths=[0.5])[0] == 200 and flag["resets"] == 1  # nothing to reset
+    flag["set"] = True  # pressed again, with the queue idle
+    at_layer, release, layers = slowed_at_layer(monkeypatch, 1)
+    answers = []
+    worker = threading.Thread(target=lambda: answers.append(preview(strengths=[1.5])))
+    worker.start()
+    assert at_layer.wait(timeout=60)
+    assert flag == {"set": False, "resets": 2}
+    flag["set"] = True  # pressed during the render
+    release.set()
+    worker.join(timeout=60)
+    (status, body), = answers
+    assert status == 409 and body["reason"] == "cancelled" and max(layers) == 1, (body, layers)
 
 
 class FakeQueue:
@@ -321,8 +339,11 @@ class FakeQueue:
         self.pending_reads += 1
         return set(self.pending)
 
+    def clear(self):
+        self.cancel = False
+
     def gate(self):
-        return preview_service.PreviewGate(self.busy, self.pending_ids, lambda: self.cancel)
+        return preview_service.PreviewGate(self.busy, self.pending_ids, lambda: self.cancel, self.clear)
 
 
 def test_a_hold_lasts_until_the_worker_takes_its_prompt():
@@ -367,7 +388,7 @@ def test_a_hold_waits_for_its_own_prompt_not_any_other():
 
 
 def test_a_server_that_does_not_list_its_queue_lets_the_busy_check_cover_a_queued_prompt():
-    gate = preview_service.PreviewGate(lambda: False, lambda: None, lambda: False)
+    gate = preview_service.PreviewGate(lambda: False, lambda: None, lambda: False, lambda: None)
     token = gate.prompt_arriving()
     assert gate.holds() == 1
     gate.prompt_routed(token, 42)
@@ -399,7 +420,9 @@ def test_the_layer_check_stops_on_a_hold_a_busy_queue_or_a_new_cancel():
     with pytest.raises(preview_service.PreviewStopped) as stopped:
         check()
     assert (stopped.value.status, stopped.value.reason, str(stopped.value)) == (409, "cancelled", "cancelled")
-    check_after = gate.layer_check()  # a render that starts with the flag set takes it for an old press
+    assert queue.cancel  # only read
+    check_after = gate.layer_check()  # a render that starts with the flag set: an old press, reset
+    assert not queue.cancel
     check_after()
 
 
