@@ -9,6 +9,8 @@
 //  - Edit Studio: after one run, dragging a strength slider (or changing the layer range) re-renders a preview
 //    on the node through POST /transedit/studio/preview, without queueing; one request in flight per node, the
 //    newest slider state wins; "reset" and "before/after" sit under the picture;
+//  - the pack's widgets repaint under the classic renderer and under the Vue node renderer ("Nodes 2.0"), which
+//    draws each of them into a canvas of its own (see repaint);
 //  - node tint and a "TransEdit help" menu entry linking to the node reference and official weights;
 //  - workflows saved by another version of the pack (a different number of widget values) still load:
 //    missing values keep their defaults, invalid choices fall back to the default, and the node says so.
@@ -20,6 +22,9 @@ const HELP_URL = "https://github.com/transedit/ComfyUI-TransEdit#node-reference"
 const COMPARE_KEY = "transedit_compare";
 const COMPARE_HEIGHT = 260;
 const STRIP = 18;
+
+// the pack's own widgets (compare view, studio bar, direction info): drawn by the pack, never saved
+const ownWidget = (w) => typeof w?.name === "string" && w.name.startsWith("transedit_");
 
 const state = (window.__transedit = window.__transedit || { loads: 0, compareWidgets: 0, warnings: [] });
 state.loads += 1;
@@ -43,6 +48,20 @@ function fitRect(img, x, y, w, h) {
   const s = Math.min(w / img.naturalWidth, h / img.naturalHeight);
   const dw = img.naturalWidth * s, dh = img.naturalHeight * s;
   return [x + (w - dw) / 2, y + (h - dh) / 2, dw, dh];
+}
+
+// Show a change of the pack's own (canvas-drawn) widgets. The classic renderer draws them with the graph, so a
+// dirty canvas is enough. The Vue node renderer ("Nodes 2.0", Comfy.VueNodes.Enabled) gives each such widget a
+// canvas of its own and redraws it only through the widget's triggerDraw() (which it sets while the widget is
+// mounted), sizing it from widget.computedHeight, which node.arrange() sets: re-arrange first, so a widget that
+// grew (the compare view's first pictures) is drawn at its new height. Older frontends have no triggerDraw.
+function repaint(node) {
+  node.setDirtyCanvas?.(true, true);
+  if (state.plantNoWidgetRepaint) return; // set only by the browser test, to show its pixel check sees the fault
+  const own = (node.widgets || []).filter((w) => ownWidget(w) && typeof w.triggerDraw === "function");
+  if (!own.length) return;
+  node.arrange?.();
+  for (const w of own) w.triggerDraw();
 }
 
 // ------------------------------------------------------------------------------------------ compare widget
@@ -115,12 +134,12 @@ function makeCompareWidget(node) {
       if (pos[1] > y + h && /down/.test(type)) {
         this.pair = (this.pair + 1) % this.pairs.length;
         this.onPairChange?.(this.pair);
-        node.setDirtyCanvas?.(true, true);
+        repaint(node);
         return true;
       }
       if (/down|move/.test(type) && pos[1] <= y + h) {
         this.split = Math.min(1, Math.max(0, (pos[0] - x0) / w));
-        node.setDirtyCanvas?.(true, true);
+        repaint(node);
         return true;
       }
       return false;
@@ -148,7 +167,7 @@ async function showCompare(node, payload) {
     const want = node.computeSize();
     node.setSize([Math.max(node.size[0], want[0], 280), Math.max(node.size[1], want[1])]);
   }
-  node.setDirtyCanvas?.(true, true);
+  repaint(node);
 }
 
 // -------------------------------------------------------------------------------------------- edit studio
@@ -172,7 +191,7 @@ function studioValues(node) {
 function setStudioStatus(node, text) {
   const bar = node.widgets?.find((w) => w.name === "transedit_studio_bar");
   if (bar) bar.status = text;
-  node.setDirtyCanvas?.(true, true);
+  repaint(node);
 }
 
 // one request in flight per node; while it renders, later slider moves only update what the next request asks
@@ -236,7 +255,7 @@ function resetStudio(node) {
   }
   node.graph?.change?.(); // the workflow is modified (saved values, undo)
   requestPreview(node);
-  node.setDirtyCanvas?.(true, true);
+  repaint(node);
 }
 
 function makeStudioBar(node) {
@@ -252,7 +271,7 @@ function makeStudioBar(node) {
       const compare = node.widgets?.find((w) => w.name === "transedit_compare");
       if (!compare) return;
       compare.split = compare.split > 0 ? 0 : 0.5; // 0: the edit alone; 0.5: before | after
-      node.setDirtyCanvas?.(true, true);
+      repaint(node);
     },
     draw(ctx, node_, width, y) {
       this.lastY = y;
@@ -380,7 +399,7 @@ function attachDirectionInfo(node) {
   const update = async () => {
     const all = await fetchDirections();
     label.value = describeDirection(all?.[combo.value]);
-    node.setDirtyCanvas?.(true, true);
+    repaint(node);
   };
   const original = combo.callback;
   combo.callback = function () {
@@ -392,7 +411,6 @@ function attachDirectionInfo(node) {
 }
 
 // ------------------------------------------------------------------------------ widget values from others
-const ownWidget = (w) => typeof w?.name === "string" && w.name.startsWith("transedit_");
 
 function repairWidgetValues(node, info, nodeData) {
   const values = info?.widgets_values;

@@ -148,17 +148,185 @@ async function queueAndWait() {
   return entry;
 }
 
-// where a widget of the studio node is on screen (client pixels), with the node framed at scale 1
-async function widgetPoint(name, fx = 0.5) {
-  return page.evaluate(([name, fx]) => {
-    const n = app.graph._nodes.find((x) => x.type === "TransEditEditStudio");
+// where a widget of a node (the studio node by default) is on screen (client pixels), with the node framed at
+// scale 1: fx across the widget; the middle of its row. With Vue nodes the widget is an element of the node's DOM
+// (a number input's drag area, or the canvas the frontend draws a custom widget into); otherwise it is drawn on
+// the graph canvas
+async function widgetPoint(name, fx = 0.5, nodeId = null) {
+  return page.evaluate(([name, fx, nodeId]) => {
+    const n = nodeId !== null ? app.graph.getNodeById(nodeId) : app.graph._nodes.find((x) => x.type === "TransEditEditStudio");
+    const row = document.querySelector(`[data-node-id="${n.id}"] [data-widget-name="${name}"]`);
+    if (row) {
+      const target = row.querySelector(".cursor-ew-resize, canvas") || row;
+      const r = target.getBoundingClientRect();
+      return { x: r.left + r.width * fx, y: r.top + r.height / 2, wy: null, vue: true };
+    }
     const w = n.widgets.find((x) => x.name === name);
     const wy = w.last_y ?? w.y ?? w.lastY;
     const h = w.computeSize?.(n.size[0])?.[1] ?? window.LiteGraph?.NODE_WIDGET_HEIGHT ?? 20;
     const ds = app.canvas.ds, rect = app.canvas.canvas.getBoundingClientRect();
     const gx = n.pos[0] + n.size[0] * fx, gy = n.pos[1] + wy + Math.min(h, 24) / 2;
-    return { x: rect.left + (gx + ds.offset[0]) * ds.scale, y: rect.top + (gy + ds.offset[1]) * ds.scale, wy };
-  }, [name, fx]);
+    return { x: rect.left + (gx + ds.offset[0]) * ds.scale, y: rect.top + (gy + ds.offset[1]) * ds.scale, wy, vue: false };
+  }, [name, fx, nodeId]);
+}
+
+// the newest frontend's Vue node renderer ("Nodes 2.0"), switched on or off before a workflow is loaded; false
+// where the frontend has no such setting
+async function setVueNodes(on) {
+  const known = await page.evaluate(async (on) => {
+    const setting = app.extensionManager?.setting;
+    if (setting?.get?.("Comfy.VueNodes.Enabled") === undefined) return false;
+    await setting.set("Comfy.VueNodes.Enabled", on);
+    return true;
+  }, on);
+  return known;
+}
+
+// progress, not a clock: the graph's nodes are rendered by the renderer asked for (Vue: one element per node)
+async function waitForRenderer(vue) {
+  await page.waitForFunction((vue) => {
+    const dom = document.querySelectorAll("[data-node-id]").length;
+    return vue ? dom >= app.graph._nodes.length : dom === 0;
+  }, vue, { timeout: HANG_MS });
+}
+
+// a node at scale 1, its top-left corner at (160, 150) on screen (clear of the side bar and the floating menus),
+// so that every widget of it is on screen
+async function frameNode(nodeId) {
+  await page.evaluate((id) => {
+    const n = app.graph.getNodeById(id);
+    const ds = app.canvas.ds;
+    ds.scale = 1;
+    ds.offset[0] = 160 - n.pos[0];
+    ds.offset[1] = 150 - n.pos[1];
+    app.canvas.setDirty(true, true);
+  }, nodeId);
+  await nextFrames();
+}
+
+const nextFrames = () => page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+
+// the PNG behind an image URL the page can fetch (a /view URL or a data: URL), base64
+async function pngOf(url) {
+  return page.evaluate(async (url) => {
+    const bytes = new Uint8Array(await (await fetch(url)).arrayBuffer());
+    let bin = "";
+    for (const b of bytes) bin += String.fromCharCode(b);
+    return btoa(bin);
+  }, url);
+}
+
+// What the pack's widgets of a node show on screen now, after an answer. Two views, both of pixels on screen:
+//  - a page screenshot, and where on it the compare widget's picture is (test_browser.py compares that region
+//    with the server's images: the new value's picture, at its full height, the divider where it should be);
+//  - each pack widget's pixels on the canvas the page shows it in (the widget's own canvas with Vue nodes, the
+//    graph canvas otherwise) against a fresh draw of the widget's current state (its status text, labels): a
+//    widget the frontend was never asked to repaint still shows an older state.
+async function screenState(label, nodeId, expected) {
+  await page.mouse.move(5, 995); // no hover highlight or tooltip over the node
+  await nextFrames();
+  const seen = await page.evaluate((id) => {
+    const n = app.graph.getNodeById(id);
+    const nodeEl = document.querySelector(`[data-node-id="${n.id}"]`);
+    const widgets = {};
+    let picture = null;
+    for (const w of n.widgets || []) {
+      if (!/^transedit_(compare|studio_bar)$/.test(w.name)) continue;
+      const contentH = w.computeSize(n.size[0])[1];
+      let visible, k, screen, cssW, y, bgKnown;
+      if (nodeEl) { // Vue nodes: the frontend draws the widget at y = 1 of a canvas of its own, k device pixels per px
+        const c = nodeEl.querySelector(`[data-widget-name="${w.name}"] canvas`);
+        if (!c) { widgets[w.name] = { missing: true }; continue; }
+        k = c.width / c.offsetWidth;
+        cssW = c.width / k;
+        y = 1;
+        const r = c.getBoundingClientRect();
+        const sx = r.width / cssW, sy = c.height ? r.height / (c.height / k) : 1;
+        screen = (x_, y_) => [r.left + x_ * sx, r.top + y_ * sy];
+        visible = { data: c.height ? c.getContext("2d").getImageData(0, 0, c.width, c.height).data : new Uint8ClampedArray(0),
+          width: c.width, height: c.height, x0: 0, y0: 0 };
+        bgKnown = true; // a widget canvas is transparent where the widget draws nothing
+      } else { // the graph canvas, drawn at the view's scale
+        const canvas = app.canvas.canvas, ds = app.canvas.ds;
+        k = (canvas.width / canvas.clientWidth) * ds.scale;
+        cssW = w.width || n.size[0];
+        y = w.last_y ?? w.y;
+        const rect = canvas.getBoundingClientRect();
+        screen = (x_, y_) => [rect.left + (n.pos[0] + x_ + ds.offset[0]) * ds.scale, rect.top + (n.pos[1] + y_ + ds.offset[1]) * ds.scale];
+        const [cx, cy] = screen(0, y).map((v, i) => Math.round((v - (i ? rect.top : rect.left)) * canvas.width / canvas.clientWidth));
+        const ctxMain = canvas.getContext("2d");
+        visible = { data: ctxMain.getImageData(cx, cy, Math.round(cssW * k), Math.round((contentH + 1) * k)).data,
+          width: Math.round(cssW * k), height: Math.round((contentH + 1) * k), x0: 0, y0: 0 };
+        bgKnown = false;
+      }
+      // the reference: the widget's own draw of its current state, as the renderer would call it now
+      const ref = document.createElement("canvas");
+      ref.width = visible.width;
+      ref.height = Math.round((contentH + y + 1) * k) - (nodeEl ? 0 : Math.round(y * k));
+      const rctx = ref.getContext("2d");
+      rctx.scale(k, k);
+      if (!nodeEl) rctx.translate(0, -y);
+      w.draw(rctx, n, cssW, y, contentH);
+      const want = rctx.getImageData(0, 0, ref.width, ref.height).data;
+      // the graph canvas has the node's body behind the widget: the colour most pixels show where the reference
+      // draws nothing
+      let bg = [0, 0, 0, 0];
+      if (!bgKnown) {
+        const counts = new Map();
+        for (let i = 0; i < want.length && i < visible.data.length; i += 4) {
+          if (want[i + 3] !== 0) continue;
+          const key = visible.data.slice(i, i + 3).join(",");
+          counts.set(key, (counts.get(key) || 0) + 1);
+        }
+        const top = [...counts.entries()].sort((a, b) => b[1] - a[1])[0];
+        bg = top ? [...top[0].split(",").map(Number), 255] : [0, 0, 0, 255];
+      }
+      const rows = Math.min(ref.height, visible.height);
+      let differ = 0, compared = 0;
+      for (let row = 0; row < ref.height; row++) {
+        for (let col = 0; col < ref.width; col++) {
+          const i = 4 * (row * ref.width + col);
+          if (row >= rows) { differ += 1; compared += 1; continue; } // the widget is shorter on screen than it draws
+          const a = want[i + 3] / 255;
+          let worst = 0;
+          for (let ch = 0; ch < (bgKnown ? 4 : 3); ch++) {
+            const expect = bgKnown ? want[i + ch] : want[i + ch] * a + bg[ch] * (1 - a);
+            worst = Math.max(worst, Math.abs(expect - visible.data[i + ch]));
+          }
+          if (worst > 40) differ += 1;
+          compared += 1;
+        }
+      }
+      widgets[w.name] = { mismatch: compared ? differ / compared : 1, compared, shown_rows: visible.height / k,
+        drawn_rows: ref.height / k, host: nodeEl ? "vue" : "graph canvas" };
+      if (w.name === "transedit_compare" && w.pairs?.length && w.last) {
+        const pair = w.pairs[w.pair % w.pairs.length];
+        const img = pair.after || pair.before;
+        const s = Math.min(w.last.w / img.naturalWidth, w.last.h / img.naturalHeight);
+        const dw = img.naturalWidth * s, dh = img.naturalHeight * s;
+        const x = w.last.x0 + (w.last.w - dw) / 2, y_ = w.last.y + (w.last.h - dh) / 2;
+        const [sx0, sy0] = screen(x, y_), [sx1, sy1] = screen(x + dw, y_ + dh);
+        picture = { rect: [sx0, sy0, sx1 - sx0, sy1 - sy0], split: w.split, labels: [...w.labels],
+          before_src: pair.before?.src ?? null, after_src: pair.after?.src ?? null };
+      }
+    }
+    const bar = n.widgets.find((w) => w.name === "transedit_studio_bar");
+    return { widgets, picture, status: bar ? bar.status : null };
+  }, nodeId);
+  const shot = path.join(cfg.outDir, `${label}.png`);
+  await page.screenshot({ path: shot });
+  const out = { label, shot, ...seen };
+  // the server's pictures the screen should show: the ones given (a preview answer, a saved output), else the
+  // ones the run's message named (/view), each kept next to the screenshot
+  if (seen.picture) {
+    for (const side of ["before", "after"]) {
+      const png = expected?.[side] ?? (seen.picture[`${side}_src`] ? await pngOf(seen.picture[`${side}_src`]) : null);
+      out[side] = png ? path.join(cfg.outDir, `${label}.${side}_expected.png`) : null;
+      if (png) fs.writeFileSync(out[side], Buffer.from(png, "base64"));
+      delete out.picture[`${side}_src`];
+    }
+  }
+  return out;
 }
 
 // a server where the preview route is missing (aiohttp's plain-text 404, e.g. the route could not be registered):
@@ -207,25 +375,32 @@ async function studioWithoutRoute(graph) {
   }
 }
 
-async function studioCheck(graph) {
+// The SaveImage output of a history entry, base64
+async function savedPng(entry, graph) {
+  const saveId = String(graph.nodes.find((x) => x.type === "SaveImage").id);
+  const ref = entry?.outputs?.[saveId]?.images?.[0] ?? null;
+  if (!ref) return { ref: null, png: null };
+  const q = new URLSearchParams({ filename: ref.filename, subfolder: ref.subfolder || "", type: ref.type || "output" });
+  return { ref, png: await pngOf(`/view?${q}`) };
+}
+
+// opts: vue (Vue nodes on before the workflow loads; null leaves the renderer as it is), screens (what the node
+// shows on screen after each answer, see screenState), plant (at the end, the pack's widget repaint switched off
+// by its test-only flag, one more drag: what the screen check sees then)
+async function studioCheck(graph, opts = {}) {
+  const { vue = null, screens = false, plant = false, prefix = "edit_studio" } = opts;
+  if (vue !== null) await setVueNodes(vue);
   await loadGraph(graph);
+  if (vue !== null) await waitForRenderer(vue);
   const run = await queueAndWait();
   await page.waitForFunction(() => {
     const n = app.graph._nodes.find((x) => x.type === "TransEditEditStudio");
     return n?.__transeditStudio && n.widgets?.some((w) => w.name === "transedit_compare" && w.value?.loaded > 0) &&
       n.widgets?.some((w) => w.name === "transedit_studio_bar");
   }, null, { timeout: HANG_MS });
-  // the node at scale 1, top-left of the canvas, so that every widget is on screen
+  const nodeId = await page.evaluate(() => app.graph._nodes.find((x) => x.type === "TransEditEditStudio").id);
   await closeDialogs();
-  await page.evaluate(() => {
-    const n = app.graph._nodes.find((x) => x.type === "TransEditEditStudio");
-    const ds = app.canvas.ds;
-    ds.scale = 1;
-    ds.offset[0] = 160 - n.pos[0]; // clear of the side bar and the floating menus
-    ds.offset[1] = 150 - n.pos[1];
-    app.canvas.setDirty(true, true);
-  });
-  await page.waitForTimeout(300);
+  await frameNode(nodeId);
   const state = () => page.evaluate(() => {
     const n = app.graph._nodes.find((x) => x.type === "TransEditEditStudio");
     const s = n.__transeditStudio;
@@ -240,42 +415,51 @@ async function studioCheck(graph) {
     return { running: q.queue_running.length, pending: q.queue_pending.length,
       history: Object.keys(await (await fetch("/history")).json()).length };
   });
+  // progress, not a clock: until the preview of what the sliders hold now has arrived
+  const previewOf = (v) => page.waitForFunction((v) => {
+    const s = app.graph._nodes.find((x) => x.type === "TransEditEditStudio").__transeditStudio;
+    return s && !s.inFlight && s.last && s.last.strengths[0] === v;
+  }, v, { timeout: HANG_MS });
+  const drag = async (steps, dx) => {
+    const p = await widgetPoint("strength_1");
+    await page.mouse.move(p.x, p.y);
+    await page.mouse.down();
+    for (let i = 1; i <= steps; i++) await page.mouse.move(p.x + dx * i, p.y);
+    await page.mouse.up();
+    return p;
+  };
+  const lastImage = async () => (await state()).last?.image?.split(",", 2)[1] ?? null;
+  const shots = [];
+  const screen = async (label, expected) => { if (screens) shots.push(await screenState(`${prefix}.${label}`, nodeId, expected)); };
+  const firstRun = screens ? await savedPng(run, graph) : null;
+  await screen("first_run", { after: firstRun?.png });
   const initial = await state();
   const queueBefore = await queueEmpty();
 
   // drag strength_1 to the right with the mouse, as an artist would
-  const p = await widgetPoint("strength_1");
-  await page.mouse.move(p.x, p.y);
-  await page.mouse.down();
-  for (let i = 1; i <= 12; i++) await page.mouse.move(p.x + 10 * i, p.y);
-  await page.mouse.up();
+  const p = await drag(12, 10);
   const dragged = (await state()).strength_1;
-  // progress, not a clock: until the preview of the value the slider holds now has arrived
-  await page.waitForFunction((v) => {
-    const n = app.graph._nodes.find((x) => x.type === "TransEditEditStudio");
-    const s = n.__transeditStudio;
-    return s && !s.inFlight && s.last && s.last.strengths[0] === v;
-  }, dragged, { timeout: HANG_MS });
+  await previewOf(dragged);
   const afterDrag = await state();
   const queueAfter = await queueEmpty();
   const saved = await page.evaluate(() => app.graph.serialize().nodes.find((x) => x.type === "TransEditEditStudio").widgets_values);
+  await screen("live", { after: await lastImage() });
   await page.mouse.move(5, 995);
   await page.waitForTimeout(300);
-  await page.screenshot({ path: path.join(cfg.outDir, "edit_studio.live.png") });
+  await page.screenshot({ path: path.join(cfg.outDir, `${prefix}.live.png`) });
 
   // queue the dragged value: the saved image must be the full-size render the preview showed
   const queued = await queueAndWait();
-  const saveId = String(graph.nodes.find((x) => x.type === "SaveImage").id);
-  const queuedImage = queued?.outputs?.[saveId]?.images?.[0] ?? null;
-  const queuedData = queuedImage ? await page.evaluate(async (ref) => {
-    const q = new URLSearchParams({ filename: ref.filename, subfolder: ref.subfolder || "", type: ref.type || "output" });
-    const bytes = new Uint8Array(await (await fetch(`/view?${q}`)).arrayBuffer());
-    let bin = "";
-    for (const b of bytes) bin += String.fromCharCode(b);
-    return btoa(bin);
-  }, queuedImage) : null;
+  const { ref: queuedImage, png: queuedData } = await savedPng(queued, graph);
   await page.waitForFunction((pid) => app.graph._nodes.find((x) => x.type === "TransEditEditStudio")
     ?.__transeditStudio?.prompt_id === pid, queued?.prompt?.[1], { timeout: HANG_MS }).catch(() => {});
+  // the run's own picture and label are on the node once its pictures have loaded
+  await page.waitForFunction(() => {
+    const n = app.graph._nodes.find((x) => x.type === "TransEditEditStudio");
+    const cmp = n.widgets.find((w) => w.name === "transedit_compare");
+    return /queued/.test(cmp?.labels?.[1] || "") && !n.__transeditStudio?.inFlight;
+  }, null, { timeout: HANG_MS }).catch(() => {});
+  await screen("requeued", { after: queuedData });
 
   // reset and before/after: real clicks on the bar under the picture
   const bar = await widgetPoint("transedit_studio_bar", 0);
@@ -286,18 +470,73 @@ async function studioCheck(graph) {
     return s && s.previews > k && !s.inFlight;
   }, previewsBefore, { timeout: HANG_MS });
   const afterReset = await state();
+  await screen("reset", { after: await lastImage() });
   const savedAfterReset = await page.evaluate(() => app.graph.serialize().nodes.find((x) => x.type === "TransEditEditStudio").widgets_values);
   await page.mouse.click(bar.x + 130, bar.y);
   const toggledOnce = (await state()).split;
+  await screen("edit_alone", { after: await lastImage() });
   await page.mouse.click(bar.x + 130, bar.y);
   const toggledTwice = (await state()).split;
+  // the divider, dragged with the mouse to a quarter of the picture
+  let divider = null;
+  if (screens) {
+    const pic = shots.at(-1).picture;
+    const [x, y, w, h] = pic.rect;
+    await page.mouse.move(x + w * 0.6, y + h / 2);
+    await page.mouse.down();
+    for (let i = 1; i <= 5; i++) await page.mouse.move(x + w * (0.6 - 0.07 * i), y + h / 2);
+    await page.mouse.up();
+    divider = (await state()).split;
+    await screen("divider", { after: await lastImage() });
+  }
   await page.mouse.move(5, 995); // no tooltip over the node in the screenshot
   await page.waitForTimeout(300);
-  await page.screenshot({ path: path.join(cfg.outDir, "edit_studio.executed.png") });
+  await page.screenshot({ path: path.join(cfg.outDir, `${prefix}.executed.png`) });
+
+  // the fault the screen check is for, planted: the pack's repaint of its own widgets off (a flag only this test
+  // sets); one more drag, and what the screen shows once its answer has arrived
+  let planted = null;
+  if (plant) {
+    await page.evaluate(() => { window.__transedit.plantNoWidgetRepaint = true; });
+    try {
+      const before = (await state()).strength_1;
+      await drag(2, 80); // a long step: the answer for the new value arrives after the slider stopped
+      const v = (await state()).strength_1;
+      await previewOf(v);
+      const st = await state();
+      planted = { from: before, to: v, status: st.status, previews: st.previews,
+        screen: await screenState(`${prefix}.planted_no_repaint`, nodeId, { after: await lastImage() }) };
+    } finally {
+      await page.evaluate(() => { window.__transedit.plantNoWidgetRepaint = false; });
+    }
+  }
   return { run_status: run?.status ?? null, initial, dragged, after_drag: afterDrag, queue_before: queueBefore,
     queue_after: queueAfter, saved_values: saved, queued_status: queued?.status ?? null, queued_image: queuedImage, queued_png: queuedData,
-    after_reset: afterReset, saved_after_reset: savedAfterReset, toggled: [toggledOnce, toggledTwice],
-    widget_y: p.wy };
+    after_reset: afterReset, saved_after_reset: savedAfterReset, toggled: [toggledOnce, toggledTwice], divider,
+    widget_y: p.wy, vue_nodes: p.vue, screens: shots, planted };
+}
+
+// every compare widget of the executed graph on screen (each node framed in turn), then the first one's divider
+// dragged with the mouse to a quarter of its picture
+async function compareScreens(prefix) {
+  const ids = await page.evaluate(() => app.graph._nodes.filter((n) => n.widgets?.some(
+    (w) => w.name === "transedit_compare" && w.value?.loaded > 0)).map((n) => n.id));
+  const shots = [];
+  for (const id of ids) {
+    await frameNode(id);
+    const type = await page.evaluate((id) => app.graph.getNodeById(id).type, id);
+    shots.push({ node: type, ...(await screenState(`${prefix}.${type}`, id)) });
+  }
+  if (ids.length && shots[0].picture) {
+    await frameNode(ids[0]);
+    const [x, y, w, h] = shots[0].picture.rect;
+    await page.mouse.move(x + w * 0.6, y + h / 2);
+    await page.mouse.down();
+    for (let i = 1; i <= 5; i++) await page.mouse.move(x + w * (0.6 - 0.07 * i), y + h / 2);
+    await page.mouse.up();
+    shots.push({ node: shots[0].node, divider: true, ...(await screenState(`${prefix}.${shots[0].node}.divider`, ids[0])) });
+  }
+  return shots;
 }
 
 try {
@@ -319,6 +558,7 @@ try {
   // queue one workflow from the canvas and wait for the compare widget to appear and draw
   const queued = cfg.workflows.find((w) => w.name === cfg.queue);
   if (queued) {
+    if (cfg.screens) await setVueNodes(false); // the classic renderer first (the server keeps settings)
     await loadGraph(queued.graph);
     const status = (await queueAndWait())?.status ?? null;
     // both nodes that report pairs (Generate, Paste Back) must have their widget
@@ -339,6 +579,8 @@ try {
             size: [n.size[0], n.size[1]] };
         });
       });
+      // where asked (the newest frontend): what each compare widget shows on screen, the classic renderer
+      if (cfg.screens) report.compare_screens = { classic: await compareScreens(`${queued.name}.classic`) };
       // drag the divider through the widget's mouse handler, as the canvas would
       dragged = await page.evaluate(() => {
         const n = app.graph._nodes.find((x) => x.widgets?.some((w) => w.name === "transedit_compare" && w.last));
@@ -382,12 +624,37 @@ try {
       await page.screenshot({ path: path.join(cfg.outDir, "vue_nodes.png") });
       await page.evaluate(() => app.extensionManager.setting.set("Comfy.VueNodes.Enabled", false));
     }
+    // ...and with Vue nodes on before the workflow loads, as a user of the desktop app has them: run it again
+    if (cfg.screens && report.vue_nodes.available) {
+      try {
+        await setVueNodes(true);
+        await loadGraph(queued.graph);
+        await waitForRenderer(true);
+        const run = await queueAndWait();
+        await page.waitForFunction(() => app.graph._nodes.filter((n) => n.widgets?.some(
+          (w) => w.name === "transedit_compare" && w.value?.loaded > 0)).length >= 2, null, { timeout: HANG_MS });
+        await closeDialogs();
+        report.compare_screens.vue = await compareScreens(`${queued.name}.vue`);
+        report.compare_screens.vue_run = run?.status ?? null;
+      } catch (e) {
+        report.compare_screens.vue_error = String(e?.stack || e);
+      } finally {
+        await setVueNodes(false);
+      }
+    }
   }
 
   // Edit Studio: run once, drag a strength slider with the mouse, the preview on the node changes without a
   // queue entry, the saved workflow has the new value, and queueing it gives the image the preview showed
   const studioGraph = cfg.workflows.find((w) => w.name === cfg.studio?.workflow)?.graph;
-  if (studioGraph) report.studio = await studioCheck(studioGraph).catch((e) => ({ error: String(e?.stack || e) }));
+  // (where asked, with what the node shows on screen after each answer, with Vue nodes off and on)
+  const onScreen = Boolean(cfg.screens) && (await setVueNodes(false));
+  if (studioGraph) report.studio = await studioCheck(studioGraph, { screens: onScreen }).catch((e) => ({ error: String(e?.stack || e) }));
+  if (studioGraph && onScreen) {
+    report.studio_vue = await studioCheck(studioGraph, { vue: true, screens: true, plant: true, prefix: "edit_studio.vue" })
+      .catch((e) => ({ error: String(e?.stack || e) }));
+    await setVueNodes(false);
+  }
   // ...and on a server without the preview route
   if (studioGraph) report.studio_degraded = await studioWithoutRoute(studioGraph).catch((e) => ({ error: String(e?.stack || e) }));
 

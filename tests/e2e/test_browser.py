@@ -5,7 +5,10 @@ Checks: the page loads and the extension's script runs (once, even after a pack 
 workflows/ loads through the app's own graph loader with no missing-node report; one workflow queued from the
 canvas runs and the before/after compare widget appears, draws and follows the mouse; workflows saved by another
 version of the pack (surplus or missing widget values, an unknown choice) still load with defaults and a warning.
-A screenshot per workflow is kept in test_artifacts/browser/ (or $TRANSEDIT_ARTIFACTS).
+On the newest frontend, with its Vue node renderer on (before the workflow loads) and off, what Edit Studio and
+the compare widgets show on screen after each answer: the picture on a page screenshot against the server's
+image, and each widget's canvas pixels against a fresh draw of its state; a planted missing repaint shows the
+check fails. A screenshot per workflow and step is kept in test_artifacts/browser/ (or $TRANSEDIT_ARTIFACTS).
 
 Needs `chromium` (apt) and `npm ci` in tests/browser; skipped with the reason when either is missing, unless
 TRANSEDIT_REQUIRE_BROWSER is set (CI), where that is a failure.
@@ -31,6 +34,16 @@ pytestmark = pytest.mark.e2e
 BROWSER_DIR = Path(__file__).resolve().parents[1] / "browser"
 QUEUED = "invert_reconstruct"
 WORKFLOWS = sorted(wg.WORKFLOWS_DIR.glob("*.json"))
+# what the pack's widgets show on screen is checked on the newest frontend, with its Vue node renderer ("Nodes
+# 2.0") on and off; the other servers keep the cheaper checks
+SCREEN_SERVER = "comfyui-0.33.0-newest-frontend"
+# a picture on screen is the server's image when its mean error (0-255, the browser's and PIL's scaling differ) is
+# under this: measured 0.2-1.8 when right, 7-210 when an older picture or no picture is shown
+PICTURE_ERROR = 4.0
+# a widget's pixels on its canvas against a fresh draw of its state: measured 0 when repainted, 0.03 and more for
+# a stale picture, label or status
+CANVAS_MISMATCH = 0.002
+LABEL_ROW = 18  # the before/after labels over the picture's top edge
 
 
 def _missing_tools() -> str | None:
@@ -95,6 +108,7 @@ def report(tools, comfy_root, tmp_path_factory):
         config = {"help_phrases": help_phrases(),
                   "subgraph": {"workflow": "stylegan_generate", "nodes": [2, 3]},  # Sample Latent + Generate
                   "studio": {"workflow": "edit_studio"},
+                  "screens": comfy_root.kind == SCREEN_SERVER,
                   "url": srv.url, "chromium": tools, "outDir": str(out_dir), "queue": QUEUED, "extension": ext,
                   "workflows": [{"name": n, "graph": g} for n, g in graphs.items()], "variants": _variants()}
         cfg_path = out_dir / "config.json"
@@ -199,21 +213,84 @@ def test_compare_widget_draws_in_vue_node_mode(report, comfy_root):
     assert vue["widgets"] >= 2 and vue["drawn"] == vue["widgets"], vue
 
 
-def test_edit_studio_previews_live_while_a_slider_is_dragged(report):
+def picture_on_screen(screen: dict, after: str | None = None) -> dict[str, float | None]:
+    """How far the compare widget's picture on a page screenshot is from the server's images: the mean error
+    (0-255) of the part left of the divider against 'before' and of the part right of it against 'after' (each
+    scaled to the picture's rectangle on screen; the label row and the divider's line left out). inf where the
+    rectangle is not on the screenshot; None for a side the divider leaves empty. after: another 'after' image."""
+    import numpy as np
+    from PIL import Image
+
+    pic = screen.get("picture")
+    if not pic:
+        return {"before": float("inf"), "after": float("inf")}
+    shot = np.asarray(Image.open(screen["shot"]).convert("RGB")).astype(float)
+    x, y, w, h = pic["rect"]
+    x0, y0, x1, y1 = round(x), round(y), round(x + w), round(y + h)
+    if x0 < 0 or y0 < 0 or x1 > shot.shape[1] or y1 > shot.shape[0] or x1 - x0 < 8 or y1 - y0 < LABEL_ROW + 8:
+        return {"before": float("inf"), "after": float("inf")}
+    crop = shot[y0:y1, x0:x1]
+    cols = np.arange(x1 - x0) + 0.5
+    rows = slice(LABEL_ROW, y1 - y0 - 2)
+    divider = pic["split"] * (x1 - x0)
+    sides = {"before": (cols > 2) & (cols < divider - 3), "after": (cols > divider + 3) & (cols < x1 - x0 - 2)}
+    images = {"before": screen.get("before"), "after": after or screen.get("after")}
+    out: dict[str, float | None] = {}
+    for side, mask in sides.items():
+        if not mask.any():
+            out[side] = None
+            continue
+        if not images[side]:
+            out[side] = float("inf")
+            continue
+        want = np.asarray(Image.open(images[side]).convert("RGB").resize((x1 - x0, y1 - y0), Image.BILINEAR))
+        out[side] = float(np.abs(crop[rows][:, mask] - want.astype(float)[rows][:, mask]).mean())
+    return out
+
+
+def screen_faults(screen: dict) -> list[str]:
+    """What is wrong with what a node's pack widgets show on screen (see picture_on_screen, and the canvas pixels
+    against a fresh draw in browser_check.mjs): [] when the screen shows the widgets' current state."""
+    faults = []
+    for side, err in picture_on_screen(screen).items():
+        if err is not None and not err < PICTURE_ERROR:
+            faults.append(f"{screen['label']}: the picture's {side} side is {err:.1f} off the server's image")
+    for name, seen in screen.get("widgets", {}).items():
+        if seen.get("missing"):
+            faults.append(f"{screen['label']}: {name} has no canvas on the node")
+        elif seen["shown_rows"] < seen["drawn_rows"]:
+            faults.append(f"{screen['label']}: {name} is {seen['shown_rows']} px high on screen, draws {seen['drawn_rows']}")
+        elif not seen["mismatch"] <= CANVAS_MISMATCH:
+            faults.append(f"{screen['label']}: {name} shows an older state ({seen['mismatch']:.1%} of its pixels differ)")
+    return faults
+
+
+def studio_report(report: dict, comfy_root, renderer: str) -> dict:
+    if renderer == "vue":
+        if comfy_root.kind != SCREEN_SERVER:
+            pytest.skip(f"Vue nodes are checked on {SCREEN_SERVER} only (CI time)")
+        return report["studio_vue"]
+    return report["studio"]
+
+
+@pytest.mark.parametrize("renderer", ["classic", "vue"])
+def test_edit_studio_previews_live_while_a_slider_is_dragged(report, comfy_root, renderer):
     """edit_studio.json queued once from the canvas; then strength_1 dragged with the mouse: the picture on the
     node changes to the preview of the new value, nothing is queued, the saved workflow carries the new value,
     and queueing it saves the full-size image the preview showed (the tiny generator is smaller than the
     preview size, so the preview is full size; Save Image truncates to 8 bits where the preview rounds).
     Then the bar under the picture: reset (a real click) previews the unedited face and zeroes the saved
-    strengths, and before/after toggles the divider."""
+    strengths, and before/after toggles the divider. vue: the same with the newest frontend's Vue nodes on
+    before the workflow loads (the slider is its number input, dragged with the mouse)."""
     import base64
     import io
 
     import numpy as np
     from PIL import Image
 
-    st = report["studio"]
+    st = studio_report(report, comfy_root, renderer)
     assert "error" not in st, st.get("error")
+    assert st["vue_nodes"] == (renderer == "vue"), st["vue_nodes"]
     assert st["run_status"]["completed"], st["run_status"]
     start = st["initial"]["strength_1"]
     assert st["dragged"] != start, f"the mouse drag did not move strength_1 ({start})"
@@ -234,6 +311,68 @@ def test_edit_studio_previews_live_while_a_slider_is_dragged(report):
     reset = st["after_reset"]
     assert reset["last"]["strengths"] == [0, 0, 0, 0] and st["saved_after_reset"][:4] == [0, 0, 0, 0], reset
     assert st["toggled"] == [0, 0.5], st["toggled"]
+
+
+@pytest.mark.parametrize("renderer", ["classic", "vue"])
+def test_edit_studio_shows_each_answer_on_screen(report, comfy_root, renderer):
+    """On the newest frontend, Vue nodes off and on (on before the workflow loads): after the first run, each
+    preview answer, the re-queue, reset, before/after and a divider drag, the node shows on screen the server's
+    picture (full height, the new value's, not the last one's) and its current label and status."""
+    if comfy_root.kind != SCREEN_SERVER:
+        pytest.skip(f"what the widgets show on screen is checked on {SCREEN_SERVER} only (CI time)")
+    st = studio_report(report, comfy_root, renderer)
+    assert "error" not in st, st.get("error")
+    screens = {s["label"].rsplit(".", 1)[1]: s for s in st["screens"]}
+    assert list(screens) == ["first_run", "live", "requeued", "reset", "edit_alone", "divider"], list(screens)
+    host = "vue" if renderer == "vue" else "graph canvas"
+    assert {w["host"] for s in screens.values() for w in s["widgets"].values()} == {host}, screens
+    faults = [f for s in screens.values() for f in screen_faults(s)]
+    assert not faults, faults
+    # what each step should show, as the node's state says and the server answered
+    for step in ("first_run", "requeued"):
+        assert screens[step]["picture"]["labels"][1].startswith("after · queued"), screens[step]["picture"]
+        assert screens[step]["status"].startswith("queued"), screens[step]["status"]
+    for step in ("live", "reset"):
+        assert screens[step]["picture"]["labels"][1].startswith("after · live"), screens[step]["picture"]
+        assert screens[step]["status"].startswith("preview"), screens[step]["status"]
+    assert screens["edit_alone"]["picture"]["split"] == 0 and 0.15 < st["divider"] < 0.45, st["divider"]
+    # the steps where the picture changes change it enough for the check to tell the old one from the new
+    for step, previous in (("live", "first_run"), ("reset", "requeued")):
+        stale = picture_on_screen(screens[step], after=screens[previous]["after"])["after"]
+        assert stale > 3 * PICTURE_ERROR, (step, stale)
+
+
+@pytest.mark.parametrize("renderer", ["classic", "vue"])
+def test_compare_widgets_show_their_pictures_on_screen(report, comfy_root, renderer):
+    """invert_reconstruct.json run from the canvas on the newest frontend, Vue nodes off and on (on before the
+    workflow loads): every compare widget (Generate, Paste Back) shows the server's before and after pictures on
+    screen at full height, and a divider dragged with the mouse moves on screen."""
+    if comfy_root.kind != SCREEN_SERVER:
+        pytest.skip(f"what the widgets show on screen is checked on {SCREEN_SERVER} only (CI time)")
+    screens = report["compare_screens"]
+    assert "vue_error" not in screens, screens["vue_error"]
+    shots = screens[renderer]
+    assert sorted(s["node"] for s in shots if not s.get("divider")) == ["TransEditGenerate", "TransEditPasteBack"], shots
+    host = "vue" if renderer == "vue" else "graph canvas"
+    assert {w["host"] for s in shots for w in s["widgets"].values()} == {host}, shots
+    faults = [f for s in shots for f in screen_faults(s)]
+    assert not faults, faults
+    (divider,) = [s for s in shots if s.get("divider")]
+    assert 0.15 < divider["picture"]["split"] < 0.45, divider["picture"]
+
+
+def test_screen_check_sees_a_widget_left_unpainted(report, comfy_root):
+    """The fault the screen check is for, planted in the Vue node run: the pack's repaint of its widgets switched
+    off (a flag only the test sets), one more slider drag. The answer arrives (the node's state has it), but the
+    screen still shows an older picture and status, and the check says so."""
+    st = studio_report(report, comfy_root, "vue")
+    planted = st["planted"]
+    assert planted and planted["to"] != planted["from"], planted
+    assert planted["status"].startswith("preview"), planted  # the node's state has the answer...
+    faults = screen_faults(planted["screen"])  # ...the screen does not show it
+    assert any("picture's after side" in f for f in faults), faults
+    assert any("transedit_compare shows an older state" in f for f in faults), faults
+    assert any("transedit_studio_bar shows an older state" in f for f in faults), faults
 
 
 def test_edit_studio_degrades_without_the_preview_route(report):
@@ -320,3 +459,50 @@ def test_pack_reload_keeps_one_extension(report):
     reload = report["reload"]
     assert reload["error"] is None and reload["registered"] == 1 and reload["loads"] == 2, reload
     assert reload["graph_after"]["error"] is None and reload["graph_after"]["missing"] == []
+
+
+def test_screen_check_on_made_up_screens(tmp_path):
+    """The screen check itself, on screenshots made here (no browser): the right picture passes; an older picture,
+    a strip only a few pixels high, a divider drawn elsewhere, a picture off the screenshot, a widget canvas shorter
+    than its drawing, or one with stale pixels each fail."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    def picture(seed):  # smooth colour fields, like the tiny generator's pictures, 64 x 64
+        g = np.random.default_rng(seed).random((8, 8, 3)) * 255
+        return Image.fromarray(g.astype(np.uint8)).resize((64, 64), Image.BICUBIC)
+    before, new, old = picture(1), picture(2), picture(3)
+    for name, im in (("before", before), ("new", new), ("old", old)):
+        im.save(tmp_path / f"{name}.png")
+    rect = [100.0, 50.0, 236.0, 236.0]
+
+    def screen(name, after_im, split=0.5, shown_split=None, rows=236, shift=(0, 0), widgets=None):
+        shot = Image.fromarray((rng.random((400, 500, 3)) * 40 + 20).astype(np.uint8))  # the node around it
+        x, y = int(rect[0]) + shift[0], int(rect[1]) + shift[1]
+        cut = int(236 * (split if shown_split is None else shown_split))
+        big_before, big_after = before.resize((236, 236), Image.BILINEAR), after_im.resize((236, 236), Image.BILINEAR)
+        shot.paste(big_after.crop((cut, 0, 236, rows)), (x + cut, y))
+        shot.paste(big_before.crop((0, 0, cut, rows)), (x, y))
+        shot.save(tmp_path / f"{name}.png")
+        return {"label": name, "shot": str(tmp_path / f"{name}.png"), "before": str(tmp_path / "before.png"),
+                "after": str(tmp_path / "new.png"), "picture": {"rect": rect, "split": split, "labels": []},
+                "widgets": widgets or {"transedit_compare": {"mismatch": 0, "shown_rows": 266, "drawn_rows": 262}}}
+
+    right = screen("right", new)
+    assert screen_faults(right) == [], picture_on_screen(right)
+    assert picture_on_screen(right, after=str(tmp_path / "old.png"))["after"] > 3 * PICTURE_ERROR
+    assert screen_faults(screen("right_edit_alone", new, split=0)) == []
+    bad = {
+        "older picture": screen("old", old),
+        "a 6 px strip": screen("strip", new, rows=6),
+        "divider elsewhere": screen("divider", new, split=0.25, shown_split=0.5),
+        "picture moved": screen("moved", new, shift=(0, 40)),
+        "off the screenshot": {**right, "picture": {**right["picture"], "rect": [400.0, 300.0, 236.0, 236.0]}},
+        "no picture drawn": {**right, "picture": None},
+        "short canvas": {**right, "widgets": {"transedit_compare": {"mismatch": 0, "shown_rows": 6, "drawn_rows": 262}}},
+        "stale canvas": {**right, "widgets": {"transedit_studio_bar": {"mismatch": 0.03, "shown_rows": 32, "drawn_rows": 28}}},
+        "no canvas": {**right, "widgets": {"transedit_compare": {"missing": True}}},
+    }
+    missed = [name for name, s in bad.items() if not screen_faults(s)]
+    assert not missed, missed
