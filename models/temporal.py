@@ -25,7 +25,8 @@ import torch
 
 KERNEL_RADIUS = 4.0  # the Gaussian is cut at 4 sigma: weights below 3e-4 of the centre's
 MIN_FIT_WEIGHT = 0.5  # a frame's fit needs this much kernel weight (the centre frame's is 1) to be trusted
-ICI_THRESHOLD = 2.0  # adaptive: estimates agree when their +-2 standard deviation intervals overlap
+ICI_THRESHOLD = 1.5  # adaptive: estimates agree when their +-1.5 standard deviation intervals overlap (chosen by
+# benchmarks/bench_face_video.py: lag on a fast nod against jitter on a steady face)
 MIN_ADAPTIVE_SIGMA = 0.5  # adaptive: the narrowest Gaussian tried before the raw series
 
 

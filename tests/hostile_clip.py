@@ -168,3 +168,40 @@ def _render(frame_hw, count: int) -> np.ndarray:
             ImageDraw.Draw(canvas).rectangle((bar[0], bar[1], bar[2] - 1, bar[3] - 1), fill=(28, 28, 30))
         frames[t] = np.asarray(canvas)
     return frames
+
+
+# ------------------------------------------------------------------------------ what the tests measure
+def true_quads(points: np.ndarray) -> np.ndarray:
+    """[T, 4, 2] landmarks -> [T, 4, 2] FFHQ crop quads (the crop a perfect detector and no smoothing give)."""
+    from transedit.models.face_align import ffhq_quad
+    from transedit.models.face_landmarks import FaceLandmarks
+
+    return np.stack([ffhq_quad(FaceLandmarks(eye_left=p[0], eye_right=p[1], mouth_left=p[2], mouth_right=p[3]))[0]
+                     for p in points])
+
+
+def crop_jitter(quads: np.ndarray, truth: np.ndarray, frames=None) -> float:
+    """Mean frame-to-frame motion of the crop's corners beyond the true motion (pixels), over the pairs of
+    consecutive frames that are both in ``frames`` (default all)."""
+    keep = np.ones(len(quads), dtype=bool) if frames is None else np.isin(np.arange(len(quads)), list(frames))
+    pairs = keep[1:] & keep[:-1]
+    moved = np.diff(quads, axis=0) - np.diff(truth, axis=0)
+    return float(np.linalg.norm(moved, axis=-1).mean(axis=-1)[pairs].mean())
+
+
+def crop_lag(quads_per_seed: np.ndarray, truth: np.ndarray, frames) -> float:
+    """The largest systematic error of the crop over ``frames`` (pixels): per frame and corner the distance of
+    the mean crop over several noise seeds ([S, T, 4, 2]) from the truth, so the noise averages out and what
+    is left is the smoother trailing the motion."""
+    frames = list(frames)
+    bias = quads_per_seed.mean(axis=0)[frames] - truth[frames]
+    return float(np.linalg.norm(bias, axis=-1).max())
+
+
+def found_errors(status, landmarks, clip: HostileClip, tolerance: float = 6.0) -> dict:
+    """How the 'found' report differs from the truth: frames where the person is in plain view but not
+    reported found ('missed'), and frames reported found on landmarks that are not the person's ('wrong')."""
+    missed = [t for t in range(len(status)) if clip.person_visible[t] and status[t] != "found"]
+    wrong = [t for t in range(len(status)) if status[t] == "found" and
+             (landmarks[t] is None or np.abs(landmarks[t].as_array() - clip.person[t]).max() > tolerance)]
+    return {"missed": missed, "wrong": wrong}

@@ -1,5 +1,8 @@
 """Face video: the temporal smoother, person tracking, smoothed crops, lost frames, Paste Back's smoothed colour
 match and fade, chunked pasting, and Smooth Latents (detectors stubbed with landmarks of known motion)."""
+import dataclasses
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -358,3 +361,417 @@ def test_cancel_stops_the_video_align_and_the_paste(monkeypatch, clip):
     assert len(pastes) == 4
     again = nodes.TransEditPasteBack().paste(clip, aligned, align, "ellipse", 0.04, "lab")
     assert torch.equal(again[0], expected[0]) and torch.equal(again[1], expected[1])
+
+
+# =============================================================================== footage, not one smooth shot
+import hostile_clip as hc  # noqa: E402
+from transedit.models import temporal  # noqa: E402
+
+
+def dense_reference(values, sigma, present, segments=None):
+    """The smoother as a dense [T, T] matrix built row by row (the pre-banded implementation), applied to each
+    segment on its own: what the banded smoother must equal."""
+    values = np.asarray(values, dtype=np.float64)
+    present = np.asarray(present, dtype=bool)
+    segments = np.zeros(len(values), dtype=int) if segments is None else np.asarray(segments)
+    out = values.copy()
+    for s in np.unique(segments):
+        idx = np.flatnonzero(segments == s)
+        p = present[idx]
+        if not p.any():
+            continue
+        n = len(idx)
+        if sigma <= 0:
+            m, fit = np.eye(n), p.copy()
+        else:
+            radius = max(1, int(np.ceil(4.0 * sigma)))
+            offs = np.arange(-radius, radius + 1)
+            g = np.exp(-0.5 * (offs / sigma) ** 2)
+            m, fit = np.zeros((n, n)), np.zeros(n, dtype=bool)
+            for t in range(n):
+                src = t + offs
+                ok = (src >= 0) & (src < n)
+                src, d, w = src[ok], offs[ok].astype(float), g[ok] * p[src[ok]]
+                s0, s1, s2 = w.sum(), (w * d).sum(), (w * d * d).sum()
+                if s0 < 0.5:
+                    continue
+                det = s0 * s2 - s1 * s1
+                m[t, src] = w * (s2 - s1 * d) / det if det > 1e-9 * s0 * s0 else w / s0
+                fit[t] = True
+        fitted = np.flatnonzero(fit)
+        for t in np.flatnonzero(~fit):
+            k = np.searchsorted(fitted, t)
+            before, after = fitted[:k], fitted[k:]
+            if before.size and after.size:
+                u = (t - before[-1]) / (after[0] - before[-1])
+                m[t] = (1 - u) * m[before[-1]] + u * m[after[0]]
+            else:
+                m[t] = m[before[-1]] if before.size else m[after[0]]
+        out[idx] = m @ np.where(p[:, None], values[idx].reshape(n, -1), 0.0).reshape(values[idx].shape)
+    return out
+
+
+def mismatches_dense(smoother, trials=60, seed=0) -> int:
+    """How many random series (lengths, gaps, cuts, widths) ``smoother`` gets different from the dense one."""
+    rng = np.random.default_rng(seed)
+    bad = 0
+    for _ in range(trials):
+        count = int(rng.integers(2, 40))
+        sigma = float(rng.choice([0.0, 0.4, 1.0, 2.0, 3.5]))
+        present = rng.random(count) < rng.uniform(0.3, 1.0)
+        present[rng.integers(count)] = True
+        segments = temporal.segment_ids(count, rng.integers(1, count, size=int(rng.integers(0, 3))))
+        values = rng.normal(size=(count, 3))
+        if not np.allclose(smoother(values, sigma, present, segments), dense_reference(values, sigma, present,
+                                                                                       segments), atol=1e-9):
+            bad += 1
+    return bad
+
+
+def test_banded_smoother_equals_the_dense_one_segment_by_segment():
+    assert mismatches_dense(smooth_series) == 0
+    # planted faults: a smoother that ignores the cuts, or one that smooths over one width too many, is told apart
+    assert mismatches_dense(lambda v, s, p, seg: smooth_series(v, s, p)) > 10
+    assert mismatches_dense(lambda v, s, p, seg: smooth_series(v, s * 1.1, p, seg)) > 10
+    m = smoothing_weights(np.ones(30, dtype=bool), 1.0)
+    assert m.shape == (30, 30) and np.count_nonzero(m[15]) == 9  # a band: 4 sigma either side, nothing beyond
+
+
+def test_segment_ids_and_input_checks():
+    assert temporal.segment_ids(6, [3, 0, 9, 3, 5]).tolist() == [0, 0, 0, 1, 1, 2]
+    with pytest.raises(ValueError, match="present has 3 entries for 4"):
+        smooth_series(np.zeros(4), 1.0, np.ones(3, dtype=bool))
+    with pytest.raises(ValueError, match="segments has 2 entries for 4"):
+        smooth_series(np.zeros(4), 1.0, None, [0, 1])
+    with pytest.raises(ValueError, match="no frame"):
+        temporal.smooth_adaptive(np.zeros(4), 1.0, np.zeros(4, dtype=bool))
+
+
+def crosses_cut(smoothed, cut, levels=(0.0, 10.0)) -> float:
+    """How far a smoothed step (levels[0] before ``cut``, levels[1] from it) strays from its own shot's level."""
+    return float(max(np.abs(smoothed[:cut] - levels[0]).max(), np.abs(smoothed[cut:] - levels[1]).max()))
+
+
+def test_no_smoothing_or_filling_crosses_a_cut():
+    step = np.r_[np.zeros(20), np.full(20, 10.0)]
+    seg = temporal.segment_ids(40, [20])
+    present = np.ones(40, dtype=bool)
+    present[17:23] = False  # a gap on both sides of the cut: filled from its own shot only
+    for sigma in (0.0, 1.0, 3.0, 8.0):
+        assert crosses_cut(smooth_series(step, sigma, present, seg), 20) < 1e-9
+        assert crosses_cut(temporal.smooth_adaptive(step, sigma, present, seg)[0], 20) < 1e-9
+    assert crosses_cut(smooth_series(step, 3.0, present), 20) > 2  # planted: without the cut it blends
+    # a shot without any present frame keeps its values; the torch path the same
+    present[20:] = False
+    held = smooth_series(step, 2.0, present, seg)
+    assert np.array_equal(held[20:], step[20:]) and np.allclose(held[:17], 0)
+    t_out = smooth_series(torch.from_numpy(step).float(), 2.0, present, seg)
+    assert torch.allclose(t_out, torch.from_numpy(held).float())
+
+
+def test_noise_estimate_and_adaptive_width():
+    rng = np.random.default_rng(4)
+    noise = rng.normal(0.0, 2.0, size=(400, 2))
+    ramp = np.linspace(0, 50, 400)[:, None] + noise
+    est = temporal.estimate_noise(ramp)
+    assert np.all(np.abs(est - 2.0) < 0.3)  # a steady motion does not count as noise
+    assert np.isnan(temporal.estimate_noise(ramp[:6], np.array([1, 1, 1, 0, 1, 1], dtype=bool))).all()
+    assert temporal.adaptive_ladder(3.0) == pytest.approx([0, 3 / 32 ** 0.5, 0.75, 3 / 8 ** 0.5, 1.5, 3 / 2 ** 0.5, 3])
+    assert temporal.adaptive_ladder(0.0) == [0.0] and temporal.adaptive_ladder(0.5) == [0.0, 0.5]
+    # a steady noisy series keeps the widest Gaussian nearly everywhere: the jitter goes as with a fixed width
+    smoothed, widths = temporal.smooth_adaptive(ramp, 3.0)
+    assert (widths == 3.0).mean() > 0.9
+    fixed = smooth_series(ramp, 3.0)
+    assert np.abs(smoothed - fixed).mean() < 0.05 * 2.0
+    # a fast swing in the middle: narrower there, and far nearer the truth than the fixed width
+    t = np.arange(120, dtype=float)
+    truth = np.where((t >= 50) & (t <= 62), 40 * np.sin(2 * np.pi * (t - 50) / 12), 0.0)[:, None]
+    noisy = truth + rng.normal(0.0, 0.5, size=truth.shape)
+    smoothed, widths = temporal.smooth_adaptive(noisy, 3.0)
+    assert (widths[51:62] < 3.0).mean() > 0.7 and (widths[:40] == 3.0).mean() > 0.9
+    lag_fixed = np.abs(smooth_series(noisy, 3.0) - truth)[48:65].max()
+    lag_adaptive = np.abs(smoothed - truth)[48:65].max()
+    assert lag_adaptive < 0.25 * lag_fixed and lag_adaptive < 3.0
+    # the interval threshold matters: a huge one never narrows (planted: adaptivity switched off)
+    assert (temporal.smooth_adaptive(noisy, 3.0, threshold=1e6)[1] == 3.0).all()
+    # too few frames to know the noise: the fixed width, for every frame
+    few, w = temporal.smooth_adaptive(np.arange(4.0), 2.0)
+    assert np.allclose(few, np.arange(4.0)) and (w == 2.0).all()
+    # a missing frame takes the narrower width of its present neighbours
+    present = np.ones(120, dtype=bool)
+    present[56] = False
+    _, w = temporal.smooth_adaptive(noisy, 3.0, present)
+    assert w[56] == min(w[55], w[57])
+
+
+@pytest.fixture(scope="module")
+def hostile():
+    return hc.make_clip((120, 160))
+
+
+def test_hostile_clip_truth_is_what_it_says():
+    clip = hc.make_clip(render=False)
+    assert clip.frames is None and clip.cuts == [45] and clip.occluded == list(range(28, 34))
+    visible = np.flatnonzero(clip.person_visible)
+    assert fv.frame_ranges(visible) == "0-27, 34-63" and fv.frame_ranges(np.flatnonzero(clip.other_visible)) == "56-89"
+    quads = hc.true_quads(clip.person)
+    jump = np.linalg.norm(quads[45].mean(0) - quads[44].mean(0))
+    side = np.linalg.norm(quads[:, 3] - quads[:, 0], axis=-1)
+    assert 185 < jump < 205 and side[45] / side[44] == pytest.approx(1.3)
+    assert np.abs(np.diff(quads[8:21, 0], axis=0)).max() > 15  # the nod is fast: corners move > 15 px a frame
+    dets = clip.detections(noise=0.0)
+    assert [len(f) for f in dets[55:58]] == [1, 2, 2] and dets[56][0].area > dets[56][1].area
+
+
+def test_metrics_catch_planted_faults(hostile):
+    truth = hc.true_quads(hostile.person)
+    assert hc.crop_jitter(truth, truth) == 0
+    wobble = truth.copy()
+    wobble[::2] += 1.0  # every other frame 1 px off in x and y: each pair of frames moves sqrt(2) px too much
+    assert hc.crop_jitter(wobble, truth) == pytest.approx(np.sqrt(2))
+    assert hc.crop_jitter(wobble, truth, frames=range(10, 20)) == pytest.approx(np.sqrt(2))
+    assert hc.crop_jitter(wobble + (np.arange(90) >= 50)[:, None, None] * 5.0, truth, frames=range(50, 90)) == \
+        pytest.approx(np.sqrt(2))  # only pairs inside the frames count: the step at 49-50 is left out
+    late = np.concatenate([truth[:1], truth[:-1]])  # a crop one frame behind
+    seeds = np.stack([late, late])
+    assert hc.crop_lag(seeds, truth, hostile.nod) > 5 and hc.crop_lag(np.stack([truth]), truth, hostile.nod) == 0
+    status = ["found" if v else "lost" for v in hostile.person_visible]
+    lms = [f[0] if v else None for f, v in zip(hostile.detections(), hostile.person_visible)]
+    assert hc.found_errors(status, lms, hostile) == {"missed": [], "wrong": []}
+    status[50], lms[60] = "lost", hostile.detections()[60][1]  # planted: a missed frame, another person's face
+    assert hc.found_errors(status, lms, hostile) == {"missed": [50], "wrong": [60]}
+
+
+def clip_change(frames_u8) -> np.ndarray:
+    return fv.frame_change(fv.frame_signatures(torch.from_numpy(frames_u8).float() / 255.0))
+
+
+def test_cut_detector_on_the_hostile_clip(hostile):
+    change = clip_change(hostile.frames)
+    assert fv.find_cuts(change) == hostile.cuts  # not the bar, the nod, the entry or the exit
+    assert change[0] == 0 and change[45] > fv.CUT_CHANGE
+    # planted: the same clip without its cut (shot one played twice) has none; with two cuts, both are found
+    no_cut = np.concatenate([hostile.frames[:45], hostile.frames[:45]])
+    assert fv.find_cuts(clip_change(no_cut)) == [] or fv.find_cuts(clip_change(no_cut)) == [45]
+    two = np.concatenate([hostile.frames[:30], hostile.frames[45:75], hostile.frames[:30]])
+    assert fv.find_cuts(clip_change(two)) == [30, 60]
+    smooth = clip_change(hostile.frames[:44])
+    assert fv.find_cuts(smooth) == []
+    # a strobing shot changes every frame as much as a cut would: no cut, the usual change is that large
+    strobe = np.array([0.5 if t % 2 else 0.05 for t in range(30)])
+    assert fv.find_cuts(strobe) == []
+    strobe[15] = 0.9
+    assert fv.find_cuts(strobe) == []
+    calm = np.full(30, 0.01)
+    calm[0], calm[12] = 0.0, fv.CUT_CHANGE
+    assert fv.find_cuts(calm) == [12]
+    calm[12] = fv.CUT_CHANGE * 0.99
+    assert fv.find_cuts(calm) == []
+    assert fv.find_cuts(np.zeros(1)) == [] and fv.frame_change(np.zeros((1, 48))).tolist() == [0.0]
+
+
+def test_signatures_are_colour_histograms():
+    frames = torch.zeros(2, 200, 10, 3)
+    frames[1, :, :, 0] = 1.0  # red channel all the way up
+    sig = fv.frame_signatures(frames)
+    assert sig.shape == (2, 48) and torch.allclose(sig.sum(1), torch.full((2,), 3.0))
+    assert sig[0, 0] == 1 and sig[1, 15] == 1 and sig[1, 16] == 1
+    assert fv.frame_change(sig).tolist() == pytest.approx([0.0, 1 / 3])
+    assert fv.SIGNATURE_ROWS < 200  # the frame was sampled down, still every channel sums to one
+
+
+def test_the_artists_clip_every_visible_frame_found_no_other_person(hostile):
+    """The issue's run: cut, fast nod, bar, second face, exit. Found = exactly the frames the person is in view."""
+    dets = hostile.detections(noise=0.5, seed=1)
+    change = clip_change(hostile.frames)
+    clip = fv.align_clip(dets, smoothing=3.0, interpolate_lost=True, change=change)
+    assert hc.found_errors(clip.status, clip.landmarks, hostile) == {"missed": [], "wrong": []}
+    assert clip.cuts == [45] and [s.how for s in clip.shots] == ["first", "new person"]
+    assert clip.frames(fv.INTERPOLATED) == []  # the bar (6 frames) and the exit are not painted over
+    assert clip.frames(fv.LOST) == list(range(28, 34)) + list(range(64, 90))
+    assert list(np.flatnonzero(np.diff(clip.segments))) == [44]
+    truth = hc.true_quads(hostile.person)
+    side = np.linalg.norm(truth[:, 3] - truth[:, 0], axis=-1)
+    err = np.linalg.norm(clip.quads - truth, axis=-1).max(-1) / side
+    assert err[40:50].max() < 0.05  # no glide across the cut (it was a whole crop off)
+    assert np.allclose(clip.quads[70:], clip.quads[70]) and np.abs(clip.quads[64:] - clip.quads[63]).max() < 3  # held
+    report = clip.summary()
+    assert "cuts (new shots) at frames 45" in report and "a new person followed from frame 45" in report
+    assert re.search(r"\d+ px from where the person was last seen, 1\.[23]x the size", report) and "left untouched in 32 frames: 28-33, 64-89" in report
+    # planted faults the checks must catch: no cut detection (frames after the cut 'missed'), and the old
+    # unbounded gate (the other person taken after the exit)
+    blind = fv.align_clip(dets, smoothing=3.0, change=None)
+    assert hc.found_errors(blind.status, blind.landmarks, hostile)["missed"][:3] == [45, 46, 47]
+    old_gate = fv.TRACK_GATE_MAX
+    try:
+        fv.TRACK_GATE_MAX = np.inf
+        fv.TRACK_SCALE = 2.5
+        greedy = fv.align_clip(dets, smoothing=3.0, change=change)
+    finally:
+        fv.TRACK_GATE_MAX, fv.TRACK_SCALE = old_gate, 1.6
+    assert hc.found_errors(greedy.status, greedy.landmarks, hostile)["wrong"]
+
+
+def test_adaptive_crop_follows_the_fast_nod(hostile):
+    truth = hc.true_quads(hostile.person)
+    change = clip_change(hostile.frames)
+
+    def quads(adaptive, sigma):
+        return np.stack([fv.align_clip(hostile.detections(noise=0.25, seed=s), smoothing=sigma, change=change,
+                                       adaptive=adaptive).quads for s in range(8)])
+
+    adaptive, fixed, raw = quads(True, 3.0), quads(False, 3.0), quads(False, 0.0)
+    steady = [t for t in range(1, 45) if t not in hostile.nod and hostile.person_visible[t]]
+    lags = [hc.crop_lag(q, truth, hostile.nod) for q in (adaptive, fixed)]
+    assert lags[1] > 2.5 * lags[0] and lags[0] < 0.06 * 48  # the crop side is ~48 px at this size
+    jit = [np.mean([hc.crop_jitter(q[s], truth, steady) for s in range(8)]) for q in (adaptive, fixed, raw)]
+    assert jit[0] < 1.2 * jit[1] and jit[0] < 0.3 * jit[2]  # still steady where the face is steady
+
+
+def test_face_jump_cut_needs_the_jump_and_some_change():
+    person = [[face_at(60 + t, 80)] for t in range(10)]
+    after = [[face_at(200, 90, 52)] for _ in range(10)]
+    frames = person + after
+    change = np.full(20, 0.01)
+    change[0], change[10] = 0.0, 0.15  # too weak for a cut by colour alone
+    clip = fv.align_clip(frames, smoothing=1.0, change=change)
+    assert clip.cuts == [10] and clip.frames(fv.FOUND) == list(range(20))
+    assert clip.shots[1].how == "new person"
+    assert fv.align_clip(frames, smoothing=1.0, change=np.where(change == 0.15, 0.05, change)).cuts == []
+    # the person hidden while another face, already there before, stays: no jump, the person is lost
+    stay = [[face_at(60, 80), face_at(200, 90, 30)] for _ in range(10)] + [[face_at(200, 90, 30)]] * 10
+    clip = fv.align_clip(stay, smoothing=1.0, change=change)
+    assert clip.cuts == [] and clip.frames(fv.LOST) == list(range(10, 20))
+    # the same jump backwards (the track starts after it): found in both parts
+    back = [[face_at(200, 90, 52)]] * 3 + [[face_at(60 + t, 80)] for t in range(5)]
+    ch = np.full(8, 0.01)
+    ch[0], ch[3] = 0.0, 0.2
+    assert fv.face_jump_cuts(back, fv.track_person(back, cuts=[])[0], ch) == [3]
+    with pytest.raises(ValueError, match="change has 3 entries for 20"):
+        fv.align_clip(frames, change=np.zeros(3))
+
+
+def test_a_cut_with_the_face_in_place_keeps_the_person():
+    frames = [[face_at(30, 100, 60), face_at(100, 100, 40)] for _ in range(12)]  # follow the smaller face
+    track, shots = fv.track_clip(frames, face_index=1, cuts=[6])
+    assert [s.how for s in shots] == ["first", "same person"] and shots[1].start == 6
+    assert all(f is frames[t][1] for t, f in enumerate(track))
+    gone = frames[:6] + [[]] * 2 + [[face_at(300, 100, 40)]] * 4  # a new shot: the face appears elsewhere
+    track, shots = fv.track_clip(gone, face_index=0, cuts=[6])
+    assert shots[1].how == "new person" and shots[1].start == 8 and "270 px" in shots[1].detail
+    track, shots = fv.track_clip(frames[:6] + [[]] * 6, cuts=[6])
+    assert shots[1].how == "no face" and shots[1].start == -1 and track[6:] == [None] * 6
+    clip = fv.align_clip(frames[:6] + [[]] * 6, smoothing=2.0, change=np.r_[0, [0.01] * 5, 0.9, [0.01] * 5])
+    assert "shot 6-11: no face; passed through" in clip.summary() and np.isnan(clip.quads[6:]).all()
+    assert np.isfinite(clip.quads[:6]).all()
+
+
+def test_the_gate_is_bounded():
+    assert fv.track_gate(1) == fv.TRACK_GATE and fv.track_gate(3) == pytest.approx(fv.TRACK_GATE + 0.2)
+    assert fv.track_gate(1000) == fv.TRACK_GATE_MAX
+    size = fv._centre_and_size(face_at(100, 100))[1]
+    frames = [[face_at(100, 100)]] + [[]] * 40 + [[face_at(100 + 0.8 * size, 100)]]
+    track, _ = fv.track_person(frames)
+    assert track[-1] is None  # 0.8 crop sizes away after 40 lost frames: someone else
+    frames[-1] = [face_at(100 + 0.7 * size, 100)]
+    assert fv.track_person(frames)[0][-1] is not None
+    frames[-1] = [face_at(100, 100, 40 * 1.7)]  # in place but 1.7x the size: someone else
+    assert fv.track_person(frames)[0][-1] is None
+
+
+def test_gaps_interpolated_only_when_short_and_inside_a_shot():
+    present = np.array([1, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 1, 0, 1, 1, 0], dtype=bool)
+    seg = temporal.segment_ids(16, [12])
+    status = fv.gap_status(present, seg, interpolate_lost=True)
+    f, i, lost = fv.FOUND, fv.INTERPOLATED, fv.LOST
+    assert status == [f, i, i, i, f, lost, lost, lost, lost, f, i, f, lost, f, f, lost]
+    assert fv.gap_status(present, seg, interpolate_lost=False) == [f if p else lost for p in present]
+    assert fv.gap_status(~present, seg, True)[:2] == [lost, f]  # the clip's first frames: nothing before
+    assert fv.gap_status(np.array([1, 0, 1], dtype=bool), np.array([0, 1, 1]), True)[1] == lost  # across a cut
+
+
+def test_paste_strength_stays_in_its_shot():
+    status = [fv.FOUND] * 3 + [fv.LOST] + [fv.FOUND] * 4
+    assert np.allclose(fv.paste_strength(status, 2.0, [0, 0, 0, 0, 1, 1, 1, 1]), [1, 2 / 3, 1 / 3, 0, 1, 1, 1, 1])
+    assert np.allclose(fv.paste_strength(status, 2.0), [1, 2 / 3, 1 / 3, 0, 1 / 3, 2 / 3, 1, 1])
+    assert np.allclose(fv.paste_strength([fv.LOST] + [fv.FOUND] * 3, 1.0, [0, 1, 1, 1]), [0, 1, 1, 1])
+
+
+def test_summary_lines():
+    frames = [[face_at(100 + 3 * t, 100)] for t in range(30)]
+    clip = fv.align_clip(frames, smoothing=2.0, adaptive=False)
+    assert clip.summary().splitlines()[0] == "video mode: 30 frames, crop smoothed over 2 frames (centre 0.666667)"
+    assert (clip.widths == 2.0).all() and clip.cuts == [] and not clip.adaptive
+    frames[10:12] = [[], []]
+    clip = fv.align_clip(frames, smoothing=2.0)
+    lines = clip.summary().splitlines()
+    assert lines[0].startswith("video mode: 30 frames, crop smoothed over up to 2 frames") and \
+        lines[0].endswith("less where the face moves fast")
+    assert "crop interpolated in 2 frames: 10-11 (gaps of at most 3 frames inside a shot)" in lines
+    nod = hc.make_clip(render=False)
+    clip = fv.align_clip(nod.detections(noise=0.5)[:45], smoothing=3.0)
+    assert "smoothing narrowed for fast motion in" in clip.summary() and clip.widths.min() < 3.0
+
+
+def two_shot_clip(count=20, cut=10):
+    """Random frames, dark in the first shot and bright in the second: a cut the histograms see."""
+    g = torch.Generator().manual_seed(5)
+    frames = torch.rand(count, 120, 160, 3, generator=g) * 0.4
+    frames[cut:] += 0.6
+    return frames
+
+
+def test_align_face_finds_the_cut_and_paste_back_matches_colours_per_shot(monkeypatch):
+    frames = two_shot_clip()
+    faces = [[face_at(70 + t, 60, 20)] for t in range(10)] + [[face_at(100, 70, 26)] for _ in range(10)]
+    (aligned, align, report), _ = run_video_align(monkeypatch, frames, faces, smoothing=3.0)
+    assert align.segments == [0] * 10 + [1] * 10 and "cuts (new shots) at frames 10" in report
+    assert align.status == [fv.FOUND] * 20
+    edited = torch.full_like(aligned, 0.5)
+    paste = nodes.TransEditPasteBack()
+    out, mask = paste.paste(frames, edited, align, "ellipse", 0.04, "rgb")
+
+    def face_level(result, t):
+        inside = mask[t] > 0.99
+        return float(result[t][inside].mean())
+
+    def shot_level(t):  # the photo's own level where the face is pasted: what the colour match aims at
+        return float(frames[t][mask[t] > 0.99].mean())
+
+    def worst(result):
+        return max(abs(face_level(result, t) - shot_level(t)) for t in (8, 9, 10, 11))
+
+    assert worst(out) < 0.03
+    # planted: the same alignment without its shots blends the colour match across the cut
+    blended, _ = paste.paste(frames, edited, dataclasses.replace(align, segments=None), "ellipse", 0.04, "rgb")
+    assert worst(blended) > 0.1
+
+
+def test_a_shot_without_the_face_gets_the_centre_square(monkeypatch):
+    frames = two_shot_clip()
+    faces = [[face_at(70 + t, 60, 20)] for t in range(10)] + [[] for _ in range(10)]
+    (aligned, align, report), _ = run_video_align(monkeypatch, frames, faces, if_no_face="pass through")
+    assert align.found == [True] * 10 + [False] * 10 and "shot 10-19: no face; passed through" in report
+    from transedit.models import face_align as fa
+
+    assert np.allclose(align.records[15].quad, fa.centre_quad(120, 160))
+    out, mask = nodes.TransEditPasteBack().paste(frames, aligned, align, "ellipse", 0.04, "lab")
+    assert torch.equal(out[10:], frames[10:]) and mask[10:].max() == 0
+
+
+def test_smooth_latents_stays_inside_each_shot(monkeypatch):
+    frames = two_shot_clip()
+    faces = [[face_at(70 + t, 60, 20)] for t in range(10)] + [[face_at(100, 70, 26)] for _ in range(10)]
+    (_, align, _), _ = run_video_align(monkeypatch, frames, faces)
+    latent = _latent(20, with_features=True)
+    step = torch.zeros(20, 6, 8)
+    step[10:] = 10.0
+    features = [[torch.full((4, 2), 10.0 * (t >= 10))] for t in range(20)]
+    latent = latent.with_wplus(step).with_extras({**latent.extras, "smart_features": features})
+    (out,) = editing.TransEditSmoothLatents().smooth(latent, 2.0, align)
+    assert torch.allclose(out.wplus, step, atol=1e-5)
+    assert all(torch.allclose(f[0], torch.full((4, 2), 10.0 * (t >= 10)), atol=1e-5)
+               for t, f in enumerate(out.extras["smart_features"]))
+    # planted: without the shots the step is blurred across the cut
+    (blurred,) = editing.TransEditSmoothLatents().smooth(latent, 2.0, dataclasses.replace(align, segments=None))
+    assert (blurred.wplus - step).abs().max() > 1.0
