@@ -1,75 +1,235 @@
-"""Counting host synchronisations on a CPU-only machine.
+"""Counting host synchronisations on a CPU-only machine (and, on a GPU, the same calls on real devices).
 
-On a GPU, every call below makes the host wait for the device (or copies host memory into a device stream, which
-waits just the same): a value read back (`.item()`, `.tolist()`, `bool()`/`int()`/`float()` of a tensor, `.cpu()`,
-`.numpy()`), a data-dependent shape (`.nonzero()`, `torch.unique`, boolean indexing via `masked_select`),
-`torch.multinomial`, `torch.equal`, or a tensor built from host data (`torch.tensor`, `new_tensor`,
-`as_tensor`, `from_numpy`). A torch function mode sees each of them on the CPU too, so a test can count them in a
-hot loop and fail when a loop that must run without them gains one. Calls made inside functions marked
-`@host_side` (models/devices.py: they read CPU-generator draws, never device memory) are not counted.
+On a GPU, every call counted here makes the host wait for the device, or copies host memory into a device stream
+(which waits just the same). A torch function mode sees each of them on the CPU too, so a test can count them in a
+hot loop and fail when a loop that must run without them gains one. What counts (`sync_op` decides):
+
+- a value read back: `.item()`, `.tolist()`, `.cpu()`, `.numpy()`, `np.asarray(t)`, `bool()`/`int()`/`float()`/
+  `complex()`/`operator.index()` of a tensor, `v in t`, `torch.is_nonzero`, `torch.equal`, `torch.allclose`,
+  formatting or printing a tensor (`__format__`, `__repr__`, which `str()` and `print` use);
+- a shape that depends on the data: `nonzero`, `argwhere`, one-argument `torch.where(cond)`, `unique`,
+  `unique_consecutive`, `masked_select`, `bincount`, `repeat_interleave` with tensor repeats and no output_size,
+  indexing or assigning through a boolean mask (`x[mask]`, `x[mask] = v`, `index_put_` with a bool index);
+  `x[t]` with a 0-dim integer tensor `t` (read back as a Python int) and `x[[0, 2]]` (an index built on the host);
+- a device-side check read back: `multinomial`, `inverse`/`linalg.inv`/`linalg.solve`/`linalg.cholesky`;
+- an explicit wait: `torch.cuda.synchronize()`, `torch.accelerator.synchronize()`, a CUDA stream's or event's
+  `.synchronize()`. These, `torch.from_numpy` and `torch.frombuffer` bypass torch function modes, so a counter
+  wraps them while it is active (code that bound them under another name, `from torch import from_numpy`, is
+  not seen).
+
+Host data meeting device data. On a CPU machine every tensor lives on the host, so "a host-built tensor added to a
+device tensor" cannot be seen at the addition; it is counted where the host data becomes a tensor instead: every
+`torch.tensor`, `as_tensor`, `asarray`, `from_numpy`, `frombuffer` and `new_tensor` in pack code counts (make
+constants once, e.g. models/devices.py `device_constant`, or build them on the device with `torch.arange`/`full`).
+Moves are counted with `moves=True`: `.to(<device>)`, `.to(<other tensor>)`, `.cuda()`, and `copy_` from a host
+tensor, since on a CPU a move to the compute device and a copy back look the same; compared across runs
+(`per_step`) they show copies that grow with the work. Where devices really differ (a GPU run, or a test's
+"meta" device) any call whose tensors sit on the host and on a device counts without `moves`
+(`op(host<->device)`): `.to`, `copy_`, an index or a value on the wrong side. (`.to("cpu")` alone is not
+counted on a CPU: there `.to(x.device)`, the usual way to stay on x's device, names the host too.)
+
+Only calls made from the pack's library code count: a frame whose module is `transedit.models.*` or
+`transedit.nodes.*`, or whose file is under models/ or nodes/ of the checkout, whether imported through its real
+path or a symlink to it (./dev.sh gpu-check imports the checkout through /tmp/transedit-src/transedit). Calls
+inside functions marked `@host_side` (models/devices.py: they read CPU-generator draws, never device memory) do
+not count. On a GPU, `cuda_sync_errors` and `cuda_syncs` ask PyTorch's own detector
+(`torch.cuda.set_sync_debug_mode`) the same question.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 
+import torch
 from torch.overrides import TorchFunctionMode
 
+import transedit.models.devices as _devices
 from transedit.models.devices import HOST_SIDE_CODE
 
-SYNC_OPS = frozenset({"__bool__", "__int__", "__float__", "__index__", "item", "tolist", "cpu", "numpy", "nonzero",
-                      "argwhere", "unique", "masked_select", "multinomial", "equal", "tensor", "new_tensor",
-                      "as_tensor", "from_numpy"})
-_PACK = str(Path(__file__).resolve().parents[1])
-_PACK_CODE = tuple(f"{_PACK}/{folder}/" for folder in ("models", "nodes"))  # the library; not tests, not .venv
+# always a sync, whatever the arguments
+SYNC_OPS = frozenset({
+    "__bool__", "__int__", "__float__", "__complex__", "__index__", "__contains__", "__format__", "__repr__",
+    "__array__", "item", "tolist", "cpu", "numpy", "is_nonzero", "equal", "allclose",
+    "nonzero", "argwhere", "unique", "unique_consecutive", "masked_select", "bincount", "multinomial",
+    "inverse", "linalg_inv", "linalg_solve", "linalg_cholesky",
+    "tensor", "new_tensor", "as_tensor", "asarray"})  # from_numpy, frombuffer: see wrapped_calls
+INDEXING = frozenset({"__getitem__", "__setitem__"})
+MOVES = frozenset({"to", "copy_", "cuda"})
+
+PACK_MODULES = ("transedit.models", "transedit.nodes")  # the library; not tests, not the root's test writers
+_ROOTS = tuple(dict.fromkeys([str(Path(__file__).resolve().parents[1]),
+                              str(Path(_devices.__file__).absolute().parents[1]),  # as imported (maybe a symlink)
+                              str(Path(_devices.__file__).resolve().parents[1])]))
+_PACK_CODE = tuple(f"{root}/{folder}/" for root in _ROOTS for folder in ("models", "nodes"))
 
 
-def _site() -> tuple[str, bool]:
-    """(the pack's innermost file:line on the stack, whether a @host_side function is on it)."""
-    frame = sys._getframe(2)
+def pack_site(frame) -> str | None:
+    """'models/x.py:LINE' when the frame runs the pack's library code, else None."""
+    module = frame.f_globals.get("__name__") or ""
+    path = frame.f_code.co_filename
+    for root in _ROOTS:
+        if path.startswith(_PACK_CODE) and path.startswith(root + "/"):
+            return f"{path[len(root) + 1:]}:{frame.f_lineno}"
+    if module in PACK_MODULES or module.startswith(tuple(m + "." for m in PACK_MODULES)):
+        return f"{module.split('.', 1)[1].replace('.', '/')}.py:{frame.f_lineno}"
+    return None
+
+
+def _site() -> tuple[str | None, bool]:
+    """(the pack's innermost site on the stack, whether a @host_side function is on it)."""
+    frame = sys._getframe(1)
     site = None
     while frame is not None:
         if frame.f_code in HOST_SIDE_CODE:
-            return site or "?", True
-        path = frame.f_code.co_filename
-        if site is None and path.startswith(_PACK_CODE):
-            site = f"{path[len(_PACK) + 1:]}:{frame.f_lineno}"
+            return site, True
+        if site is None:
+            site = pack_site(frame)
         frame = frame.f_back
-    return site or "?", False
+    return site, False
 
 
-def _names_a_device(args, kwargs) -> bool:
-    import torch
+def _tensors(args, kwargs):
+    for a in list(args) + list(kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            yield a
+        elif isinstance(a, (tuple, list)):
+            yield from (t for t in a if isinstance(t, torch.Tensor))
 
-    targets = list(args[1:]) + [kwargs.get("device")]
-    return any(isinstance(t, (str, torch.device)) for t in targets if t is not None)
+
+def _target_device(args, kwargs):
+    """The device `.to(...)` names (a device, its name or index, or another tensor's), else None (a dtype)."""
+    for t in list(args[1:]) + [kwargs.get("device"), kwargs.get("tensor")]:
+        if isinstance(t, torch.Tensor):
+            return t.device
+        if isinstance(t, torch.device):
+            return t
+        if isinstance(t, str):
+            return torch.device(t)
+        if isinstance(t, int) and not isinstance(t, bool):
+            return torch.device("cuda", t)
+    return None
+
+
+def _crosses(devices) -> bool:
+    """Host and a device among them."""
+    types = {d.type for d in devices}
+    return "cpu" in types and len(types) > 1
+
+
+def _host_index(index) -> bool:
+    """An index that is read back or built on the host: a bool mask (its positions are counted), a 0-dim integer
+    tensor (read as a Python int), a list or array of positions."""
+    for item in index if isinstance(index, tuple) else (index,):
+        if isinstance(item, torch.Tensor):
+            if item.dtype in (torch.bool, torch.uint8) or (item.dim() == 0 and not item.is_floating_point()):
+                return True
+        elif isinstance(item, list) or getattr(item, "ndim", 0) > 0:
+            return True
+    return False
+
+
+def sync_op(func, args, kwargs, moves: bool = False) -> str | None:
+    """The name to count `func(*args, **kwargs)` under when it synchronises (see the module's docstring)."""
+    name = getattr(func, "__name__", "")
+    if name in SYNC_OPS:
+        return name
+    if name == "where" and len(args) + len(kwargs) == 1:
+        return "where(condition)"
+    if name == "repeat_interleave" and "output_size" not in kwargs:
+        repeats = args[1] if len(args) > 1 else kwargs.get("repeats")
+        if repeats is None or isinstance(repeats, torch.Tensor):
+            return "repeat_interleave(tensor repeats)"
+    if name in INDEXING and _host_index(args[1]):
+        return f"{name}(host index)"
+    if name in ("index_put_", "index_put"):
+        indices = args[1] if len(args) > 1 else kwargs.get("indices", ())
+        if any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices):
+            return f"{name}(mask)"
+    if name in MOVES:
+        source = args[0]
+        if name == "to":
+            target = _target_device(args, kwargs)
+        elif name == "copy_":
+            source_of_copy = args[1] if len(args) > 1 else kwargs.get("src", kwargs.get("other"))
+            target = source_of_copy.device
+        else:
+            target = torch.device("cuda")
+        if target is None:
+            return None
+        if _crosses((source.device, target)):
+            return f"{name}(host<->device)"
+        if moves:
+            return f"{name}(device)"
+        return None
+    if _crosses(t.device for t in _tensors(args, kwargs) if t.device.type != "cpu" or t.dim() > 0):
+        return f"{name}(host<->device)"
+    return None
+
+
+def wrapped_calls() -> list[tuple[object, str, str]]:
+    """(owner, attribute, name to count): calls a torch function mode does not see, wrapped while a counter is
+    active: the explicit waits, and the two ways of making a tensor of host memory without copying it."""
+    found = [(torch.cuda, "synchronize", "cuda.synchronize"), (torch.cuda.Stream, "synchronize", "Stream.synchronize"),
+             (torch.cuda.Event, "synchronize", "Event.synchronize"), (torch, "from_numpy", "from_numpy"),
+             (torch, "frombuffer", "frombuffer")]
+    if hasattr(getattr(torch, "accelerator", None), "synchronize"):
+        found.append((torch.accelerator, "synchronize", "accelerator.synchronize"))
+    return found
 
 
 class SyncCounter(TorchFunctionMode):
     """`with SyncCounter() as syncs: ...` then `syncs.counts` {(op, file:line): n} for calls from the pack.
 
-    moves=True also counts `.to(<a device>)`: on a CPU every device is the host, so a move to the compute device
-    and a copy back cannot be told apart; compared across runs (per_step) they show copies that grow with the
-    work."""
+    moves=True also counts moves and copies between devices (`.to(<a device or tensor>)`, `.cuda()`, `copy_`):
+    on a CPU every device is the host, so a move to the compute device and a copy back cannot be told apart;
+    compared across runs (per_step) they show copies that grow with the work."""
 
     def __init__(self, moves: bool = False):
         super().__init__()
         self.counts: Counter = Counter()
         self.moves = moves
+        self._wrapped: list = []
+
+    def count(self, op: str) -> None:
+        site, host = _site()
+        if site is not None and not host:
+            self.counts[(op, site)] += 1
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = getattr(func, "__name__", "")
-        if self.moves and name == "to" and _names_a_device(args, kwargs or {}):
-            name = "to(device)"
-        if name in SYNC_OPS or name == "to(device)":
-            site, host = _site()
-            if not host and site != "?":
-                self.counts[(name, site)] += 1
-        return func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        op = sync_op(func, args, kwargs, self.moves)
+        if op is not None:
+            self.count(op)
+        return func(*args, **kwargs)
+
+    def __enter__(self):
+        for owner, attr, op in wrapped_calls():
+            original = getattr(owner, attr)
+            self._wrapped.append((owner, attr, original))
+            setattr(owner, attr, self._counting(original, op))
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        while self._wrapped:
+            owner, attr, original = self._wrapped.pop()
+            setattr(owner, attr, original)
+        return super().__exit__(*exc)
+
+    def _counting(self, original, op: str):
+        def wait(*args, **kwargs):
+            self.count(op)
+            return original(*args, **kwargs)
+
+        return wait
 
     def total(self) -> int:
         return sum(self.counts.values())
+
+    def ops(self) -> set[str]:
+        return {op for op, _ in self.counts}
 
 
 def per_step(run, small: int, large: int, moves: bool = False) -> Counter:
@@ -80,3 +240,33 @@ def per_step(run, small: int, large: int, moves: bool = False) -> Counter:
     with SyncCounter(moves) as b:
         run(large)
     return Counter({k: v for k, v in (b.counts - a.counts).items() if v})
+
+
+# ---------------------------------------------------------------- PyTorch's own detector, on a CUDA device
+@contextlib.contextmanager
+def cuda_sync_errors():
+    """Inside, any CUDA call that synchronises raises RuntimeError ("called a synchronizing CUDA operation")."""
+    before = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(before)
+
+
+def cuda_syncs(run) -> int:
+    """How many synchronising CUDA calls run() makes, by PyTorch's detector in warning mode (one warning each)."""
+    before = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run()
+        finally:
+            torch.cuda.set_sync_debug_mode(before)
+    return sum("synchronizing CUDA operation" in str(w.message) for w in caught)
+
+
+def cuda_per_step(run, small: int, large: int) -> int:
+    """The CUDA detector's count for run(large) less run(small): 0 when the loop adds no sync per step."""
+    return cuda_syncs(lambda: run(large)) - cuda_syncs(lambda: run(small))
