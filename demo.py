@@ -273,13 +273,14 @@ def main(argv=None) -> int:
             try:
                 stand_in_sd = h.stable_diffusion_stand_in(comfy_root, log=lambda s: print(f"[demo] {s}", flush=True))
             except (RuntimeError, OSError) as e:  # this server cannot build it: only the workflows that need it lose
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+                why = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"  # the last: the builder's error
                 wanted = ", ".join(f"{f}/{n}" for f, n in user_missing)
                 for path, wf in workflows.items():
                     if path not in skipped and uses_user_models(wf, user_missing):
                         skip(path, [f"needs a Stable Diffusion checkpoint ({wanted}), which is not in "
                                     f"{', '.join(str(s) for s in search)}, and the random SD 1.5 stand-in could not "
-                                    f"be built on this server ({first}): put your SD 1.5 checkpoint in "
+                                    f"be built on this server ({why}): put your SD 1.5 checkpoint in "
                                     "<models>/checkpoints/ and pass --models <models>"])
                 user_missing = []
         runnable = [wf for p, wf in workflows.items() if p not in skipped]

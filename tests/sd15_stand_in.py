@@ -120,4 +120,7 @@ if __name__ == "__main__":
     import comfy.options
 
     comfy.options.enable_args_parsing()
-    _main(out_arg, seed_arg)
+    import torch
+
+    with torch.no_grad():  # as ComfyUI's server loads models; the 2024 CLIP fills a weight in place at construction
+        _main(out_arg, seed_arg)
