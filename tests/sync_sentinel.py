@@ -60,8 +60,8 @@ INDEXING = frozenset({"__getitem__", "__setitem__"})
 MOVES = frozenset({"to", "copy_", "cuda"})
 
 PACK_MODULES = ("transedit.models", "transedit.nodes")  # the library; not tests, not the root's test writers
-_ROOTS = tuple(dict.fromkeys([str(Path(__file__).resolve().parents[1]),
-                              str(Path(_devices.__file__).absolute().parents[1]),  # as imported (maybe a symlink)
+# the checkout as imported (through a symlink under ./dev.sh gpu-check) and as it really is
+_ROOTS = tuple(dict.fromkeys([str(Path(_devices.__file__).absolute().parents[1]),
                               str(Path(_devices.__file__).resolve().parents[1])]))
 _PACK_CODE = tuple(f"{root}/{folder}/" for root in _ROOTS for folder in ("models", "nodes"))
 
@@ -80,7 +80,7 @@ def pack_site(frame) -> str | None:
 
 def _site() -> tuple[str | None, bool]:
     """(the pack's innermost site on the stack, whether a @host_side function is on it)."""
-    frame = sys._getframe(1)
+    frame = sys._getframe()
     site = None
     while frame is not None:
         if frame.f_code in HOST_SIDE_CODE:

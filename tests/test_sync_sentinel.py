@@ -185,6 +185,9 @@ PLANTED = textwrap.dedent('''
         scale = torch.tensor(2.0)
         return [(x * scale)[i].item() for i in range(n)]
 
+    def moves_per_step(x, n):
+        return [x.to(x.device) for _ in range(n)]
+
 
     ONCE = {
         "item": "item", "tolist": "tolist", "cpu": "cpu", "numpy_": "numpy", "array": "__array__",
@@ -377,6 +380,59 @@ def test_per_step_keeps_what_grows_with_the_steps():
     assert once.counts == {("tensor", f"models/planted_syncs.py:{line - 1}"): 1,
                            ("item", f"models/planted_syncs.py:{line}"): 2}
     assert per_step(lambda n: [module.clean_arithmetic(x) for _ in range(n)], 1, 4) == {}
+    line = def_line("moves_per_step") + 1
+    assert per_step(lambda n: module.moves_per_step(x, n), 1, 4) == {}
+    assert per_step(lambda n: module.moves_per_step(x, n), 1, 4, moves=True) == {
+        ("to(device)", f"models/planted_syncs.py:{line}"): 3}
+    with SyncCounter() as syncs:
+        module.moves_per_step(x, 2)
+    assert syncs.total() == 0, "moves count only when asked for"
+
+
+class FakeSyncDebugMode:
+    """A stand-in for torch.cuda's sync debug mode on a machine without CUDA: a 'synchronising call' warns or
+    raises as the mode says, as PyTorch's does."""
+
+    def __init__(self, monkeypatch):
+        self.mode = 0
+        monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: self.mode)
+        monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", self.set)
+
+    def set(self, mode):
+        self.mode = {"default": 0, "warn": 1, "error": 2}.get(mode, mode)
+
+    def sync(self, times: int = 1):
+        import warnings
+
+        for _ in range(times):
+            if self.mode == 2:
+                raise RuntimeError("called a synchronizing CUDA operation")
+            if self.mode == 1:
+                warnings.warn("called a synchronizing CUDA operation")
+        warnings.warn("an unrelated warning")
+
+
+def test_the_cuda_detector_helpers(monkeypatch):
+    """cuda_sync_errors, cuda_syncs and cuda_per_step (which run on a GPU) against a stand-in for PyTorch's
+    sync debug mode: they count each synchronising call, raise in error mode, and restore the mode."""
+    import warnings
+
+    fake = FakeSyncDebugMode(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a filter outside does not hide the calls
+        assert sync_sentinel.cuda_syncs(lambda: fake.sync(3)) == 3
+        assert sync_sentinel.cuda_syncs(lambda: fake.sync(0)) == 0
+        assert sync_sentinel.cuda_per_step(lambda n: fake.sync(2 * n + 1), 1, 3) == 4
+        assert sync_sentinel.cuda_per_step(lambda n: fake.sync(5), 1, 3) == 0
+    assert fake.mode == 0
+    with pytest.raises(RuntimeError, match="synchronizing"), sync_sentinel.cuda_sync_errors():
+        fake.sync(1)
+    assert fake.mode == 0
+    fake.mode = 1
+    with sync_sentinel.cuda_sync_errors():
+        with pytest.raises(RuntimeError):
+            fake.sync(1)
+    assert fake.mode == 1
 
 
 def test_waits_are_unwrapped_afterwards():
@@ -409,6 +465,9 @@ def test_sync_op_reads_the_arguments():
     assert sync_op(torch.Tensor.__getitem__, (x, torch.tensor([1])), {}) is None
     assert sync_op(torch.Tensor.__getitem__, (x, (0, None, Ellipsis)), {}) is None
     assert sync_op(torch.Tensor.to, (x, torch.float16), {}, moves=True) is None
+    assert sync_op(torch.Tensor.to, (x, "cpu"), {}) is None  # moves only when asked for
+    assert sync_op(torch.Tensor.copy_, (x, x), {}) is None
+    assert sync_op(torch.Tensor.index_put_, (x, (mask,)), {"values": x}) == "index_put_(mask)"
     assert sync_op(torch.Tensor.to, (x, torch.float16), {"device": "cpu"}, moves=True) == "to(device)"
     assert sync_op(torch.Tensor.to, (x, True), {}, moves=True) is None  # a bool is the non_blocking flag
     assert sync_op(torch.Tensor.to, (x, "meta"), {}) == "to(host<->device)"
@@ -446,8 +505,12 @@ def layouts(tmp_path_factory):
         import transedit
         import transedit.models.planted_syncs as planted
         from sync_sentinel import SyncCounter
+        from pathlib import Path
+        from test_sync_sentinel import plant
+        by_path = {how: census(plant("planted_by_path", str(path)), SyncCounter) for how, path in
+                   (("as imported", Path(planted.__file__)), ("resolved", Path(planted.__file__).resolve()))}
         print("CENSUS " + json.dumps({"file": transedit.__file__, "planted": planted.__file__,
-                                      "result": census(planted, SyncCounter)}))
+                                      "result": census(planted, SyncCounter), "by_path": by_path}))
     ''')
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     procs = {}
@@ -470,6 +533,8 @@ def test_planted_syncs_are_counted_through_real_and_symlinked_imports(layouts, l
     assert found["file"] == str(root / "transedit" / "__init__.py"), "the copy, imported this way, was not used"
     assert found["planted"].startswith(str(root)), found["planted"]
     assert check_census(found["result"], "models/planted_syncs.py") == []
+    for how, result in found["by_path"].items():  # a module name the pack does not use: its file is recognised
+        assert check_census(result, "models/planted_syncs.py") == [], how
 
 
 @pytest.mark.parametrize("name", sorted(ONCE))
