@@ -1,8 +1,10 @@
 """Every stage in fp32, bf16 and fp16 against fp32, at the official sizes with random weights, written as JSON:
 the evidence behind each family's `auto` precision (models/precision.py) and a correctness check on the device.
+Then StyleGAN2's `auto` checked where random weights cannot: on trained-like proxies and on official files.
 
     python benchmarks/precision_sweep.py --device cuda --out benchmarks/results/gpu_precision.json
     python benchmarks/precision_sweep.py --device cpu --quick --out /tmp/precision.json    # small models (CI)
+    python benchmarks/precision_sweep.py --device cuda --stages none --generators ffhq.pt  # only the auto check
 
 For each stage the same seeded inputs go through the model in fp32 (the reference) and under bf16 and fp16
 autocast; the row records the relative L2 error ||half - fp32|| / ||fp32||, the largest absolute error, whether
@@ -10,6 +12,16 @@ everything stayed finite, and the median time per call. `--cpu-reference` also r
 the device's fp32 error against it (parity across devices; TF32 is off). A row fails when its error passes the
 tolerance below; the exit status is 1 when any row fails. CPU fp16 is emulated (minutes per full-size image), so
 the CPU run uses --quick.
+
+StyleGAN2's auto check: each candidate (auto = fp16 in NVlabs' blocks with their +-256 clamp; fp16 in every block
+with only the overflow guard, the old auto; bf16) against fp32, on (1) activation-scaled proxies of a random
+generator: the same function with every activation multiplied by a power of two (the fp32 image is bit-identical),
+at the scales a trained generator's activations can have, and (2) official generator files when present: the
+ones given with --generators, the generators in the pack's model folder (ComfyUI/models/stylegan, or
+$TRANSEDIT_MODELS_DIR/stylegan outside ComfyUI) and the official-format fixture in ../shared (TRANSEDIT_SHARED;
+untrained, so it only speaks for the format). Each prints "confirmed" or "refuted" for auto with the numbers,
+and the peak |activation| fp32 reaches in the blocks auto runs in fp16 (its clamp changes outputs only above
+256); a refuted claim fails the sweep.
 """
 from __future__ import annotations
 
@@ -26,6 +38,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from transedit.models.precision import WHOLE_NETWORK, agreement  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # relative L2 error allowed against fp32 at full size (errors compound through depth: looser than the unit tests)
@@ -193,6 +207,142 @@ def run_stage(name, build, device, quick, reps, cpu_reference):
     return rows
 
 
+# ------------------------------------------------------------------------------- StyleGAN2's auto, checked
+# auto's claim: finite, within these of fp32 (image range [-1, 1]), and no further from fp32 than bf16
+AUTO_CLAIM = {"rel_l2": 5e-3, "max_abs": 0.05}
+# name -> (dtype, HalfBlocks or None for the family's own); the first is auto
+CANDIDATES = {
+    "auto: fp16, NVlabs blocks": (torch.float16, None),
+    "fp16 every block (old auto)": (torch.float16, WHOLE_NETWORK),
+    "bf16": (torch.bfloat16, None),
+}
+AUTO = next(iter(CANDIDATES))
+# activation scales of the proxies: as random weights have them (peaks of a few units), and scaled up to a peak of
+# about 120 (a trained StyleGAN2's demodulated convolutions keep activations near unit variance; NVlabs' trained
+# generators never pass their 256 clamp)
+PROXY_SCALES = (1, 16)
+
+
+def activation_scaled(generator, scale: float):
+    """A copy of `generator` computing the same image with every activation multiplied by `scale`: the constant
+    input, the noise strengths and the activation biases times `scale` (the demodulated convolutions and the
+    leaky ReLU pass a scale through), the ToRGB weights divided by it. A power of two keeps fp32 bit-identical."""
+    import copy
+
+    if generator.config.conv_clamp is not None:
+        raise ValueError("activation_scaled needs a generator without conv_clamp (the clamp would not scale)")
+    scaled = copy.deepcopy(generator)
+    with torch.no_grad():
+        scaled.input.input.mul_(scale)
+        for layer in (scaled.conv1, *scaled.convs):
+            layer.noise.weight.mul_(scale)
+            layer.activate.bias.mul_(scale)
+        for to_rgb in (scaled.to_rgb1, *scaled.to_rgbs):
+            to_rgb.conv.weight.div_(scale)
+    return scaled
+
+
+def low_res_spike(generator, value: float, channel: int = 0):
+    """A copy of `generator` with one 4x4 channel held at a large constant (`value` x sqrt 2, its bias) that only
+    the 4x4 ToRGB reads (scaled down by `value`) and the next layer ignores (its style for the channel is zero):
+    a large activation in a wide low-resolution block, where NVlabs keeps fp32."""
+    import copy
+
+    spiked = copy.deepcopy(generator)
+    with torch.no_grad():
+        spiked.conv1.activate.bias[channel] = value
+        spiked.to_rgb1.conv.weight[:, :, channel] /= value
+        modulation = spiked.convs[0].conv.modulation
+        modulation.weight[channel] = 0
+        modulation.bias[channel] = 0
+    return spiked
+
+
+def half_block_peak(generator, features: dict, dtype=torch.float16, half_blocks=None) -> float:
+    """The largest |activation| of an fp32 run (`features` from synthesis(return_features=True)) in the blocks
+    the recipe runs in half precision: above the recipe's clamp, its output differs from fp32."""
+    blocks = half_blocks or generator.PRECISION.blocks_for(dtype)
+    first = blocks.first_half_resolution(generator.config.resolutions)
+    peak = 0.0
+    for name, x in features.items():
+        if name.startswith("conv") and x.shape[-1] >= first:
+            peak = max(peak, float(x.abs().max()))
+    return peak
+
+
+def compare_candidates(generator, wplus: torch.Tensor) -> dict:
+    """Each candidate's agreement with fp32 on `wplus` (fixed noise), plus the fp32 peak in auto's fp16 blocks."""
+    with torch.no_grad():
+        ref, features = generator.synthesis(wplus, noise_mode="const", return_features=True)
+        result = {"peak_in_auto_fp16_blocks": half_block_peak(generator, features), "candidates": {}}
+        del features
+        for name, (dtype, blocks) in CANDIDATES.items():
+            result["candidates"][name] = vars(agreement(
+                generator.synthesis(wplus, noise_mode="const", dtype=dtype, half_blocks=blocks), ref))
+    return result
+
+
+def verdict(result: dict) -> tuple[bool, str]:
+    """"confirmed" when auto is finite, within AUTO_CLAIM of fp32 and no further than bf16; else "refuted"."""
+    rows = result["candidates"]
+    auto, bf16 = rows[AUTO], rows["bf16"]
+    holds = (auto["finite"] and auto["rel_l2"] <= AUTO_CLAIM["rel_l2"] and auto["max_abs"] <= AUTO_CLAIM["max_abs"]
+             and auto["rel_l2"] <= bf16["rel_l2"])
+    numbers = "; ".join(f"{name}: rel. L2 {r['rel_l2']:.2e}, max abs {r['max_abs']:.3g}" for name, r in rows.items())
+    return holds, (f"{'confirmed' if holds else 'refuted'} (claim: rel. L2 <= {AUTO_CLAIM['rel_l2']}, max abs <= "
+                   f"{AUTO_CLAIM['max_abs']}, no further than bf16; peak |activation| in auto's fp16 blocks "
+                   f"{result['peak_in_auto_fp16_blocks']:.3g}) - {numbers}")
+
+
+def official_generators(explicit=()) -> list[tuple[str, str]]:
+    """(path, what it is) for every official generator file present: the explicit ones, the pack's stylegan
+    model folder, and the official-format fixture in ../shared."""
+    from transedit.nodes import comfy_bridge as bridge
+
+    found = [(str(p), "given") for p in explicit]
+    found += [(bridge.model_path("stylegan", name), "model folder") for name in bridge.list_models("stylegan")]
+    shared = Path(os.environ.get("TRANSEDIT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+    fixture = shared / "fixtures" / "stylegan2_style_transformer" / "stylegan2_small_rosinality.pt"
+    if fixture.is_file():
+        found.append((str(fixture), "official-format fixture, untrained"))
+    return found
+
+
+def stylegan2_auto_check(device: torch.device, quick: bool, generators=(), batch: int = 2) -> list[dict]:
+    """The verdict on auto for each proxy scale and each official file; prints one line each."""
+    from transedit.models.registry import load_stylegan2
+    from transedit.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator
+
+    cases = []
+    torch.manual_seed(0)
+    cfg = StyleGAN2Config(size=64, style_dim=64, n_mlp=2, channels={4: 64, 8: 64, 16: 64, 32: 32, 64: 32}) if quick \
+        else StyleGAN2Config(size=1024)
+    base = StyleGAN2Generator(cfg).eval()
+    for scale in PROXY_SCALES:
+        cases.append((f"random config {'small' if quick else 'f 1024'}, activations x{scale}", "proxy",
+                      lambda scale=scale: activation_scaled(base, scale)))
+    for path, kind in official_generators(generators):
+        cases.append((Path(path).name, kind, lambda path=path: load_stylegan2(path).model.eval()))
+    results = []
+    for name, kind, build in cases:
+        row = {"generator": name, "kind": kind}
+        try:
+            g = build().to(device)
+            z = torch.randn(batch, g.config.input_dim, generator=torch.Generator().manual_seed(1)).to(device)
+            with torch.no_grad():
+                wplus = g.mapping(z).unsqueeze(1).expand(-1, g.n_latent, -1).contiguous()
+            row.update(compare_candidates(g, wplus))
+            row["confirmed"], text = verdict(row)
+            del g
+        except Exception as e:  # a file that cannot load is reported, not a verdict
+            row["error"], text = f"{type(e).__name__}: {e}", f"not checked ({type(e).__name__}: {e})"
+        print(f"StyleGAN2 auto on {name} [{kind}]: {text}", flush=True)
+        results.append(row)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return results
+
+
 def markdown(rows: list) -> str:
     lines = ["| stage | dtype | rel. L2 error vs fp32 | max abs error | ms / call | ok |", "|---|---|---|---|---|---|"]
     for r in rows:
@@ -209,7 +359,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="small models (CPU, CI)")
-    ap.add_argument("--stages", default=",".join(STAGES), help="comma list of " + ", ".join(STAGES))
+    ap.add_argument("--stages", default=",".join(STAGES), help="comma list of " + ", ".join(STAGES) + " (or none)")
+    ap.add_argument("--generators", nargs="*", default=[], help="official generator files for the StyleGAN2 auto "
+                    "check (besides the model folder's and the ../shared fixture)")
+    ap.add_argument("--no-auto-check", action="store_true", help="skip the StyleGAN2 auto check")
     ap.add_argument("--reps", type=int, default=None, help="timed calls per dtype (default 5 GPU, 1 CPU)")
     ap.add_argument("--cpu-reference", action="store_true", help="also compare the device's fp32 with the CPU's")
     ap.add_argument("--out", default=None)
@@ -220,17 +373,21 @@ def main(argv=None) -> int:
         torch.backends.cudnn.allow_tf32 = False
     reps = args.reps if args.reps is not None else (5 if device.type == "cuda" else 1)
     rows, errors = [], []
-    for name in args.stages.split(","):
+    for name in [n for n in args.stages.split(",") if n and n != "none"]:
         t0 = time.perf_counter()
         try:
             rows += run_stage(name, STAGES[name], device, args.quick, reps, args.cpu_reference)
         except Exception as e:  # a stage that cannot run is reported, and the sweep goes on
             errors.append({"stage": name, "error": f"{type(e).__name__}: {e}"})
         print(f"{name}: {time.perf_counter() - t0:.1f} s", flush=True)
+    auto_checks = [] if args.no_auto_check else stylegan2_auto_check(device, args.quick, args.generators)
+    checked = [c for c in auto_checks if "confirmed" in c]
     report = {"benchmark": "precision_sweep", "quick": args.quick, "tolerance": TOLERANCE,
               "machine": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
                           or platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads()},
-              "rows": rows, "errors": errors, "ok": bool(rows) and all(r["ok"] for r in rows) and not errors}
+              "rows": rows, "errors": errors, "stylegan2_auto": {"claim": AUTO_CLAIM, "checks": auto_checks},
+              "ok": bool(rows or checked) and all(r["ok"] for r in rows) and not errors
+              and all(c["confirmed"] for c in checked)}
     text = json.dumps(report, indent=1)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -238,6 +395,9 @@ def main(argv=None) -> int:
         Path(tmp).write_text(text + "\n")
         os.replace(tmp, args.out)
     print(markdown(rows))
+    for c in auto_checks:
+        state = "error" if "error" in c else ("confirmed" if c["confirmed"] else "REFUTED")
+        print(f"StyleGAN2 auto on {c['generator']} [{c['kind']}]: {state}")
     for e in errors:
         print(f"ERROR {e['stage']}: {e['error']}")
     return 0 if report["ok"] else 1

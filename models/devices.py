@@ -5,6 +5,8 @@ has caught up: `.item()`, `.tolist()`, `bool(t)`, `.nonzero()`, a `torch.tensor(
 hot loops (Splice's training step, PUT's sampling passes, synthesis) avoid them; tests/test_sync_free.py counts
 them on the CPU. Code that deliberately works on host tensors only (random draws on a seeded CPU generator, so a
 seed means the same on every device) is marked `@host_side`, and the count leaves it out.
+
+Capabilities are read for the device a model runs on, never the current one: `has_native_bf16`.
 """
 from __future__ import annotations
 
@@ -43,3 +45,22 @@ def device_constant(values: Sequence[float], device: torch.device, dtype: torch.
                     cached = torch.tensor(key[0], dtype=dtype, device=device).view(*shape)
                 _constants[key] = cached
     return cached
+
+
+# bf16 tensor cores arrived with compute capability 8.0 (Ampere); before it (T4, V100, RTX 20xx) torch emulates
+# bf16, which runs but is slower than fp32
+NATIVE_BF16_CAPABILITY = (8, 0)
+
+
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether `device` runs bf16 math natively: the CPU does (torch's CPU kernels); a CUDA device from Ampere on,
+    read for that device (torch.cuda.is_bf16_supported(including_emulation=False) reads the current one); ROCm
+    GPUs do. Other devices: no (their bf16 support varies; fp16/fp32 are the safe answers)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return True
+    if device.type != "cuda":
+        return False
+    if torch.version.hip:
+        return True
+    return tuple(torch.cuda.get_device_capability(device)) >= NATIVE_BF16_CAPABILITY

@@ -126,8 +126,8 @@ class DinoViT(nn.Module):
     """A frozen DINO ViT that returns Splice's features for any input size."""
 
     # Splice trains through it: bf16 keeps fp32's exponent range for the input gradients (fp16 would need loss
-    # scaling); the losses themselves are computed in fp32
-    PRECISION = PrecisionPolicy(fp16=True, bf16=True, auto_gpu="bf16",
+    # scaling, so a GPU without native bf16 runs auto in fp32); the losses themselves are computed in fp32
+    PRECISION = PrecisionPolicy(fp16=True, bf16=True, auto_gpu="bf16", auto_without_bf16="fp32",
                                 evidence="training through DINO: bf16 needs no loss scaling")
 
     def __init__(self, config: DinoConfig):

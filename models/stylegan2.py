@@ -33,7 +33,7 @@ from .descriptor import ModelDescriptor
 from .checkpoint_io import TRANSEDIT_FORMAT_KEY, RawCheckpoint, atomic_write, check_weight_dtypes, formats_hint
 from .errors import CheckpointError
 from .latent import model_fingerprint
-from .precision import PrecisionPolicy, guard_fp16
+from .precision import NVLABS_FP16, HalfBlocks, PrecisionPolicy, guard_fp16
 
 SQRT2 = math.sqrt(2.0)
 MIN_SIZE, MAX_SIZE = 4, 2048
@@ -237,10 +237,12 @@ class BiasLeakyReLU(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
         self.clamp = clamp
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, clamp: Optional[float] = None) -> torch.Tensor:
+        """clamp: this call's clamp (a half-precision block's), used instead of the module's."""
         x = F.leaky_relu(x + self.bias.to(x.dtype)[None, :, None, None], 0.2) * SQRT2
-        if self.clamp is not None:
-            x = x.clamp(-self.clamp, self.clamp)
+        clamp = self.clamp if clamp is None else clamp
+        if clamp is not None:
+            x = x.clamp(-clamp, clamp)
         return guard_fp16(x)  # rosinality checkpoints have no conv_clamp: an fp16 overflow must not become inf
 
 
@@ -252,8 +254,8 @@ class StyledConv(nn.Module):
         self.noise = NoiseInjection()
         self.activate = BiasLeakyReLU(out_ch, clamp)
 
-    def forward(self, x, w, noise=None):
-        return self.activate(self.noise(self.conv(x, w), noise))
+    def forward(self, x, w, noise=None, clamp: Optional[float] = None):
+        return self.activate(self.noise(self.conv(x, w), noise), clamp)
 
 
 class ToRGB(nn.Module):
@@ -265,10 +267,11 @@ class ToRGB(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
         self.clamp = clamp
 
-    def forward(self, x, w, skip=None):
+    def forward(self, x, w, skip=None, clamp: Optional[float] = None):
         out = self.conv(x, w) + self.bias.to(x.dtype)
-        if self.clamp is not None:
-            out = out.clamp(-self.clamp, self.clamp)
+        clamp = self.clamp if clamp is None else clamp
+        if clamp is not None:
+            out = out.clamp(-clamp, clamp)
         # the RGB image is the sum of every resolution's contribution: accumulated in fp32 (3 channels: cheap),
         # so a half-precision run rounds each layer's output once instead of the running sum at every level
         out = guard_fp16(out).float()
@@ -306,10 +309,13 @@ def _no_autocast(device_type: str):
 
 # --------------------------------------------------------------------------------------------- model
 class StyleGAN2Generator(nn.Module):
-    # fp16 has 3 more mantissa bits than bf16 and, with the activation guard and the fp32 RGB sum, no overflow:
-    # measured about 10x closer to fp32 than bf16 at the same speed (README "Precision")
-    PRECISION = PrecisionPolicy(fp16=True, bf16=True, auto_gpu="fp16",
-                                evidence="fp16 ~10x closer to fp32 than bf16 in synthesis, same speed on an H100")
+    # fp16 as NVlabs runs the generators it trains and publishes: the 4 highest-resolution blocks (most of the
+    # work) in fp16 with activations clamped to +-256 there, which bounds every fp16 conv output below 65504; the
+    # wide low-resolution blocks, where activations are largest, in fp32. bf16 (whole network) keeps fp32's
+    # range but has 3 fewer mantissa bits: ~10x further from fp32 (docs/precision-and-gpu.md "Precision")
+    PRECISION = PrecisionPolicy(fp16=True, bf16=True, auto_gpu="fp16", fp16_blocks=NVLABS_FP16,
+                                evidence="NVlabs' recipe (fp16 in the top 4 blocks, clamp 256, rest fp32): within "
+                                         "2e-3 of fp32 on trained-like weights; bf16 ~10x further")
 
     def __init__(self, config: StyleGAN2Config):
         super().__init__()
@@ -419,12 +425,15 @@ class StyleGAN2Generator(nn.Module):
                   return_features: bool = False, feature_hook: Optional[FeatureHook] = None,
                   dtype: Optional[torch.dtype] = None, channels_last: bool = False,
                   max_resolution: Optional[int] = None,
-                  rgb_hook: Optional[Callable[[int, torch.Tensor], None]] = None):
+                  rgb_hook: Optional[Callable[[int, torch.Tensor], None]] = None,
+                  half_blocks: Optional[HalfBlocks] = None):
         """W+ [B, n_latent, style_dim] -> image [B, 3, size, size] (nominal range [-1, 1], not clamped).
 
         noise: explicit per-layer noise (overrides noise_mode); noise_mode "const" uses the checkpoint's
         buffers (deterministic, what parity needs), "random" draws fresh N(0,1) (seeded by noise_seed),
-        "none" turns noise off. dtype=bfloat16/float16 runs the convolutions under autocast.
+        "none" turns noise off. dtype=bfloat16/float16 runs the convolutions of the blocks `half_blocks` names
+        under autocast (default: the family's policy, PRECISION: fp16 in NVlabs' blocks with their clamp, bf16
+        everywhere), the other blocks in fp32.
         max_resolution: stop after that resolution's block and return the skip branch's RGB there (the
         image the network has built so far, [B, 3, r, r]); the layers above it are not run, so a 256 px
         preview of a 1024 px generator costs about a third of a full image (measured on a CPU). W+ rows of the skipped layers are unused.
@@ -450,31 +459,50 @@ class StyleGAN2Generator(nn.Module):
                 features[f"conv{layer}"] = x
             return x
 
-        autocast = (torch.autocast(wplus.device.type, dtype=dtype)
-                    if dtype in (torch.bfloat16, torch.float16) else nullcontext())
-        with autocast:
+        half = dtype if dtype in (torch.bfloat16, torch.float16) else None
+        blocks = (half_blocks or self.PRECISION.blocks_for(half)) if half is not None else None
+        first_half = blocks.first_half_resolution(self.config.resolutions) if blocks is not None else None
+        half_clamp = blocks.clamp_with(self.config.conv_clamp) if blocks is not None else None
+
+        def block(res: int):
+            """(precision context, clamp) for the block at resolution `res`; an fp32 block of a half-precision
+            run is fp32 even inside a caller's autocast."""
+            if first_half is None:
+                return nullcontext(), None
+            if res < first_half:
+                return _no_autocast(wplus.device.type), None
+            return torch.autocast(wplus.device.type, dtype=half), half_clamp
+
+        context, clamp = block(4)
+        with context:
             x = self.input(batch)
+            if clamp is not None:
+                x = x.clamp(-clamp, clamp)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            x = emit(0, self.conv1(x, wplus[:, 0], noise[0]))
-            skip = self.to_rgb1(x, wplus[:, 1])
+            x = emit(0, self.conv1(x, wplus[:, 0], noise[0], clamp))
+            skip = self.to_rgb1(x, wplus[:, 1], clamp=clamp)
+        if return_features:
+            features["rgb4"] = skip
+        if rgb_hook is not None:
+            rgb_hook(4, skip)
+        i = 1
+        for k, res in enumerate(self.config.resolutions[1:]):
+            if max_resolution is not None and res > max_resolution:
+                break
+            up, conv, to_rgb = self.convs[2 * k], self.convs[2 * k + 1], self.to_rgbs[k]
+            context, clamp = block(res)
+            if clamp is not None and x.dtype != half:  # entering the half blocks: the fp32 input fits them too
+                x = x.clamp(-clamp, clamp)
+            with context:
+                x = emit(2 * k + 1, up(x, wplus[:, i], noise[2 * k + 1], clamp))
+                x = emit(2 * k + 2, conv(x, wplus[:, i + 1], noise[2 * k + 2], clamp))
+                skip = to_rgb(x, wplus[:, i + 2], skip, clamp)
             if return_features:
-                features["rgb4"] = skip
+                features[f"rgb{res}"] = skip
             if rgb_hook is not None:
-                rgb_hook(4, skip)
-            i = 1
-            for k, res in enumerate(self.config.resolutions[1:]):
-                if max_resolution is not None and res > max_resolution:
-                    break
-                up, conv, to_rgb = self.convs[2 * k], self.convs[2 * k + 1], self.to_rgbs[k]
-                x = emit(2 * k + 1, up(x, wplus[:, i], noise[2 * k + 1]))
-                x = emit(2 * k + 2, conv(x, wplus[:, i + 1], noise[2 * k + 2]))
-                skip = to_rgb(x, wplus[:, i + 2], skip)
-                if return_features:
-                    features[f"rgb{res}"] = skip
-                if rgb_hook is not None:
-                    rgb_hook(res, skip)
-                i += 2
+                rgb_hook(res, skip)
+            i += 2
         image = skip.float().contiguous()
         if return_features:
             return image, features

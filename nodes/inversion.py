@@ -8,12 +8,13 @@ from typing import Optional
 from ..models.descriptor import ModelDescriptor
 from ..models.irse import preprocess_fast, preprocess_official
 from ..models.latent import StyleLatent
+from ..models.precision import DEFAULT_POLICY
 from ..models.registry import load_encoder
 from . import comfy_bridge as bridge
 from .chunks import run_in_chunks
 from .handles import ModelHandle, load_handle
 from .inputs import NodeInputError, check_choice, check_float, check_images
-from .precision import PRECISIONS, resolve_precision
+from .precision import PRECISIONS, auto_tooltip, resolve_precision
 from .rendering import StyleGANHandle
 
 CATEGORY = "TransEdit/Inversion"
@@ -80,8 +81,8 @@ class TransEditInvert:
                                                         "transforms (bit-exact); fast: antialiased torch resize "
                                                         "on the GPU (within one 8-bit level)."}),
             "precision": (list(PRECISIONS), {"default": "auto",
-                                             "tooltip": "auto: bf16 on a GPU (fp16 where it has no bf16), fp32 on a "
-                                                        "CPU. W+ stays fp32 either way."}),
+                                             "tooltip": auto_tooltip(DEFAULT_POLICY)
+                                             + " W+ stays fp32 either way."}),
         }}
 
     RETURN_TYPES = ("TE_LATENT",)

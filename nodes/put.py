@@ -6,6 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..models.put import PUTTransformer
 from ..models.put_sampling import SamplerRNG, SamplingState, sample_tokens, step_counts
 from ..models.registry import PUTDescriptor, load_put
 from . import comfy_bridge as bridge
@@ -14,7 +15,7 @@ from .compare import compare_ui
 from .handles import ModelHandle, load_handle
 from .images import comfy_image_to_pil
 from .inputs import MAX_SEED, NodeInputError, check_choice, check_float, check_images, check_int
-from .precision import PRECISIONS, resolve_precision
+from .precision import PRECISIONS, auto_tooltip, resolve_precision
 
 CATEGORY = "TransEdit/Inpaint"
 SCHEDULES = ("tokens per iteration", "cosine", "linear", "average")
@@ -213,8 +214,8 @@ class TransEditPUTInpaint:
                                 "tooltip": "Pixels over which the fill blends into the original outside the "
                                            "mask (holes themselves are always fully replaced)."}),
             "precision": (list(PRECISIONS), {"default": "auto",
-                                             "tooltip": "auto: bf16 for the transformer on a GPU (fp16 where it has "
-                                                        "no bf16), fp32 on a CPU."}),
+                                             "tooltip": auto_tooltip(PUTTransformer.PRECISION)
+                                             + " (For the transformer; sampling is fp32.)"}),
         }}
 
     RETURN_TYPES = ("IMAGE", "MASK")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..models.dino import DinoViT
 from ..models.registry import load_dino
 from ..models.splice import SpliceLambdas, SpliceSettings, SpliceTrainer, apply_generator
 from . import comfy_bridge as bridge
@@ -16,7 +17,7 @@ from .compare import compare_ui
 from .handles import ModelHandle, load_handle
 from .images import comfy_image_to_pil
 from .inputs import MAX_SEED, NodeInputError, check_choice, check_float, check_images, check_int
-from .precision import resolve_precision
+from .precision import auto_tooltip, resolve_precision
 
 CATEGORY = "TransEdit/Splice"
 # Step counts. `official` is the paper's config; the shorter presets rely on early stopping as well
@@ -158,8 +159,8 @@ class TransEditSplice:
                                            "tooltip": "Stop when the loss has stopped improving (fast and "
                                                       "balanced only; official always runs all its steps)."}),
                 "precision": (list(SPLICE_PRECISIONS), {"default": "auto",
-                                                        "tooltip": "auto: bf16 autocast for DINO on a GPU (its "
-                                                                   "range needs no loss scaling), fp32 on a CPU."}),
+                                                        "tooltip": auto_tooltip(DinoViT.PRECISION) + " (Autocast "
+                                                        "for DINO: bf16's range needs no loss scaling.)"}),
                 "preview_every": ("INT", {"default": 50, "min": 0, "max": 10_000,
                                           "tooltip": "Show the current result every N steps (0 = never)."}),
             },
