@@ -61,7 +61,8 @@ browser_setup() {
 }
 
 # The Comfy Registry's own check of the published tree (`comfy node validate`, comfy-cli), in its own environment.
-# It exits 0 even when it prints security warnings; any warning fails here.
+# It exits 0 even when it prints security warnings; any warning fails here. It scans the whole checkout, tests
+# included; what the archive holds (.comfyignore) is checked by tests/test_registry_archive.py with this comfy-cli.
 validate() {
     if [ ! -x "$TOOLS_VENV/bin/comfy" ]; then
         say "installing comfy-cli $COMFY_CLI_VERSION into $TOOLS_VENV"
@@ -145,7 +146,7 @@ usage: ./dev.sh COMMAND [args...]
   setup          only build .venv and install the ComfyUI servers
   browser-setup  Chromium (apt) and playwright-core (npm) for the browser tests
   validate       the Comfy Registry's check of the published tree (comfy node validate); fails on any warning
-  gpu-check      the GPU check on a lent NVIDIA machine (README "GPU check"); --device cpu --quick runs it here
+  gpu-check      the GPU check on a lent NVIDIA machine (docs/precision-and-gpu.md); --device cpu --quick runs it here
   gpu-wheels     the wheels that check needs there, into .whl/
 USAGE
        exit 2 ;;

@@ -18,8 +18,8 @@ own process under its own time limit (the limits add up to the --budget, 8 minut
    curve, PUT 256 px at the official schedules, the Edit Studio preview; and the official code beside the pack
    (benchmarks/vs_official.py) when --official names the official checkouts;
 4. ComfyUI 0.33.0 headless on the device, the models' memory management probed with DynamicVRAM on and off,
-   when ComfyUI and its requirements are importable (they are over the carry limit; see README "GPU check");
-5. one JSON (benchmarks/results/gpu_check_<device>.json) and a markdown summary beside it, which the README's
+   when ComfyUI and its requirements are importable (they are over the carry limit; see docs/precision-and-gpu.md "GPU check");
+5. one JSON (benchmarks/results/gpu_check_<device>.json) and a markdown summary beside it, which the docs'
    GPU rows are taken from.
 Exit status 1 when a step fails (a skipped step is reported, not failed).
 """

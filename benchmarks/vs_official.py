@@ -697,7 +697,7 @@ def table(rows) -> str:
 
 
 def markdown(report) -> str:
-    """The README's table of one run."""
+    """The docs/performance.md table of one run."""
     lines = ["| stage | case | official s | TransEdit s | speed-up | max abs diff (output range) | peak MiB official / TransEdit |",
              "|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
@@ -738,7 +738,7 @@ def main(argv=None):
                     help="compile rosinality's CUDA kernels for the official side (needs nvcc; minutes)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", default=None, help="JSON (default benchmarks/results/vs_official_<device>.json)")
-    ap.add_argument("--markdown-from", default=None, metavar="JSON", help="print the README table of a run and stop")
+    ap.add_argument("--markdown-from", default=None, metavar="JSON", help="print the docs/performance.md table of a run and stop")
     args = ap.parse_args(argv)
     if args.markdown_from:
         print(markdown(json.loads(Path(args.markdown_from).read_text())))

@@ -150,7 +150,7 @@ class PUTTransformer(nn.Module):
     """Shared interface. Token sequences are row-major over the token grid: l = row * w + col."""
 
     # the logits only rank codes (softmax in fp32 after them) and attention is softmax-normalised: bf16, whose
-    # range is fp32's, is the safe GPU default; fp16 runs too (README "Precision")
+    # range is fp32's, is the safe GPU default; fp16 runs too (docs/precision-and-gpu.md "Precision")
     PRECISION = PrecisionPolicy(fp16=True, bf16=True, auto_gpu="bf16", evidence="range-safe; fills compared in "
                                 "benchmarks/precision_sweep.py")
 

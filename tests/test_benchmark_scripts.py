@@ -1,5 +1,5 @@
 """The comparison scripts in benchmarks/ without the official checkouts: stages skip with a line saying why,
-the README table renders, and the Splice study's preset rule matches the trainer's early stop."""
+the docs/performance.md table renders, and the Splice study's preset rule matches the trainer's early stop."""
 import json
 import sys
 from pathlib import Path

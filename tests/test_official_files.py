@@ -1,7 +1,7 @@
 """Files as the official code writes them — its containers, its folder layouts, its config files written by
 its own save calls (yaml.dump, torch.save of the official dicts) — load, and what they set is used.
 
-Each official save call is listed in the README's faithfulness section with the test here that covers it.
+Each official save call is listed in docs/faithfulness.md with the test here that covers it.
 The PUT and DINO cases run on the official reduced fixtures (../shared/fixtures)."""
 from __future__ import annotations
 

@@ -304,7 +304,7 @@ def test_models_and_nodes_import_in_one_direction():
 
 
 # ------------------------------------------------------------------------------------ house rules
-# What a newcomer relies on when reading the pack (README "How it is built"), checked so it stays true.
+# What a newcomer relies on when reading the pack (docs/architecture.md), checked so it stays true.
 _SKIPPED_FOLDERS = {"node_modules", "test_artifacts", "build", "dist", "__pycache__"}
 
 

@@ -1,5 +1,5 @@
 """PUT's per-sample draws (what the node uses): Gumbel-max on noise from each sample's seeded CPU generator is an
-exact draw from softmax(logits), respects top-k filtering, and depends on the seed only (README: Seeds)."""
+exact draw from softmax(logits), respects top-k filtering, and depends on the seed only (docs/precision-and-gpu.md: Seeds)."""
 import pytest
 import torch
 

@@ -145,7 +145,7 @@ def test_five_point_alignment_agrees_with_the_68_point_recipe():
     """RetinaFace gives eye centres (pupils) and mouth corners; FFHQ averages each 6-point eye contour. On the
     real photo (scikit-image's astronaut), with mediapipe's refined mesh standing in for both (its iris centres
     as the 5-point eyes, its iBUG-matching contour points as the 68-point eyes, the same mouth corners), the
-    two FFHQ crops differ by the figures below (recorded in the README)."""
+    two FFHQ crops differ by the figures below (recorded in docs/faithfulness.md)."""
     pytest.importorskip("mediapipe")
     skdata = pytest.importorskip("skimage.data")
     photo = np.asarray(skdata.astronaut())

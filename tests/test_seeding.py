@@ -1,4 +1,4 @@
-"""The pack's one seeding policy (README: Seeds): every random draw comes from a seeded CPU torch.Generator and is
+"""The pack's one seeding policy (docs/precision-and-gpu.md: Seeds): every random draw comes from a seeded CPU torch.Generator and is
 then moved to the compute device, so a seed selects the same latents, noise, crops and samples on every device.
 Here: no node makes a device generator or draws from the global RNG, and a seed repeats a run."""
 import pytest

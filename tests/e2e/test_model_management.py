@@ -115,7 +115,7 @@ def test_models_are_managed_under_gpu_settings(comfy_copy, tmp_path, flags):
 @pytest.mark.parametrize("flags", [["--cpu"], []], ids=["cpu", "gpu"])
 def test_models_stay_managed_beside_dynamic_vram(comfy_root, comfy_copy, tmp_path, flags):
     """ComfyUI >= 0.24 swaps CoreModelPatcher for ModelPatcherDynamic (comfy-aimdo) on NVIDIA GPUs. The pack's
-    models keep the legacy ModelPatcher (README: DynamicVRAM), and everything above still holds beside dynamic
+    models keep the legacy ModelPatcher (docs/precision-and-gpu.md: DynamicVRAM), and everything above still holds beside dynamic
     models: loads, the OOM recovery unloading a dynamic stand-in for a diffusion model, free_memory, unload_all,
     the Edit Studio preview's reload, no leaked weights. On a CPU only the swap can be simulated (ComfyUI never
     enables DynamicVRAM there); on CUDA the probe initialises comfy-aimdo as ComfyUI's main.py does."""
