@@ -311,7 +311,7 @@ class TransEditPUTInpaint:
     @staticmethod
     def _fill(model, job, n, seed, plan, top_k, temperature, raster, dtype, device, progress):
         """n fills of one prepared window -> [n, 3, S, S] in 0..1 at the model's resolution (CPU)."""
-        # CPU generators: a seed picks the same fill on every device (README: Seeds); the noise is moved in one copy
+        # CPU generators: a seed picks the same fill on every device (docs/precision-and-gpu.md: Seeds); the noise is moved in one copy
         gens = [torch.Generator().manual_seed((seed + k) % (MAX_SEED + 1)) for k in range(n)]
         codec = model.content_codec
         combine = model.config.combine_rec_and_gt

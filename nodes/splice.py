@@ -21,7 +21,7 @@ from .precision import auto_tooltip, resolve_precision
 
 CATEGORY = "TransEdit/Splice"
 # Step counts. `official` is the paper's config; the shorter presets rely on early stopping as well
-# (see README "Splice presets" for the loss-vs-steps measurement behind them).
+# (see docs/performance.md "Splice: minutes, not hours" for the loss-vs-steps measurement behind them).
 PRESETS = {"fast": 800, "balanced": 2500, "official": 10_000}
 SPLICE_PRECISIONS = ("auto", "fp32", "bf16")
 # The generator halves its input five times and normalises with batch statistics, which needs >= 2x2
