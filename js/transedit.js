@@ -18,7 +18,7 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const EXTENSION = "TransEdit.Canvas";
-const HELP_URL = "https://github.com/transedit/ComfyUI-TransEdit#node-reference";
+const HELP_URL = "https://github.com/transedit/ComfyUI-TransEdit/blob/main/docs/node-reference.md";
 const COMPARE_KEY = "transedit_compare";
 const COMPARE_HEIGHT = 260;
 const STRIP = 18;

@@ -75,7 +75,7 @@ def render(node_id: str, cls, display: str) -> str:
         lines += ["## Weights", "", f"Put the files in `ComfyUI/{folder}` and press Refresh (R). Official sources:", ""]
         lines += [f"- [{label}]({url})" for label, url in sources]
         lines.append("")
-    lines += ["More: [TransEdit README](https://github.com/transedit/ComfyUI-TransEdit#node-reference)", ""]
+    lines += ["More: [TransEdit node reference](https://github.com/transedit/ComfyUI-TransEdit/blob/main/docs/node-reference.md)", ""]
     return "\n".join(lines)
 
 
