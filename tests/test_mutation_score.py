@@ -1,6 +1,7 @@
 """The mutation-score benchmark (benchmarks/mutation_score.py) must make real mutants: each one a change that some
 input tells apart from the original, at the operator the issue's slips are made of, never in a docstring, an
 f-string or an annotation, and never an operator swallowed by a longer one (`*` inside `**`, `<` inside `<=`)."""
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -26,15 +27,19 @@ def _apply(m):
     return SOURCE[:m.start] + m.after + SOURCE[m.end:]
 
 
-def test_every_mutant_changes_what_the_function_returns():
+def test_every_mutant_changes_what_the_function_returns(tmp_path):
     mutants = ms.find_mutants(SOURCE)
     kinds = {m.kind for m in mutants}
     assert kinds == {"compare", "operator", "boolean", "not", "sign", "number"}
     inputs = [(a, b) for a in (-3, 0, 1, 2, 4, 7) for b in (-2.0, 0.5, 3.0, 9.0)]
 
     def run(src):
-        ns = {}
-        exec(compile(src, "<m>", "exec"), ns)
+        path = tmp_path / f"mutant_{len(list(tmp_path.iterdir()))}.py"
+        path.write_text(src)
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        ns = vars(module)
         out = []
         for a, b in inputs:
             try:
