@@ -549,6 +549,26 @@ def test_a_submitted_prompt_waits_for_the_preview_without_holding_the_event_loop
     assert events == ["preview let go", "route ran"] and gate.holds() == 0
 
 
+def test_a_submitted_prompt_goes_ahead_within_a_poll_of_the_preview_letting_go():
+    """The prompt's wait follows the render lock closely (the default poll): five looks while the preview holds
+    the models, then the route, all in a small fraction of a second."""
+    gate = FakeQueue().gate()
+    looks = []
+
+    def rendering():
+        looks.append(time.monotonic())
+        return len(looks) <= 5
+
+    gate.rendering = rendering
+
+    async def submit():
+        return FakeResponse(400)
+
+    t0 = time.monotonic()
+    asyncio.run(preview_service.submit_after_previews(gate, submit, answer_of))
+    assert len(looks) == 6 and time.monotonic() - t0 < 1.0
+
+
 def test_a_preview_that_cannot_stop_holds_the_prompt_back_only_so_long(caplog):
     gate = FakeQueue().gate()
     inside, release = threading.Event(), threading.Event()
