@@ -2,8 +2,11 @@
 // tests/e2e/test_browser.py:  node browser_check.mjs '<json config>'
 //
 // config: { url, chromium, outDir, workflows: [{name, graph}], queue: name, extension: "/extensions/.../transedit.js",
-//           variants: [{name, graph}] }   (variants: workflows edited to look like another version of the pack)
+//           variants: [{name, graph}],   (variants: workflows edited to look like another version of the pack)
+//           screens: true|false }        (what the pack's widgets show on screen, Vue nodes off and on)
 // Prints one JSON object (the report) on its last stdout line; screenshots go to outDir.
+// Over 600 lines: one browser session runs every check in turn on the page and server state the last one left
+// (a fresh browser per check would cost CI minutes), and the checks share the helpers above them.
 import { chromium } from "playwright-core";
 import fs from "node:fs";
 import path from "node:path";
@@ -313,7 +316,7 @@ async function screenState(label, nodeId, expected) {
     const bar = n.widgets.find((w) => w.name === "transedit_studio_bar");
     return { widgets, picture, status: bar ? bar.status : null };
   }, nodeId);
-  const shot = path.join(cfg.outDir, `${label}.png`);
+  const shot = path.join(cfg.outDir, `${label}.screen.png`);
   await page.screenshot({ path: shot });
   const out = { label, shot, ...seen };
   // the server's pictures the screen should show: the ones given (a preview answer, a saved output), else the
