@@ -15,8 +15,8 @@ answering while a preview cannot stop, and Cancel reaches the prompt it was mean
 A test-only pack (PROBE_PACK below, written into the server's custom_nodes) makes the states reproducible: a work node
 whose validation waits until the test releases it (or rejects it) and whose execution sleeps in Cancel-checked
 steps, and a route that slows the preview's layers (sleeps: the two CI cores stay free) or its load and can plant
-the two old faults, each of which a trial here is shown to catch: the on-prompt hook that waited on the event loop,
-and a hold dropped while the queue is busy with another prompt. The trials run on each server version once (the
+faults, each of which a trial here is shown to catch: the old on-prompt hook that waited on the event loop, the old
+hold dropped while the queue is busy with another prompt, no render lock, and a render deaf to Cancel. The trials run on each server version once (the
 newest-frontend kind serves the same server code).
 """
 from __future__ import annotations
@@ -48,6 +48,7 @@ PROMPT_PATHS = ("/prompt", "/api/prompt")  # the trials alternate: scripts use t
 PROBE_PACK = r'''
 """Test-only pack for tests/e2e/test_studio_queue_race.py (written there; never shipped)."""
 import asyncio
+import contextlib
 import sys
 import time
 
@@ -123,7 +124,8 @@ def plant(layer_seconds=0.0, load_seconds=0.0, fault="none"):
         return render(*args, cancel=check, cancel_each_layer=True, **kwargs)
 
     module.render_latents = slowed
-    gate.__dict__.pop("prompt_arriving", None)
+    for name in ("prompt_arriving", "render_slot", "layer_check"):
+        gate.__dict__.pop(name, None)
     arriving = gate.prompt_arriving
     if fault == "blocking_hook":  # the old hook: wait on the event loop until the preview lets go
         def blocking():
@@ -140,6 +142,10 @@ def plant(layer_seconds=0.0, load_seconds=0.0, fault="none"):
                 gate.prompt_routed(token, None)
             return token
         gate.prompt_arriving = clearing
+    elif fault == "no_render_lock":  # two previews may render at once
+        gate.render_slot = contextlib.nullcontext
+    elif fault == "no_layer_checks":  # the render never looks at holds, the queue or Cancel between layers
+        gate.layer_check = lambda: (lambda: None)
 
 
 routes = PromptServer.instance.routes
@@ -384,6 +390,9 @@ def prompt_while_another_finishes(race: Race, i: int, cancel: bool = False) -> d
         windows.append(window_b)
         if window_b[2] != "execution_success":
             violations.append(f"B ended with {window_b[2]}")
+    holds = race.state()["holds"]
+    if holds:
+        violations.append(f"{holds} hold(s) left after B was {'rejected' if reject else 'taken and done'}")
     status, answer = previews[0]
     if status != 503 or rendered_window(answer) is not None:
         violations.append(f"a preview started while B was on its way to the queue: {status} {answer}")
@@ -508,3 +517,21 @@ def test_the_finishing_trial_catches_a_hold_cleared_by_another_prompt(server):
     finally:
         server.plant(layer_seconds=LAYER_SECONDS)
     assert any("on its way" in v for v in record["violations"]), record
+
+
+def test_the_racing_trial_catches_two_previews_rendering_at_once(server):
+    server.plant(layer_seconds=LAYER_SECONDS, fault="no_render_lock")
+    try:
+        record = two_previews_race(server, 0)
+    finally:
+        server.plant(layer_seconds=LAYER_SECONDS)
+    assert any("two previews rendered at once" in v for v in record["violations"]), record
+
+
+def test_the_racing_cancel_trial_catches_a_preview_deaf_to_cancel(server):
+    server.plant(layer_seconds=LAYER_SECONDS, fault="no_layer_checks")
+    try:
+        record = two_previews_race(server, 0, cancel=True)
+    finally:
+        server.plant(layer_seconds=LAYER_SECONDS)
+    assert any("Cancel did not stop" in v for v in record["violations"]), record
