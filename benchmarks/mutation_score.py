@@ -45,11 +45,15 @@ RESULTS = REPO / "benchmarks" / "results"
 TARGETS: dict[str, tuple[list[str], list[str] | None]] = {
     "models/temporal.py": (["tests/test_face_video.py"], None),
     "models/face_video.py": (["tests/test_face_video.py"], None),
-    "models/precision.py": (["tests/test_half_precision.py"], None),
-    "nodes/edit_studio.py": (["tests/test_edit_studio.py"], None),
-    "tests/sync_sentinel.py": (["tests/test_sync_free.py"], None),
+    "models/precision.py": (["tests/test_precision_policy.py", "tests/test_half_precision.py"], None),
+    # Edit Studio's service: the gate between previews and the queue
+    "nodes/preview_service.py": (["tests/test_edit_studio.py"], None),
+    "tests/sync_sentinel.py": (["tests/test_sync_sentinel.py", "tests/test_sync_free.py"], None),
     # the schedule: how many tokens each pass fills and which logits it may draw from
-    "models/put_sampling.py": (["tests/test_put_sampling.py"], ["official_top_k", "top_k_filter", "step_counts"]),
+    "models/put_sampling.py": (["tests/test_put_sampling.py",
+                                "tests/test_put_parity.py::test_step_counts_follow_the_official_schedules",
+                                "tests/test_put_parity.py::test_top_k_filter_counts"],
+                               ["official_top_k", "top_k_filter", "step_counts"]),
 }
 
 _CMP_FLIP = {ast.Lt: ">=", ast.GtE: "<", ast.Gt: "<=", ast.LtE: ">", ast.Eq: "!=", ast.NotEq: "==",
