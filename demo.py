@@ -199,7 +199,9 @@ def main(argv=None) -> int:
                          f"Default: {DEFAULT_INPUTS.name}/ and, with ${h.COMFYUI_OVERRIDE_ENV}, that ComfyUI's input/")
     ap.add_argument("--workflow", action="append", default=None,
                     help="run only these workflows (file name or stem); default: all in workflows/")
-    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per workflow (default 900)")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="most seconds per workflow (default: no limit of its own; a workflow fails when its server "
+                         f"makes no progress for {h.STALL_SECONDS:.0f} s or runs past {h.OUTER_SECONDS:.0f} s)")
     ap.add_argument("--keep-server-dir", action="store_true", help="keep the server's folder and log")
     ap.add_argument("--server", choices=h.SERVER_KINDS, default=None,
                     help="the ComfyUI to run on (default: 0.33.0 when its source can be had, else the 2024 server)")
@@ -367,7 +369,7 @@ def main(argv=None) -> int:
 @dataclass(frozen=True)
 class RunSettings:
     out: Path  # pictures go to out/<workflow stem>/
-    timeout: float  # seconds per workflow
+    timeout: float | None  # most seconds per workflow; None: the harness's progress watch alone
     stand_in_sd: Path | None  # the random SD 1.5 checkpoint, when a workflow runs on it
     tiny: list  # (folder, file) weights that are tiny random ones
     real_detector: str | None  # Align Face's detector on the stand-in photo instead of tiny random RetinaFace
