@@ -9,7 +9,9 @@ numpy, pillow, pyyaml, scikit-image, hypothesis and pytest installed, no network
 is missing, kornia, travels as wheels: `./dev.sh gpu-wheels` here), 10 minutes a command. The steps, each in its
 own process under its own time limit (the limits add up to the --budget, 8 minutes by default):
 
-1. tests on the device (TRANSEDIT_TEST_DEVICE): device mixing, half precision, sync-free loops, seeding, faces on
+1. tests on the device (TRANSEDIT_TEST_DEVICE): device mixing, half precision, sync-free loops (judged by the sync
+   sentinel, which is shown to see the pack through this machine's symlinked import, and by PyTorch's own
+   detector, torch.cuda.set_sync_debug_mode, with planted syncs that both must catch), seeding, faces on
    the device, Edit Studio, and the parity tests against ../shared/fixtures where they were carried
    (TRANSEDIT_SHARED; absent ones skip);
 2. the precision sweep at full official sizes (benchmarks/precision_sweep.py): fp32 / bf16 / fp16 per stage
@@ -36,7 +38,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-DEVICE_TESTS = ["tests/test_devices.py", "tests/test_half_precision.py", "tests/test_sync_free.py",
+DEVICE_TESTS = ["tests/test_devices.py", "tests/test_half_precision.py", "tests/test_sync_sentinel.py",
+                "tests/test_sync_free.py",
                 "tests/test_seeding.py", "tests/test_nodes_faces.py", "tests/test_edit_studio.py",
                 "tests/test_nodes_stylegan.py", "tests/test_stylegan2_parity.py", "tests/test_encoders_parity.py",
                 "tests/test_styleprompter_parity.py", "tests/test_splice_parity.py", "tests/test_put_parity.py",

@@ -64,6 +64,22 @@ def detector(request):
     return Sentinel() if request.param == "sentinel" else TorchCuda()
 
 
+def test_the_sentinel_sees_the_pack_as_imported_here():
+    """Not blind in this process, however the pack was imported (./dev.sh gpu-check imports it through a symlink):
+    a pack function that copies host data to the device once is counted at its line."""
+    import uuid
+
+    import transedit
+    from transedit.models.devices import device_constant
+
+    fresh = [float(uuid.uuid4().int % 1000), 0.5]  # a constant not cached yet: this call builds it
+    with SyncCounter() as syncs:
+        device_constant(fresh, TEST_DEVICE)
+        device_constant(fresh, TEST_DEVICE)  # the second call reuses it
+    assert syncs.ops() == {"tensor"} and syncs.total() == 1, (transedit.__file__, syncs.counts)
+    assert all(site.startswith("models/devices.py:") for _, site in syncs.counts), syncs.counts
+
+
 def test_stylegan2_synthesis_has_none(detector):
     from transedit.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator
 
