@@ -58,6 +58,15 @@ def test_clamp_is_the_tighter_of_recipe_and_model():
     assert WHOLE_NETWORK.clamp_with(64.0) == 64.0
 
 
+def test_policies_are_shared_and_immutable():
+    """Class-level policies are shared by every model of a family: none can be changed in place."""
+    import dataclasses
+
+    for value, attribute in ((NVLABS_FP16, "count"), (DEFAULT_POLICY, "auto_gpu"), (Agreement(0.0, 0.0, True), "finite")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, attribute, None)
+
+
 def test_policy_picks_blocks_per_half_type():
     policy = StyleGAN2Generator.PRECISION
     assert policy.blocks_for(torch.float16) is NVLABS_FP16
@@ -130,6 +139,8 @@ def test_agreement_numbers():
     assert a == Agreement(rel_l2=pytest.approx(0.1), max_abs=pytest.approx(0.5), finite=True)
     assert agreement(ref.clone(), ref) == Agreement(0.0, 0.0, True)
     assert agreement(torch.zeros(2), torch.zeros(2)).rel_l2 == 0.0  # a zero reference divides by a floor
+    small = agreement(torch.tensor([0.003, 0.0045]), torch.tensor([0.003, 0.004]))  # |ref| < 1: no floor at 1
+    assert small.rel_l2 == pytest.approx(0.1, rel=1e-4)
     for bad in (float("inf"), float("nan")):
         out = agreement(torch.tensor([3.0, bad]), ref)
         assert not out.finite and out.rel_l2 == out.max_abs == float("inf")
