@@ -312,10 +312,10 @@ class StyleGAN2Generator(nn.Module):
     # fp16 as NVlabs runs the generators it trains and publishes: the 4 highest-resolution blocks (most of the
     # work) in fp16 with activations clamped to +-256 there, which bounds every fp16 conv output below 65504; the
     # wide low-resolution blocks, where activations are largest, in fp32. bf16 (whole network) keeps fp32's
-    # range but has 3 fewer mantissa bits: ~10x further from fp32 (docs/precision-and-gpu.md "Precision")
+    # range but has 3 fewer mantissa bits: ~7x further from fp32 (tests/test_precision_policy.py)
     PRECISION = PrecisionPolicy(fp16=True, bf16=True, auto_gpu="fp16", fp16_blocks=NVLABS_FP16,
                                 evidence="NVlabs' recipe (fp16 in the top 4 blocks, clamp 256, rest fp32): within "
-                                         "2e-3 of fp32 on trained-like weights; bf16 ~10x further")
+                                         "1e-3 of fp32 on trained-like proxies; bf16 ~7x further")
 
     def __init__(self, config: StyleGAN2Config):
         super().__init__()
