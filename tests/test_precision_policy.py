@@ -62,7 +62,8 @@ def test_policies_are_shared_and_immutable():
     """Class-level policies are shared by every model of a family: none can be changed in place."""
     import dataclasses
 
-    for value, attribute in ((NVLABS_FP16, "count"), (DEFAULT_POLICY, "auto_gpu"), (Agreement(0.0, 0.0, True), "finite")):
+    shared = ((NVLABS_FP16, "count"), (DEFAULT_POLICY, "auto_gpu"), (Agreement(0.0, 0.0, True), "finite"))
+    for value, attribute in shared:
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(value, attribute, None)
 
@@ -363,7 +364,7 @@ def test_tooltips_say_what_auto_means_for_each_family():
         assert spec[1]["tooltip"].startswith(auto_tooltip(policy)), node
     gan = auto_tooltip(StyleGAN2Generator.PRECISION)
     assert "fp16 in the 4 highest-resolution blocks" in gan and "±256" in gan and "fp16 means the same" in gan
-    assert "T4" in auto_tooltip(DEFAULT_POLICY) and "older GPUs (T4, V100, RTX 20xx) fp16" in auto_tooltip(DEFAULT_POLICY)
+    assert "older GPUs (T4, V100, RTX 20xx) fp16" in auto_tooltip(DEFAULT_POLICY)
     assert "older GPUs (T4, V100, RTX 20xx) fp32" in auto_tooltip(DinoViT.PRECISION)
     mixed_bf16_auto = PrecisionPolicy(fp16_blocks=NVLABS_FP16)
     assert auto_tooltip(mixed_bf16_auto).endswith("fp16: fp16 in the 4 highest-resolution blocks, activations "
