@@ -21,6 +21,16 @@ grows along a smooth path, so where her eyes and mouth are in every frame is kno
   memory beyond the frames in and out (which ComfyUI holds anyway), and the time per frame; with
   `--baseline-src`, the same for an older checkout's Paste Back.
 
+- **Footage** (tests/hostile_clip.py: 90 frames, a fast nod, a bar over the face for 6 frames, a hard cut after
+  which the face is 194 px away and 1.3x larger, a second smaller face entering, the person leaving): the cuts
+  found, the frames reported found against the frames the person is in view (missed / someone else's face),
+  the crop's error around the cut, occluded frames pasted over; with synthetic landmark noise and with
+  mediapipe on the rendered frames. Then the smoothing choice: lag on the fast nod (the crop's bias, noise
+  averaged out over seeds) against jitter on the steady frames, for fixed widths and the motion-adaptive one
+  at several interval thresholds, and the default picked by a stated rule.
+- **Banded smoother memory**: peak memory of the temporal smoother on 18000 frames (10 minutes at 30 fps),
+  each case in its own process, against the T x T matrix the dense form needs.
+
 Writes JSON (`--out`) and a frame strip (`--strip`): input frames, then per-frame and video-mode results, each
 with its frame-to-frame flicker map (amplified).
 """
@@ -43,6 +53,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 import example_clip as clip  # noqa: E402
+import hostile_clip as hc  # noqa: E402
 from bench_stylegan import RSSPeak  # noqa: E402
 
 from transedit.models import face_align as fa  # noqa: E402
@@ -208,6 +219,141 @@ def write_strip(path: Path, frames, outs, maps, true_quads, picks) -> None:
     strip.save(path, quality=82)
 
 
+# ---------------------------------------------------------------------------------------------- footage
+def footage_facts(hostile, detections, change, **kw) -> dict:
+    """What Align Face's video mode makes of the hostile clip, against its truth."""
+    aligned = fv.align_clip(detections, change=change, **kw)
+    truth = hc.true_quads(hostile.person)
+    side = np.linalg.norm(truth[:, 3] - truth[:, 0], axis=-1)
+    err = np.linalg.norm(aligned.quads - truth, axis=-1).max(-1) / side
+    after_cut = [t for t in range(45, 52)]
+    strength = fv.paste_strength(aligned.status, aligned.smoothing, aligned.segments)
+    pasted = [s != fv.LOST for s in aligned.status]
+    return {"cuts_found": aligned.cuts, "cuts_true": hostile.cuts, **hc.found_errors(aligned.status, aligned.landmarks,
+                                                                                     hostile),
+            "interpolated": fv.frame_ranges(aligned.frames(fv.INTERPOLATED)),
+            "left_untouched": fv.frame_ranges(aligned.frames(fv.LOST)),
+            "occluded_frames_pasted": int(sum(pasted[t] and strength[t] > 0 for t in hostile.occluded)),
+            "crop_error_after_cut_share_of_crop": [round(float(e), 3) for e in err[after_cut]],
+            "shots": [{"frames": f"{s.first}-{s.last}", "how": s.how, "start": s.start} for s in aligned.shots]}
+
+
+def smoothing_choice(hostile, change, noise: float, seeds: int) -> dict:
+    """Lag on the fast nod and jitter on the steady frames, per smoothing scheme, at one landmark noise."""
+    from transedit.models import temporal
+
+    truth = hc.true_quads(hostile.person)
+    side = float(np.linalg.norm(truth[:45, 3] - truth[:45, 0], axis=-1).mean())
+    steady = [t for t in range(1, 45) if t not in hostile.nod and hostile.person_visible[t]]
+    dets = [hostile.detections(noise, seed) for seed in range(seeds)]
+    schemes = [(f"fixed {s:g}", dict(smoothing=s, adaptive=False), None) for s in (0.0, 1.0, 2.0, 3.0, 5.0)]
+    schemes += [(f"adaptive {s:g}, threshold {g:g}", dict(smoothing=s, adaptive=True), g)
+                for s in (3.0, 5.0) for g in (1.0, 1.5, 2.0, 3.0)]
+    out = {}
+    real = temporal.ICI_THRESHOLD
+    try:
+        for name, kw, threshold in schemes:
+            quads = []
+            for d in dets:
+                if threshold is None:
+                    quads.append(fv.align_clip(d, change=change, **kw).quads)
+                else:
+                    fv.smooth_adaptive = lambda *a, _t=threshold, **k: temporal.smooth_adaptive(*a, threshold=_t, **k)
+                    quads.append(fv.align_clip(d, change=change, **kw).quads)
+            quads = np.stack(quads)
+            lag = hc.crop_lag(quads, truth, hostile.nod)
+            jitter = float(np.mean([hc.crop_jitter(q, truth, steady) for q in quads]))
+            nod_jitter = float(np.mean([hc.crop_jitter(q, truth, hostile.nod) for q in quads]))
+            out[name] = {"nod_lag_px": round(lag, 2), "nod_lag_share_of_crop": round(lag / side, 4),
+                         "steady_jitter_px": round(jitter, 3), "nod_jitter_px": round(nod_jitter, 3)}
+    finally:
+        fv.smooth_adaptive = temporal.smooth_adaptive
+        temporal.ICI_THRESHOLD = real
+    return {"landmark_noise_px": noise, "seeds": seeds, "crop_side_px": round(side, 1), "schemes": out}
+
+
+def pick_default(choices: list[dict], width: float = 3.0) -> dict:
+    """The rule for models/temporal.ICI_THRESHOLD: at Align Face's default width, the adaptive scheme with the
+    least nod lag at its worst noise level, among those that are at most 10 % jitterier on the steady frames
+    than STIT's fixed width 3 at every noise level."""
+    names = [k for k in choices[0]["schemes"] if k.startswith(f"adaptive {width:g},")]
+    ok = [k for k in names if all(c["schemes"][k]["steady_jitter_px"] <= 1.1 * c["schemes"]["fixed 3"]["steady_jitter_px"]
+                                  for c in choices)]
+    worst = {k: max(c["schemes"][k]["nod_lag_px"] for c in choices) for k in ok}
+    best = min(worst, key=worst.get)
+    from transedit.models import temporal
+
+    in_code = f"adaptive {width:g}, threshold {temporal.ICI_THRESHOLD:g}"
+    return {"rule": pick_default.__doc__.split("The rule for models/temporal.ICI_THRESHOLD: ")[1].replace("\n    ", " "),
+            "within_jitter_budget": ok, "picked": best, "worst_nod_lag_px": worst[best],
+            "fixed_3_worst_nod_lag_px": max(c["schemes"]["fixed 3"]["nod_lag_px"] for c in choices),
+            "in_code": in_code, "code_follows_the_pick": in_code == best}
+
+
+def footage_study(hw, noises, seeds: int) -> dict:
+    hostile = hc.make_clip(hw)
+    frames = torch.from_numpy(hostile.frames).float() / 255.0
+    change = fv.frame_change(fv.frame_signatures(frames))
+    out = {"clip": {"frames": len(frames), "size": f"{hw[1]}x{hw[0]}", "cut": hostile.cuts,
+                    "occluded": fv.frame_ranges(hostile.occluded), "nod": fv.frame_ranges(hostile.nod),
+                    "person_visible": fv.frame_ranges(np.flatnonzero(hostile.person_visible)),
+                    "other_visible": fv.frame_ranges(np.flatnonzero(hostile.other_visible))},
+           "largest_change_not_a_cut": round(float(np.delete(change, hostile.cuts).max()), 3),
+           "change_at_cut": [round(float(change[c]), 3) for c in hostile.cuts]}
+    dets = hostile.detections(1.0, 0)
+    out["synthetic_noise_1px"] = footage_facts(hostile, dets, change, smoothing=3.0, interpolate_lost=True)
+    out["synthetic_noise_1px_without_cut_detection"] = footage_facts(hostile, dets, None, smoothing=3.0,
+                                                                     interpolate_lost=True)
+    try:
+        detector = fl.MediaPipeLandmarks(max_num_faces=4)
+        with detector:
+            found = [detector.detect_landmarks(f) for f in hostile.frames]
+        out["mediapipe"] = footage_facts(hostile, found, change, smoothing=3.0, interpolate_lost=True)
+        truth = hc.true_quads(hostile.person)
+        out["mediapipe"]["nod_error_px"] = {}
+        for name, kw in (("raw", dict(smoothing=0.0, adaptive=False)), ("fixed 3", dict(smoothing=3.0, adaptive=False)),
+                         ("adaptive 3", dict(smoothing=3.0))):
+            quads = fv.align_clip(found, change=change, **kw).quads
+            out["mediapipe"]["nod_error_px"][name] = round(hc.crop_lag(quads[None], truth, hostile.nod), 2)
+    except fl.MissingDependencyError as e:
+        out["mediapipe"] = {"skipped": f"mediapipe is not installed ({e})"}
+    out["smoothing_choice"] = [smoothing_choice(hostile, change, n, seeds) for n in noises]
+    out["picked"] = pick_default(out["smoothing_choice"])
+    return out
+
+
+def smoother_memory_case(frames: int, columns: int, dense: bool) -> dict:
+    from transedit.models import temporal
+
+    values = np.random.default_rng(0).normal(size=(frames, columns))
+    present = np.ones(frames, dtype=bool)
+    present[::7] = False
+    with RSSPeak() as peak:
+        start = time.perf_counter()
+        if dense:
+            temporal.smoothing_weights(present, 3.0)
+        else:
+            temporal.smooth_series(values, 3.0, present, temporal.segment_ids(frames, [frames // 2]))
+        seconds = time.perf_counter() - start
+    return {"frames": frames, "columns": columns, "form": "dense T x T" if dense else "banded",
+            "working_mib": round((peak.peak - peak.base) / MIB, 1), "input_mib": round(values.nbytes / MIB, 1),
+            "seconds": round(seconds, 3)}
+
+
+def smoother_memory_study() -> list[dict]:
+    cases = [(18000, 4, False), (18000, 512, False), (1800, 4, False), (1800, 4, True), (3600, 4, True)]
+    out = []
+    for frames, columns, dense in cases:
+        proc = subprocess.run([sys.executable, __file__, "--smoother-case", f"{frames},{columns},{int(dense)}"],
+                              capture_output=True, text=True)
+        case = (json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0
+                else {"frames": frames, "failed": proc.stderr[-300:]})
+        print(f"  smoother {case}", flush=True)
+        out.append(case)
+    out.append({"frames": 18000, "form": "dense T x T (not run)", "matrix_mib": round(18000 ** 2 * 8 / MIB)})
+    return out
+
+
 # ------------------------------------------------------------------------------------------- long clips
 def memory_case(frames: int, height: int) -> dict:
     """One Paste Back run on `frames` frames of height `height` (16:9), in this process, with whichever
@@ -270,12 +416,25 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "face_video_cpu.json"))
     ap.add_argument("--strip", default=str(HERE / "results" / "face_video_strip.jpg"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--footage-seeds", type=int, default=8, help="noise seeds per smoothing scheme (lag)")
     ap.add_argument("--memory-case", help=argparse.SUPPRESS)
+    ap.add_argument("--smoother-case", help=argparse.SUPPRESS)
+    ap.add_argument("--keep-long-clips", action="store_true", help="skip the long-clip Paste Back cases and keep "
+                                                                     "those already in --out")
     args = ap.parse_args()
+    if args.smoother_case:
+        frames, columns, dense = (int(v) for v in args.smoother_case.split(","))
+        print(json.dumps(smoother_memory_case(frames, columns, bool(dense))))
+        return
     if args.memory_case:
         frames, height = (int(v) for v in args.memory_case.split(","))
         print(json.dumps(memory_case(frames, height)))
         return
+    print("footage: the hostile clip ...", flush=True)
+    footage = footage_study((480, 640), [0.5, 1.0], args.footage_seeds)
+    print(json.dumps({k: footage[k] for k in ("picked", "mediapipe")}, default=str)[:2000], flush=True)
+    print("banded smoother memory ...", flush=True)
+    smoother = smoother_memory_study()
     device = torch.device(args.device)
     os.environ.setdefault("TRANSEDIT_DEVICE", args.device)
     hw = (480, 640)
@@ -297,14 +456,17 @@ def main() -> None:
     picks = [1, args.frames // 4, args.frames // 2, 3 * args.frames // 4]
     write_strip(Path(args.strip), frames, outs, maps, true_quads, picks)
     print("long clips (Paste Back, one process per case) ...", flush=True)
-    memory = memory_study([int(v) for v in args.memory_frames.split(",")], args.memory_height, args.baseline_src,
-                          args.baseline_max_frames)
+    if args.keep_long_clips and Path(args.out).exists():
+        memory = json.loads(Path(args.out).read_text())["long_clips_paste_back"]
+    else:
+        memory = memory_study([int(v) for v in args.memory_frames.split(",")], args.memory_height,
+                              args.baseline_src, args.baseline_max_frames)
     result = {
         "benchmark": "face_video", "clip": {"frames": args.frames, "size": f"{hw[1]}x{hw[0]}",
                                             "source": "tests/example_clip.py (astronaut on a known path)"},
         "smoothing": args.smoothing, "crop_jitter_synthetic_by_frames": jitter,
         "crop_jitter_mediapipe_by_frames": detected,
-        "paste_flicker": flicker, "long_clips_paste_back": memory, "strip": os.path.relpath(args.strip, HERE.parent),
+        "paste_flicker": flicker, "footage": footage, "temporal_smoother_memory": smoother, "long_clips_paste_back": memory, "strip": os.path.relpath(args.strip, HERE.parent),
         "machine": {"device": torch.cuda.get_device_name(device) if device.type == "cuda"
                     else platform.processor() or platform.machine(),
                     "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,

@@ -439,6 +439,13 @@ def test_banded_smoother_equals_the_dense_one_segment_by_segment():
 
 def test_segment_ids_and_input_checks():
     assert temporal.segment_ids(6, [3, 0, 9, 3, 5]).tolist() == [0, 0, 0, 1, 1, 2]
+    assert temporal.segment_ids(3, [1, 2]).tolist() == [0, 1, 2] and temporal.segment_ids(2, [2]).tolist() == [0, 0]
+    # the first frame alone present: held over its shot, never carried into the next one
+    only_first = np.array([5.0, 1.0, 2.0, 3.0])
+    present = np.array([1, 0, 0, 0], dtype=bool)
+    assert smooth_series(only_first, 0.3, present).tolist() == [5.0] * 4
+    assert smooth_series(only_first, 0.3, present, [0, 1, 1, 1]).tolist() == [5.0, 1.0, 2.0, 3.0]
+    assert smooth_series(only_first[::-1].copy(), 0.3, present[::-1].copy()).tolist() == [5.0] * 4
     with pytest.raises(ValueError, match="present has 3 entries for 4"):
         smooth_series(np.zeros(4), 1.0, np.ones(3, dtype=bool))
     with pytest.raises(ValueError, match="segments has 2 entries for 4"):
@@ -502,6 +509,55 @@ def test_noise_estimate_and_adaptive_width():
     present[56] = False
     _, w = temporal.smooth_adaptive(noisy, 3.0, present)
     assert w[56] == min(w[55], w[57])
+
+
+def adaptive_reference(values, sigma, present, segments, noise_floor, threshold):
+    """The interval rule written out with dense matrices from :func:`dense_reference`: per width the estimate
+    M @ v and its noise gain sqrt(sum of squared weights in the row); per present frame the widest width whose
+    interval meets all narrower ones' in every column; a missing frame the narrower of its neighbours'."""
+    count = len(values)
+    noise = np.maximum(temporal.estimate_noise(values, present, segments), noise_floor)
+    widths = temporal.adaptive_ladder(sigma)
+    estimates, choice = [], np.zeros(count, dtype=int)
+    lower, upper = np.full(values.shape, -np.inf), np.full(values.shape, np.inf)
+    alive = np.ones(count, dtype=bool)
+    for k, width in enumerate(widths):
+        rows = np.eye(count) if width == 0 else dense_reference(np.eye(count), width, present, segments)
+        est = rows @ np.where(present[:, None], values, 0.0)
+        gain = np.sqrt((rows ** 2).sum(axis=1))
+        estimates.append(dense_reference(values, width, present, segments))
+        lower = np.maximum(lower, est - threshold * gain[:, None] * noise)
+        upper = np.minimum(upper, est + threshold * gain[:, None] * noise)
+        alive &= (lower <= upper).all(axis=1) | ~present
+        choice[alive] = k
+    for t in np.flatnonzero(~present):
+        same = [s for s in range(count) if present[s] and segments[s] == segments[t]]
+        before = [s for s in same if s < t]
+        after = [s for s in same if s > t]
+        near = [choice[before[-1]]] if before else []
+        near += [choice[after[0]]] if after else []
+        choice[t] = min(near) if near else len(widths) - 1
+    return np.stack(estimates)[choice, np.arange(count)], np.array(widths)[choice]
+
+
+def test_adaptive_smoother_equals_the_interval_rule_written_out():
+    rng = np.random.default_rng(7)
+    t = np.arange(70, dtype=float)
+    swing = np.where((t > 20) & (t < 34), 30 * np.sin(2 * np.pi * (t - 20) / 14), 0.0)
+    values = np.stack([swing, 0.5 * swing + 3], axis=1) + rng.normal(0, 0.7, size=(70, 2))
+    present = rng.random(70) > 0.15
+    present[[0, 69]] = True
+    segments = temporal.segment_ids(70, [45])
+    for sigma, floor, threshold in ((3.0, 0.0, 1.5), (2.0, 0.9, 1.0), (4.0, 0.0, 2.5)):
+        got, widths = temporal.smooth_adaptive(values, sigma, present, segments, noise_floor=floor,
+                                               threshold=threshold)
+        want, want_widths = adaptive_reference(values, sigma, present, segments, floor, threshold)
+        assert np.array_equal(widths, want_widths), (sigma, np.flatnonzero(widths != want_widths))
+        assert np.allclose(got, want, atol=1e-9)
+        assert len(set(widths[present])) > 2  # the example does exercise the rule: several widths are used
+    # planted: a rule that ignores the noise floor or the threshold picks other widths
+    _, floored = temporal.smooth_adaptive(values, 2.0, present, segments, noise_floor=0.0, threshold=1.0)
+    assert not np.array_equal(floored, adaptive_reference(values, 2.0, present, segments, 0.9, 1.0)[1])
 
 
 @pytest.fixture(scope="module")
@@ -578,9 +634,13 @@ def test_signatures_are_colour_histograms():
     assert sig[0, 0] == 1 and sig[1, 15] == 1 and sig[1, 16] == 1
     assert fv.frame_change(sig).tolist() == pytest.approx([0.0, 1 / 3])
     assert fv.SIGNATURE_ROWS < 200  # the frame was sampled down, still every channel sums to one
+    striped = torch.zeros(1, 2 * fv.SIGNATURE_ROWS, 4, 3)
+    striped[0, 1::2] = 1.0  # every other row white: sampled every other row, only the black rows are seen
+    assert fv.frame_signatures(striped)[0, 0] == 1
+    assert fv.frame_signatures(striped[:, :fv.SIGNATURE_ROWS + 1])[0, 0] == pytest.approx(0.5, abs=0.01)
 
 
-def test_the_artists_clip_every_visible_frame_found_no_other_person(hostile):
+def test_the_artists_clip_every_visible_frame_found_no_other_person(hostile, monkeypatch):
     """The issue's run: cut, fast nod, bar, second face, exit. Found = exactly the frames the person is in view."""
     dets = hostile.detections(noise=0.5, seed=1)
     change = clip_change(hostile.frames)
@@ -602,13 +662,9 @@ def test_the_artists_clip_every_visible_frame_found_no_other_person(hostile):
     # unbounded gate (the other person taken after the exit)
     blind = fv.align_clip(dets, smoothing=3.0, change=None)
     assert hc.found_errors(blind.status, blind.landmarks, hostile)["missed"][:3] == [45, 46, 47]
-    old_gate = fv.TRACK_GATE_MAX
-    try:
-        fv.TRACK_GATE_MAX = np.inf
-        fv.TRACK_SCALE = 2.5
-        greedy = fv.align_clip(dets, smoothing=3.0, change=change)
-    finally:
-        fv.TRACK_GATE_MAX, fv.TRACK_SCALE = old_gate, 1.6
+    monkeypatch.setattr(fv, "TRACK_GATE_MAX", np.inf)
+    monkeypatch.setattr(fv, "TRACK_SCALE", 2.5)
+    greedy = fv.align_clip(dets, smoothing=3.0, change=change)
     assert hc.found_errors(greedy.status, greedy.landmarks, hostile)["wrong"]
 
 
@@ -669,7 +725,7 @@ def test_a_cut_with_the_face_in_place_keeps_the_person():
 def test_the_gate_is_bounded():
     assert fv.track_gate(1) == fv.TRACK_GATE and fv.track_gate(3) == pytest.approx(fv.TRACK_GATE + 0.2)
     assert fv.track_gate(1000) == fv.TRACK_GATE_MAX
-    size = fv._centre_and_size(face_at(100, 100))[1]
+    size = fv.ffhq_quad(face_at(100, 100))[1]
     frames = [[face_at(100, 100)]] + [[]] * 40 + [[face_at(100 + 0.8 * size, 100)]]
     track, _ = fv.track_person(frames)
     assert track[-1] is None  # 0.8 crop sizes away after 40 lost frames: someone else
