@@ -38,8 +38,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-DEVICE_TESTS = ["tests/test_devices.py", "tests/test_half_precision.py", "tests/test_sync_sentinel.py",
-                "tests/test_sync_free.py",
+DEVICE_TESTS = ["tests/test_devices.py", "tests/test_half_precision.py", "tests/test_sync_free.py",
                 "tests/test_seeding.py", "tests/test_nodes_faces.py", "tests/test_edit_studio.py",
                 "tests/test_nodes_stylegan.py", "tests/test_stylegan2_parity.py", "tests/test_encoders_parity.py",
                 "tests/test_styleprompter_parity.py", "tests/test_splice_parity.py", "tests/test_put_parity.py",
