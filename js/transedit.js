@@ -8,12 +8,15 @@
 //    file's metadata, served by /transedit/directions);
 //  - Edit Studio: after one run, dragging a strength slider (or changing the layer range) re-renders a preview
 //    on the node through POST /transedit/studio/preview, without queueing; one request in flight per node, the
-//    newest slider state wins; "reset" and "before/after" sit under the picture;
+//    newest slider state wins; "reset" and "before/after" sit under the picture; only the connected direction
+//    slots and one spare show, each slider labelled with its direction's name (see "edit studio slots");
 //  - the pack's widgets repaint under the classic renderer and under the Vue node renderer ("Nodes 2.0"), which
 //    draws each of them into a canvas of its own (see repaint);
 //  - node tint and a "TransEdit help" menu entry linking to the node reference and official weights;
 //  - workflows saved by another version of the pack (a different number of widget values) still load:
 //    missing values keep their defaults, invalid choices fall back to the default, and the node says so.
+// Over 600 lines: one extension, whose features share the node hooks registered at the end (onNodeCreated,
+// onExecuted, onConfigure, onSerialize) and the repaint helper.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
@@ -315,6 +318,8 @@ async function showStudio(node, payload) {
     start_layer: Number(values.start_layer ?? -1), end_layer: Number(values.end_layer ?? -1) };
   node.__transeditStudio.shownKey = JSON.stringify([shown, 0]);
   compare.onPairChange = () => requestPreview(node);
+  rememberRunNames(node, payload.directions);
+  updateStudioSlots(node);
   if (studioSupported() && !node.widgets?.some((w) => w.name === "transedit_studio_bar") &&
       typeof node.addCustomWidget === "function") {
     node.addCustomWidget(makeStudioBar(node));
@@ -344,6 +349,135 @@ function attachStudio(node) {
     if (STUDIO_INPUTS.includes(name)) requestPreview(node);
     return r;
   };
+}
+
+// -------------------------------------------------------------------------------------- edit studio slots
+// Only the connected direction slots and one spare show, and each connected direction's strength slider is
+// labelled with the direction's name. Not the V3 schema's Autogrow (ComfyUI 0.33, frontend 1.58): it names its
+// inputs "<group>.<name>" and its template input cannot carry a widget, so saved workflows' direction_1..4 links
+// and positional strength_1..4 values would not load as they were, and 0.3.64 has no Autogrow at all. So the
+// schema stays direction_1..4 + strength_1..4, and here: direction slots past the spare are taken off the node
+// (re-added on connect; an empty optional input is never in the prompt), sliders of unconnected slots are hidden,
+// never removed (widgets_values is positional), and a label is display only (the saved name stays strength_N).
+const DIRECTION_SLOTS = 4;
+const FILE_SUFFIX = /\.(pt|pth|npy|npz|safetensors|pkl)$/i;
+
+// the node a direction input comes from, through legacy Reroute nodes
+function directionSource(node, index) {
+  let origin = typeof node.getInputNode === "function" ? node.getInputNode(index) : null;
+  for (let hops = 0; origin?.type === "Reroute" && hops < 16; hops++) origin = origin.getInputNode?.(0) ?? null;
+  return origin;
+}
+
+// a direction's name as the frontend can tell before a run: Load Direction's choice (the file's name, the SeFa
+// component, the preset), else the source node's title
+function sourceDirectionName(origin) {
+  if (!origin) return null;
+  if (origin.type === "TransEditLoadDirection") {
+    const choice = String(origin.widgets?.find((w) => w.name === "direction")?.value ?? "");
+    const component = origin.widgets?.find((w) => w.name === "component")?.value ?? 0;
+    if (/^sefa\b/i.test(choice)) return `sefa #${component}`;
+    if (choice.startsWith("preset: ")) return choice.slice("preset: ".length);
+    const base = choice.split(/[\\/]/).pop().replace(FILE_SUFFIX, "");
+    if (base) return base;
+  }
+  return String(origin.title || origin.type || "");
+}
+
+// slot i's (1-based) direction name: what the last run reported for it while its source is unchanged (the
+// server knows a PCA file's component, SeFa's layers), else what the source node says; null when unconnected
+function directionName(node, i) {
+  const index = node.inputs?.findIndex((slot) => slot.name === `direction_${i}`) ?? -1;
+  if (index < 0 || node.inputs[index].link == null) return null;
+  const origin = directionSource(node, index);
+  const own = sourceDirectionName(origin);
+  const ran = node.__transeditRunNames;
+  if (ran && ran.keys[i - 1] === `${origin?.id}:${own}` && ran.names[i - 1]) return ran.names[i - 1];
+  return own || `direction_${i}`;
+}
+
+// after a run: the names it reported, keyed by each slot's source then (a later change of source drops them)
+function rememberRunNames(node, names) {
+  if (!Array.isArray(names)) return;
+  const keys = [];
+  for (let i = 1; i <= DIRECTION_SLOTS; i++) {
+    const index = node.inputs?.findIndex((slot) => slot.name === `direction_${i}`) ?? -1;
+    const origin = index >= 0 && node.inputs[index].link != null ? directionSource(node, index) : null;
+    keys.push(origin ? `${origin.id}:${sourceDirectionName(origin)}` : null);
+  }
+  node.__transeditRunNames = { keys, names: names.slice(0, DIRECTION_SLOTS).map((n) => (n == null ? null : String(n))) };
+}
+
+function updateStudioSlots(node) {
+  if (!Array.isArray(node.inputs) || typeof node.addInput !== "function" || typeof node.removeInput !== "function") return;
+  const slotOf = (i) => node.inputs.findIndex((slot) => slot.name === `direction_${i}`);
+  const connected = [];
+  for (let i = 1; i <= DIRECTION_SLOTS; i++) connected.push(slotOf(i) >= 0 && node.inputs[slotOf(i)].link != null);
+  const spare = connected.indexOf(false);
+  const lastConnected = connected.lastIndexOf(true);
+  // an empty slot below a connected one stays (a middle direction disconnected): the others keep their sliders
+  const shown = connected.map((c, k) => c || k === spare || k < lastConnected);
+  let changed = false;
+  for (let k = DIRECTION_SLOTS - 1; k >= 0; k--) { // highest first: a removal moves no other direction slot
+    const index = slotOf(k + 1);
+    if (!shown[k] && index >= 0 && node.inputs[index].link == null) { node.removeInput(index); changed = true; }
+  }
+  for (let k = 0; k < DIRECTION_SLOTS; k++) {
+    if (shown[k] && slotOf(k + 1) < 0) { node.addInput(`direction_${k + 1}`, "TE_DIRECTION"); changed = true; }
+  }
+  for (let k = 0; k < DIRECTION_SLOTS; k++) {
+    const w = node.widgets?.find((x) => x.name === `strength_${k + 1}`);
+    if (!w) continue;
+    const fed = node.inputs.some((slot) => slot.widget?.name === w.name && slot.link != null); // a converted widget
+    const hide = !connected[k] && !fed;
+    if (Boolean(w.hidden) !== hide) { w.hidden = hide; changed = true; }
+    const label = connected[k] && !state.plantNoRelabel ? directionName(node, k + 1) : w.name; // the plant: tests only
+    if (w.label !== label) { w.label = label; changed = true; }
+  }
+  if (!changed) return;
+  const want = node.computeSize?.();
+  if (want && typeof node.setSize === "function") node.setSize([node.size[0], want[1]]);
+  node.setDirtyCanvas?.(true, true);
+}
+
+// after the graph has settled (a load configures the node before its sources, a disconnect ends after its event)
+function scheduleStudioSlots(node) {
+  setTimeout(() => {
+    try { updateStudioSlots(node); } catch (e) { console.warn("[TransEdit] studio slots", e); }
+  }, 0);
+}
+
+function attachStudioSlots(node) {
+  scheduleStudioSlots(node);
+  const changed = node.onConnectionsChange;
+  node.onConnectionsChange = function (type, index, connected, link, slot) {
+    const r = changed?.apply(this, arguments);
+    if (/^direction_\d$/.test(slot?.name ?? this.inputs?.[index]?.name ?? "")) scheduleStudioSlots(this);
+    return r;
+  };
+  const configure = node.onConfigure;
+  node.onConfigure = function () {
+    const r = configure?.apply(this, arguments);
+    scheduleStudioSlots(this);
+    return r;
+  };
+}
+
+// Load Direction's choice names the direction: a change relabels the sliders it feeds
+function watchDirectionSource(node) {
+  for (const w of node.widgets || []) {
+    if (w.name !== "direction" && w.name !== "component") continue;
+    const original = w.callback;
+    w.callback = function () {
+      const r = original?.apply(this, arguments);
+      for (const link of (node.outputs || []).flatMap((o) => o.links || [])) {
+        const info = node.graph?.links?.get?.(link) ?? node.graph?.links?.[link];
+        const target = info ? node.graph.getNodeById(info.target_id) : null;
+        if (target?.type === "TransEditEditStudio") scheduleStudioSlots(target);
+      }
+      return r;
+    };
+  }
 }
 
 // ------------------------------------------------------------------------------------ direction metadata
@@ -456,9 +590,11 @@ const extension = {
       if (!this.bgcolor) this.bgcolor = "#1e2a36";
       if (nodeData.name === "TransEditLoadDirection") {
         try { attachDirectionInfo(this); } catch (e) { console.warn("[TransEdit] direction info", e); }
+        try { watchDirectionSource(this); } catch (e) { console.warn("[TransEdit] direction source", e); }
       }
       if (nodeData.name === "TransEditEditStudio") {
         try { attachStudio(this); } catch (e) { console.warn("[TransEdit] studio", e); }
+        try { attachStudioSlots(this); } catch (e) { console.warn("[TransEdit] studio slots", e); }
       }
       return r;
     };

@@ -47,6 +47,7 @@ ROUTE = "/transedit/studio/preview"
 MAX_DIRECTIONS = 4
 STUDIO_STRENGTH = 20.0  # slider range: multiples of a direction's default strength
 PREVIEW_SIZES = ("256", "128", "512", "1024")
+MAX_NAME_CHARS = 48  # a direction's name as a slider label: longer ones are cut (the node stays narrow)
 MAX_REMEMBERED = 8  # runs kept for previews (LRU); each holds latents and a weak generator handle, no weights
 _ID = re.compile(r"^[A-Za-z0-9:_.\-]{1,64}$")
 REQUEST_KEYS = {"node_id", "prompt_id", "strengths", "start_layer", "end_layer", "item", "seq"}
@@ -306,6 +307,15 @@ SERVICE = StudioService()
 
 
 # ------------------------------------------------------------------------------------------ the node
+def slot_names(directions) -> list:
+    """Each slot's direction name as its slider's label (None: nothing connected), cut to MAX_NAME_CHARS."""
+    out = []
+    for d in directions:
+        name = None if d is None else " ".join(str(d.name).split()) or "direction"  # no line breaks in a label
+        out.append(name if name is None or len(name) <= MAX_NAME_CHARS else name[:MAX_NAME_CHARS - 1] + "…")
+    return out
+
+
 def _strength_input(i: int) -> tuple:
     return ("FLOAT", {"default": 0.0, "min": -STUDIO_STRENGTH, "max": STUDIO_STRENGTH, "step": 0.05,
                       "tooltip": f"Edit amount along direction_{i}, in multiples of its default strength (0 = "
@@ -318,7 +328,8 @@ class TransEditEditStudio:
                    "range. After one run the node shows the image; dragging a slider re-renders a low-resolution "
                    "preview (the generator stopped at preview_size) without queueing, and Queue renders the "
                    "full-resolution image of exactly the same edit. Reset and a before/after divider are on the "
-                   "picture.")
+                   "picture. On the canvas only the connected direction slots and one free slot show, and each "
+                   "slider is labelled with its direction's name (saved workflows keep strength_1..4).")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -400,13 +411,15 @@ class TransEditEditStudio:
                                        directions=directions, preview_size=preview_size, precision=precision,
                                        smart=smart))
             if bridge.IN_COMFYUI:  # nobody looks at previews elsewhere
-                ui = self._ui(node_id, prompt_id, generator, latent, wplus, previews, res, values, precision)
+                ui = self._ui(node_id, prompt_id, generator, latent, wplus, previews, res, values, precision,
+                              slot_names(directions))
         return bridge.with_ui((images, edited), ui)
 
     @staticmethod
-    def _ui(node_id, prompt_id, generator, latent, wplus, previews, res, values, precision):
+    def _ui(node_id, prompt_id, generator, latent, wplus, previews, res, values, precision, names):
         """The frontend's data: the compare widget's (before, after) pairs at preview size — 'after' is the skip
-        RGB of the queued render itself, what the route renders for these values — and the ids for the route."""
+        RGB of the queued render itself, what the route renders for these values —, the ids for the route, and
+        each slot's direction name (the sliders' labels: js/transedit.js)."""
         shown = list(range(min(MAX_PAIRS, latent.batch_size)))
         before = previews[shown]
         if not torch.equal(wplus, latent.wplus):  # an edit: render the unedited faces at preview size too
@@ -415,7 +428,7 @@ class TransEditEditStudio:
         (pairs,) = compare_ui(before, previews[shown])[COMPARE_KEY]
         return {UI_KEY: [{**pairs, "total": latent.batch_size, "node_id": node_id, "prompt_id": prompt_id,
                           "route": ROUTE, "preview_size": res, "full_size": generator.config.size,
-                          "values": values}]}
+                          "values": values, "directions": names}]}
 
 
 NODE_CLASS_MAPPINGS = {"TransEditEditStudio": TransEditEditStudio}

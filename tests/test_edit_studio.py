@@ -737,6 +737,33 @@ def test_a_direction_for_another_generator_is_named_by_its_slot(generator, laten
         run_studio(generator, latent, [directions[0], wrong], [1.0, 1.0])
 
 
+def test_the_run_reports_each_slots_direction_name_for_its_slider(generator, latent, directions, ids, monkeypatch):
+    """The frontend labels each strength slider with its direction's name: the run's message carries one name per
+    slot (None where nothing is connected), on one line and cut short, whatever the file called it."""
+    real_render = studio.render_latents
+
+    def render_then_in_comfyui(*args, **kwargs):  # the node renders here, then answers as inside ComfyUI
+        monkeypatch.setattr(bridge, "IN_COMFYUI", False)
+        out = real_render(*args, **kwargs)
+        monkeypatch.setattr(bridge, "IN_COMFYUI", True)
+        return out
+
+    monkeypatch.setattr(studio, "render_latents", render_then_in_comfyui)
+    monkeypatch.setattr(studio, "compare_ui", lambda before, after: {studio.COMPARE_KEY: [{"pairs": []}]})
+    age, _, ganspace = directions
+    long_name = LatentDirection("x" * 200, age.vector)
+    odd = LatentDirection("smile\n  wide\t", age.vector)
+    out = run_studio(generator, latent, [age, None, ganspace, long_name], [1.0, 0.0, 0.5, 0.0])
+    (payload,) = out["ui"][studio.UI_KEY]
+    names = payload["directions"]
+    assert names[:3] == ["age", None, "gs"]
+    assert len(names[3]) == studio.MAX_NAME_CHARS and names[3].startswith("xxx") and names[3].endswith("…")
+    assert studio.slot_names([odd, None, None, None]) == ["smile wide", None, None, None]
+    assert studio.slot_names([LatentDirection("  ", age.vector)])[0] == "direction"
+    assert studio.slot_names([LatentDirection("y" * studio.MAX_NAME_CHARS, age.vector)])[0] == "y" * studio.MAX_NAME_CHARS
+    assert payload["values"]["strengths"] == [1.0, 0.0, 0.5, 0.0] and out["result"][0].shape[0] == 2
+
+
 def test_smart_refined_latents_preview_and_queue_with_smart(tmp_path, ids):
     """A latent that went through SMART Refine before the studio: the queued image is what Apply Direction +
     Generate give (SMART applied in the generator), and the preview renders with SMART too; the run holds the

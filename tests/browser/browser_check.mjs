@@ -519,6 +519,100 @@ async function studioCheck(graph, opts = {}) {
     widget_y: p.wy, vue_nodes: p.vue, screens: shots, planted };
 }
 
+// Edit Studio's slots as the node shows them: its direction input slots (connected or not), each strength
+// slider's label and whether it is hidden, and with Vue nodes what the node's DOM shows (its slot names, its
+// widget rows' text)
+async function slotView() {
+  await page.evaluate(() => new Promise((r) => setTimeout(r, 0))); // the extension updates after each change
+  await nextFrames();
+  return page.evaluate(() => {
+    const n = app.graph._nodes.find((x) => x.type === "TransEditEditStudio");
+    const el = document.querySelector(`[data-node-id="${n.id}"]`);
+    const sliders = {};
+    for (const w of n.widgets.filter((x) => /^strength_\d$/.test(x.name))) {
+      sliders[w.name] = { hidden: Boolean(w.hidden), label: w.label ?? w.name };
+    }
+    const dom = el ? {
+      widgets: Object.fromEntries([...el.querySelectorAll("[data-widget-name]")]
+        .map((e) => [e.getAttribute("data-widget-name"), (e.textContent || "").trim()])),
+      slots: [...el.querySelectorAll(".lg-slot, [data-slot-key]")].map((e) => (e.textContent || "").trim()).filter(Boolean),
+    } : null;
+    return { slots: n.inputs.filter((i) => !i.widget && /^direction_\d$/.test(i.name)).map((i) => i.name),
+      connected: n.inputs.filter((i) => /^direction_\d$/.test(i.name) && i.link != null).map((i) => Number(i.name.slice(10))),
+      sliders, dom };
+  });
+}
+
+// Edit Studio's slots (only connected directions and one spare, sliders named after their direction): loaded,
+// a third direction (a new Load Direction: SeFa component 1) connected, its component changed (with the relabel
+// switched off by a flag only this test sets: the fault the check must see, then on again), queued (the labels
+// become the names the run reports), disconnected; then what the workflow saves and queues
+async function studioSlots(graph, opts = {}) {
+  const { vue = null, queue = false, prefix = "edit_studio.slots" } = opts;
+  const started = Date.now(); // what the check adds to CI, in the report
+  if (vue !== null) await setVueNodes(vue);
+  const load = await loadGraph(graph);
+  if (vue !== null) await waitForRenderer(vue);
+  const studioId = await page.evaluate(() => app.graph._nodes.find((x) => x.type === "TransEditEditStudio").id);
+  await closeDialogs();
+  await frameNode(studioId);
+  const steps = { loaded: await slotView() };
+  await page.screenshot({ path: path.join(cfg.outDir, `${prefix}.loaded.png`) });
+  const setComponent = (c) => page.evaluate((c) => {
+    const d = app.graph._nodes.find((x) => x.__transeditSlotsTest);
+    const w = d.widgets.find((x) => x.name === "component");
+    w.value = c;
+    w.callback?.(c); // as the canvas does after a change
+  }, c);
+  await page.evaluate(() => {
+    const n = app.graph._nodes.find((x) => x.type === "TransEditEditStudio");
+    const gen = app.graph._nodes.find((x) => x.type === "TransEditLoadStyleGAN");
+    const d = LiteGraph.createNode("TransEditLoadDirection");
+    d.__transeditSlotsTest = true;
+    d.pos = [n.pos[0] - 420, n.pos[1] + n.size[1] + 80];
+    app.graph.add(d);
+    const choice = d.widgets.find((x) => x.name === "direction");
+    choice.value = choice.options.values.find((v) => String(v).startsWith("sefa"));
+    d.widgets.find((x) => x.name === "component").value = 1;
+    gen.connect(0, d, d.inputs.findIndex((i) => i.name === "generator"));
+    d.connect(0, n, n.inputs.findIndex((i) => i.name === "direction_3"));
+  });
+  steps.connected = await slotView();
+  await page.screenshot({ path: path.join(cfg.outDir, `${prefix}.connected.png`) });
+  await page.evaluate(() => { window.__transedit.plantNoRelabel = true; });
+  try {
+    await setComponent(2);
+    steps.planted = await slotView();
+  } finally {
+    await page.evaluate(() => { window.__transedit.plantNoRelabel = false; });
+  }
+  await setComponent(1);
+  steps.relabelled = await slotView();
+  let run = null;
+  if (queue) {
+    const entry = await queueAndWait();
+    await page.waitForFunction(() => app.graph._nodes.find((x) => x.type === "TransEditEditStudio")?.__transeditRunNames,
+      null, { timeout: HANG_MS });
+    steps.ran = await slotView();
+    run = { status: entry?.status ?? null, names: entry?.outputs?.[String(studioId)]?.transedit_studio?.[0]?.directions ?? null };
+    await page.screenshot({ path: path.join(cfg.outDir, `${prefix}.ran.png`) });
+  }
+  await page.evaluate(() => {
+    const n = app.graph._nodes.find((x) => x.type === "TransEditEditStudio");
+    n.disconnectInput(n.inputs.findIndex((i) => i.name === "direction_3"));
+  });
+  steps.disconnected = await slotView();
+  const saved = await page.evaluate(async () => {
+    const n = app.graph._nodes.find((x) => x.type === "TransEditEditStudio");
+    const node = app.graph.serialize().nodes.find((x) => String(x.id) === String(n.id));
+    const prompt = (await app.graphToPrompt()).output[String(n.id)];
+    return { widgets_values: node.widgets_values, inputs: node.inputs.map((i) => i.name), prompt: prompt?.inputs ?? null };
+  });
+  return { load: { error: load.error, missing: load.missing, changed_values: load.changed_values }, steps, run, saved,
+    vue_nodes: await page.evaluate(() => document.querySelectorAll("[data-node-id]").length > 0),
+    ms: Date.now() - started };
+}
+
 // every compare widget of the executed graph on screen (each node framed in turn), then the first one's divider
 // dragged with the mouse to a quarter of its picture
 async function compareScreens(prefix) {
@@ -657,6 +751,17 @@ try {
     report.studio_vue = await studioCheck(studioGraph, { vue: true, screens: true, plant: true, prefix: "edit_studio.vue" })
       .catch((e) => ({ error: String(e?.stack || e) }));
     await setVueNodes(false);
+  }
+  // Edit Studio's slots: on every server with the renderer it starts with (and a queued run), and where asked
+  // with Vue nodes on too
+  if (studioGraph) {
+    report.studio_slots = { classic: await studioSlots(studioGraph, { vue: onScreen ? false : null, queue: true })
+      .catch((e) => ({ error: String(e?.stack || e) })) };
+    if (onScreen) {
+      report.studio_slots.vue = await studioSlots(studioGraph, { vue: true, prefix: "edit_studio.slots.vue" })
+        .catch((e) => ({ error: String(e?.stack || e) }));
+      await setVueNodes(false);
+    }
   }
   // ...and on a server without the preview route
   if (studioGraph) report.studio_degraded = await studioWithoutRoute(studioGraph).catch((e) => ({ error: String(e?.stack || e) }));
