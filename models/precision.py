@@ -6,10 +6,12 @@ skip sum, SMART's unscaled attention), which half type `auto` takes on a CUDA GP
 native bf16, and, for a generator built of resolution blocks, which blocks run in the half type (`HalfBlocks`).
 On a CPU `auto` is fp32 (exact; CPU half precision is slower).
 
-The StyleGAN2 choice is NVlabs' own recipe for the generators it trains and publishes (stylegan2-ada-pytorch,
-stylegan3: fp16 in the 4 highest-resolution blocks, activations clamped to +-256 there, the rest fp32), checked
-against fp32 on trained-like weights (tests/test_precision_policy.py) and on official files when the GPU check
-has them (benchmarks/precision_sweep.py prints "confirmed" or "refuted"); docs/precision-and-gpu.md "Precision".
+StyleGAN2's choice depends on the file (models/stylegan2.py): a generator trained with its own conv_clamp gets
+NVlabs' recipe for the generators it trains (stylegan2-ada-pytorch, stylegan3: fp16 in the 4 highest-resolution
+blocks at that clamp, the rest fp32); one trained without (rosinality .pt, TF-era conversions, which NVlabs' own
+legacy loader runs in fp32) gets bf16, whose range is fp32's. Checked against fp32 on trained-like weights
+(tests/test_precision_policy.py) and on official files when the GPU check has them (benchmarks/precision_sweep.py
+prints "confirmed" or "refuted"); docs/precision-and-gpu.md "Precision".
 """
 from __future__ import annotations
 
@@ -55,6 +57,8 @@ WHOLE_NETWORK = HalfBlocks()
 # stylegan2-ada-pytorch / stylegan3 train.py: num_fp16_res=4, conv_clamp=256; networks.py never puts the 4x4
 # block in fp16 (its first fp16 resolution is at least 8)
 NVLABS_FP16 = HalfBlocks(count=4, clamp=256.0, min_resolution=8)
+# the same blocks at the model's own conv_clamp: for a generator trained with one, which fp32 applies too
+NVLABS_FP16_OWN_CLAMP = HalfBlocks(count=4, min_resolution=8)
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class PrecisionPolicy:
     evidence: str = ""  # one line: why auto_gpu (see docs/precision-and-gpu.md "Precision")
     fp16_blocks: HalfBlocks = field(default=WHOLE_NETWORK)  # block-structured generators only
     bf16_blocks: HalfBlocks = field(default=WHOLE_NETWORK)
+    fp16_caution: str = ""  # logged whenever the model runs in fp16 (its fp16 path may change what it computes)
 
     def blocks_for(self, dtype: torch.dtype) -> HalfBlocks:
         """Which blocks of a block-structured generator run in `dtype` (fp16 or bf16)."""
@@ -91,15 +96,21 @@ class PrecisionPolicy:
         if choice not in allowed:
             raise ValueError(f"unknown precision {choice!r}")
         if allowed[choice]:
-            return HALF_TYPES[choice]
+            return self._half(choice, warn)
         other = "bf16" if choice == "fp16" else "fp16"
         why = "this model's fp16 path is not safe" if choice == "fp16" else (
             "the device has no native bf16" if not device_has_bf16 else "this model does not support bf16")
         if allowed[other] and device.type == "cuda":
             warn(f"{choice} requested but {why}; running in {other}")
-            return HALF_TYPES[other]
+            return self._half(other, warn)
         warn(f"{choice} requested but {why}; running in fp32")
         return torch.float32
+
+
+    def _half(self, choice: str, warn: Callable[[str], None]) -> torch.dtype:
+        if choice == "fp16" and self.fp16_caution:
+            warn(self.fp16_caution)
+        return HALF_TYPES[choice]
 
 
 # The default for code that has not measured anything better: bf16's range never overflows.

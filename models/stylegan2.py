@@ -33,7 +33,7 @@ from .descriptor import ModelDescriptor
 from .checkpoint_io import TRANSEDIT_FORMAT_KEY, RawCheckpoint, atomic_write, check_weight_dtypes, formats_hint
 from .errors import CheckpointError
 from .latent import model_fingerprint
-from .precision import NVLABS_FP16, HalfBlocks, PrecisionPolicy, guard_fp16
+from .precision import NVLABS_FP16, NVLABS_FP16_OWN_CLAMP, HalfBlocks, PrecisionPolicy, guard_fp16
 
 SQRT2 = math.sqrt(2.0)
 MIN_SIZE, MAX_SIZE = 4, 2048
@@ -307,15 +307,41 @@ def _no_autocast(device_type: str):
     return torch.autocast(device_type, enabled=False)
 
 
+# Which precision `auto` takes depends on how the file was trained (docs/precision-and-gpu.md "Precision").
+# Trained with conv_clamp (NVlabs' ADA-era .pkl): NVlabs' own recipe for such generators, fp16 in the 4
+# highest-resolution blocks (most of the work) at the model's own clamp, which bounds every fp16 conv output and
+# which fp32 applies too, the wide low-resolution blocks in fp32.
+PRECISION_WITH_CLAMP = PrecisionPolicy(
+    fp16=True, bf16=True, auto_gpu="fp16", fp16_blocks=NVLABS_FP16_OWN_CLAMP,
+    evidence="NVlabs' recipe at the model's own conv_clamp (fp16 in the top 4 blocks, rest fp32): the clamp is "
+             "the trained network's; within 1e-3 of fp32 on trained-like proxies, bf16 ~7x further")
+# Trained without a clamp (rosinality .pt, TF-era conversions, which NVlabs' legacy loader runs in fp32): the
+# recipe's +-256 clamp may cut activations the network was trained to produce; bf16 keeps fp32's range whatever
+# they are, fp32 where bf16 is only emulated.
+PRECISION_WITHOUT_CLAMP = PrecisionPolicy(
+    fp16=True, bf16=True, auto_gpu="bf16", auto_without_bf16="fp32", fp16_blocks=NVLABS_FP16,
+    fp16_caution="fp16 clamps activations at ±256 in the 4 highest-resolution blocks; this generator was trained "
+                 "without conv_clamp and may exceed that (bf16 and fp32 cannot)",
+    evidence="trained without conv_clamp: bf16 keeps fp32's range (within 1e-2 of fp32 on trained-like proxies), "
+             "fp32 on GPUs without native bf16")
+# what the nodes' tooltips say, one entry per case
+PRECISION_BY_FILE = {"with conv_clamp (NVlabs ADA-era .pkl)": PRECISION_WITH_CLAMP,
+                     "without conv_clamp (rosinality .pt, TF-era StyleGAN2)": PRECISION_WITHOUT_CLAMP}
+
+
+class _PolicyOfTheFile:
+    """`PRECISION` of a generator: its file's case; read on the class, the case without a clamp (the common files
+    and the one whose half precision is bounded by nothing the network learnt)."""
+
+    def __get__(self, generator, owner=None) -> PrecisionPolicy:
+        if generator is not None and generator.config.conv_clamp is not None:
+            return PRECISION_WITH_CLAMP
+        return PRECISION_WITHOUT_CLAMP
+
+
 # --------------------------------------------------------------------------------------------- model
 class StyleGAN2Generator(nn.Module):
-    # fp16 as NVlabs runs the generators it trains and publishes: the 4 highest-resolution blocks (most of the
-    # work) in fp16 with activations clamped to +-256 there, which bounds every fp16 conv output below 65504; the
-    # wide low-resolution blocks, where activations are largest, in fp32. bf16 (whole network) keeps fp32's
-    # range but has 3 fewer mantissa bits: ~7x further from fp32 (tests/test_precision_policy.py)
-    PRECISION = PrecisionPolicy(fp16=True, bf16=True, auto_gpu="fp16", fp16_blocks=NVLABS_FP16,
-                                evidence="NVlabs' recipe (fp16 in the top 4 blocks, clamp 256, rest fp32): within "
-                                         "1e-3 of fp32 on trained-like proxies; bf16 ~7x further")
+    PRECISION = _PolicyOfTheFile()
 
     def __init__(self, config: StyleGAN2Config):
         super().__init__()
@@ -432,7 +458,7 @@ class StyleGAN2Generator(nn.Module):
         noise: explicit per-layer noise (overrides noise_mode); noise_mode "const" uses the checkpoint's
         buffers (deterministic, what parity needs), "random" draws fresh N(0,1) (seeded by noise_seed),
         "none" turns noise off. dtype=bfloat16/float16 runs the convolutions of the blocks `half_blocks` names
-        under autocast (default: the family's policy, PRECISION: fp16 in NVlabs' blocks with their clamp, bf16
+        under autocast (default: this file's policy, PRECISION: fp16 in NVlabs' blocks with their clamp, bf16
         everywhere), the other blocks in fp32.
         max_resolution: stop after that resolution's block and return the skip branch's RGB there (the
         image the network has built so far, [B, 3, r, r]); the layers above it are not run, so a 256 px

@@ -31,12 +31,12 @@ from PIL import Image
 
 from ..models.directions import LatentDirection
 from ..models.latent import StyleLatent
-from ..models.stylegan2 import StyleGAN2Generator
+from ..models.stylegan2 import PRECISION_BY_FILE
 from . import comfy_bridge as bridge
 from .compare import MAX_PAIRS, UI_KEY as COMPARE_KEY, compare_ui
 from .inputs import NodeInputError, check_choice, check_float, check_int
 from .latents import MAX_LAYER, check_latent, fit_direction, with_edit
-from .precision import PRECISIONS, auto_tooltip
+from .precision import PRECISIONS, auto_tooltip_by_file
 from .preview_service import PreviewGate, PreviewStopped
 from .rendering import StyleGANHandle, check_generator, render_latents
 
@@ -350,7 +350,7 @@ class TransEditEditStudio:
                                                                   "own RGB at that layer (smaller = faster drags; "
                                                                   "capped at the generator's size)."}),
                 "precision": (list(PRECISIONS), {"default": "auto",
-                                                 "tooltip": auto_tooltip(StyleGAN2Generator.PRECISION)
+                                                 "tooltip": auto_tooltip_by_file(PRECISION_BY_FILE)
                                                  + " Previews and the queued image use the same."}),
             },
             "optional": {f"direction_{i}": ("TE_DIRECTION", {"tooltip": f"Optional direction for strength_{i}."})

@@ -28,18 +28,34 @@ def _half_text(choice: str, policy: PrecisionPolicy) -> str:
     blocks = policy.fp16_blocks if choice == "fp16" else policy.bf16_blocks
     if blocks.count is None:
         return choice
-    clamp = f", activations clamped to ±{blocks.clamp:g} there" if blocks.clamp is not None else ""
+    clamp = (f", activations clamped to ±{blocks.clamp:g} there" if blocks.clamp is not None
+             else " at the model's own clamp")
     return f"{choice} in the {blocks.count} highest-resolution blocks{clamp}, the rest fp32 (NVlabs' recipe)"
+
+
+def _gpu_text(policy: PrecisionPolicy) -> str:
+    if policy.auto_gpu == "bf16":
+        return (f"on a GPU with native bf16 (Ampere or newer) bf16; on older GPUs ({OLD_GPUS}) "
+                f"{_half_text(policy.auto_without_bf16, policy)}")
+    return f"on a GPU {_half_text(policy.auto_gpu, policy)}"
 
 
 def auto_tooltip(policy: PrecisionPolicy) -> str:
     """What `auto` (and fp16, where a recipe decides its blocks) means for a family, in the node's words."""
-    if policy.auto_gpu == "bf16":
-        gpu = (f"on a GPU with native bf16 (Ampere or newer) bf16; on older GPUs ({OLD_GPUS}) "
-               f"{_half_text(policy.auto_without_bf16, policy)}")
-    else:
-        gpu = f"on a GPU {_half_text(policy.auto_gpu, policy)}"
-    text = f"auto: {gpu}; on a CPU fp32."
+    text = f"auto: {_gpu_text(policy)}; on a CPU fp32."
     if policy.fp16_blocks.count is not None:
         text += " fp16 means the same." if policy.auto_gpu == "fp16" else f" fp16: {_half_text('fp16', policy)}."
+    return text
+
+
+def auto_tooltip_by_file(cases: dict[str, PrecisionPolicy]) -> str:
+    """What `auto` and fp16 mean for a family whose policy depends on the file (label -> that case's policy,
+    e.g. models.stylegan2.PRECISION_BY_FILE), in the node's words."""
+    text = " ".join(f"auto, generator {label}: {_gpu_text(policy)}." for label, policy in cases.items())
+    text += " On a CPU fp32."
+    for label, policy in cases.items():
+        blocks = policy.fp16_blocks
+        if policy.auto_gpu != "fp16" and blocks.count is not None:
+            text += f" fp16, generator {label}: {_half_text('fp16', policy)}"
+            text += f"; trained without it, it may exceed ±{blocks.clamp:g}." if blocks.clamp is not None else "."
     return text

@@ -5,12 +5,12 @@ import torch
 
 from ..models.latent import StyleLatent
 from ..models.registry import load_stylegan2
-from ..models.stylegan2 import StyleGAN2Generator
+from ..models.stylegan2 import PRECISION_BY_FILE
 from . import comfy_bridge as bridge
 from .compare import compare_ui
 from .handles import load_handle
 from .inputs import MAX_SEED, NodeInputError, check_choice, check_float, check_int
-from .precision import PRECISIONS, auto_tooltip
+from .precision import PRECISIONS, auto_tooltip_by_file
 from .rendering import StyleGANHandle, check_generator, render_latents
 
 CATEGORY = "TransEdit/StyleGAN"
@@ -105,7 +105,7 @@ class TransEditGenerate:
                                    "tooltip": "Seed for noise_mode=random; image i uses noise_seed + i (drawn on "
                                               "the CPU: the same noise on every device)."}),
             "precision": (list(PRECISIONS), {"default": "auto",
-                                             "tooltip": auto_tooltip(StyleGAN2Generator.PRECISION)
+                                             "tooltip": auto_tooltip_by_file(PRECISION_BY_FILE)
                                              + " fp32 is bit-faithful to the official code."}),
         }}
 

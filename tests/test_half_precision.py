@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from transedit.models.precision import FP16_ACTIVATION_LIMIT, WHOLE_NETWORK, PrecisionPolicy, agreement, guard_fp16
-from transedit.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator
+from transedit.models.stylegan2 import (PRECISION_WITH_CLAMP, PRECISION_WITHOUT_CLAMP, StyleGAN2Config,
+                                        StyleGAN2Generator)
 
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # relative L2 error allowed per stage and format
@@ -32,18 +33,21 @@ def rel_err(half: torch.Tensor, ref: torch.Tensor) -> float:
     return float((half - ref).norm() / ref.norm().clamp_min(1e-12))
 
 
-def small_generator(seed=0, size=32) -> StyleGAN2Generator:
+def small_generator(seed=0, size=32, conv_clamp=None) -> StyleGAN2Generator:
     torch.manual_seed(seed)
-    cfg = StyleGAN2Config(size=size, style_dim=32, n_mlp=2, channels={r: 16 for r in (4, 8, 16, 32, 64) if r <= size})
+    cfg = StyleGAN2Config(size=size, style_dim=32, n_mlp=2, conv_clamp=conv_clamp,
+                          channels={r: 16 for r in (4, 8, 16, 32, 64) if r <= size})
     return StyleGAN2Generator(cfg).eval()
 
 
 # ------------------------------------------------------------------------------------------ the policy
 def test_policy_resolution():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    gan = StyleGAN2Generator.PRECISION
-    assert gan.resolve("auto", cpu, True) == torch.float32  # exact on the CPU
-    assert gan.resolve("auto", cuda, True) == torch.float16  # NVlabs' blocks (tests/test_precision_policy.py)
+    gan, clamped = StyleGAN2Generator.PRECISION, PRECISION_WITH_CLAMP
+    assert gan is PRECISION_WITHOUT_CLAMP  # read on the class: the case of a file trained without conv_clamp
+    assert gan.resolve("auto", cpu, True) == clamped.resolve("auto", cpu, True) == torch.float32  # exact on the CPU
+    assert clamped.resolve("auto", cuda, True) == torch.float16  # NVlabs' blocks (tests/test_precision_policy.py)
+    assert gan.resolve("auto", cuda, True) == torch.bfloat16  # no clamp of its own: fp32's range
     assert PrecisionPolicy().resolve("auto", cuda, True) == torch.bfloat16
     assert PrecisionPolicy().resolve("auto", cuda, False) == torch.float16  # an old GPU without bf16
     assert gan.resolve("fp32", cuda, True) == torch.float32
@@ -58,8 +62,8 @@ def test_policy_resolution():
 
 
 def test_nodes_read_each_family_policy():
-    """The policy a node resolves with is its model's: `auto` on a GPU is fp16 for the generator, bf16 for the
-    others (recorded evidence on each)."""
+    """The policy a node resolves with is its model's: `auto` on a GPU is fp16 for a generator trained with
+    conv_clamp, bf16 for one without and for the others (recorded evidence on each)."""
     from transedit.models.dino import DinoViT
     from transedit.models.inversion import LatentEncoder
     from transedit.models.put import PUTTransformerCVPR, PUTTransformerTPAMI
@@ -68,7 +72,9 @@ def test_nodes_read_each_family_policy():
     def precision_policy(module):  # what a handle's `precision` reads: its descriptor's, i.e. the model's
         return ModelDescriptor(family="test", model=module, config=None, source="-").precision
 
-    assert precision_policy(small_generator()).auto_gpu == "fp16"
+    assert precision_policy(small_generator()).auto_gpu == "bf16"
+    assert precision_policy(small_generator(conv_clamp=256.0)).auto_gpu == "fp16"
+    assert PRECISION_WITH_CLAMP.evidence and PRECISION_WITHOUT_CLAMP.evidence
     for cls in (DinoViT, PUTTransformerCVPR, PUTTransformerTPAMI):
         assert cls.PRECISION.auto_gpu == "bf16" and cls.PRECISION.evidence
     enc = LatentEncoder(torch.nn.Linear(2, 2))
@@ -96,7 +102,8 @@ def test_stylegan2_synthesis(fmt):
 
 
 def test_stylegan2_fp16_is_closer_than_bf16():
-    """The evidence behind `auto` = fp16 for the generator, on this machine too."""
+    """The evidence behind NVlabs' recipe (fp16 blocks) as auto for a generator trained with conv_clamp, on this
+    machine too (below the clamp the clamp changes nothing, so an unclamped generator measures the same)."""
     g = small_generator(seed=3)
     w = g.mapping(torch.randn(2, 32)).unsqueeze(1).expand(-1, g.n_latent, -1)
     with torch.no_grad():

@@ -1,11 +1,14 @@
 """What `auto` means, and the evidence that it holds where random weights cannot show it.
 
-StyleGAN2's auto is NVlabs' recipe (fp16 in the 4 highest-resolution blocks, activations clamped to +-256 there,
-the rest fp32). Without trained weights here, it is checked against fp32 on proxies (benchmarks/precision_sweep.py):
-the same generator with every activation scaled by a power of two (bit-identical fp32 image) up to the magnitudes a
-trained generator's activations reach, the official-format fixture, and a generator with one large activation in a
-wide low-resolution block. Planted faults: the old auto (fp16 in every block, only the +-32768 overflow guard) at a
-scale that overflows, and on the low-resolution spike; both must fail the accuracy check, not just stay finite.
+StyleGAN2's auto depends on the file: NVlabs' recipe (fp16 in the 4 highest-resolution blocks at the model's own
+conv_clamp, the rest fp32) for a generator trained with conv_clamp; bf16 (fp32 on GPUs without native bf16) for one
+trained without, whose activations nothing bounds (NVlabs' legacy loader runs such TF-era files in fp32). Without
+trained weights here, the candidates are checked against fp32 on proxies (benchmarks/precision_sweep.py): the same
+generator with every activation scaled by a power of two (bit-identical fp32 image) up to the magnitudes a trained
+generator's activations reach, the official-format fixture, and a generator with one large activation in a wide
+low-resolution block. Planted faults: the old auto (fp16 in every block, only the +-32768 overflow guard) at a
+scale that overflows, and on the low-resolution spike; the previous auto (the recipe at +-256 for every file) on an
+unclamped generator whose top-block activations pass 256; each must fail the accuracy check, not just stay finite.
 
 bf16 for the other families: only where the device the node runs on has it natively (Ampere or newer), read for
 that device, with the capability of each CUDA device faked on the CPU.
@@ -20,13 +23,17 @@ import pytest
 import torch
 
 from transedit.models.devices import has_native_bf16
-from transedit.models.precision import (DEFAULT_POLICY, FP16_ACTIVATION_LIMIT, NVLABS_FP16, WHOLE_NETWORK, Agreement,
-                                        HalfBlocks, PrecisionPolicy, agreement)
-from transedit.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator
+from transedit.models.precision import (DEFAULT_POLICY, FP16_ACTIVATION_LIMIT, NVLABS_FP16, NVLABS_FP16_OWN_CLAMP,
+                                        WHOLE_NETWORK, Agreement, HalfBlocks, PrecisionPolicy, agreement)
+from transedit.models.stylegan2 import (PRECISION_BY_FILE, PRECISION_WITH_CLAMP, PRECISION_WITHOUT_CLAMP,
+                                        StyleGAN2Config, StyleGAN2Generator)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from precision_sweep import (AUTO, AUTO_CLAIM, CANDIDATES, activation_scaled, compare_candidates,  # noqa: E402
-                             half_block_peak, low_res_spike, verdict)
+from precision_sweep import (CANDIDATES, CLAIMS, RECIPE, activation_scaled, auto_on_gpu,  # noqa: E402
+                             claim_holds, compare_candidates, half_block_peak, low_res_spike, recipe_evidence,
+                             verdict, with_conv_clamp)
+
+AUTO_CLAIM = CLAIMS[RECIPE]
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -52,6 +59,8 @@ def test_half_blocks_variants():
 
 def test_clamp_is_the_tighter_of_recipe_and_model():
     assert NVLABS_FP16.clamp_with(None) == 256.0  # rosinality checkpoints: no conv_clamp of their own
+    assert NVLABS_FP16_OWN_CLAMP.clamp_with(512.0) == 512.0  # a generator trained with a clamp: its own
+    assert NVLABS_FP16_OWN_CLAMP.first_half_resolution([4, 8, 16, 32, 64, 128]) == 16
     assert NVLABS_FP16.clamp_with(100.0) == 100.0
     assert NVLABS_FP16.clamp_with(512.0) == 256.0
     assert WHOLE_NETWORK.clamp_with(None) is None
@@ -72,7 +81,24 @@ def test_policy_picks_blocks_per_half_type():
     policy = StyleGAN2Generator.PRECISION
     assert policy.blocks_for(torch.float16) is NVLABS_FP16
     assert policy.blocks_for(torch.bfloat16) is WHOLE_NETWORK  # bf16 has fp32's range: every block
+    assert PRECISION_WITH_CLAMP.blocks_for(torch.float16) is NVLABS_FP16_OWN_CLAMP
     assert PrecisionPolicy().blocks_for(torch.float16) is WHOLE_NETWORK
+
+
+def test_each_generator_reads_its_files_policy():
+    """PRECISION per instance (what the descriptor, and so the nodes, read): with conv_clamp the recipe, without it
+    bf16; on the class the case without a clamp (the node tooltips say both, PRECISION_BY_FILE)."""
+    from transedit.models.descriptor import ModelDescriptor
+
+    clamped, unclamped = generator(conv_clamp=256.0), generator()
+    assert clamped.PRECISION is PRECISION_WITH_CLAMP and unclamped.PRECISION is PRECISION_WITHOUT_CLAMP
+    assert StyleGAN2Generator.PRECISION is PRECISION_WITHOUT_CLAMP
+    assert ModelDescriptor(family="stylegan2", model=clamped, config=None, source="-").precision is PRECISION_WITH_CLAMP
+    assert ModelDescriptor(family="stylegan2", model=unclamped, config=None, source="-").precision \
+        is PRECISION_WITHOUT_CLAMP
+    assert list(PRECISION_BY_FILE.values()) == [PRECISION_WITH_CLAMP, PRECISION_WITHOUT_CLAMP]
+    assert (PRECISION_WITH_CLAMP.auto_gpu, PRECISION_WITHOUT_CLAMP.auto_gpu) == ("fp16", "bf16")
+    assert PRECISION_WITHOUT_CLAMP.auto_without_bf16 == "fp32"
 
 
 def generator(seed=0, size=32, width=16, conv_clamp=None) -> StyleGAN2Generator:
@@ -133,6 +159,20 @@ def test_half_block_clamp_uses_the_models_own_conv_clamp():
     assert agreement(half, ref).within(**AUTO_CLAIM)
 
 
+def test_recipe_clamps_a_clamped_generator_at_its_own_clamp_not_256():
+    """Trained with conv_clamp 1024 and activations up to ~500: fp32 never clamps them, nor does its auto (the
+    recipe at its own clamp); the recipe at 256 would cut them and move the image."""
+    g = with_conv_clamp(activation_scaled(generator(seed=2), 128.0), 1024.0)
+    w = wplus_for(g)
+    result = compare_candidates(g, w)
+    assert 256 < result["peak_in_auto_fp16_blocks"] < 1024
+    assert result["auto"] == RECIPE and verdict(result)[0], verdict(result)[1]
+    with torch.no_grad():
+        at_256 = g.synthesis(w, dtype=torch.float16, half_blocks=NVLABS_FP16)
+        ref = g.synthesis(w)
+    assert not agreement(at_256, ref).within(**AUTO_CLAIM)
+
+
 # ------------------------------------------------------------------------------------ the accuracy check
 def test_agreement_numbers():
     ref = torch.tensor([3.0, 4.0])
@@ -157,11 +197,11 @@ def test_agreement_within():
 
 
 def test_verdict_needs_tolerance_and_bf16_and_finite():
-    def result(auto_rel, auto_abs=0.01, finite=True, bf16_rel=6e-3):
+    def result(auto_rel, auto_abs=0.01, finite=True, bf16_rel=6e-3, auto=RECIPE):
         rows = {name: {"rel_l2": 1e-3, "max_abs": 0.01, "finite": True} for name in CANDIDATES}
-        rows[AUTO] = {"rel_l2": auto_rel, "max_abs": auto_abs, "finite": finite}
+        rows[RECIPE] = {"rel_l2": auto_rel, "max_abs": auto_abs, "finite": finite}
         rows["bf16"]["rel_l2"] = bf16_rel
-        return {"candidates": rows, "peak_in_auto_fp16_blocks": 3.0}
+        return {"auto": auto, "candidates": rows, "peak_in_auto_fp16_blocks": 3.0}
 
     ok, text = verdict(result(1e-3))
     assert ok and text.startswith("confirmed") and "1.00e-03" in text
@@ -171,6 +211,18 @@ def test_verdict_needs_tolerance_and_bf16_and_finite():
     assert not verdict(result(1e-3, finite=False))[0]
     ok, text = verdict(result(2e-3, bf16_rel=1e-3))  # within tolerance but bf16 would be closer
     assert not ok and text.startswith("refuted")
+    # a file whose auto is bf16 is judged by bf16's claim, whatever the recipe does there
+    bf16_claim = CLAIMS["bf16"]
+    assert verdict(result(1.0, finite=False, auto="bf16", bf16_rel=bf16_claim["rel_l2"]))[0]
+    assert not verdict(result(1e-3, auto="bf16", bf16_rel=bf16_claim["rel_l2"] * 1.01))[0]
+    over = result(1e-3, auto="bf16")
+    over["candidates"]["bf16"]["max_abs"] = bf16_claim["max_abs"] * 1.01
+    assert not verdict(over)[0]
+    over["candidates"]["bf16"].update(max_abs=0.0, finite=False)
+    assert not verdict(over)[0]
+    assert verdict(result(1.0, finite=False, auto="fp32", bf16_rel=1.0)) == (
+        True, "confirmed (fp32 here: the reference itself)")
+    assert claim_holds(result(1.0, auto="bf16"), RECIPE)[0] is False
 
 
 # ----------------------------------------------------------------------------- evidence on proxy weights
@@ -203,10 +255,13 @@ def test_auto_holds_on_trained_like_activations(request, which, scale):
     g = activation_scaled(base, scale)
     w = wplus_for(g)
     result = compare_candidates(g, w)
-    auto, bf16 = result["candidates"][AUTO], result["candidates"]["bf16"]
+    auto, bf16 = result["candidates"][RECIPE], result["candidates"]["bf16"]
     assert 2 * scale < result["peak_in_auto_fp16_blocks"] < 256
-    assert verdict(result)[0], verdict(result)[1]
+    assert result["auto"] == "bf16" and verdict(result)[0], verdict(result)[1]  # no conv_clamp: bf16
+    assert claim_holds(result, RECIPE)[0] and recipe_evidence(result)[0], claim_holds(result, RECIPE)[1]
     assert auto["rel_l2"] * 3 < bf16["rel_l2"], result
+    clamped = compare_candidates(with_conv_clamp(g), w)  # the same weights trained with conv_clamp 256
+    assert clamped["auto"] == RECIPE and verdict(clamped)[0], verdict(clamped)[1]
     if scale == 16.0:
         no_clamp = HalfBlocks(count=NVLABS_FP16.count, min_resolution=NVLABS_FP16.min_resolution)
         with torch.no_grad():
@@ -215,14 +270,21 @@ def test_auto_holds_on_trained_like_activations(request, which, scale):
         assert torch.equal(clamped, unclamped)
 
 
-def test_clamp_changes_outputs_only_past_256():
-    """The recipe's cost, stated: a generator whose fp16-block activations pass 256 (random weights x128: peaks
-    ~500) is changed by the clamp, and the check says so."""
+def test_planted_fault_recipe_for_every_file_on_an_unclamped_generator():
+    """A generator trained without conv_clamp whose fp16-block activations pass 256 (random weights x128: peaks
+    ~500). The previous auto (the recipe at +-256 for every file) is changed by the clamp and the check says so;
+    this file's auto (bf16) holds, and the sweep's evidence line says the recipe would not have."""
     g = activation_scaled(generator(seed=2), 128.0)
     result = compare_candidates(g, wplus_for(g))
     assert result["peak_in_auto_fp16_blocks"] > 256
-    assert not verdict(result)[0]
+    previous = dict(result, auto=RECIPE)
+    assert not verdict(previous)[0] and verdict(previous)[1].startswith("refuted")
+    assert result["auto"] == "bf16" and verdict(result)[0], verdict(result)[1]
     assert result["candidates"]["bf16"]["rel_l2"] < AUTO_CLAIM["rel_l2"] * 2  # bf16's range has no clamp
+    held, evidence = recipe_evidence(result)
+    assert not held and "NOT have held" in evidence and "ABOVE its clamp 256" in evidence
+    below = compare_candidates(activation_scaled(generator(seed=2), 16.0), wplus_for(g))
+    assert "have held" in recipe_evidence(below)[1] and "below its clamp 256" in recipe_evidence(below)[1]
 
 
 def test_planted_fault_old_auto_overflows_and_the_check_fails():
@@ -268,9 +330,13 @@ def test_half_block_peak_reads_only_the_fp16_blocks():
 # --------------------------------------------------------------------------------- auto and the device
 def test_policy_resolution_on_gpus_with_and_without_native_bf16():
     warnings = []
-    gan, dino = StyleGAN2Generator.PRECISION, PrecisionPolicy(auto_without_bf16="fp32")
+    gan, dino = PRECISION_WITH_CLAMP, PrecisionPolicy(auto_without_bf16="fp32")
     assert gan.resolve("auto", CUDA, False, warnings.append) == torch.float16
+    assert gan.resolve("auto", CUDA, True, warnings.append) == torch.float16
     assert gan.resolve("auto", CPU, True, warnings.append) == torch.float32
+    assert PRECISION_WITHOUT_CLAMP.resolve("auto", CUDA, True, warnings.append) == torch.bfloat16
+    assert PRECISION_WITHOUT_CLAMP.resolve("auto", CUDA, False, warnings.append) == torch.float32
+    assert PRECISION_WITHOUT_CLAMP.resolve("auto", CPU, True, warnings.append) == torch.float32
     assert DEFAULT_POLICY.resolve("auto", CUDA, True, warnings.append) == torch.bfloat16
     assert DEFAULT_POLICY.resolve("auto", CUDA, False, warnings.append) == torch.float16
     assert dino.resolve("auto", CUDA, False, warnings.append) == torch.float32
@@ -291,6 +357,27 @@ def test_policy_resolution_on_gpus_with_and_without_native_bf16():
     assert DEFAULT_POLICY.resolve("fp32", CUDA, True) == torch.float32
     with pytest.raises(ValueError, match="fp8"):
         DEFAULT_POLICY.resolve("fp8", CUDA, True)
+
+
+def test_fp16_on_a_generator_without_conv_clamp_says_it_clamps_at_256():
+    """fp16 asked for (or reached by falling back from bf16 on an old GPU) on a file trained without conv_clamp
+    runs the recipe and warns that its +-256 clamp may cut that file's activations; a clamped file runs it
+    silently, and neither bf16 nor fp32 warns."""
+    caution = PRECISION_WITHOUT_CLAMP.fp16_caution
+    assert "256" in caution and "without conv_clamp" in caution and not PRECISION_WITH_CLAMP.fp16_caution
+    warnings = []
+    assert PRECISION_WITHOUT_CLAMP.resolve("fp16", CUDA, True, warnings.append) == torch.float16
+    assert warnings == [caution]
+    assert PRECISION_WITHOUT_CLAMP.resolve("bf16", CUDA, False, warnings.append) == torch.float16
+    assert warnings[1:] == ["bf16 requested but the device has no native bf16; running in fp16", caution]
+    warnings.clear()
+    assert PRECISION_WITHOUT_CLAMP.resolve("bf16", CUDA, True, warnings.append) == torch.bfloat16
+    assert PRECISION_WITHOUT_CLAMP.resolve("fp32", CUDA, True, warnings.append) == torch.float32
+    assert PRECISION_WITH_CLAMP.resolve("fp16", CUDA, True, warnings.append) == torch.float16
+    assert PRECISION_WITH_CLAMP.resolve("bf16", CUDA, False, warnings.append) == torch.float16
+    assert warnings == ["bf16 requested but the device has no native bf16; running in fp16"]
+    assert PrecisionPolicy(fp16_caution="x").resolve("fp16", CPU, True, warnings.append) == torch.float16
+    assert warnings[-1] == "x"
 
 
 @pytest.fixture
@@ -346,24 +433,40 @@ def test_nodes_resolve_auto_for_their_own_device(two_gpus, current):
     assert resolve_precision("auto", h100) == torch.bfloat16
     assert resolve_precision("auto", t4, DinoViT.PRECISION) == torch.float32
     assert resolve_precision("auto", h100, DinoViT.PRECISION) == torch.bfloat16
-    assert resolve_precision("auto", t4, StyleGAN2Generator.PRECISION) == torch.float16
+    clamped, unclamped = generator(conv_clamp=256.0), generator()
+    assert resolve_precision("auto", t4, clamped.PRECISION) == torch.float16
+    assert resolve_precision("auto", h100, clamped.PRECISION) == torch.float16
+    assert resolve_precision("auto", t4, unclamped.PRECISION) == torch.float32
+    assert resolve_precision("auto", h100, unclamped.PRECISION) == torch.bfloat16
+    assert (auto_on_gpu(clamped, t4), auto_on_gpu(clamped, h100)) == (RECIPE, RECIPE)
+    assert (auto_on_gpu(unclamped, t4), auto_on_gpu(unclamped, h100)) == ("fp32", "bf16")
+    assert (auto_on_gpu(clamped, CPU), auto_on_gpu(unclamped, CPU)) == (RECIPE, "bf16")  # the CPU stands for Ampere
 
 
 def test_tooltips_say_what_auto_means_for_each_family():
     from transedit.models.dino import DinoViT
     from transedit.models.put import PUTTransformer
     from transedit.nodes import NODE_CLASS_MAPPINGS
-    from transedit.nodes.precision import auto_tooltip
+    from transedit.nodes.precision import auto_tooltip, auto_tooltip_by_file
 
-    expected = {"TransEditGenerate": StyleGAN2Generator.PRECISION, "TransEditEditStudio": StyleGAN2Generator.PRECISION,
-                "TransEditInvert": DEFAULT_POLICY, "TransEditPUTInpaint": PUTTransformer.PRECISION,
-                "TransEditSplice": DinoViT.PRECISION}
-    for node, policy in expected.items():
+    gan = auto_tooltip_by_file(PRECISION_BY_FILE)
+    expected = {"TransEditGenerate": gan, "TransEditEditStudio": gan, "TransEditInvert": auto_tooltip(DEFAULT_POLICY),
+                "TransEditPUTInpaint": auto_tooltip(PUTTransformer.PRECISION),
+                "TransEditSplice": auto_tooltip(DinoViT.PRECISION)}
+    for node, text in expected.items():
         inputs = NODE_CLASS_MAPPINGS[node].INPUT_TYPES()
         spec = {**inputs["required"], **inputs.get("optional", {})}["precision"]
-        assert spec[1]["tooltip"].startswith(auto_tooltip(policy)), node
-    gan = auto_tooltip(StyleGAN2Generator.PRECISION)
-    assert "fp16 in the 4 highest-resolution blocks" in gan and "±256" in gan and "fp16 means the same" in gan
+        assert spec[1]["tooltip"].startswith(text), node
+    assert gan == ("auto, generator with conv_clamp (NVlabs ADA-era .pkl): on a GPU fp16 in the 4 highest-resolution "
+                   "blocks at the model's own clamp, the rest fp32 (NVlabs' recipe). auto, generator without "
+                   "conv_clamp (rosinality .pt, TF-era StyleGAN2): on a GPU with native bf16 (Ampere or newer) bf16; "
+                   "on older GPUs (T4, V100, RTX 20xx) fp32. On a CPU fp32. fp16, generator without conv_clamp "
+                   "(rosinality .pt, TF-era StyleGAN2): fp16 in the 4 highest-resolution blocks, activations clamped "
+                   "to ±256 there, the rest fp32 (NVlabs' recipe); trained without it, it may exceed ±256.")
+    assert "fp16 means the same" in auto_tooltip(PRECISION_WITH_CLAMP)
+    unbounded = PrecisionPolicy(fp16_blocks=NVLABS_FP16_OWN_CLAMP)
+    assert auto_tooltip_by_file({"x": unbounded}).endswith("at the model's own clamp, the rest fp32 (NVlabs' recipe).")
+    assert "fp16," not in auto_tooltip_by_file({"x": PrecisionPolicy()})  # every block: nothing more to say
     assert "older GPUs (T4, V100, RTX 20xx) fp16" in auto_tooltip(DEFAULT_POLICY)
     assert "older GPUs (T4, V100, RTX 20xx) fp32" in auto_tooltip(DinoViT.PRECISION)
     mixed_bf16_auto = PrecisionPolicy(fp16_blocks=NVLABS_FP16)
