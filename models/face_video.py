@@ -79,13 +79,14 @@ def frame_change(signatures) -> np.ndarray:
     return change
 
 
-def _usual_change(change: np.ndarray, t: int) -> float:
+def usual_change(change: np.ndarray, t: int) -> float:
+    """The median change of the CUT_WINDOW frames on either side of frame t (not t itself, not frame 0)."""
     around = [change[s] for s in range(max(1, t - CUT_WINDOW), min(len(change), t + CUT_WINDOW + 1)) if s != t]
     return float(np.median(around)) if around else 0.0
 
 
 def _changes_enough(change: np.ndarray, t: int, level: float) -> bool:
-    return change[t] >= level and change[t] >= CUT_RATIO * _usual_change(change, t)
+    return change[t] >= level and change[t] >= CUT_RATIO * usual_change(change, t)
 
 
 def find_cuts(change) -> list[int]:

@@ -831,3 +831,79 @@ def test_smooth_latents_stays_inside_each_shot(monkeypatch):
     # planted: without the shots the step is blurred across the cut
     (blurred,) = editing.TransEditSmoothLatents().smooth(latent, 2.0, dataclasses.replace(align, segments=None))
     assert (blurred.wplus - step).abs().max() > 1.0
+
+
+def test_usual_change_window_and_short_clips():
+    change = (np.arange(30) ** 2) * 1e-4
+    assert fv.usual_change(change, 15) == pytest.approx((14 ** 2 + 16 ** 2) / 2 * 1e-4)  # frames 7-23 but 15
+    assert fv.usual_change(change, 3) == pytest.approx((6 ** 2 + 7 ** 2) / 2 * 1e-4)  # frames 1-11 but 3
+    assert fv.usual_change(change, 28) == pytest.approx(24 ** 2 * 1e-4)  # frames 20-29 but 28
+    assert fv.usual_change(np.array([0.0, 0.5]), 1) == 0.0  # nothing around: no usual change to compare with
+    assert fv.find_cuts([0.0, 0.5]) == [1] and fv.find_cuts([0.0, 0.5, 0.01]) == [1]
+    # at the ratio exactly: a cut; just under it: none
+    calm = np.full(20, 0.1)
+    calm[0], calm[10] = 0.0, 0.4
+    assert fv.find_cuts(calm) == [10]
+    calm[10] = 0.399
+    assert fv.find_cuts(calm) == []
+
+
+def test_tracking_steps_and_gaps():
+    size = fv.ffhq_quad(face_at(100, 100))[1]
+
+    def followed(*xs):
+        frames = [[face_at(100 + x * size, 100)] if x is not None else [] for x in xs]
+        return [f is not None for f in fv.track_person(frames)[0]]
+
+    assert followed(0, 0.3) == [True, True] and followed(0, 0.4) == [True, False]  # one frame: 0.35 crop sizes
+    assert followed(0, 0, 0.4)[2] is False  # the gap starts again after a found frame
+    assert followed(0, None, 0.42)[2] is True and followed(0, None, 0.5)[2] is False  # one lost frame: 0.45
+    # the track also runs backwards: face_index 1 exists from frame 3 on; before, the person is still followed
+    a = [face_at(100 + t, 100, 40) for t in range(6)]
+    frames = [[a[t]] for t in range(3)] + [[face_at(300, 100, 60), a[t]] for t in range(3, 6)]
+    track, start = fv.track_person(frames, face_index=1)
+    assert start == 3 and [f is a[t] for t, f in enumerate(track)] == [True] * 6
+    # cuts at the clip's edges are no cuts; one at frame 1 is
+    frames = [[face_at(100, 100)]] * 5
+    assert len(fv.track_clip(frames, cuts=[0, 5, 7])[1]) == 1
+    assert [(s.first, s.last) for s in fv.track_clip(frames, cuts=[1])[1]] == [(0, 0), (1, 4)]
+
+
+def test_noise_estimate_edges():
+    assert np.isfinite(temporal.estimate_noise(np.arange(7.0))).all()  # 5 second differences are enough
+    assert np.isnan(temporal.estimate_noise(np.arange(6.0))).all()
+    assert temporal.estimate_noise(np.arange(40.0) ** 2)[0] == 0  # steady acceleration is no noise
+    # a cut between the frames of a second difference: that one is left out
+    jump = np.r_[np.zeros(8), np.full(8, 100.0)]
+    assert temporal.estimate_noise(jump, None, temporal.segment_ids(16, [8]))[0] == 0
+
+
+def test_shot_openings():
+    a = face_at(100, 100)
+    size = fv.ffhq_quad(a)[1]
+    # a shot without faces right after the person was found: no face (nothing from the shot before counts)
+    assert [s.how for s in fv.track_clip([[], [a], [], []], cuts=[2])[1]] == ["first", "no face"]
+    # half a crop away in the very next frame: beyond one frame's gate, so a new person
+    moved = face_at(100 + 0.5 * size, 100)
+    assert fv.track_clip([[a]] * 3 + [[moved]], cuts=[3])[1][1].how == "new person"
+    assert fv.track_clip([[a]] * 3 + [[face_at(100 + 0.3 * size, 100)]], cuts=[3])[1][1].how == "same person"
+    assert fv.track_person([[], []]) == ([None, None], -1)
+    assert temporal.adaptive_ladder(0.5 * 2 ** 0.5) == pytest.approx([0, 0.5, 0.5 * 2 ** 0.5])
+
+
+def test_face_jump_edges():
+    a, far = face_at(60, 80), face_at(220, 90, 50)
+    change = np.r_[0.0, np.full(7, 0.01)]
+    change[2] = 0.15
+    # the person is found in one frame only, then the faces jump: still a cut
+    assert fv.align_clip([[], [a], [far], [far], [far], [far], [far], [far]], smoothing=0, change=change).cuts == [2]
+    change = np.r_[0.0, 0.15, np.full(6, 0.01)]
+    assert fv.align_clip([[a]] + [[far]] * 7, smoothing=0, change=change).cuts == [1]  # at the clip's second frame
+    # a face that moved 0.4 crop sizes in one frame was not there before: the faces jumped
+    size = fv.ffhq_quad(far)[1]
+    other = face_at(220 + 0.4 * size, 90, 50)
+    track = [a, None]
+    assert fv.face_jump_cuts([[a, far], [other]], track, [0.0, 0.15]) == [1]
+    assert fv.face_jump_cuts([[a, far], [face_at(220 + 0.3 * size, 90, 50)]], track, [0.0, 0.15]) == []
+    # too few frames to know the noise: the fixed width is reported for every frame, whatever it is
+    assert (temporal.smooth_adaptive(np.arange(4.0), 0.5)[1] == 0.5).all()
