@@ -297,7 +297,7 @@ def by_module_name():
 
 @pytest.fixture(scope="module")
 def by_path():
-    """Recognised by its file alone (a module name the pack does not use), under the checkout's models/."""
+    """Recognised by its file alone (a module name the pack does not use), under the checkout's nodes/."""
     return census(plant("planted_syncs", str(PACK / "nodes" / "planted_syncs.py")))
 
 
