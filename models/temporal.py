@@ -80,9 +80,10 @@ def _fill(fit: torch.Tensor, fitted: np.ndarray, segments: np.ndarray, original:
     return out
 
 
-def _local_linear(flat: torch.Tensor, sigma: float, present: np.ndarray, segments: np.ndarray):
-    """The banded fit. Returns (fit [T, C], fitted [T] bools, noise gain [T]: the square root of the sum of
-    squared weights, i.e. the fit's standard deviation per unit of white noise in the series)."""
+def local_linear_fit(flat: torch.Tensor, sigma: float, present: np.ndarray, segments: np.ndarray):
+    """The banded fit of ``flat`` ([T, C] tensor; missing frames may hold anything) before any filling.
+    Returns (fit [T, C], fitted [T] bools, noise gain [T]: the square root of the sum of squared weights, i.e.
+    the fit's standard deviation per unit of white noise in the series; inf where not fitted)."""
     count = flat.shape[0]
     dev, dtype = flat.device, flat.dtype
     if sigma <= 0:
@@ -148,7 +149,7 @@ def smooth_series(values, sigma: float, present=None, segments=None):
     if not present.any():
         raise ValueError("no frame of the series is present; nothing to smooth")
     flat = _flatten(values)
-    fit, fitted, _ = _local_linear(flat, float(sigma), present, segments)
+    fit, fitted, _ = local_linear_fit(flat, float(sigma), present, segments)
     return _restore(_fill(fit, fitted, segments, flat), values)
 
 
@@ -210,7 +211,7 @@ def smooth_adaptive(values, sigma: float, present=None, segments=None, *, noise_
     alive = np.ones(count, dtype=bool)
     choice = np.zeros(count, dtype=np.int64)
     for k, width in enumerate(widths):
-        fit, fitted, gain = _local_linear(flat, width, present, segments)
+        fit, fitted, gain = local_linear_fit(flat, width, present, segments)
         estimates.append(_fill(fit, fitted, segments, flat))
         half = torch.from_numpy(np.where(np.isfinite(gain), gain, 0.0)).to(flat)[:, None] * noise * threshold
         lower = torch.maximum(lower, fit - half)
