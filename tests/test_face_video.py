@@ -932,3 +932,31 @@ def test_face_jump_edges():
     assert fv.face_jump_cuts([[a, far], [face_at(220 + 0.3 * size, 90, 50)]], track, [0.0, 0.15]) == []
     # too few frames to know the noise: the fixed width is reported for every frame, whatever it is
     assert (temporal.smooth_adaptive(np.arange(4.0), 0.5)[1] == 0.5).all()
+
+
+def test_crop_is_centre_and_axis_smoothed_as_stit_does():
+    clip = hc.make_clip(render=False)
+    dets = clip.detections(noise=0.5, seed=3)[:28]  # up to the bar: the nod and a steady stretch
+    params = np.stack([fv.quad_params(fv.ffhq_quad(f[0])[0]) for f in dets])
+    for adaptive in (True, False):
+        got = np.stack([fv.quad_params(q) for q in fv.align_clip(dets, smoothing=3.0, adaptive=adaptive).quads])
+        if adaptive:
+            centre = temporal.smooth_adaptive(params[:, :2], 1.0, noise_floor=fv.CROP_NOISE_FLOOR)[0]
+            axis = temporal.smooth_adaptive(params[:, 2:], 3.0, noise_floor=fv.CROP_NOISE_FLOOR)[0]
+        else:
+            centre, axis = smooth_series(params[:, :2], 1.0), smooth_series(params[:, 2:], 3.0)
+        assert np.allclose(got, np.concatenate([centre, axis], axis=1), atol=1e-9)
+
+
+def test_adaptive_edges_first_frame_and_empty_shot():
+    rng = np.random.default_rng(2)
+    values = np.cumsum(rng.normal(size=(30, 1)), axis=0)
+    present = np.ones(30, dtype=bool)
+    present[[1, 2]] = False  # the nearest present frame before them is frame 0
+    present[20:] = False  # and the second shot has none at all
+    segments = temporal.segment_ids(30, [20])
+    got, widths = temporal.smooth_adaptive(values, 2.0, present, segments)
+    want, want_widths = adaptive_reference(values, 2.0, present, segments, 0.0, temporal.ICI_THRESHOLD)
+    assert np.array_equal(widths, want_widths) and np.allclose(got, want)
+    assert (widths[20:] == 2.0).all() and np.array_equal(got[20:], values[20:])
+    assert widths[1] == min(widths[0], widths[3])
