@@ -452,6 +452,10 @@ def test_fit_and_noise_gain_equal_the_dense_rows():
         assert np.allclose(fit.numpy()[fitted], (rows @ np.where(present[:, None], values, 0.0))[fitted])
         assert np.allclose(gain[fitted], np.sqrt((rows ** 2).sum(axis=1))[fitted])
         assert np.isinf(gain[~fitted]).all()
+    # one present frame within reach of a missing one: its weighted mean, i.e. that frame's value, gain 1
+    fit, fitted, gain = temporal.local_linear_fit(torch.tensor([[4.0], [0.0]], dtype=torch.float64), 1.5,
+                                                  np.array([1, 0], dtype=bool), np.zeros(2, dtype=int))
+    assert fitted.tolist() == [True, True] and np.allclose(fit[:, 0], 4.0) and np.allclose(gain, 1.0)
 
 
 def test_segment_ids_and_input_checks():
@@ -960,3 +964,13 @@ def test_adaptive_edges_first_frame_and_empty_shot():
     assert np.array_equal(widths, want_widths) and np.allclose(got, want)
     assert (widths[20:] == 2.0).all() and np.array_equal(got[20:], values[20:])
     assert widths[1] == min(widths[0], widths[3])
+
+
+def test_paste_strength_two_lost_runs_and_the_first_frame():
+    f, lost = fv.FOUND, fv.LOST
+    status = [f, f, lost, f, f, f, f, lost, f, f]
+    assert np.allclose(fv.paste_strength(status, 2.0), np.array([2, 1, 0, 1, 2, 2, 1, 0, 1, 2]) / 3)
+    assert np.allclose(fv.paste_strength([lost, f, f], 1.0), [0, 0.5, 1])
+    frames = [[face_at(100 + 3 * t, 100)] for t in range(30)]
+    assert fv.align_clip(frames, smoothing=1.0).summary().splitlines()[0].endswith("less where the face moves fast")
+    assert not fv.align_clip(frames, smoothing=0.0).summary().splitlines()[0].endswith("moves fast")
