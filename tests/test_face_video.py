@@ -1,5 +1,6 @@
 """Face video: the temporal smoother, person tracking, smoothed crops, lost frames, Paste Back's smoothed colour
-match and fade, chunked pasting, and Smooth Latents (detectors stubbed with landmarks of known motion)."""
+match and fade, chunked pasting, and Smooth Latents (detectors stubbed with landmarks of known motion).
+Over 600 lines: one suite for one stage, each hostile case beside the planted fault that shows its check can fail."""
 import dataclasses
 import re
 
