@@ -12,19 +12,20 @@ from typing import Optional
 
 import torch
 
-from .models.checkpoint_io import atomic_write
-from .models.dino import DinoConfig, DinoViT
-from .models.irse import IRSEConfig
-from .models.latent import model_fingerprint
-from .models.psp import PSPConfig, build_psp_encoder
-from .models.put import PUTConfig, build_put
-from .models.put_codec import PatchVQVAE
-from .models.retinaface import VARIANCE, RetinaFace, RetinaFaceConfig
-from .models.smart import SMART, SMARTConfig
-from .models.style_transformer import (EditTransformer, EditTransformerConfig, StyleTransformerConfig,
-                                       StyleTransformerEncoder)
-from .models.styleprompter import StylePrompterConfig, StylePrompterEncoder
-from .models.stylegan2 import StyleGAN2Config, StyleGAN2Descriptor, StyleGAN2Generator, save_stylegan2_safetensors
+from .models.core.checkpoint_io import atomic_write
+from .models.splice.dino import DinoConfig, DinoViT
+from .models.encoders.irse import IRSEConfig
+from .models.core.latent import model_fingerprint
+from .models.encoders.psp import PSPConfig, build_psp_encoder
+from .models.put.transformer import PUTConfig, build_put
+from .models.put.codec import PatchVQVAE
+from .models.face.retinaface import VARIANCE, RetinaFace, RetinaFaceConfig
+from .models.encoders.smart import SMART, SMARTConfig
+from .models.encoders.style_transformer import (EditTransformer, EditTransformerConfig, StyleTransformerConfig,
+                                                StyleTransformerEncoder)
+from .models.encoders.styleprompter import StylePrompterConfig, StylePrompterEncoder
+from .models.stylegan.generator import (StyleGAN2Config, StyleGAN2Descriptor, StyleGAN2Generator,
+                                        save_stylegan2_safetensors)
 
 # The five points RetinaFace's test detector finds in every anchor box, relative to the box (centre, size).
 TEST_FACE = ((-0.08, -0.05), (0.08, -0.05), (0.0, 0.02), (-0.06, 0.09), (0.06, 0.09))
@@ -83,7 +84,7 @@ def save_random_put(path, version: str = "cvpr2022", seed: int = 0, overwrite: b
     width 64, one head so `width // 64` infers it) and random weights, for tests and the demo. A `.pth`
     path gets the official training container ({'last_epoch', 'last_iter', 'spend_time', 'model',
     'optimizer_and_scheduler'}); a `.safetensors` path the bare state dict."""
-    from .models.put_codec import PVQVAEConfig
+    from .models.put.codec import PVQVAEConfig
 
     tpami = version == "tpami2024"
     codec_cfg = PVQVAEConfig(version=version, patch_size=8, n_e=64, e_dim=64, masked_embed_start=32,
@@ -181,7 +182,7 @@ def save_random_encoder(path, family: str = "style_transformer", generator_confi
                                   kv_shapes=[side for side, _ in shapes], ffn_dim=2 * q)).eval()
         opts = {"encoder_type": "StylePrompter", "output_size": gcfg.size}
     elif family == "swinstyleformer":
-        from .models.swinstyleformer import SwinStyleformerConfig, SwinStyleformerEncoder
+        from .models.encoders.swinstyleformer import SwinStyleformerConfig, SwinStyleformerEncoder
 
         swin = SwinStyleformerConfig.preset("tiny", n_latent=gcfg.n_latent, style_dim=sd)
         encoder = SwinStyleformerEncoder(swin)

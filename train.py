@@ -25,7 +25,7 @@ Encoder reads: encoder + the generator it was trained for + latent_avg), `train_
 An existing output folder is refused unless --resume or --overwrite.
 
 Over 600 lines: one trainer (config, data, DDP, checkpoints, resume) shared by every encoder family; the
-losses live in models/losses.py.
+losses live in models/encoders/losses.py.
 """
 from __future__ import annotations
 
@@ -45,9 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import losses as L
-from .models.inversion import LatentEncoder
-from .models.irse import offset_by_latent_avg, preprocess_official
+from .models.encoders import losses as L
+from .models.encoders.latent_encoder import LatentEncoder
+from .models.encoders.irse import offset_by_latent_avg, preprocess_official
 from .models.registry import atomic_write, load_encoder, load_stylegan2
 
 FAMILIES = ("style_transformer", "psp", "e4e", "styleprompter", "styleprompter_smart", "swinstyleformer")
@@ -104,7 +104,7 @@ class ImageFolder(torch.utils.data.Dataset):
         self.size = size
         self.detector = None
         if align:  # the same FFHQ alignment as the Align Face node; photos without a face are skipped
-            from .models.face_landmarks import MediaPipeLandmarks
+            from .models.face.landmarks import MediaPipeLandmarks
 
             self.detector = MediaPipeLandmarks()
         self.files, self.skipped, self.no_face = [], [], set()
@@ -130,8 +130,8 @@ class ImageFolder(torch.utils.data.Dataset):
         from PIL import Image
 
         if self.detector is not None:
-            from .models.face_align import align_faces
-            from .models.face_landmarks import FaceAlignError
+            from .models.face.align import align_faces
+            from .models.face.landmarks import FaceAlignError
 
             for k in range(len(self.files)):  # the next photo with a face
                 j = (i + k) % len(self.files)
@@ -154,11 +154,11 @@ class ImageFolder(torch.utils.data.Dataset):
 # ------------------------------------------------------------------------------------------------ models
 def build_encoder(family: str, size: str, n_latent: int, style_dim: int, input_size: int = 256):
     """(module, opts) with the official layout of `family` (full) or a tiny version of it."""
-    from .models.irse import IRSEConfig
-    from .models.psp import PSPConfig, build_psp_encoder
-    from .models.style_transformer import StyleTransformerConfig, StyleTransformerEncoder
-    from .models.styleprompter import StylePrompterConfig, StylePrompterEncoder
-    from .models.swinstyleformer import SwinStyleformerConfig, SwinStyleformerEncoder
+    from .models.encoders.irse import IRSEConfig
+    from .models.encoders.psp import PSPConfig, build_psp_encoder
+    from .models.encoders.style_transformer import StyleTransformerConfig, StyleTransformerEncoder
+    from .models.encoders.styleprompter import StylePrompterConfig, StylePrompterEncoder
+    from .models.encoders.swinstyleformer import SwinStyleformerConfig, SwinStyleformerEncoder
 
     tiny = size == "tiny"
     backbone = IRSEConfig(input_width=16, widths=(16, 32, 48, style_dim), units=(1, 1, 1, 1)) if tiny \
@@ -254,7 +254,7 @@ class Trainer:
             encoder = base.model.encoder
             cfg.input_size = base.input_size[0]
             self.opts = dict(base.opts, encoder_type="StylePrompter")
-            from .models.smart import SMART, SMARTConfig
+            from .models.encoders.smart import SMART, SMARTConfig
 
             shapes = encoder.config.feature_shapes()
             q = gcfg.channels[16]
@@ -270,7 +270,7 @@ class Trainer:
             if cfg.init_backbone:
                 if cfg.family != "swinstyleformer":
                     raise ValueError("--init-backbone initialises SwinStyleformer's Swin backbone only")
-                from .models.swinstyleformer import load_backbone_weights
+                from .models.encoders.swinstyleformer import load_backbone_weights
 
                 self._note(f"backbone from {cfg.init_backbone}: {load_backbone_weights(encoder, cfg.init_backbone)}")
             self.family = cfg.family

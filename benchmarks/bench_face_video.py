@@ -56,12 +56,12 @@ import example_clip as clip  # noqa: E402
 import hostile_clip as hc  # noqa: E402
 from bench_stylegan import RSSPeak  # noqa: E402
 
-from transedit.models import face_align as fa  # noqa: E402
-from transedit.models import face_landmarks as fl  # noqa: E402
+from transedit.models.face import align as fa  # noqa: E402
+from transedit.models.face import landmarks as fl  # noqa: E402
 from transedit.nodes import faces as face_nodes  # noqa: E402
 
 try:  # absent from the releases before the video mode, which --baseline-src measures (Paste Back only)
-    from transedit.models import face_video as fv  # noqa: E402
+    from transedit.models.face import video as fv  # noqa: E402
 except ImportError:
     fv = None
 

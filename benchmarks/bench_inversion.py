@@ -46,12 +46,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_stylegan import DTYPES, RSSPeak, sync  # noqa: E402
 
-from transedit.models.inversion import LatentEncoder  # noqa: E402
-from transedit.models.psp import PSPConfig, build_psp_encoder  # noqa: E402
-from transedit.models.smart import SMART, SMARTConfig  # noqa: E402
-from transedit.models.styleprompter import StylePrompterConfig, StylePrompterEncoder  # noqa: E402
-from transedit.models.style_transformer import StyleTransformerConfig, StyleTransformerEncoder  # noqa: E402
-from transedit.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator  # noqa: E402
+from transedit.models.encoders.latent_encoder import LatentEncoder  # noqa: E402
+from transedit.models.encoders.psp import PSPConfig, build_psp_encoder  # noqa: E402
+from transedit.models.encoders.smart import SMART, SMARTConfig  # noqa: E402
+from transedit.models.encoders.styleprompter import StylePrompterConfig, StylePrompterEncoder  # noqa: E402
+from transedit.models.encoders.style_transformer import StyleTransformerConfig, StyleTransformerEncoder  # noqa: E402
+from transedit.models.stylegan.generator import StyleGAN2Config, StyleGAN2Generator  # noqa: E402
 
 FAMILIES = ("style_transformer", "psp", "e4e", "styleprompter", "styleprompter_smart")
 GEN_SIZE = 1024

@@ -35,9 +35,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_stylegan import DTYPES, RSSPeak, sync  # noqa: E402
 
-from transedit.models.put import PUTConfig, build_put  # noqa: E402
-from transedit.models.put_sampling import SamplerRNG, sample_tokens, step_counts  # noqa: E402
-from transedit.models.put_codec import PatchVQVAE, PVQVAEConfig  # noqa: E402
+from transedit.models.put.transformer import PUTConfig, build_put  # noqa: E402
+from transedit.models.put.sampling import SamplerRNG, sample_tokens, step_counts  # noqa: E402
+from transedit.models.put.codec import PatchVQVAE, PVQVAEConfig  # noqa: E402
 
 MIB = 2 ** 20
 

@@ -54,10 +54,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_stylegan import DTYPES, RSSPeak, sync  # noqa: E402
 
-from transedit.models.dino import DinoConfig, DinoViT  # noqa: E402
+from transedit.models.splice.dino import DinoConfig, DinoViT  # noqa: E402
 from transedit.models.registry import load_dino  # noqa: E402
 from transedit.random_weights import save_random_dino
-from transedit.models.splice import SpliceSettings, SpliceTrainer  # noqa: E402
+from transedit.models.splice.training import SpliceSettings, SpliceTrainer  # noqa: E402
 
 BACKBONES = {"small": (384, 6), "base": (768, 12)}  # embed dim, heads (DINO's vit_small / vit_base)
 MIB = 2 ** 20

@@ -33,10 +33,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_stylegan import RSSPeak  # noqa: E402
 
-from transedit.models.directions import LatentDirection  # noqa: E402
+from transedit.models.core.directions import LatentDirection  # noqa: E402
 from transedit.models.registry import load_stylegan2  # noqa: E402
 from transedit.random_weights import save_random_generator
-from transedit.models.stylegan2 import StyleGAN2Config  # noqa: E402
+from transedit.models.stylegan.generator import StyleGAN2Config  # noqa: E402
 from transedit.nodes import comfy_bridge as bridge  # noqa: E402
 from transedit.nodes import edit_studio as studio  # noqa: E402
 from transedit.nodes.rendering import StyleGANHandle

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 import torch
 
-from transedit.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator
+from transedit.models.stylegan.generator import StyleGAN2Config, StyleGAN2Generator
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -1,8 +1,8 @@
 """Mutation score: how much of a module's behaviour its tests would notice if it changed.
 
     python benchmarks/mutation_score.py                       # every module in TARGETS, JSON + markdown
-    python benchmarks/mutation_score.py --module models/temporal.py --tests tests/test_face_video.py
-    python benchmarks/mutation_score.py --module models/temporal.py --only 57,58   # mutants on those lines
+    python benchmarks/mutation_score.py --module models/face/temporal.py --tests tests/test_face_video.py
+    python benchmarks/mutation_score.py --module models/face/temporal.py --only 57,58   # mutants on those lines
 
 Each mutant is one small change to the module's source, the kind a slip of the keyboard makes: a comparison flipped
 (`<` to `>=`, `==` to `!=`, `in` to `not in`), an arithmetic operator swapped (`+`/`-`, `*`/`/`, `//`/`*`), a
@@ -11,7 +11,7 @@ dropped, `True`/`False` exchanged. The judge tests run once per mutant; a mutant
 past three times their clean duration), and survives when they pass. A survivor is a change no test notices:
 either a missing test, or a change that cannot alter behaviour (an equivalent mutant), which
 benchmarks/mutation_equivalents.json lists with the reason, mutant by mutant
-(`{"models/temporal.py": {"<line>:<kind>:<before>-><after>": "why it cannot change behaviour"}}`, keys as printed
+(`{"models/face/temporal.py": {"<line>:<kind>:<before>-><after>": "why it cannot change behaviour"}}`, keys as printed
 by --list).
 
 Why not mutmut: mutmut 3 mutates only code inside functions (the tracking gate's module-level constants, the
@@ -43,14 +43,14 @@ RESULTS = REPO / "benchmarks" / "results"
 
 # module -> (the tests that judge it, the functions/classes to mutate or None for the whole module)
 TARGETS: dict[str, tuple[list[str], list[str] | None]] = {
-    "models/temporal.py": (["tests/test_face_video.py"], None),
-    "models/face_video.py": (["tests/test_face_video.py"], None),
-    "models/precision.py": (["tests/test_precision_policy.py", "tests/test_half_precision.py"], None),
+    "models/face/temporal.py": (["tests/test_face_video.py"], None),
+    "models/face/video.py": (["tests/test_face_video.py"], None),
+    "models/core/precision.py": (["tests/test_precision_policy.py", "tests/test_half_precision.py"], None),
     # Edit Studio's service: the gate between previews and the queue
     "nodes/preview_service.py": (["tests/test_edit_studio.py"], None),
     "tests/sync_sentinel.py": (["tests/test_sync_sentinel.py", "tests/test_sync_free.py"], None),
     # the schedule: how many tokens each pass fills and which logits it may draw from
-    "models/put_sampling.py": (["tests/test_put_sampling.py",
+    "models/put/sampling.py": (["tests/test_put_sampling.py",
                                 "tests/test_put_parity.py::test_step_counts_follow_the_official_schedules",
                                 "tests/test_put_parity.py::test_top_k_filter_counts"],
                                ["official_top_k", "top_k_filter", "step_counts"]),

@@ -1,5 +1,5 @@
 """Every stage in fp32, bf16 and fp16 against fp32, at the official sizes with random weights, written as JSON:
-the evidence behind each family's `auto` precision (models/precision.py) and a correctness check on the device.
+the evidence behind each family's `auto` precision (models/core/precision.py) and a correctness check on the device.
 Then StyleGAN2's `auto` checked where random weights cannot: on trained-like proxies and on official files.
 
     python benchmarks/precision_sweep.py --device cuda --out benchmarks/results/gpu_precision.json
@@ -13,7 +13,7 @@ the device's fp32 error against it (parity across devices; TF32 is off). A row f
 tolerance below; the exit status is 1 when any row fails. CPU fp16 is emulated (minutes per full-size image), so
 the CPU run uses --quick.
 
-StyleGAN2's auto check: auto depends on the file (models/stylegan2.py): NVlabs' recipe (fp16 in the 4
+StyleGAN2's auto check: auto depends on the file (models/stylegan/generator.py): NVlabs' recipe (fp16 in the 4
 highest-resolution blocks at the model's own conv_clamp, the rest fp32) for a generator trained with conv_clamp,
 bf16 (fp32 without native bf16) for one trained without. Each candidate (the recipe; fp16 in every block with only
 the overflow guard, the old auto; bf16) is compared with fp32 on (1) activation-scaled proxies of a random
@@ -42,8 +42,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from transedit.models.devices import has_native_bf16  # noqa: E402
-from transedit.models.precision import NVLABS_FP16, WHOLE_NETWORK, agreement  # noqa: E402
+from transedit.models.core.devices import has_native_bf16  # noqa: E402
+from transedit.models.core.precision import NVLABS_FP16, WHOLE_NETWORK, agreement  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # relative L2 error allowed against fp32 at full size (errors compound through depth: looser than the unit tests)
@@ -63,7 +63,7 @@ def rel(a: torch.Tensor, ref: torch.Tensor) -> float:
 # ------------------------------------------------------------------------------------------- stages
 # each returns (model, inputs, call(model, inputs) -> tensor); the sweep runs call under autocast
 def stylegan2(quick: bool):
-    from transedit.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator
+    from transedit.models.stylegan.generator import StyleGAN2Config, StyleGAN2Generator
 
     torch.manual_seed(0)
     cfg = StyleGAN2Config(size=32, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 32, 32: 16}) if quick \
@@ -74,7 +74,7 @@ def stylegan2(quick: bool):
 
 
 def smart(quick: bool):
-    from transedit.models.smart import SMART, SMARTConfig
+    from transedit.models.encoders.smart import SMART, SMARTConfig
 
     torch.manual_seed(3)
     cfg = SMARTConfig(q_channel=16, embed_dim=16, kv_channels=[8, 16], kv_shapes=[8, 4], ffn_dim=32) if quick \
@@ -101,13 +101,13 @@ def _encoder(family: str, quick: bool):
     else:
         from bench_inversion import build_encoder
 
-        from transedit.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator
+        from transedit.models.stylegan.generator import StyleGAN2Config, StyleGAN2Generator
 
         torch.manual_seed(0)
         g = StyleGAN2Generator(StyleGAN2Config(size=1024)).eval()
         if family == "swinstyleformer":
-            from transedit.models.inversion import LatentEncoder
-            from transedit.models.swinstyleformer import SwinStyleformerConfig, SwinStyleformerEncoder
+            from transedit.models.encoders.latent_encoder import LatentEncoder
+            from transedit.models.encoders.swinstyleformer import SwinStyleformerConfig, SwinStyleformerEncoder
 
             torch.manual_seed(1)
             enc = SwinStyleformerEncoder(SwinStyleformerConfig.preset("swin_t", n_latent=18, style_dim=512)).eval()
@@ -124,7 +124,7 @@ def _encoder(family: str, quick: bool):
 def dino(quick: bool):
     from bench_splice import build_dino, dino_config
 
-    from transedit.models.dino import DinoConfig, preprocess
+    from transedit.models.splice.training.dino import DinoConfig, preprocess
 
     cfg = DinoConfig(patch_size=8, embed_dim=64, depth=2, num_heads=2) if quick else dino_config("base", 8)
     with tempfile.TemporaryDirectory() as tmp:
@@ -256,7 +256,7 @@ def with_conv_clamp(generator, clamp: float = 256.0):
     policy, whose fp16 blocks clamp where its fp32 does."""
     from dataclasses import replace
 
-    from transedit.models.stylegan2 import StyleGAN2Generator
+    from transedit.models.stylegan.generator import StyleGAN2Generator
 
     clamped = StyleGAN2Generator(replace(generator.config, conv_clamp=clamp))
     clamped.load_state_dict(generator.state_dict())
@@ -364,7 +364,7 @@ def official_generators(explicit=()) -> list[tuple[str, str]]:
 def stylegan2_auto_check(device: torch.device, quick: bool, generators=(), batch: int = 2) -> list[dict]:
     """The verdict on auto for each proxy scale and each official file; prints one line each."""
     from transedit.models.registry import load_stylegan2
-    from transedit.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator
+    from transedit.models.stylegan.generator import StyleGAN2Config, StyleGAN2Generator
 
     cases = []
     torch.manual_seed(0)

@@ -73,7 +73,7 @@ def preset_stop(records, limit):
     """Where SpliceTrainer with a preset's settings stops on these per-step losses: its step limit, or the
     early-stop rule over windows of plateau_window steps (SpliceSettings' defaults); official never stops
     early."""
-    from transedit.models.splice import SpliceSettings
+    from transedit.models.splice.training import SpliceSettings
 
     s = SpliceSettings()
     if limit >= PRESETS["official"]:

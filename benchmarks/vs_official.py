@@ -466,7 +466,7 @@ class SpliceSetup:
 
     def pack(self):
         """TransEdit's trainer, early stop off, the per-step loss reported (plateau_window 1)."""
-        from transedit.models.splice import SpliceSettings, SpliceTrainer
+        from transedit.models.splice.training import SpliceSettings, SpliceTrainer
 
         trainer = SpliceTrainer(self.dino, self.A, self.B, SpliceSettings(seed=1, early_stop=False, plateau_window=1,
                                                                           dino_size=self.dino_size))
@@ -499,7 +499,7 @@ def _global_loss(losses, cfg) -> float:
 
 def _pack_loss(trainer, a_crop, b_crop, step):
     """TransEdit's loss for given crops (the trainer's step without augmentation and update)."""
-    from transedit.models.splice import SpliceLoss
+    from transedit.models.splice.training import SpliceLoss
 
     lambdas = trainer.loss.active(step)
     with torch.no_grad():
@@ -557,7 +557,7 @@ def _official_put(ctx, version):
     """The official transformer (with its P-VQVAE) built from the official full-size yaml, random weights, and
     written as Solver.save + Logger.save_config write an experiment: checkpoint/last.pth, configs/config.yaml."""
     import yaml
-    from transedit.models.checkpoint_io import read_official_yaml
+    from transedit.models.core.checkpoint_io import read_official_yaml
 
     config = read_official_yaml(Path(ctx.paths["put"]) / "configs" / PUT_CONFIGS[version])  # data only (tuples become lists)
     config["model"]["params"]["content_codec_config"]["params"]["ckpt_path"] = None  # random weights
@@ -602,7 +602,7 @@ def stage_put(ctx):
     vs TransEdit's inpaint(), 256² with a centred hole; all-at-once and 20 tokens per pass timed, 1 token per
     pass (the paper's setting) extrapolated from them; 1 and 4 samples. Greedy (top-1) fills are compared first."""
     from transedit.models.registry import load_put
-    from transedit.models.put_sampling import SamplerRNG, inpaint, official_top_k
+    from transedit.models.put.sampling import SamplerRNG, inpaint, official_top_k
 
     rows = []
     image, mask = _put_input()

@@ -1,11 +1,16 @@
 """Checkpoint registry: the one place that turns a weights file into a model, by dispatch only.
 
-1. `read_checkpoint` reads the file without executing code from it (checkpoint_io.py; NVlabs `.pkl`
-   through nvlabs_pickle.py) into named state dicts plus extras;
+It sits above the families (models/stylegan, encoders, face, splice, put) and the core they share
+(models/core): it imports them, none of them imports it, and no family imports another.
+
+1. `read_checkpoint` reads the file without executing code from it (core/checkpoint_io.py; NVlabs `.pkl`
+   through stylegan/nvlabs_pickle.py) into named state dicts plus extras;
 2. each model family — in its own module, beside its model — `detect`s itself from key names, and
    `load`s by inferring every hyperparameter from tensor shapes and reading its official side files
-   (opts, config.yaml): stylegan2, the encoder families (style_transformer, psp / e4e, styleprompter,
-   swinstyleformer; shared assembly in inversion.py), the EditTransformer, dino, put, retinaface;
+   (opts, config.yaml): the StyleGAN2 generator, the encoder families (style_transformer, psp / e4e,
+   styleprompter, swinstyleformer; shared assembly in encoders/latent_encoder.py), the EditTransformer,
+   dino, put, retinaface; an encoder file's bundled generator is read by the stylegan family's loader,
+   handed to the encoder loaders here;
 3. a file that is not the family asked for is named by the family it *is*, with the node that loads it.
 
 Errors are `CheckpointError` (a ValueError) naming the file.
@@ -13,20 +18,26 @@ Errors are `CheckpointError` (a ValueError) naming the file.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from . import dino, psp, put, retinaface, style_transformer, styleprompter, stylegan2, swinstyleformer
-from .checkpoint_io import (KNOWN_FORMATS, TRANSEDIT_FORMAT_KEY, RawCheckpoint, atomic_write, formats_hint, is_nvlabs_pickle,  # noqa: F401
-                            load_plain_state_dict, read_official_yaml, read_safetensors, torch_load)
-from .checkpoint_io import read_checkpoint as _read_torch_or_safetensors
-from .dino import DinoDescriptor  # noqa: F401
-from .errors import CheckpointError
-from .inversion import EncoderDescriptor, checkpoint_opts, load_encoder_checkpoint
-from .put import PUTDescriptor, read_put_config  # noqa: F401
-from .style_transformer import EditTransformerDescriptor  # noqa: F401
-from .stylegan2 import (StyleGAN2Descriptor, infer_stylegan2_config,  # noqa: F401
-                        is_stylegan2_state_dict, save_stylegan2_safetensors)
+from .core.checkpoint_io import (KNOWN_FORMATS, TRANSEDIT_FORMAT_KEY, RawCheckpoint, atomic_write,  # noqa: F401
+                                 formats_hint, is_nvlabs_pickle, load_plain_state_dict, read_official_yaml,
+                                 read_safetensors, torch_load)
+from .core.checkpoint_io import read_checkpoint as _read_torch_or_safetensors
+from .core.errors import CheckpointError
+from .encoders import psp, style_transformer, styleprompter, swinstyleformer
+from .encoders.latent_encoder import EncoderDescriptor, checkpoint_opts, load_encoder_checkpoint
+from .encoders.style_transformer import EditTransformerDescriptor  # noqa: F401
+from .face import retinaface
+from .put import transformer as put
+from .put.transformer import PUTDescriptor, read_put_config  # noqa: F401
+from .splice import dino
+from .splice.dino import DinoDescriptor  # noqa: F401
+from .stylegan import generator as stylegan2
+from .stylegan.generator import (StyleGAN2Descriptor, infer_stylegan2_config, is_stylegan2_state_dict,  # noqa: F401
+                                 save_stylegan2_safetensors)
 
 # Encoder families, most specific first: pSp and e4e share key names (opts tell them apart).
 ENCODERS = (swinstyleformer.ENCODER, styleprompter.ENCODER, style_transformer.ENCODER, psp.E4E_ENCODER,
@@ -37,7 +48,7 @@ def read_checkpoint(path) -> RawCheckpoint:
     """Any supported weight file as a RawCheckpoint (NVlabs pickles as their G_ema in rosinality's keys)."""
     path = Path(path)
     if path.is_file() and is_nvlabs_pickle(path):
-        from .nvlabs_pickle import read_nvlabs_checkpoint
+        from .stylegan.nvlabs_pickle import read_nvlabs_checkpoint
 
         return read_nvlabs_checkpoint(path)
     return _read_torch_or_safetensors(path)
@@ -61,7 +72,7 @@ def _load_encoder(raw: RawCheckpoint) -> EncoderDescriptor:
         raise CheckpointError(raw.path, "contains no inversion encoder (expected a training checkpoint with "
                               "'state_dict' holding encoder.* keys).", "TransEdit reads Style Transformer, pSp, "
                               "e4e and StylePrompter checkpoints (from their official repositories).")
-    return load_encoder_checkpoint(raw, family)
+    return load_encoder_checkpoint(raw, family, load_decoder=stylegan2.load_bundled_generator)
 
 
 @dataclass(frozen=True)
@@ -80,7 +91,8 @@ FAMILIES = {f.id: f for f in (
            lambda raw: _encoder_family(raw) is not None, _load_encoder),
     Family("edit_transformer", "a Style Transformer EditTransformer (reference-based editing)",
            "'TransEdit Load Edit Transformer'", "models/gan_encoders",
-           style_transformer.is_edit_transformer_checkpoint, style_transformer.load_edit_transformer_checkpoint),
+           style_transformer.is_edit_transformer_checkpoint,
+           partial(style_transformer.load_edit_transformer_checkpoint, load_decoder=stylegan2.load_bundled_generator)),
     Family("put", "a PUT inpainting checkpoint", "'TransEdit Load PUT'", "models/put", put.detect, put.load),
     Family("dino", "a DINO ViT", "'TransEdit Load DINO'", "models/vit", dino.detect, dino.load),
     Family("retinaface", "a RetinaFace face detector", "'TransEdit Align Face' (detector)", "models/facedetection",

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..models.directions import LatentDirection
-from ..models.latent import StyleLatent
-from ..models.stylegan2 import PRECISION_BY_FILE
+from ..models.core.directions import LatentDirection
+from ..models.core.latent import StyleLatent
+from ..models.stylegan.generator import PRECISION_BY_FILE
 from . import comfy_bridge as bridge
 from .compare import MAX_PAIRS, UI_KEY as COMPARE_KEY, compare_ui
 from .inputs import NodeInputError, check_choice, check_float, check_int

@@ -7,11 +7,11 @@ from typing import Optional
 
 import torch
 
-from ..models.directions import (GANSPACE_PCA_FILES, LAYER_GROUPS, DirectionError, LatentDirection,
-                                 ganspace_preset, load_direction, load_ganspace_pca, mix_wplus, parse_layers,
-                                 preset_names, sefa_direction)
+from ..models.core.directions import (GANSPACE_PCA_FILES, LAYER_GROUPS, DirectionError, LatentDirection,
+                                      ganspace_preset, load_direction, load_ganspace_pca, mix_wplus, parse_layers,
+                                      preset_names, sefa_direction)
 from ..models.registry import load_edit_transformer
-from ..models.temporal import smooth_series
+from ..models.face.temporal import smooth_series
 from . import comfy_bridge as bridge
 from .chunks import run_in_chunks
 from .faces import FaceAlignment
@@ -120,7 +120,7 @@ def _layer_text(start: int, end: Optional[int]) -> str:
 def direction_catalog() -> dict[str, dict]:
     """What the frontend shows under Load Direction's list: for every entry, its kind, layer range, default
     strength and a description (from the file's metadata; files are read once per modification time)."""
-    from ..models.directions import GANSPACE_PRESETS, load_direction
+    from ..models.core.directions import GANSPACE_PRESETS, load_direction
 
     out: dict[str, dict] = {}
     for label, (domain, name) in PRESET_LABELS.items():

@@ -8,13 +8,13 @@ import os
 import numpy as np
 import torch
 
-from ..models import face_align as fa
-from ..models import face_landmarks as fl
-from ..models import face_paste as fp
-from ..models import face_video as fv
-from ..models.temporal import smooth_series
+from ..models.face import align as face_align
+from ..models.face import landmarks as face_landmarks
+from ..models.face import paste as face_paste
+from ..models.face import video as face_video
+from ..models.face.temporal import smooth_series
 from ..models.registry import load_retinaface
-from ..models.retinaface import RETINAFACE_FILES
+from ..models.face.retinaface import RETINAFACE_FILES
 from . import comfy_bridge as bridge
 from .chunks import run_in_chunks
 from .compare import compare_ui
@@ -25,8 +25,8 @@ CATEGORY = "TransEdit/Face"
 MEDIAPIPE = "mediapipe (bundled models)"
 NO_FACE_CHOICES = ("error", "pass through", "interpolate")
 TEMPORAL_MODES = ("off", "video")
-PADDING_CHOICES = fa.PADDING_MODES
-MASK_SHAPES = fp.MASK_SHAPES
+PADDING_CHOICES = face_align.PADDING_MODES
+MASK_SHAPES = face_paste.MASK_SHAPES
 COLOR_MATCH = ("lab", "rgb", "off")
 
 
@@ -34,10 +34,10 @@ COLOR_MATCH = ("lab", "rgb", "off")
 class FaceAlignment:
     """What flows on a TE_ALIGN wire: per image, how the aligned square maps back into the photo."""
 
-    records: list  # fa.AlignRecord per image
+    records: list  # face_align.AlignRecord per image
     found: list  # bool per image: False = nothing to paste (no face; paste-back leaves that image untouched)
-    # video mode: each frame's fv status (found / interpolated / lost) and the crop's smoothing in frames, which
-    # Paste Back reuses for its colour statistics and its fade around lost frames; None for separate photos
+    # video mode: each frame's face_video status (found / interpolated / lost) and the crop's smoothing in frames,
+    # which Paste Back reuses for its colour statistics and its fade around lost frames; None for separate photos
     status: list | None = None
     smoothing: float = 0.0
     # video mode: per frame the number of its shot (a new one after each hard cut), so that Paste Back's colour
@@ -88,7 +88,7 @@ def _retinaface(node: str, name: str):
         descriptor = load_model_file(node, "detector", "facedetection", name, load_retinaface)
         _retinaface_cache.clear()
         cached = _retinaface_cache[path] = (stamp, bridge.ManagedModel(descriptor.model))
-    return fl.RetinaFaceLandmarks(cached[1].load())
+    return face_landmarks.RetinaFaceLandmarks(cached[1].load())
 
 
 def _make_detector(node: str, choice: str):
@@ -96,8 +96,8 @@ def _make_detector(node: str, choice: str):
         return _retinaface(node, choice[len(RETINAFACE):])
     if choice == MEDIAPIPE:
         try:
-            return fl.MediaPipeLandmarks(max_num_faces=8)
-        except fl.MissingDependencyError as e:
+            return face_landmarks.MediaPipeLandmarks(max_num_faces=8)
+        except face_landmarks.MissingDependencyError as e:
             raise NodeInputError(node, "detector", f"needs mediapipe, which is not installed ({e}).",
                                  'choose a RetinaFace detector (no extra package), run `pip install '
                                  '"mediapipe==0.10.14"` in ComfyUI\'s Python (Python <= 3.12), or choose a '
@@ -108,8 +108,8 @@ def _make_detector(node: str, choice: str):
         if path is None:
             raise NodeInputError(node, "detector", f"'{name}' was not found.", "put it in models/face_landmarks.")
         try:
-            return fl.DlibLandmarks(path)
-        except fl.MissingDependencyError as e:
+            return face_landmarks.DlibLandmarks(path)
+        except face_landmarks.MissingDependencyError as e:
             raise NodeInputError(node, "detector", f"needs dlib, which is not installed ({e}).",
                                  "`pip install dlib`, or choose RetinaFace or mediapipe.") from None
     raise NodeInputError(node, "detector", f"unknown detector {choice!r}.", f"choose one of {_detector_choices()}.")
@@ -137,8 +137,8 @@ class TransEditAlignFace:
             "if_no_face": (list(NO_FACE_CHOICES), {"tooltip": "error: stop and name the image; pass through: leave "
                                                              "that photo (video: frame) untouched in Paste Back; "
                                                              "interpolate (video mode): fill a gap of at most "
-                                                             f"{fv.MAX_INTERPOLATED_GAP} frames inside a shot from "
-                                                             "the frames around it and paste it like the others; "
+                                                             f"{face_video.MAX_INTERPOLATED_GAP} frames inside a shot "
+                                                             "from the frames around it and paste it like the others; "
                                                              "longer gaps (an occluder, the person leaving) pass "
                                                              "through with a fade."}),
             "padding": (list(PADDING_CHOICES), {"default": "blur",
@@ -207,8 +207,8 @@ class TransEditAlignFace:
                 else:
                     faces = finder.detect_landmarks(image)
                 if len(faces) > face_index:
-                    aligned, recs = fa.align_faces(image[None], [faces], output_size=size, face_index=face_index,
-                                                   padding=padding, device=device)
+                    aligned, recs = face_align.align_faces(image[None], [faces], output_size=size,
+                                                           face_index=face_index, padding=padding, device=device)
                     aligned, record = aligned[0], recs[0]
                     found.append(True)
                 elif if_no_face == "error":
@@ -218,8 +218,8 @@ class TransEditAlignFace:
                                          "if_no_face to 'pass through'.")
                 else:
                     h, w = image.shape[:2]
-                    aligned, record = fa.align_to_quad(image, fa.centre_quad(h, w), size, padding=padding,
-                                                       device=device)
+                    aligned, record = face_align.align_to_quad(image, face_align.centre_quad(h, w), size,
+                                                               padding=padding, device=device)
                     found.append(False)
                     bridge.log.warning("%s: no face in image %d; passing its centre square through", node, i)
                 out.append(aligned)
@@ -233,7 +233,7 @@ class TransEditAlignFace:
         missing = [i for i, ok in enumerate(found) if not ok]
         report = f"{len(found)} photos aligned separately; face found in {len(found) - len(missing)}"
         if missing:
-            report += f"\nno face (passed through): {fv.frame_ranges(missing)}"
+            report += f"\nno face (passed through): {face_video.frame_ranges(missing)}"
         return (aligned, FaceAlignment(records, found), report)
 
     @staticmethod
@@ -248,20 +248,20 @@ class TransEditAlignFace:
         def detect(start: int, stop: int) -> tuple[list, torch.Tensor]:
             found = (batch_detect(images[start:stop]) if batch_detect is not None
                      else [finder.detect_landmarks(image) for image in images[start:stop]])
-            signatures = fv.frame_signatures(images[start:stop].to(device))  # colour histograms, for the cuts
+            signatures = face_video.frame_signatures(images[start:stop].to(device))  # colour histograms: the cuts
             progress.update(stop - start)
             return found, signatures
 
         chunks = run_in_chunks(node, count, step, detect, what="detecting faces in one frame",
                                advice="use a smaller detector (mobilenet0.25) or free GPU memory.")
         frames = [faces for found, _ in chunks for faces in found]
-        change = fv.frame_change(torch.cat([signatures for _, signatures in chunks]))
-        clip = fv.align_clip(frames, face_index=face_index, smoothing=smoothing,
-                             interpolate_lost=if_no_face == "interpolate", change=change)
-        lost = [t for t, s in enumerate(clip.status) if s != fv.FOUND]
+        change = face_video.frame_change(torch.cat([signatures for _, signatures in chunks]))
+        clip = face_video.align_clip(frames, face_index=face_index, smoothing=smoothing,
+                                     interpolate_lost=if_no_face == "interpolate", change=change)
+        lost = [t for t, s in enumerate(clip.status) if s != face_video.FOUND]
         if if_no_face == "error" and lost:
             what = ("no frame has the face" if clip.start < 0 else
-                    f"the person is missing in frames {fv.frame_ranges(lost)} (of {count})")
+                    f"the person is missing in frames {face_video.frame_ranges(lost)} (of {count})")
             raise NodeInputError(node, "images", f"{what}.",
                                  "set if_no_face to 'interpolate' (fill those frames from their neighbours) or "
                                  "'pass through' (leave them untouched), or lower face_index.")
@@ -269,15 +269,15 @@ class TransEditAlignFace:
         out, records = [], []
         for t in range(count):
             bridge.check_interrupt()
-            quad = clip.quads[t] if np.isfinite(clip.quads[t]).all() else fa.centre_quad(h, w)  # a faceless shot
-            aligned, record = fa.align_to_quad(images[t], quad, size, padding=padding, device=device,
-                                               face_index=face_index, landmarks=clip.landmarks[t])
+            quad = clip.quads[t] if np.isfinite(clip.quads[t]).all() else face_align.centre_quad(h, w)  # faceless shot
+            aligned, record = face_align.align_to_quad(images[t], quad, size, padding=padding, device=device,
+                                                       face_index=face_index, landmarks=clip.landmarks[t])
             out.append(aligned.to(bridge.intermediate_device()))
             records.append(record)
             progress.update(1, preview=comfy_image_to_pil(aligned) if t % 8 == 0 else None)
         if lost:
             bridge.log.warning("%s: %s", node, clip.summary().replace("\n", "; "))
-        found = [s != fv.LOST for s in clip.status]
+        found = [s != face_video.LOST for s in clip.status]
         alignment = FaceAlignment(records, found, status=list(clip.status), smoothing=smoothing,
                                   segments=[int(s) for s in clip.segments])
         return (torch.stack(out), alignment, clip.summary())
@@ -348,7 +348,8 @@ class TransEditPasteBack:
         device = bridge.compute_device()
         todo = [i for i, ok in enumerate(align.found) if ok]
         # a clip's face fades out and back in around frames where it was lost, instead of popping
-        strength = fv.paste_strength(align.status, align.smoothing, align.segments) if align.is_video else None
+        strength = (face_video.paste_strength(align.status, align.smoothing, align.segments) if align.is_video
+                    else None)
         chunk = self.chunk_size or (8 if device.type == "cpu" else 16)
         advice = "lower the resolution of the photos or free GPU memory."
         stats = None
@@ -356,9 +357,9 @@ class TransEditPasteBack:
             progress = bridge.Progress(len(todo))
 
             def measure(start: int, stop: int):
-                found = [fp.paste_color_stats(original[i:i + 1], edited[i:i + 1], [align.records[i]],
-                                              feather=feather, mask_shape=mask_shape, color_match=space,
-                                              device=device) for i in todo[start:stop]]
+                found = [face_paste.paste_color_stats(original[i:i + 1], edited[i:i + 1], [align.records[i]],
+                                                      feather=feather, mask_shape=mask_shape, color_match=space,
+                                                      device=device) for i in todo[start:stop]]
                 progress.update(stop - start)
                 return torch.cat([m for m, _ in found]), torch.cat([v for _, v in found])
 
@@ -377,11 +378,11 @@ class TransEditPasteBack:
 
         def paste(start: int, stop: int) -> None:
             for k, i in enumerate(todo[start:stop], start):
-                fp.paste_back(original[i:i + 1], edited[i:i + 1], [align.records[i]], feather=feather,
-                              mask_shape=mask_shape, color_match=space,
-                              color_stats=None if stats is None else stats[k:k + 1],
-                              strength=None if strength is None else strength[i:i + 1],
-                              into=(out[i:i + 1], masks[i:i + 1]), device=device)
+                face_paste.paste_back(original[i:i + 1], edited[i:i + 1], [align.records[i]], feather=feather,
+                                      mask_shape=mask_shape, color_match=space,
+                                      color_stats=None if stats is None else stats[k:k + 1],
+                                      strength=None if strength is None else strength[i:i + 1],
+                                      into=(out[i:i + 1], masks[i:i + 1]), device=device)
             progress.update(stop - start, preview=comfy_image_to_pil(out[todo[start]]))
 
         run_in_chunks(node, len(todo), chunk, paste, what="pasting one face back", advice=advice)

@@ -1,7 +1,7 @@
 """What flows on a model wire (TE_STYLEGAN, TE_ENCODER, TE_EDIT_TRANSFORMER, TE_VIT, TE_PUT; SMART inside a latent):
 one handle type for every family, and the one way a loader node makes it.
 
-A handle holds the family's descriptor (models/descriptor.py) and its module under ComfyUI's memory management
+A handle holds the family's descriptor (models/core/descriptor.py) and its module under ComfyUI's memory management
 (the bridge's ManagedModel: loaded on demand, offloaded and freed like any model). A stage adds only what its
 family needs on top (StyleGANHandle checks latents against its generator; DinoHandle keeps DINO frozen).
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
-from ..models.descriptor import ModelDescriptor
-from ..models.precision import PrecisionPolicy
+from ..models.core.descriptor import ModelDescriptor
+from ..models.core.precision import PrecisionPolicy
 from . import comfy_bridge as bridge
 from .inputs import load_model_file
 

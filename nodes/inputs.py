@@ -7,7 +7,7 @@ from typing import Callable, TypeVar
 import numpy as np
 import torch
 
-from ..models.errors import CheckpointError
+from ..models.core.errors import CheckpointError
 from . import comfy_bridge as bridge
 
 T = TypeVar("T")

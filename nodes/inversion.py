@@ -5,10 +5,10 @@ import torch
 
 from typing import Optional
 
-from ..models.descriptor import ModelDescriptor
-from ..models.irse import preprocess_fast, preprocess_official
-from ..models.latent import StyleLatent
-from ..models.precision import DEFAULT_POLICY
+from ..models.core.descriptor import ModelDescriptor
+from ..models.encoders.irse import preprocess_fast, preprocess_official
+from ..models.core.latent import StyleLatent
+from ..models.core.precision import DEFAULT_POLICY
 from ..models.registry import load_encoder
 from . import comfy_bridge as bridge
 from .chunks import run_in_chunks

@@ -6,8 +6,8 @@ from typing import Optional
 
 import torch
 
-from ..models.directions import DirectionError, LatentDirection
-from ..models.latent import StyleLatent
+from ..models.core.directions import DirectionError, LatentDirection
+from ..models.core.latent import StyleLatent
 from . import comfy_bridge as bridge
 from .inputs import NodeInputError
 

@@ -1,12 +1,12 @@
 """The precision input every model-running node has, resolved with the model family's own policy
-(models/precision.py) and the abilities of the device the model runs on (models/devices.py), and the tooltip
+(models/core/precision.py) and the abilities of the device the model runs on (models/core/devices.py), and the tooltip
 that says what `auto` means, written from that same policy so the two cannot drift."""
 from __future__ import annotations
 
 import torch
 
-from ..models.devices import has_native_bf16
-from ..models.precision import DEFAULT_POLICY, PrecisionPolicy
+from ..models.core.devices import has_native_bf16
+from ..models.core.precision import DEFAULT_POLICY, PrecisionPolicy
 from . import comfy_bridge as bridge
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

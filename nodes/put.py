@@ -6,8 +6,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..models.put import PUTTransformer
-from ..models.put_sampling import SamplerRNG, SamplingState, sample_tokens, step_counts
+from ..models.put.transformer import PUTTransformer
+from ..models.put.sampling import SamplerRNG, SamplingState, sample_tokens, step_counts
 from ..models.registry import PUTDescriptor, load_put
 from . import comfy_bridge as bridge
 from .chunks import run_in_chunks

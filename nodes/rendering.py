@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models.latent import StyleLatent
+from ..models.core.latent import StyleLatent
 from . import comfy_bridge as bridge
 from .chunks import run_in_chunks
 from .handles import ModelHandle

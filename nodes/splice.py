@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..models.dino import DinoViT
+from ..models.splice.dino import DinoViT
 from ..models.registry import load_dino
-from ..models.splice import SpliceLambdas, SpliceSettings, SpliceTrainer, apply_generator
+from ..models.splice.training import SpliceLambdas, SpliceSettings, SpliceTrainer, apply_generator
 from . import comfy_bridge as bridge
 from .chunks import run_in_chunks
 from .compare import compare_ui

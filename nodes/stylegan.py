@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from ..models.latent import StyleLatent
+from ..models.core.latent import StyleLatent
 from ..models.registry import load_stylegan2
-from ..models.stylegan2 import PRECISION_BY_FILE
+from ..models.stylegan.generator import PRECISION_BY_FILE
 from . import comfy_bridge as bridge
 from .compare import compare_ui
 from .handles import load_handle

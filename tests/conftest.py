@@ -36,7 +36,7 @@ def sg2_fixtures() -> Path:
 
 @pytest.fixture
 def tiny_config():
-    from transedit.models.stylegan2 import StyleGAN2Config
+    from transedit.models.stylegan.generator import StyleGAN2Config
 
     return StyleGAN2Config(size=32, style_dim=32, n_mlp=2, channels={4: 16, 8: 16, 16: 16, 32: 8})
 

@@ -44,7 +44,7 @@ class HostileClip:
     def detections(self, noise: float = 0.0, seed: int = 0) -> list:
         """Per frame the visible faces as a detector reports them (largest first), landmarks with Gaussian
         noise of ``noise`` pixels."""
-        from transedit.models.face_landmarks import FaceLandmarks
+        from transedit.models.face.landmarks import FaceLandmarks
 
         rng = np.random.default_rng(seed)
         out = []
@@ -173,8 +173,8 @@ def _render(frame_hw, count: int) -> np.ndarray:
 # ------------------------------------------------------------------------------ what the tests measure
 def true_quads(points: np.ndarray) -> np.ndarray:
     """[T, 4, 2] landmarks -> [T, 4, 2] FFHQ crop quads (the crop a perfect detector and no smoothing give)."""
-    from transedit.models.face_align import ffhq_quad
-    from transedit.models.face_landmarks import FaceLandmarks
+    from transedit.models.face.align import ffhq_quad
+    from transedit.models.face.landmarks import FaceLandmarks
 
     return np.stack([ffhq_quad(FaceLandmarks(eye_left=p[0], eye_right=p[1], mouth_left=p[2], mouth_right=p[3]))[0]
                      for p in points])

@@ -20,7 +20,7 @@ hot loop and fail when a loop that must run without them gains one. What counts 
 Host data meeting device data. On a CPU machine every tensor lives on the host, so "a host-built tensor added to a
 device tensor" cannot be seen at the addition; it is counted where the host data becomes a tensor instead: every
 `torch.tensor`, `as_tensor`, `asarray`, `from_numpy`, `frombuffer` and `new_tensor` in pack code counts (make
-constants once, e.g. models/devices.py `device_constant`, or build them on the device with `torch.arange`/`full`).
+constants once, e.g. models/core/devices.py `device_constant`, or build them on the device with `torch.arange`/`full`).
 Moves are counted with `moves=True`: `.to(<device>)`, `.to(<other tensor>)`, `.cuda()`, and `copy_` from a host
 tensor, since on a CPU a move to the compute device and a copy back look the same; compared across runs
 (`per_step`) they show copies that grow with the work. Where devices really differ (a GPU run, or a test's
@@ -31,7 +31,7 @@ counted on a CPU: there `.to(x.device)`, the usual way to stay on x's device, na
 Only calls made from the pack's library code count: a frame whose module is `transedit.models.*` or
 `transedit.nodes.*`, or whose file is under models/ or nodes/ of the checkout, whether imported through its real
 path or a symlink to it (./dev.sh gpu-check imports the checkout through /tmp/transedit-src/transedit). Calls
-inside functions marked `@host_side` (models/devices.py: they read CPU-generator draws, never device memory) do
+inside functions marked `@host_side` (models/core/devices.py: they read CPU-generator draws, never device memory) do
 not count. On a GPU, `cuda_sync_errors` and `cuda_syncs` ask PyTorch's own detector
 (`torch.cuda.set_sync_debug_mode`) the same question.
 """
@@ -46,8 +46,8 @@ from pathlib import Path
 import torch
 from torch.overrides import TorchFunctionMode
 
-import transedit.models.devices as _devices
-from transedit.models.devices import HOST_SIDE_CODE
+import transedit.models.core.devices as _devices
+from transedit.models.core.devices import HOST_SIDE_CODE
 
 # always a sync, whatever the arguments
 SYNC_OPS = frozenset({
@@ -61,8 +61,8 @@ MOVES = frozenset({"to", "copy_", "cuda"})
 
 PACK_MODULES = ("transedit.models", "transedit.nodes")  # the library; not tests, not the root's test writers
 # the checkout as imported (through a symlink under ./dev.sh gpu-check) and as it really is
-_ROOTS = tuple(dict.fromkeys([str(Path(_devices.__file__).absolute().parents[1]),
-                              str(Path(_devices.__file__).resolve().parents[1])]))
+_ROOTS = tuple(dict.fromkeys([str(Path(_devices.__file__).absolute().parents[2]),  # models/core/devices.py
+                              str(Path(_devices.__file__).resolve().parents[2])]))
 _PACK_CODE = tuple(f"{root}/{folder}/" for root in _ROOTS for folder in ("models", "nodes"))
 
 

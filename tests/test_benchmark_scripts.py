@@ -55,7 +55,7 @@ def test_preset_stop_follows_the_trainers_early_stop_rule():
     """The study's reading of a preset (step limit or early stop over windows of per-step losses) agrees with
     bench_splice's model of SpliceTrainer's rule, applied to the same windows."""
     from bench_splice import plateau_stop
-    from transedit.models.splice import SpliceSettings
+    from transedit.models.splice.training import SpliceSettings
 
     s = SpliceSettings()
     losses = [100.0 - 0.05 * min(i, 1000) for i in range(4000)]  # improves, then flat from step 1000

@@ -16,8 +16,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transedit.random_weights import save_random_dino, save_random_edit_transformer, save_random_encoder, save_random_generator, save_random_put
-from transedit.models.splice import SpliceTrainer
+from transedit.random_weights import (save_random_dino, save_random_edit_transformer, save_random_encoder,
+                                      save_random_generator, save_random_put)
+from transedit.models.splice.training import SpliceTrainer
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes import editing as edit_nodes
 from transedit.nodes import inversion as inv_nodes
@@ -297,7 +298,7 @@ def test_cancel_apply_splice(handles, monkeypatch):
 
 def test_cancel_align_face(monkeypatch):
     pytest.importorskip("mediapipe")
-    from transedit.models import face_landmarks
+    from transedit.models.face import landmarks as face_landmarks
     from transedit.nodes import faces as face_nodes
 
     photos = picture(4, 96, 80, seed=2)

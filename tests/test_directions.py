@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from transedit.models.directions import (GANSPACE_PCA_FILES, GANSPACE_PRESETS, SEFA_DEFAULT_STRENGTH,
-                                         CheckpointError, DirectionError, LatentDirection, ganspace_preset,
-                                         layer_group, load_direction, load_ganspace_pca, mix_wplus, parse_layers,
-                                         save_direction, sefa_direction, sefa_factorize, sefa_modulation_layers)
-from transedit.models.stylegan2 import StyleGAN2Generator
+from transedit.models.core.directions import (GANSPACE_PCA_FILES, GANSPACE_PRESETS, SEFA_DEFAULT_STRENGTH,
+                                              CheckpointError, DirectionError, LatentDirection, ganspace_preset,
+                                              layer_group, load_direction, load_ganspace_pca, mix_wplus, parse_layers,
+                                              save_direction, sefa_direction, sefa_factorize, sefa_modulation_layers)
+from transedit.models.stylegan.generator import StyleGAN2Generator
 
 N, C = 18, 512
 
@@ -147,7 +147,7 @@ def test_ganspace_pca_file_and_formula(tmp_path):
 
 def test_ganspace_sets_the_coordinate():
     raw = random_pca(seed=3)
-    from transedit.models.directions import GanSpacePCA
+    from transedit.models.core.directions import GanSpacePCA
 
     pca = GanSpacePCA(raw["mean"].reshape(-1), raw["comp"].reshape(8, C), raw["std"])
     d = pca.direction(1, 0, 5, 2.0)  # includes row 0, like the cars viewpoint preset
@@ -174,7 +174,7 @@ def test_presets_table():
 
 def test_preset_direction():
     raw = random_pca(k=80, seed=5)
-    from transedit.models.directions import GanSpacePCA
+    from transedit.models.core.directions import GanSpacePCA
 
     pca = GanSpacePCA(raw["mean"].reshape(-1), raw["comp"].reshape(80, C), raw["std"], "ffhq_pca.pt")
     d = ganspace_preset(pca, "ffhq", "white_hair")
@@ -190,7 +190,7 @@ def test_preset_direction():
 # ----------------------------------------------------------------------------------------------- SeFa
 @pytest.fixture(scope="module")
 def small_generator():
-    from transedit.models.stylegan2 import StyleGAN2Config
+    from transedit.models.stylegan.generator import StyleGAN2Config
 
     torch.manual_seed(0)
     cfg = StyleGAN2Config(size=32, style_dim=32, n_mlp=2, channels={4: 16, 8: 16, 16: 16, 32: 8})

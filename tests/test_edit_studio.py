@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from transedit.models.directions import LatentDirection
+from transedit.models.core.directions import LatentDirection
 from transedit.models.registry import load_stylegan2
 from transedit.random_weights import save_random_generator
-from transedit.models.stylegan2 import StyleGAN2Config
+from transedit.models.stylegan.generator import StyleGAN2Config
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes import edit_studio as studio
 from transedit.nodes import preview_service, rendering

@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from transedit.models.irse import IR_UNITS, IRSEConfig, infer_irse_config, make_body, strip_prefix
-from transedit.models.psp import (Encoder4Editing, GradualStyleEncoder, PSPConfig, build_psp_encoder,
-                                  infer_psp_config)
+from transedit.models.encoders.irse import IR_UNITS, IRSEConfig, infer_irse_config, make_body, strip_prefix
+from transedit.models.encoders.psp import (Encoder4Editing, GradualStyleEncoder, PSPConfig, build_psp_encoder,
+                                           infer_psp_config)
 from transedit.models.registry import infer_stylegan2_config
-from transedit.models.style_transformer import (EditTransformer, StyleTransformerEncoder,
-                                                infer_edit_transformer_config, infer_style_transformer_config)
-from transedit.models.stylegan2 import StyleGAN2Generator
+from transedit.models.encoders.style_transformer import (EditTransformer, StyleTransformerEncoder,
+                                                         infer_edit_transformer_config, infer_style_transformer_config)
+from transedit.models.stylegan.generator import StyleGAN2Generator
 
 # Parameter count of the official pSp GradualStyleEncoder(50, 'ir_se') and e4e Encoder4Editing(50, 'ir_se')
 # at n_styles=18 (eladrich/pixel2style2pixel and omertov/encoder4editing psp_encoders.py), established by

@@ -7,14 +7,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from transedit.models.irse import offset_by_latent_avg, preprocess_fast, preprocess_official, strip_prefix
-from transedit.models.inversion import LatentEncoder
-from transedit.models.psp import (Encoder4Editing, GradualStyleEncoder, PSPConfig,
-                                  infer_psp_config)
+from transedit.models.encoders.irse import offset_by_latent_avg, preprocess_fast, preprocess_official, strip_prefix
+from transedit.models.encoders.latent_encoder import LatentEncoder
+from transedit.models.encoders.psp import Encoder4Editing, GradualStyleEncoder, PSPConfig, infer_psp_config
 from transedit.models.registry import infer_stylegan2_config
-from transedit.models.style_transformer import (EditTransformer, StyleTransformerEncoder,
-                                                infer_edit_transformer_config, infer_style_transformer_config)
-from transedit.models.stylegan2 import StyleGAN2Generator
+from transedit.models.encoders.style_transformer import (EditTransformer, StyleTransformerEncoder,
+                                                         infer_edit_transformer_config, infer_style_transformer_config)
+from transedit.models.stylegan.generator import StyleGAN2Generator
 
 from conftest import TEST_DEVICE
 

@@ -1,4 +1,4 @@
-"""Tests for models/face_align.py (FFHQ alignment + paste-back).
+"""Tests for models/face/align.py (FFHQ alignment + paste-back).
 
 Runs on CPU without network.  The MediaPipe test needs the optional packages
 mediapipe 0.10.x and scikit-image (for its bundled astronaut photo) and is
@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from transedit.models.face_align import AlignRecord, align_faces, ffhq_quad
-from transedit.models.face_landmarks import (MEDIAPIPE_INSTALL, BatchSizeMismatch, DlibLandmarks, FaceLandmarks,
+from transedit.models.face.align import AlignRecord, align_faces, ffhq_quad
+from transedit.models.face.landmarks import (MEDIAPIPE_INSTALL, BatchSizeMismatch, DlibLandmarks, FaceLandmarks,
                                              MissingDependencyError, NoFaceFound, as_face_landmarks)
-from transedit.models.face_paste import face_mask, paste_back
+from transedit.models.face.paste import face_mask, paste_back
 
 # ---------------------------------------------------------------------------
 # Synthetic faces: a procedural image defined in continuous coordinates, so the
@@ -429,7 +429,7 @@ def test_face_mask_shapes():
 
 
 def test_mediapipe_missing_gives_install_hint(monkeypatch):
-    from transedit.models.face_landmarks import MediaPipeLandmarks
+    from transedit.models.face.landmarks import MediaPipeLandmarks
 
     monkeypatch.setitem(sys.modules, "mediapipe", None)  # makes `import mediapipe` fail
     with pytest.raises(MissingDependencyError) as e:
@@ -451,7 +451,7 @@ def test_dlib_missing_file_and_missing_package(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def mediapipe_mesh():
     pytest.importorskip("mediapipe")
-    from transedit.models.face_landmarks import MediaPipeLandmarks
+    from transedit.models.face.landmarks import MediaPipeLandmarks
 
     try:
         det = MediaPipeLandmarks(max_num_faces=2)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from transedit.models import face_landmarks as fl
-from transedit.models import face_paste as fp
-from transedit.models import face_video as fv
-from transedit.models.latent import StyleLatent
-from transedit.models.temporal import smooth_series, smoothing_weights
+from transedit.models.face import landmarks as fl
+from transedit.models.face import paste as fp
+from transedit.models.face import video as fv
+from transedit.models.core.latent import StyleLatent
+from transedit.models.face.temporal import smooth_series, smoothing_weights
 from transedit.nodes import editing
 from transedit.nodes import faces as nodes
 from transedit.nodes.inputs import NodeInputError
@@ -342,7 +342,7 @@ def test_cancel_stops_the_video_align_and_the_paste(monkeypatch, clip):
     frames = [[f] for f in truth]
     (aligned, align, _), _ = run_video_align(monkeypatch, clip, frames)
     expected = nodes.TransEditPasteBack().paste(clip, aligned, align, "ellipse", 0.04, "lab")
-    from transedit.models import face_align as fa
+    from transedit.models.face import align as fa
 
     warps, pastes = [], []
     real_warp, real_paste = fa.align_to_quad, fp.paste_back
@@ -366,7 +366,7 @@ def test_cancel_stops_the_video_align_and_the_paste(monkeypatch, clip):
 
 # =============================================================================== footage, not one smooth shot
 import hostile_clip as hc  # noqa: E402
-from transedit.models import temporal  # noqa: E402
+from transedit.models.face import temporal  # noqa: E402
 
 
 def dense_reference(values, sigma, present, segments=None):
@@ -838,7 +838,7 @@ def test_a_shot_without_the_face_gets_the_centre_square(monkeypatch):
     faces = [[face_at(70 + t, 60, 20)] for t in range(10)] + [[] for _ in range(10)]
     (aligned, align, report), _ = run_video_align(monkeypatch, frames, faces, if_no_face="pass through")
     assert align.found == [True] * 10 + [False] * 10 and "shot 10-19: no face; passed through" in report
-    from transedit.models import face_align as fa
+    from transedit.models.face import align as fa
 
     assert np.allclose(align.records[15].quad, fa.centre_quad(120, 160))
     out, mask = nodes.TransEditPasteBack().paste(frames, aligned, align, "ellipse", 0.04, "lab")

@@ -13,9 +13,10 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from transedit.models.latent import StyleLatent
-from transedit.random_weights import save_random_dino, save_random_edit_transformer, save_random_encoder, save_random_generator, save_random_put
-from transedit.models.stylegan2 import StyleGAN2Config
+from transedit.models.core.latent import StyleLatent
+from transedit.random_weights import (save_random_dino, save_random_edit_transformer, save_random_encoder,
+                                      save_random_generator, save_random_put)
+from transedit.models.stylegan.generator import StyleGAN2Config
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes import compare as compare_nodes
 from transedit.nodes import editing as edit_nodes

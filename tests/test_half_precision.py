@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transedit.models.precision import FP16_ACTIVATION_LIMIT, WHOLE_NETWORK, PrecisionPolicy, agreement, guard_fp16
-from transedit.models.stylegan2 import (PRECISION_WITH_CLAMP, PRECISION_WITHOUT_CLAMP, StyleGAN2Config,
-                                        StyleGAN2Generator)
+from transedit.models.core.precision import FP16_ACTIVATION_LIMIT, WHOLE_NETWORK, PrecisionPolicy, agreement, guard_fp16
+from transedit.models.stylegan.generator import (PRECISION_WITH_CLAMP, PRECISION_WITHOUT_CLAMP, StyleGAN2Config,
+                                                 StyleGAN2Generator)
 
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # relative L2 error allowed per stage and format
@@ -64,10 +64,10 @@ def test_policy_resolution():
 def test_nodes_read_each_family_policy():
     """The policy a node resolves with is its model's: `auto` on a GPU is fp16 for a generator trained with
     conv_clamp, bf16 for one without and for the others (recorded evidence on each)."""
-    from transedit.models.dino import DinoViT
-    from transedit.models.inversion import LatentEncoder
-    from transedit.models.put import PUTTransformerCVPR, PUTTransformerTPAMI
-    from transedit.models.descriptor import ModelDescriptor
+    from transedit.models.splice.training.dino import DinoViT
+    from transedit.models.encoders.latent_encoder import LatentEncoder
+    from transedit.models.put.transformer.transformer import PUTTransformerCVPR, PUTTransformerTPAMI
+    from transedit.models.core.descriptor import ModelDescriptor
 
     def precision_policy(module):  # what a handle's `precision` reads: its descriptor's, i.e. the model's
         return ModelDescriptor(family="test", model=module, config=None, source="-").precision
@@ -131,7 +131,7 @@ def test_stylegan2_fp16_overflow_is_finite_and_flagged(blocks):
 
 
 def _smart_setup(scale: float = 1.0):
-    from transedit.models.smart import SMART, SMARTConfig
+    from transedit.models.encoders.smart import SMART, SMARTConfig
 
     torch.manual_seed(0)
     smart = SMART(SMARTConfig(q_channel=16, embed_dim=16, kv_channels=[8, 16], kv_shapes=[8, 4], ffn_dim=32)).eval()
@@ -203,7 +203,7 @@ def dino(tmp_path_factory):
 
 @pytest.mark.parametrize("fmt", ["bf16", "fp16"])
 def test_dino_keys_and_cls(dino, fmt):
-    from transedit.models.dino import preprocess, self_similarity
+    from transedit.models.splice.training.dino import preprocess, self_similarity
 
     x = preprocess(torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(1)), size=48)
     with torch.no_grad():
@@ -217,7 +217,7 @@ def test_dino_keys_and_cls(dino, fmt):
 @pytest.mark.parametrize("fmt", ["bf16", "fp16"])
 def test_splice_step_losses(dino, fmt):
     """The same first two steps (same draws) in fp32 and under half-precision autocast: the loss values agree."""
-    from transedit.models.splice import SpliceSettings, SpliceTrainer
+    from transedit.models.splice.training.training import SpliceSettings, SpliceTrainer
 
     a = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(2))
     b = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(3))

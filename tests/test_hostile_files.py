@@ -17,8 +17,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from transedit.models.directions import load_direction
-from transedit.models.errors import CheckpointError
+from transedit.models.core.directions import load_direction
+from transedit.models.core.errors import CheckpointError
 from transedit.models.registry import load_dino, load_edit_transformer, load_encoder, load_put, load_stylegan2
 from transedit.random_weights import save_random_dino, save_random_encoder, save_random_generator, save_random_put
 
@@ -130,7 +130,7 @@ def hostile(tmp_path_factory):
 def valid(tmp_path_factory):
     """A valid file of every family (for the truncation and wrong-family cases)."""
     tmp = tmp_path_factory.mktemp("valid")
-    from transedit.models.directions import LatentDirection, save_direction
+    from transedit.models.core.directions import LatentDirection, save_direction
 
     return {
         "stylegan": save_random_generator(tmp / "g.pt"),
@@ -211,10 +211,10 @@ def test_wrong_dtypes_and_shapes_are_refused(valid, tmp_path):
 # around work that can be cancelled would swallow it. Broad handlers are allowed only where untrusted bytes are
 # parsed (each listed with why), never around model calls.
 BROAD_HANDLERS_ALLOWED = {
-    ("models/checkpoint_io.py", "torch_load"): "the unpickler raises arbitrary types for hostile input; re-raised as CheckpointError",
-    ("models/checkpoint_io.py", "read_safetensors"): "safetensors' own error class is not public; re-raised",
-    ("models/nvlabs_pickle.py", "_load_storage_bytes"): "hostile storage bytes; re-raised as CheckpointError",
-    ("models/nvlabs_pickle.py", "read_nvlabs_pickle"): "hostile bytes; re-raised as CheckpointError",
+    ("models/core/checkpoint_io.py", "torch_load"): "the unpickler raises arbitrary types for hostile input; re-raised as CheckpointError",
+    ("models/core/checkpoint_io.py", "read_safetensors"): "safetensors' own error class is not public; re-raised",
+    ("models/stylegan/nvlabs_pickle.py", "_load_storage_bytes"): "hostile storage bytes; re-raised as CheckpointError",
+    ("models/stylegan/nvlabs_pickle.py", "read_nvlabs_pickle"): "hostile bytes; re-raised as CheckpointError",
     ("train.py", "__init__"): "PIL's verify raises many types for broken image files; they are skipped and counted",
     ("nodes/http_routes.py", "serve"): "the live-preview route runs beside the queue, not in a prompt: a failing "
                                        "render is answered as JSON, never raised into the server; ComfyUI's "

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from transedit.models.directions import LatentDirection, save_direction
+from transedit.models.core.directions import LatentDirection, save_direction
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes import compare as nodes
 from transedit.nodes import editing

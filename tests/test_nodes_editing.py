@@ -3,17 +3,17 @@ import numpy as np
 import pytest
 import torch
 
-from transedit.models.directions import LatentDirection, save_direction
-from transedit.models.latent import StyleLatent
+from transedit.models.core.directions import LatentDirection, save_direction
+from transedit.models.core.latent import StyleLatent
 from transedit.models.registry import atomic_write, load_stylegan2
 from transedit.random_weights import save_random_generator
-from transedit.models.style_transformer import EditTransformer, EditTransformerConfig
+from transedit.models.encoders.style_transformer import EditTransformer, EditTransformerConfig
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes.inputs import NodeInputError
-from transedit.nodes.editing import (NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, SEFA_ENTRY,
-                                     EditTransformerHandle, TransEditApplyDirection, TransEditLatentSweep,
-                                     TransEditLoadDirection, TransEditLoadEditTransformer, TransEditMixLatents,
-                                     TransEditReferenceEdit, TransEditSeFa, preset_label)
+from transedit.nodes.editing import (NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, SEFA_ENTRY, EditTransformerHandle,
+                                     TransEditApplyDirection, TransEditLatentSweep, TransEditLoadDirection,
+                                     TransEditLoadEditTransformer, TransEditMixLatents, TransEditReferenceEdit,
+                                     TransEditSeFa, preset_label)
 from transedit.nodes.rendering import StyleGANHandle
 from transedit.nodes.stylegan import TransEditSampleLatent
 

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from transedit.models import face_align as fa
-from transedit.models import face_landmarks as fl
-from transedit.models import face_paste as fp
+from transedit.models.face import align as fa
+from transedit.models.face import landmarks as fl
+from transedit.models.face import paste as fp
 from transedit.nodes import faces as nodes
 from transedit.nodes.inputs import NodeInputError
 
@@ -109,7 +109,7 @@ def test_align_and_paste_back_run_on_the_compute_device(monkeypatch):
     ComfyUI on a GPU machine), not on the CPU the IMAGEs arrive on; results come back to the intermediate device."""
     import torch
 
-    from transedit.models import face_paste as fp
+    from transedit.models.face import paste as fp
     from transedit.nodes import comfy_bridge as bridge
     from transedit.nodes import faces as face_nodes
 

@@ -4,7 +4,7 @@ import torch
 
 from transedit.models.registry import CheckpointError
 from transedit.random_weights import save_random_encoder, save_random_generator
-from transedit.models.stylegan2 import StyleGAN2Config
+from transedit.models.stylegan.generator import StyleGAN2Config
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes.inputs import NodeInputError
 from transedit.nodes.inversion import RESIZE_MODES, TransEditInvert, TransEditLoadEncoder
@@ -125,7 +125,7 @@ def test_encoder_generator_mismatch_in_one_file(tmp_path):
 def test_cars_checkpoints_use_the_official_192x256_input(tmp_path, family, monkeypatch):
     import torch as T
 
-    from transedit.models import irse
+    from transedit.models.encoders import irse
     from transedit.models.registry import load_encoder
 
     path = save_random_encoder(tmp_path / "cars.pt", family)

@@ -3,7 +3,7 @@ schedules, progress, Cancel, bad input."""
 import pytest
 import torch
 
-from transedit.models.put_sampling import SamplerRNG
+from transedit.models.put.sampling import SamplerRNG
 from transedit.random_weights import save_random_put
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes import put as nodes

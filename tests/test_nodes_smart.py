@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import fixture_dir
-from transedit.models.latent import StyleLatent
+from transedit.models.core.latent import StyleLatent
 from transedit.models.registry import load_encoder
 from transedit.random_weights import save_random_encoder
 from transedit.nodes import comfy_bridge as bridge
@@ -122,7 +122,7 @@ def test_smart_bad_inputs(io, monkeypatch, tmp_path):
         TransEditSMARTRefine().refine(lat, base, 1.0, 1.0)
     # a SMART latent rendered by a generator whose 16x16 feature doesn't fit
     refined = TransEditSMARTRefine().refine(lat, encoder, 1.0, 1.0)[0]
-    from transedit.models.stylegan2 import StyleGAN2Config
+    from transedit.models.stylegan.generator import StyleGAN2Config
 
     narrow = StyleGAN2Config(size=64, style_dim=64, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 16, 64: 16})
     save_random_encoder(tmp_path / "st.pt", "style_transformer", generator_config=narrow)

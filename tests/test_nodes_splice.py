@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from transedit.models.dino import DinoConfig
+from transedit.models.splice.dino import DinoConfig
 from transedit.models.registry import load_dino
 from transedit.random_weights import save_random_dino, save_random_generator
-from transedit.models.splice import SpliceAugment, SpliceSettings, SpliceTrainer
+from transedit.models.splice.training import SpliceAugment, SpliceSettings, SpliceTrainer
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes import splice as nodes
 from transedit.nodes.inputs import NodeInputError

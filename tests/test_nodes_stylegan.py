@@ -2,13 +2,13 @@
 import pytest
 import torch
 
-from transedit.models.latent import StyleLatent
+from transedit.models.core.latent import StyleLatent
 from transedit.random_weights import save_random_generator
-from transedit.models.stylegan2 import StyleGAN2Config
+from transedit.models.stylegan.generator import StyleGAN2Config
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes import rendering
 from transedit.nodes.inputs import NodeInputError
-from transedit.nodes.stylegan import (TransEditGenerate, TransEditLoadStyleGAN, TransEditSampleLatent)
+from transedit.nodes.stylegan import TransEditGenerate, TransEditLoadStyleGAN, TransEditSampleLatent
 
 
 @pytest.fixture

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from transedit.models import nvlabs_pickle as nv
+from transedit.models.stylegan import nvlabs_pickle as nv
 from transedit.models.registry import load_stylegan2
-from transedit.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator
+from transedit.models.stylegan.generator import StyleGAN2Config, StyleGAN2Generator
 
 FAKE_MODULES = ("torch_utils", "torch_utils.persistence", "dnnlib", "dnnlib.util")
 SRC = "# stand-in for the embedded training/networks.py source\n"

@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from conftest import fixture_dir, model_folders
-from transedit.models.checkpoint_io import read_official_yaml
-from transedit.models.errors import CheckpointError
+from transedit.models.core.checkpoint_io import read_official_yaml
+from transedit.models.core.errors import CheckpointError
 from transedit.models.registry import load_dino, load_encoder, load_put, load_stylegan2
 from transedit.random_weights import save_random_dino, save_random_encoder, save_random_generator
-from transedit.models.splice import CropDraw, SpliceAugment, StructureDraw, color_jitter, gaussian_blur3
-from transedit.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator
+from transedit.models.splice.training import CropDraw, SpliceAugment, StructureDraw, color_jitter, gaussian_blur3
+from transedit.models.stylegan.generator import StyleGAN2Config, StyleGAN2Generator
 
 yaml = pytest.importorskip("yaml")
 FIXTURE_HEADS = 4  # the reduced PUT models' n_head: only their config.yaml records it (width // 64 gives 1)

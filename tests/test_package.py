@@ -247,18 +247,50 @@ def test_model_names_cannot_leave_the_model_folder(tmp_path):
 
 
 def _package_imports(folder: Path) -> dict[str, set[str]]:
-    """module -> the sibling modules it imports (relative imports anywhere in the file, lazy ones included)."""
+    """module -> the modules under `folder` it imports (relative imports anywhere in the file, lazy ones included),
+    each named by its dotted path under `folder` ("registry", "face.align"; a subpackage by its folder name)."""
     import ast
 
-    names = {p.stem for p in folder.glob("*.py")}
+    def name_of(path: Path) -> str:
+        parts = path.relative_to(folder).with_suffix("").parts
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    files = [p for p in folder.rglob("*.py") if p != folder / "__init__.py"]
+    names = {name_of(p) for p in files}
     graph = {}
-    for path in folder.glob("*.py"):
+    for path in files:
+        name = name_of(path)
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
         deps = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                deps.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
-        graph[path.stem] = deps & names - {path.stem}
+            if not (isinstance(node, ast.ImportFrom) and node.level) or node.level - 1 > len(package):
+                continue  # absolute, or reaching above `folder` (nodes -> models)
+            target = package[:len(package) - (node.level - 1)] + (node.module.split(".") if node.module else [])
+            for alias in node.names:  # `from .face import align` imports the module face.align
+                dep = next((d for d in (".".join(target + [alias.name]), ".".join(target)) if d in names), None)
+                if dep:
+                    deps.add(dep)
+        graph[name] = deps - {name}
     return graph
+
+
+def _family_of(module: str, graph: dict[str, set[str]]) -> str | None:
+    """The family package a module belongs to ("face.align" -> "face"); None for a top-level module."""
+    head = module.split(".")[0]
+    return head if "." in module or any(m.startswith(head + ".") for m in graph) else None
+
+
+def _family_breaches(graph: dict[str, set[str]]) -> list[str]:
+    """Imports that break "a family package imports only the core and itself, the core imports no family"
+    (top-level modules, the registry, sit above the families and may import any of them)."""
+    found = []
+    for module, deps in sorted(graph.items()):
+        family = _family_of(module, graph)
+        if family is None:
+            continue
+        allowed = {"core", family}
+        found += [f"{module} -> {dep}" for dep in sorted(deps) if _family_of(dep, graph) not in allowed]
+    return found
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -303,6 +335,44 @@ def test_models_and_nodes_import_in_one_direction():
     assert not [m for m, deps in _package_imports(root / "models").items() if "registry" in deps]
 
 
+def test_a_model_family_imports_only_the_core_and_itself():
+    # the check works: a family reaching into another, into the registry, and the core into a family are caught
+    planted = {"registry": {"face.align", "stylegan.generator"}, "face": set(), "face.align": {"face", "core.errors"},
+               "core.errors": set(), "core.layers": {"stylegan.generator"}, "stylegan.generator": {"core.layers"},
+               "encoders.psp": {"stylegan.generator", "core.layers", "registry"}}
+    assert _family_breaches(planted) == ["core.layers -> stylegan.generator", "encoders.psp -> registry",
+                                         "encoders.psp -> stylegan.generator"]
+    graph = _package_imports(REPO / "models")
+    assert "encoders.latent_encoder" in graph["registry"] and "core.errors" in graph["face.retinaface"]  # it reads
+    assert not _family_breaches(graph), f"a family imports another family: {_family_breaches(graph)}"
+    # models/ lists its families, not loose modules: a new model goes into its family's package (or a new one)
+    assert {_family_of(m, graph) for m in graph} >= {"core", "stylegan", "encoders", "face", "splice", "put"}
+    loose = sorted(p.name for p in (REPO / "models").glob("*.py"))
+    assert loose == ["__init__.py", "registry.py"], f"modules outside a family package: {loose}"
+
+
+def _packages_in_tree(root: Path) -> set[str]:
+    """What pip has to be told about: `transedit` and every folder under models/ and nodes/ with an __init__.py."""
+    found = {"transedit"}
+    for folder in ("models", "nodes"):
+        for init in (root / folder).rglob("__init__.py"):
+            found.add(".".join(("transedit",) + init.parent.relative_to(root).parts))
+    return found
+
+
+def test_pyproject_lists_every_package(tmp_path):
+    import tomllib
+
+    (tmp_path / "models" / "family" / "deeper").mkdir(parents=True)  # the check sees nested packages
+    for folder in ("models", "models/family", "models/family/deeper"):
+        (tmp_path / folder / "__init__.py").write_text("")
+    (tmp_path / "nodes").mkdir()
+    assert _packages_in_tree(tmp_path) == {"transedit", "transedit.models", "transedit.models.family",
+                                           "transedit.models.family.deeper"}
+    listed = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert set(listed) == _packages_in_tree(REPO), "pip would install a pack without these (or with stale ones)"
+
+
 # ------------------------------------------------------------------------------------ house rules
 # What a newcomer relies on when reading the pack (docs/architecture.md), checked so it stays true.
 _SKIPPED_FOLDERS = {"node_modules", "test_artifacts", "build", "dist", "__pycache__"}
@@ -345,12 +415,14 @@ def _private_uses(source: str, pack_modules: set[str]) -> list[str]:
 
 
 def test_no_module_uses_another_modules_private_names():
-    pack_modules = {p.stem for folder in ("models", "nodes") for p in (REPO / folder).glob("*.py")}
+    pack_modules = {p.stem for folder in ("models", "nodes") for p in (REPO / folder).rglob("*.py")}
+    pack_modules |= {p.parent.name for p in (REPO / "models").rglob("__init__.py")}  # `from .. import face`
     # the check works: both forms are caught, a public name and a non-pack module are not
     bad = "from .editing import _check_latent\nfrom . import rendering as r\nr._synthesise()\nr.render_latents()\n"
     assert _private_uses(bad, pack_modules) == ["from .editing import _check_latent", "r._synthesise"]
     assert _private_uses("import numpy as np\nnp._core\nfrom .rendering import render_latents\n", pack_modules) == []
-    library = [p for p in _source_files((".py",)) if p.parent.name in ("models", "nodes") or p.parent == REPO]
+    library = [p for p in _source_files((".py",))
+               if p.relative_to(REPO).parts[0] in ("models", "nodes") or p.parent == REPO]
     assert len(library) > 30
     offenders = {str(p.relative_to(REPO)): uses for p in library if (uses := _private_uses(p.read_text(), pack_modules))}
     assert not offenders, f"private names used across modules (give them a public home): {offenders}"
@@ -364,7 +436,7 @@ def test_files_over_600_lines_say_why():
 
 
 def test_the_model_library_holds_no_test_writers():
-    writers = [f"{p.name}: {m.group(0)}" for p in (REPO / "models").glob("*.py")
+    writers = [f"{p.name}: {m.group(0)}" for p in (REPO / "models").rglob("*.py")
                for m in re.finditer(r"^def (save_random\w*|save_tiny\w*|make_tiny\w*)", p.read_text(), re.M)]
     assert not writers, f"random-weight writers belong in random_weights.py, not the model library: {writers}"
     assert re.search(r"^def save_random_\w+", (REPO / "random_weights.py").read_text(), re.M)

@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from transedit.models.devices import has_native_bf16
-from transedit.models.precision import (DEFAULT_POLICY, FP16_ACTIVATION_LIMIT, NVLABS_FP16, NVLABS_FP16_OWN_CLAMP,
-                                        WHOLE_NETWORK, Agreement, HalfBlocks, PrecisionPolicy, agreement)
-from transedit.models.stylegan2 import (PRECISION_BY_FILE, PRECISION_WITH_CLAMP, PRECISION_WITHOUT_CLAMP,
-                                        StyleGAN2Config, StyleGAN2Generator)
+from transedit.models.core.devices import has_native_bf16
+from transedit.models.core.precision import (DEFAULT_POLICY, FP16_ACTIVATION_LIMIT, NVLABS_FP16, NVLABS_FP16_OWN_CLAMP,
+                                             WHOLE_NETWORK, Agreement, HalfBlocks, PrecisionPolicy, agreement)
+from transedit.models.stylegan.generator import (PRECISION_BY_FILE, PRECISION_WITH_CLAMP, PRECISION_WITHOUT_CLAMP,
+                                                 StyleGAN2Config, StyleGAN2Generator)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from precision_sweep import (CANDIDATES, CLAIMS, RECIPE, activation_scaled, auto_on_gpu,  # noqa: E402
@@ -88,7 +88,7 @@ def test_policy_picks_blocks_per_half_type():
 def test_each_generator_reads_its_files_policy():
     """PRECISION per instance (what the descriptor, and so the nodes, read): with conv_clamp the recipe, without it
     bf16; on the class the case without a clamp (the node tooltips say both, PRECISION_BY_FILE)."""
-    from transedit.models.descriptor import ModelDescriptor
+    from transedit.models.core.descriptor import ModelDescriptor
 
     clamped, unclamped = generator(conv_clamp=256.0), generator()
     assert clamped.PRECISION is PRECISION_WITH_CLAMP and unclamped.PRECISION is PRECISION_WITHOUT_CLAMP
@@ -424,7 +424,7 @@ def test_rocm_has_bf16(two_gpus, monkeypatch):
 def test_nodes_resolve_auto_for_their_own_device(two_gpus, current):
     """An encoder/PUT node on the T4 gets fp16 (not emulated bf16), on the H100 bf16, whichever device torch
     currently points at; Splice's DINO on the T4 gets fp32 (fp16 would need loss scaling)."""
-    from transedit.models.dino import DinoViT
+    from transedit.models.splice.training.dino import DinoViT
     from transedit.nodes.precision import resolve_precision
 
     two_gpus["index"] = current
@@ -444,8 +444,8 @@ def test_nodes_resolve_auto_for_their_own_device(two_gpus, current):
 
 
 def test_tooltips_say_what_auto_means_for_each_family():
-    from transedit.models.dino import DinoViT
-    from transedit.models.put import PUTTransformer
+    from transedit.models.splice.training.dino import DinoViT
+    from transedit.models.put.transformer.transformer import PUTTransformer
     from transedit.nodes import NODE_CLASS_MAPPINGS
     from transedit.nodes.precision import auto_tooltip, auto_tooltip_by_file
 

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import TEST_DEVICE, fixture_dir
-from transedit.models.put_codec import (PatchVQVAE, PVQVAEConfig, default_masked_embed_start,
-                                        infer_pvqvae_config, load_pvqvae)
+from transedit.models.put.codec import (PatchVQVAE, PVQVAEConfig, default_masked_embed_start, infer_pvqvae_config,
+                                        load_pvqvae)
 
 VERSIONS = ("cvpr2022", "tpami2024")
 TOL_FEAT = dict(atol=1e-5, rtol=0)

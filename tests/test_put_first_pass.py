@@ -3,7 +3,7 @@ would get alone."""
 import pytest
 import torch
 
-from transedit.models.put_sampling import SamplerRNG, inpaint
+from transedit.models.put.sampling import SamplerRNG, inpaint
 from transedit.models.registry import load_put
 from transedit.random_weights import save_random_put
 

@@ -9,10 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import TEST_DEVICE, fixture_dir
-from transedit.models.put import PUTConfig, build_put, infer_put_config
-from transedit.models.put_sampling import (SamplerRNG, inpaint, official_top_k, sample_tokens, step_counts,
-                                           top_k_filter)
-from transedit.models.put_codec import PatchVQVAE, infer_pvqvae_config
+from transedit.models.put.transformer import PUTConfig, build_put, infer_put_config
+from transedit.models.put.sampling import SamplerRNG, inpaint, official_top_k, sample_tokens, step_counts, top_k_filter
+from transedit.models.put.codec import PatchVQVAE, infer_pvqvae_config
 from transedit.models.registry import CheckpointError, load_put
 from transedit.random_weights import save_random_put
 
@@ -278,7 +277,7 @@ def test_cvpr_rejects_schedules():
 
 
 def _tiny(cfg):
-    from transedit.models.put_codec import PVQVAEConfig
+    from transedit.models.put.codec import PVQVAEConfig
 
     codec = PatchVQVAE(PVQVAEConfig(n_e=8, e_dim=64, masked_embed_start=4, enc_res_ch=16, enc_num_res_blocks=1,
                                     enc_out_ch=16, dec_in_ch=64, dec_res_ch=16, dec_num_res_blocks=1))

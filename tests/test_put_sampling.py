@@ -3,7 +3,7 @@ exact draw from softmax(logits), respects top-k filtering, and depends on the se
 import pytest
 import torch
 
-from transedit.models.put_sampling import SamplerRNG, top_k_filter
+from transedit.models.put.sampling import SamplerRNG, top_k_filter
 
 
 def test_gumbel_max_draws_follow_the_softmax():
@@ -48,7 +48,7 @@ def test_per_sample_generators_must_live_on_the_cpu():
 def test_the_schedules_exact_plans_at_their_edges():
     """Every plan pinned where a slip would show: rounding fixed from the second pass on, cyclically, in either
     direction; one unknown token; the default pace of one pass per 500 tokens; counts above and below 1."""
-    from transedit.models.put_sampling import official_top_k, step_counts
+    from transedit.models.put.sampling import official_top_k, step_counts
 
     assert step_counts(7, "linear_5", 64) == [2, 3, 1, 1, 0]  # rounded 6: one more, at pass 2
     assert step_counts(9, "linear_4", 64) == [4, 2, 2, 1]  # rounded 10: one less, at pass 2

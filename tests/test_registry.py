@@ -11,7 +11,7 @@ import torch
 from transedit.cli import main as cli_main
 from transedit.models.registry import CheckpointError, load_stylegan2, read_checkpoint, save_stylegan2_safetensors
 from transedit.random_weights import save_random_generator
-from transedit.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator
+from transedit.models.stylegan.generator import StyleGAN2Config, StyleGAN2Generator
 
 
 def images(desc, seed=0):

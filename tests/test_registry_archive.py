@@ -366,7 +366,7 @@ def test_the_scan_passes_what_the_pack_does_on_purpose():
     for source in benign:
         assert code_findings(source) == [], source
     # and the pack's own code, file by file, as it stands in the checkout
-    own = [p for folder in ("nodes", "models") for p in (REPO / folder).glob("*.py")] + [REPO / "__init__.py"]
+    own = [p for folder in ("nodes", "models") for p in (REPO / folder).rglob("*.py")] + [REPO / "__init__.py"]
     found = {str(p.relative_to(REPO)): code_findings(p.read_text()) for p in own}
     assert {k: v for k, v in found.items() if v} == {}
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from conftest import model_folders
-from transedit.models import face_align as fa
-from transedit.models import face_landmarks as fl
-from transedit.models.errors import CheckpointError
+from transedit.models.face import align as fa
+from transedit.models.face import landmarks as fl
+from transedit.models.core.errors import CheckpointError
 from transedit.models.registry import load_encoder, load_retinaface
 from transedit.random_weights import save_random_retinaface
-from transedit.models.retinaface import MIN_SIZES, STEPS, RetinaFace, RetinaFaceConfig, infer_config, nms
+from transedit.models.face.retinaface import MIN_SIZES, STEPS, RetinaFace, RetinaFaceConfig, infer_config, nms
 from transedit.random_weights import TEST_FACE
 from transedit.nodes import faces as nodes
 from transedit.nodes.inputs import NodeInputError

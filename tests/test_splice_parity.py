@@ -8,10 +8,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import TEST_DEVICE, fixture_dir
-from transedit.models.dino import (DinoConfig, DinoViT, infer_dino_config, keys_per_head, preprocess,
-                                   resized_size, self_similarity)
+from transedit.models.splice.dino import (DinoConfig, DinoViT, infer_dino_config, keys_per_head, preprocess,
+                                          resized_size, self_similarity)
 from transedit.models.registry import load_dino
-from transedit.models.splice import SkipConfig, SkipGenerator, SpliceLoss
+from transedit.models.splice.training import SkipConfig, SkipGenerator, SpliceLoss
 
 TOL_DINO_IN = dict(atol=1e-4, rtol=0)
 TOL_KEYS = dict(atol=1e-4, rtol=0)

@@ -1,8 +1,8 @@
 """The shortcuts that make Splice's step cheaper compute what the plain path computes."""
 import torch
 
-from transedit.models.dino import DinoConfig, DinoViT, preprocess
-from transedit.models.splice import SpliceLoss
+from transedit.models.splice.dino import DinoConfig, DinoViT, preprocess
+from transedit.models.splice.training import SpliceLoss
 
 
 def _dino(seed=0):

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from transedit.models.registry import infer_stylegan2_config, load_stylegan2
-from transedit.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator
+from transedit.models.stylegan.generator import StyleGAN2Config, StyleGAN2Generator
 
 from conftest import TEST_DEVICE
 

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from transedit.models.registry import infer_stylegan2_config
-from transedit.models.smart import SMART, flow_query_index, infer_smart_config, local_index_table
-from transedit.models.styleprompter import (StylePrompterEncoder, infer_styleprompter_config,
-                                            split_styleprompter_state_dict)
-from transedit.models.stylegan2 import StyleGAN2Generator
+from transedit.models.encoders.smart import SMART, flow_query_index, infer_smart_config, local_index_table
+from transedit.models.encoders.styleprompter import (StylePrompterEncoder, infer_styleprompter_config,
+                                                     split_styleprompter_state_dict)
+from transedit.models.stylegan.generator import StyleGAN2Generator
 
 from conftest import TEST_DEVICE, fixture_dir
 

@@ -70,18 +70,18 @@ def test_the_sentinel_sees_the_pack_as_imported_here():
     import uuid
 
     import transedit
-    from transedit.models.devices import device_constant
+    from transedit.models.core.devices import device_constant
 
     fresh = [float(uuid.uuid4().int % 1000), 0.5]  # a constant not cached yet: this call builds it
     with SyncCounter() as syncs:
         device_constant(fresh, TEST_DEVICE)
         device_constant(fresh, TEST_DEVICE)  # the second call reuses it
     assert syncs.ops() == {"tensor"} and syncs.total() == 1, (transedit.__file__, syncs.counts)
-    assert all(site.startswith("models/devices.py:") for _, site in syncs.counts), syncs.counts
+    assert all(site.startswith("models/core/devices.py:") for _, site in syncs.counts), syncs.counts
 
 
 def test_stylegan2_synthesis_has_none(detector):
-    from transedit.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator
+    from transedit.models.stylegan.generator import StyleGAN2Config, StyleGAN2Generator
 
     g = StyleGAN2Generator(StyleGAN2Config(size=32, style_dim=32, n_mlp=2,
                                            channels={4: 16, 8: 16, 16: 16, 32: 8})).eval().to(TEST_DEVICE)
@@ -101,7 +101,7 @@ def dino(tmp_path_factory):
 
 
 def test_dino_preprocessing_and_forward_have_none(dino, detector):
-    from transedit.models.dino import preprocess
+    from transedit.models.splice.dino import preprocess
 
     images = torch.rand(2, 3, 40, 56, device=TEST_DEVICE)
     with torch.no_grad():
@@ -112,7 +112,7 @@ def test_dino_preprocessing_and_forward_have_none(dino, detector):
 def test_splice_training_step_has_none(dino, detector):
     """Steps between two early-stop checks (the one sync per 200-step window) wait for nothing; the random draws
     are host-side (a CPU generator), so a seed gives the same run on every device."""
-    from transedit.models.splice import SpliceSettings, SpliceTrainer
+    from transedit.models.splice.training import SpliceSettings, SpliceTrainer
 
     a, b = (torch.rand(1, 3, 40, w, device=TEST_DEVICE) for w in (40, 48))
     trainer = SpliceTrainer(dino, a, b, SpliceSettings(steps=100, dino_size=32, early_stop=False))
@@ -152,7 +152,7 @@ def put_model(request, tmp_path_factory):
 def put_fill(model, hole: int, schedule=1, raster: bool = False):
     """Three samples of one picture with a hole of `hole` x `hole` tokens, per-sample CPU generators (the node's
     way)."""
-    from transedit.models.put_sampling import SamplerRNG, sample_tokens
+    from transedit.models.put.sampling import SamplerRNG, sample_tokens
 
     h, w = model.image_size
     p = model.patch_size

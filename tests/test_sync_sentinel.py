@@ -32,7 +32,7 @@ PLANTED = textwrap.dedent('''
     import numpy as np
     import torch
 
-    from transedit.models.devices import host_side
+    from transedit.models.core.devices import host_side
 
 
     def item(x): return x.sum().item()
@@ -486,14 +486,14 @@ def test_sync_op_reads_the_arguments():
 # ------------------------------------------------------------------ a fresh process: real path and symlink
 @pytest.fixture(scope="module")
 def layouts(tmp_path_factory):
-    """A package `transedit` in a temporary folder with the pack's models/devices.py (@host_side) and the planted
+    """A package `transedit` in a temporary folder with the pack's models/core/devices.py (@host_side) and the planted
     module in models/, imported two ways: through its real path and through a symlink, as ./dev.sh gpu-check
     imports the checkout. (Only what the planted module needs is copied: importing the whole pack would cost
     each process seconds.) {layout: (PYTHONPATH entry, census)}."""
     tmp = tmp_path_factory.mktemp("sync-layouts")
     real = tmp / "real" / "transedit"
-    (real / "models").mkdir(parents=True)
-    for rel in ("models/__init__.py", "models/devices.py"):
+    (real / "models" / "core").mkdir(parents=True)
+    for rel in ("models/__init__.py", "models/core/__init__.py", "models/core/devices.py"):
         shutil.copy2(PACK / rel, real / rel)
     (real / "__init__.py").write_text('"""The planted copy."""\n')
     (real / "models" / "planted_syncs.py").write_text(PLANTED)

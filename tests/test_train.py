@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from transedit.models import losses as L
+from transedit.models.encoders import losses as L
 from transedit.models.registry import load_encoder
 from transedit.random_weights import save_random_generator
-from transedit.models.stylegan2 import StyleGAN2Config
+from transedit.models.stylegan.generator import StyleGAN2Config
 from transedit.nodes import comfy_bridge as bridge
 from transedit.nodes import inversion as inv_nodes
 from transedit.train import TrainConfig, Trainer, main, parse_args
@@ -241,8 +241,8 @@ def test_face_alignment_of_folder_images(generator, tmp_path):
 def test_swin_backbone_initialises_from_a_window7_checkpoint(tmp_path):
     from timm.models.swin_transformer import SwinTransformer
 
-    from transedit.models.swinstyleformer import (SwinStyleformerConfig, SwinStyleformerEncoder,
-                                                  load_backbone_weights)
+    from transedit.models.encoders.swinstyleformer import (SwinStyleformerConfig, SwinStyleformerEncoder,
+                                                           load_backbone_weights)
 
     cfg = SwinStyleformerConfig(img_size=64, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4),
                                 window_size=2, n_latent=8, style_dim=32, decoder_depth=1, decoder_heads=2)

@@ -61,7 +61,7 @@ def server(comfy_root, tmp_path_factory):
     inputs, _ = h.prepare_inputs(workflows, [], tmp_path_factory.mktemp("input_images"))
 
     from transedit.random_weights import save_random_generator
-    from transedit.models.stylegan2 import StyleGAN2Config
+    from transedit.models.stylegan.generator import StyleGAN2Config
 
     other = save_random_generator(tiny_dir / OTHER_GENERATOR, seed=1, config=StyleGAN2Config(
         size=32, style_dim=32, n_mlp=2, channels={4: 16, 8: 16, 16: 16, 32: 8}))

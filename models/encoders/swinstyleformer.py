@@ -14,7 +14,7 @@ What the paper states, and how it is built here:
   learnable query vector; transformer decoder blocks (query self-attention, cross-attention from the queries
   to one pyramid level's tokens, MLP; pre-norm) turn the queries into the codes, and a linear head maps them
   to ``style_dim``. The codes are predicted as offsets from the generator's mean latent (``latent_avg`` is
-  added by :class:`~transedit.models.inversion.LatentEncoder`), as in pSp/e4e/Style Transformer.
+  added by :class:`~transedit.models.encoders.latent_encoder.LatentEncoder`), as in pSp/e4e/Style Transformer.
 - **Inversion discriminator + distribution alignment loss**: see ``transedit.train`` — the discriminator is a
   latent-code MLP (e4e's design) trained against W samples from the generator's mapping network, and the
   alignment loss matches the first two moments (mean and covariance) of the predicted codes to W's.
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .inversion import EncoderFamily
+from .latent_encoder import EncoderFamily
 
 
 @dataclass
@@ -207,7 +207,7 @@ def load_backbone_weights(encoder: SwinStyleformerEncoder, path) -> dict:
     tensors of the same shape are copied, relative-position bias tables are resized to this window
     (bicubic, as when fine-tuning Swin at another window), the classifier head and final norm are ignored.
     Returns counts {copied, resized, skipped}."""
-    from .checkpoint_io import load_plain_state_dict
+    from ..core.checkpoint_io import load_plain_state_dict
 
     own = encoder.backbone.state_dict()
     loaded, counts = {}, {"copied": 0, "resized": 0, "skipped": 0}

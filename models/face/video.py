@@ -23,8 +23,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .face_align import ffhq_quad
-from .face_landmarks import FaceLandmarks
+from .align import ffhq_quad
+from .landmarks import FaceLandmarks
 from .temporal import segment_ids, smooth_adaptive, smooth_series
 
 FOUND, INTERPOLATED, LOST = "found", "interpolated", "lost"

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .inversion import EncoderFamily
+from .latent_encoder import EncoderFamily
 
 ENCODER_PREFIX = "encoder.module."
 GENERATOR_PREFIXES = ("decoder.module.generator.", "decoder.module.")

@@ -1,4 +1,4 @@
-"""FFHQ-style face alignment for StyleGAN encoders (paste-back: face_paste.py; landmarks: face_landmarks.py).
+"""FFHQ-style face alignment for StyleGAN encoders (paste-back: paste.py; landmarks: landmarks.py).
 
 Encoders trained on FFHQ (pSp, e4e, Style Transformer, ...) only work on crops
 aligned the way the FFHQ data set was made.  This module
@@ -79,9 +79,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .face_image_ops import as_image_list, big_blur, reflect_pad, resize, scale, translate, warp
-from .face_landmarks import (BatchSizeMismatch, FaceLandmarks, LandmarkProvider, NoFaceFound, as_face_landmarks,
-                             as_uint8_rgb)
+from .image_ops import as_image_list, big_blur, reflect_pad, resize, scale, translate, warp
+from .landmarks import BatchSizeMismatch, FaceLandmarks, LandmarkProvider, NoFaceFound, as_face_landmarks, as_uint8_rgb
 
 PADDING_MODES = ("blur", "reflect", "zeros")
 

@@ -1,6 +1,6 @@
 """Facial landmarks for FFHQ alignment: the data type (eye centres, mouth corners), the errors of the face
-stage, and the landmark providers (RetinaFace from models/retinaface.py, mediapipe's face mesh, a dlib 68-point
-predictor). Points are (x, y) in pixel-centre coordinates (see face_align.py)."""
+stage, and the landmark providers (RetinaFace from models/face/retinaface.py, mediapipe's face mesh, a dlib 68-point
+predictor). Points are (x, y) in pixel-centre coordinates (see align.py)."""
 from __future__ import annotations
 
 import threading
@@ -324,7 +324,7 @@ class DlibLandmarks:
 
 
 class RetinaFaceLandmarks:
-    """Eye centres and mouth corners from RetinaFace's five points (models/retinaface.py), largest box first.
+    """Eye centres and mouth corners from RetinaFace's five points (models/face/retinaface.py), largest box first.
 
     ``detector`` is a loaded :class:`retinaface.RetinaFace` on any device; ``detect_batch`` runs a whole
     batch of same-size images in one forward. FFHQ's recipe takes exactly these four points (from the

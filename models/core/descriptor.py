@@ -29,7 +29,7 @@ class ModelDescriptor:
 
     @property
     def precision(self) -> PrecisionPolicy:
-        """What the model runs in: fp16/bf16 support and `auto` on a GPU (models/precision.py)."""
+        """What the model runs in: fp16/bf16 support and `auto` on a GPU (models/core/precision.py)."""
         return getattr(self.model, "PRECISION", DEFAULT_POLICY)
 
     @property

@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint_io import RawCheckpoint, check_weight_dtypes, strip_dataparallel, strip_prefix
-from .descriptor import ModelDescriptor
-from .devices import device_constant
-from .errors import CheckpointError
-from .precision import PrecisionPolicy
+from ..core.checkpoint_io import RawCheckpoint, check_weight_dtypes, strip_dataparallel, strip_prefix
+from ..core.descriptor import ModelDescriptor
+from ..core.devices import device_constant
+from ..core.errors import CheckpointError
+from ..core.precision import PrecisionPolicy
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

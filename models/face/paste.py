@@ -1,6 +1,6 @@
 """Paste-back: an edited, aligned face warped back into its photo with a feathered mask of a chosen shape and
 optional colour matching (LAB or RGB statistics inside the mask); pixels outside the pasted square are returned
-unchanged. The inverse of face_align.py's mapping (AlignRecord)."""
+unchanged. The inverse of align.py's mapping (AlignRecord)."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -8,9 +8,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .face_align import AlignRecord
-from .face_image_ops import as_float, as_image_list, blur, resize, translate, warp
-from .face_landmarks import BatchSizeMismatch
+from .align import AlignRecord
+from .image_ops import as_float, as_image_list, blur, resize, translate, warp
+from .landmarks import BatchSizeMismatch
 
 MASK_SHAPES = ("ellipse", "square", "face")
 _MASK_RES = 256

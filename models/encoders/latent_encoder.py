@@ -7,12 +7,11 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .checkpoint_io import RawCheckpoint, check_weight_dtypes
-from .errors import CheckpointError
+from ..core.checkpoint_io import RawCheckpoint, check_weight_dtypes
+from ..core.errors import CheckpointError
 from .irse import offset_by_latent_avg
-from .precision import DEFAULT_POLICY, PrecisionPolicy
-from .descriptor import ModelDescriptor
-from .stylegan2 import StyleGAN2Descriptor, is_stylegan2_state_dict, load_generator_weights
+from ..core.precision import DEFAULT_POLICY, PrecisionPolicy
+from ..core.descriptor import ModelDescriptor
 
 
 class LatentEncoder(nn.Module):
@@ -74,6 +73,11 @@ class LatentEncoder(nn.Module):
 # Every encoder family's official training checkpoint has one container, {'state_dict': encoder.* (+
 # module.), decoder.*, 'opts', 'latent_avg'}; each family module says how to recognise its encoder keys
 # and build the module (EncoderFamily), the rest (bundled generator, latent_avg, SMART) is common.
+# The checkpoint's bundled generator (decoder.*) as a loaded descriptor, or None: the stylegan family's loader,
+# passed in by the registry so that this family imports only the core and itself.
+DecoderLoader = Callable[[RawCheckpoint], Optional[ModelDescriptor]]
+
+
 @dataclass(frozen=True)
 class EncoderFamily:
     id: str
@@ -86,7 +90,7 @@ class EncoderDescriptor(ModelDescriptor):
     """An inversion encoder (a LatentEncoder: images -> W+) and the StyleGAN2 generator bundled in the same file,
     if any."""
 
-    generator: Optional[StyleGAN2Descriptor]
+    generator: Optional[ModelDescriptor]  # a StyleGAN2Descriptor
     opts: dict = field(default_factory=dict)
     smart: Optional[torch.nn.Module] = None  # StylePrompter's SMART block (full checkpoints only)
 
@@ -105,19 +109,17 @@ def checkpoint_opts(raw: RawCheckpoint) -> dict:
     return dict(raw.extras.get("opts") or {})
 
 
-def load_encoder_checkpoint(raw: RawCheckpoint, family: EncoderFamily) -> EncoderDescriptor:
-    """Build `family`'s encoder from raw.state_dicts['encoder'] and assemble it with the file's generator,
-    latent_avg and SMART block."""
+def load_encoder_checkpoint(raw: RawCheckpoint, family: EncoderFamily,
+                            load_decoder: DecoderLoader) -> EncoderDescriptor:
+    """Build `family`'s encoder from raw.state_dicts['encoder'] and assemble it with the file's generator (read by
+    `load_decoder`), latent_avg and SMART block."""
     from .smart import SMART, infer_smart_config
 
     path = raw.path
     opts = checkpoint_opts(raw)
     enc_sd = raw.state_dicts["encoder"]
     notes = []
-    generator = None
-    dec_sd = raw.state_dicts.get("decoder")
-    if dec_sd is not None and is_stylegan2_state_dict(dec_sd):
-        generator = load_generator_weights(raw, "decoder")
+    generator = load_decoder(raw)
     try:
         config, module = family.build(enc_sd, opts)
     except ValueError as e:

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint_io import RawCheckpoint, check_weight_dtypes, strip_dataparallel
-from .descriptor import ModelDescriptor
-from .devices import device_constant, host_side
+from ..core.checkpoint_io import RawCheckpoint, check_weight_dtypes, strip_dataparallel
+from ..core.descriptor import ModelDescriptor
+from ..core.devices import device_constant, host_side
 
 BACKBONES = ("resnet50", "mobilenet0.25")
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
@@ -295,7 +295,7 @@ def infer_config(sd: dict) -> RetinaFaceConfig:
 
 
 def load(raw: RawCheckpoint) -> RetinaFaceDescriptor:
-    from .errors import CheckpointError
+    from ..core.errors import CheckpointError
 
     sd = _candidate(raw)
     if sd is None:

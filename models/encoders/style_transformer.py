@@ -3,7 +3,7 @@
 Reimplemented from the description of the official code (sapphire497/style-transformer, where the
 encoder class is `GradualStyleEncoder` in models/encoders/style_transformer_encoders.py), with its module
 tree and parameter names, so an official checkpoint's `encoder.module.*` entries load strictly after
-stripping that prefix (`decoder.module.*` is a rosinality generator, see models/stylegan2.py).
+stripping that prefix (`decoder.module.*` is a rosinality generator, see models/stylegan/generator.py).
 
 Inversion, for an image x in [-1, 1] at 256x256:
 
@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .descriptor import ModelDescriptor
-from .checkpoint_io import RawCheckpoint, check_weight_dtypes
-from .errors import CheckpointError
-from .inversion import EncoderFamily
+from ..core.descriptor import ModelDescriptor
+from ..core.checkpoint_io import RawCheckpoint, check_weight_dtypes
+from ..core.errors import CheckpointError
+from .latent_encoder import DecoderLoader, EncoderFamily
 from .irse import IRSEConfig, IRSEFPNTrunk, offset_by_latent_avg, infer_irse_config, strip_prefix
 
 DEFAULT_NHEAD = 4  # the official value; head count cannot be read from weight shapes
@@ -314,7 +314,7 @@ ENCODER = EncoderFamily("style_transformer", _is_style_transformer, _build_encod
 class EditTransformerDescriptor(ModelDescriptor):
     """Style Transformer's reference-based EditTransformer and the generator stored beside it."""
 
-    generator: Optional[object] = None  # stylegan2.StyleGAN2Descriptor
+    generator: Optional[ModelDescriptor] = None  # a StyleGAN2Descriptor
 
 
 def is_edit_transformer_checkpoint(raw: RawCheckpoint) -> bool:
@@ -322,11 +322,10 @@ def is_edit_transformer_checkpoint(raw: RawCheckpoint) -> bool:
     return enc_sd is not None and any(k.startswith("transformerlayer.") for k in enc_sd) and "z" not in enc_sd
 
 
-def load_edit_transformer_checkpoint(raw: RawCheckpoint) -> EditTransformerDescriptor:
+def load_edit_transformer_checkpoint(raw: RawCheckpoint, load_decoder: DecoderLoader) -> EditTransformerDescriptor:
     """The official ref-edit checkpoint: {'state_dict': encoder.module.transformerlayer.*, decoder.module.*,
-    classifier.module.* (training-only, ignored as the official load_weights does), 'opts'}."""
-    from .stylegan2 import is_stylegan2_state_dict, load_generator_weights
-
+    classifier.module.* (training-only, ignored as the official load_weights does), 'opts'}; `load_decoder` reads
+    the generator stored beside it."""
     path = raw.path
     enc_sd = raw.state_dicts.get("encoder")
     if not is_edit_transformer_checkpoint(raw):
@@ -341,12 +340,9 @@ def load_edit_transformer_checkpoint(raw: RawCheckpoint) -> EditTransformerDescr
         raise CheckpointError(path, f"EditTransformer weights do not match their inferred layout (missing "
                               f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}).")
     model.eval().requires_grad_(False)
-    generator = None
-    dec_sd = raw.state_dicts.get("decoder")
-    if dec_sd is not None and is_stylegan2_state_dict(dec_sd):
-        generator = load_generator_weights(raw, "decoder")
-        if generator.config.style_dim != config.d_model:
-            raise CheckpointError(path, f"its EditTransformer works on {config.d_model}-wide codes but its "
-                                  f"generator's style_dim is {generator.config.style_dim}.")
+    generator = load_decoder(raw)
+    if generator is not None and generator.config.style_dim != config.d_model:
+        raise CheckpointError(path, f"its EditTransformer works on {config.d_model}-wide codes but its "
+                              f"generator's style_dim is {generator.config.style_dim}.")
     return EditTransformerDescriptor(family="edit_transformer", model=model, config=config, source=str(path),
                                      generator=generator)

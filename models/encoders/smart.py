@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .precision import FP16_ACTIVATION_LIMIT
+from ..core.precision import FP16_ACTIVATION_LIMIT
 
 Beta = Union[None, float, Sequence[float]]
 

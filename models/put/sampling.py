@@ -11,8 +11,8 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from .devices import host_side
-from .put import PUTTransformer
+from ..core.devices import host_side
+from .transformer import PUTTransformer
 
 Schedule = Union[int, str, None]
 

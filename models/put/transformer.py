@@ -1,5 +1,5 @@
 """PUT (Liu et al., CVPR 2022; TPAMI 2024): pluralistic inpainting with an un-quantized transformer over the
-P-VQVAE's patch features (see `put_codec.py` for the auto-encoder).
+P-VQVAE's patch features (see `codec.py` for the auto-encoder).
 
 - :class:`PUTTransformerCVPR` — the CVPR 2022 transformer: features of every 8x8 patch (the masked image's,
   not quantized) -> logits over the codebook's "unmasked" half; separate key/query/value projections.
@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint_io import RawCheckpoint, check_weight_dtypes, read_official_yaml, strip_prefix
-from .descriptor import ModelDescriptor
-from .errors import CheckpointError
-from .precision import PrecisionPolicy
-from .put_codec import PatchVQVAE, infer_pvqvae_config
+from ..core.checkpoint_io import RawCheckpoint, check_weight_dtypes, read_official_yaml, strip_prefix
+from ..core.descriptor import ModelDescriptor
+from ..core.errors import CheckpointError
+from ..core.precision import PrecisionPolicy
+from .codec import PatchVQVAE, infer_pvqvae_config
 
 VERSIONS = ("cvpr2022", "tpami2024")
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .devices import host_side
+from ..core.devices import host_side
 from .dino import DinoFeatures, DinoViT, preprocess, self_similarity
 
 

@@ -29,13 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .descriptor import ModelDescriptor
-from .checkpoint_io import TRANSEDIT_FORMAT_KEY, RawCheckpoint, atomic_write, check_weight_dtypes, formats_hint
-from .errors import CheckpointError
-from .latent import model_fingerprint
-from .precision import NVLABS_FP16, NVLABS_FP16_OWN_CLAMP, HalfBlocks, PrecisionPolicy, guard_fp16
+from ..core.descriptor import ModelDescriptor
+from ..core.checkpoint_io import TRANSEDIT_FORMAT_KEY, RawCheckpoint, atomic_write, check_weight_dtypes, formats_hint
+from ..core.errors import CheckpointError
+from ..core.latent import model_fingerprint
+from ..core.layers import SQRT2, EqualLinear
+from ..core.precision import NVLABS_FP16, NVLABS_FP16_OWN_CLAMP, HalfBlocks, PrecisionPolicy, guard_fp16
 
-SQRT2 = math.sqrt(2.0)
 MIN_SIZE, MAX_SIZE = 4, 2048
 
 # A hook called after every StyledConv with (layer_index, feature); it may return a replacement feature.
@@ -125,24 +125,6 @@ def fir_kernel_2d(taps: Sequence[float], gain: float) -> torch.Tensor:
 class PixelNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.rsqrt(torch.mean(x * x, dim=1, keepdim=True) + 1e-8)
-
-
-class EqualLinear(nn.Module):
-    """Linear layer with equalised learning rate (weights stored as randn / lr_mul)."""
-
-    def __init__(self, in_dim: int, out_dim: int, bias_init: float = 0.0, lr_mul: float = 1.0,
-                 activation: bool = False):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_dim, in_dim) / lr_mul)
-        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init)))
-        self.scale = lr_mul / math.sqrt(in_dim)
-        self.lr_mul = lr_mul
-        self.activation = activation
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.activation:
-            return F.leaky_relu(F.linear(x, self.weight * self.scale) + self.bias * self.lr_mul, 0.2) * SQRT2
-        return F.linear(x, self.weight * self.scale, self.bias * self.lr_mul)
 
 
 class FIRFilter(nn.Module):
@@ -632,6 +614,13 @@ def load_generator_weights(raw: RawCheckpoint, weights: str) -> StyleGAN2Descrip
         family="stylegan2", model=model, config=config, source=raw.path, source_format=raw.format,
         weights=weights, fingerprint=model_fingerprint("stylegan2", config.to_dict(), sd),
         latent_avg=latent_avg, latent_avg_source=latent_avg_source, notes=notes)
+
+
+def load_bundled_generator(raw: RawCheckpoint, weights: str = "decoder") -> Optional[StyleGAN2Descriptor]:
+    """The generator an encoder or EditTransformer checkpoint carries as `weights`, or None when it carries none.
+    The registry hands this to the encoder loaders, so that the encoders family need not import this one."""
+    sd = raw.state_dicts.get(weights)
+    return load_generator_weights(raw, weights) if sd is not None and is_stylegan2_state_dict(sd) else None
 
 
 # Which sub-state-dict to prefer for each role, best first.

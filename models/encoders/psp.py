@@ -6,7 +6,7 @@ omertov/encoder4editing, models/encoders/psp_encoders.py) with its module and pa
 have the *same* keys (`input_layer`, `body`, `styles.N`, `latlayer1/2`); only the checkpoint's
 `opts['encoder_type']` tells them apart.
 
-Both share the IR-SE-50 trunk and FPN of models/irse.py. `styles` has one `GradualStyleBlock` per W+ row:
+Both share the IR-SE-50 trunk and FPN of models/encoders/irse.py. `styles` has one `GradualStyleBlock` per W+ row:
 stride-2 3x3 convs each followed by LeakyReLU(0.01) down to 1x1, then an equalised linear layer. Rows
 [0, coarse_ind) read c3, [coarse_ind, middle_ind) read p2, the rest read p1 (3 / 7 in the official code).
 
@@ -16,7 +16,7 @@ stride-2 3x3 convs each followed by LeakyReLU(0.01) down to 1x1, then an equalis
 
 Codes are returned *before* latent_avg; the official forward adds the checkpoint's `latent_avg`
 (stored [n_styles, 512], repeated at training start) when `opts.start_from_latent_avg`, which the
-released pSp and e4e checkpoints set. `models.inversion.LatentEncoder` wraps any encoder with its latent_avg.
+released pSp and e4e checkpoints set. `models.encoders.latent_encoder.LatentEncoder` wraps any encoder with its latent_avg.
 """
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ from typing import Mapping, Optional
 import torch
 from torch import nn
 
-from .inversion import EncoderFamily
+from .latent_encoder import EncoderFamily
 from .irse import IRSEConfig, IRSEFPNTrunk, offset_by_latent_avg, infer_irse_config, strip_prefix
-from .stylegan2 import EqualLinear
+from ..core.layers import EqualLinear
 
 PSP_KINDS = ("psp", "e4e")
 

@@ -16,7 +16,7 @@ executed), storage bytes go through `torch.load(weights_only=True)`. Anything el
 BUILD (setstate) only on plain data and our records (never on an allowed class or function, which could
 otherwise be rewired through attribute assignment), no extension-registry opcodes, no persistent ids.
 
-`nvlabs_generator_state` converts `G_ema` into the rosinality key layout of `models/stylegan2.py`.
+`nvlabs_generator_state` converts `G_ema` into the rosinality key layout of `models/stylegan/generator.py`.
 Correspondence with the official code (stylegan2-ada-pytorch `training/networks.py`, identical in the
 stylegan3 repo's `training/networks_stylegan2.py` apart from defaults and repr helpers):
 - mapping: `normalize_2nd_moment(z)` then FullyConnectedLayer(lrelu, lr_multiplier) = PixelNorm then
@@ -56,9 +56,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from .checkpoint_io import RawCheckpoint
-from .errors import CheckpointError
-from .stylegan2 import fir_kernel_2d
+from ..core.checkpoint_io import RawCheckpoint
+from ..core.errors import CheckpointError
+from .generator import fir_kernel_2d
 
 __all__ = [
     "NVlabsPickleError", "UnsafePickleError", "UnsupportedNetworkError", "InertObject", "EasyDict",

@@ -80,7 +80,7 @@ class PrecisionPolicy:
     def resolve(self, choice: str, device: torch.device, device_has_bf16: bool,
                 warn: Optional[Callable[[str], None]] = None) -> torch.dtype:
         """The dtype to run in for the user's choice ("auto", "fp32", "bf16", "fp16") on `device`;
-        `device_has_bf16`: that device runs bf16 natively (models.devices.has_native_bf16)."""
+        `device_has_bf16`: that device runs bf16 natively (models.core.devices.has_native_bf16)."""
         warn = warn or (lambda message: None)
         if choice == "fp32":
             return torch.float32

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .irse import IRSEConfig, make_body, make_input_layer
-from .checkpoint_io import load_plain_state_dict
+from ..core.checkpoint_io import load_plain_state_dict
 
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 LPIPS_TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in torchvision's numbering

@@ -1,0 +1,1 @@
+"""Splice: the DINO ViT and Splice's per-pair generator, losses and training loop."""
