@@ -240,7 +240,7 @@ def footage_facts(hostile, detections, change, **kw) -> dict:
 
 def smoothing_choice(hostile, change, noise: float, seeds: int) -> dict:
     """Lag on the fast nod and jitter on the steady frames, per smoothing scheme, at one landmark noise."""
-    from transedit.models import temporal
+    from transedit.models.face import temporal
 
     truth = hc.true_quads(hostile.person)
     side = float(np.linalg.norm(truth[:45, 3] - truth[:45, 0], axis=-1).mean())
@@ -273,7 +273,7 @@ def smoothing_choice(hostile, change, noise: float, seeds: int) -> dict:
 
 
 def pick_default(choices: list[dict], width: float = 3.0) -> dict:
-    """The rule for models/temporal.ICI_THRESHOLD: at Align Face's default width, the adaptive scheme with the
+    """The rule for models/face/temporal.ICI_THRESHOLD: at Align Face's default width, the adaptive scheme with the
     least nod lag at its worst noise level, among those that are at most 10 % jitterier on the steady frames
     than STIT's fixed width 3 at every noise level."""
     names = [k for k in choices[0]["schemes"] if k.startswith(f"adaptive {width:g},")]
@@ -281,10 +281,10 @@ def pick_default(choices: list[dict], width: float = 3.0) -> dict:
                                   for c in choices)]
     worst = {k: max(c["schemes"][k]["nod_lag_px"] for c in choices) for k in ok}
     best = min(worst, key=worst.get)
-    from transedit.models import temporal
+    from transedit.models.face import temporal
 
     in_code = f"adaptive {width:g}, threshold {temporal.ICI_THRESHOLD:g}"
-    return {"rule": pick_default.__doc__.split("The rule for models/temporal.ICI_THRESHOLD: ")[1].replace("\n    ", " "),
+    return {"rule": pick_default.__doc__.split("The rule for models/face/temporal.ICI_THRESHOLD: ")[1].replace("\n    ", " "),
             "within_jitter_budget": ok, "picked": best, "worst_nod_lag_px": worst[best],
             "fixed_3_worst_nod_lag_px": max(c["schemes"]["fixed 3"]["nod_lag_px"] for c in choices),
             "in_code": in_code, "code_follows_the_pick": in_code == best}
@@ -323,7 +323,7 @@ def footage_study(hw, noises, seeds: int) -> dict:
 
 
 def smoother_memory_case(frames: int, columns: int, dense: bool) -> dict:
-    from transedit.models import temporal
+    from transedit.models.face import temporal
 
     values = np.random.default_rng(0).normal(size=(frames, columns))
     present = np.ones(frames, dtype=bool)

@@ -351,6 +351,39 @@ def test_a_model_family_imports_only_the_core_and_itself():
     assert loose == ["__init__.py", "registry.py"], f"modules outside a family package: {loose}"
 
 
+def _map_of_models(page: str) -> set[str]:
+    """The files the map on docs/architecture.md shows under models/ ("face/align.py"), folders read from the
+    indentation (two spaces a level; a description's continuation lines are indented further)."""
+    found, folder, inside = set(), [], False
+    for line in page.split("```")[1].splitlines():
+        if line.startswith("models/"):
+            inside = True
+            continue
+        if not inside or not line.strip():
+            continue
+        if not line[0].isspace():
+            break  # the next top-level entry
+        indent = len(line) - len(line.lstrip())
+        if indent < 24:  # an entry, not a continuation
+            folder = folder[:indent // 2 - 1]
+            if line.split()[0].endswith("/"):
+                folder.append(line.split()[0].rstrip("/"))
+                continue
+        found |= {"/".join(folder + [name]) for name in re.findall(r"\b\w+\.py\b", line)}
+    return found
+
+
+def test_the_architecture_map_matches_models():
+    planted = ("```\nnodes/   glue\n  faces.py   x\nmodels/  y\n  registry.py  z\n  face/\n    align.py   crop;"
+               " image_ops.py: warps\n                         and more\n  core/\n    errors.py latent.py  e\n"
+               "random_weights.py  w\n```\n")
+    assert _map_of_models(planted) == {"registry.py", "face/align.py", "face/image_ops.py", "core/errors.py",
+                                       "core/latent.py"}
+    tree = {str(p.relative_to(REPO / "models")) for p in (REPO / "models").rglob("*.py") if p.name != "__init__.py"}
+    shown = _map_of_models((REPO / "docs" / "architecture.md").read_text())
+    assert shown == tree, f"not on the map: {sorted(tree - shown)}; on the map, not in models/: {sorted(shown - tree)}"
+
+
 def _packages_in_tree(root: Path) -> set[str]:
     """What pip has to be told about: `transedit` and every folder under models/ and nodes/ with an __init__.py."""
     found = {"transedit"}

@@ -6,7 +6,7 @@ paste back with a stable blend).
 The crop is smoothed as STIT smooths it: its centre and its half-axis vector (size and rotation in one pair of
 numbers, so no angle wraps) each over time, the centre with a narrower Gaussian than the axis because heads
 move faster than they turn or change size (STIT's defaults: 1 and 3 frames). By default the width adapts per
-frame (models/temporal.smooth_adaptive): full on a steady face, narrower on a fast nod, so the crop does not lag.
+frame (models/face/temporal.smooth_adaptive): full on a steady face, narrower on a fast nod, so the crop does not lag.
 
 Footage has hard cuts. A cut is found from the frames' colour histograms (a jump far above the clip's usual
 frame-to-frame change), or from a weaker jump together with the face jumping: the person vanishes and faces
