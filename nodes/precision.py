@@ -50,7 +50,7 @@ def auto_tooltip(policy: PrecisionPolicy) -> str:
 
 def auto_tooltip_by_file(cases: dict[str, PrecisionPolicy]) -> str:
     """What `auto` and fp16 mean for a family whose policy depends on the file (label -> that case's policy,
-    e.g. models.stylegan2.PRECISION_BY_FILE), in the node's words."""
+    e.g. models.stylegan.generator.PRECISION_BY_FILE), in the node's words."""
     text = " ".join(f"auto, generator {label}: {_gpu_text(policy)}." for label, policy in cases.items())
     text += " On a CPU fp32."
     for label, policy in cases.items():

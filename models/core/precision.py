@@ -6,7 +6,7 @@ skip sum, SMART's unscaled attention), which half type `auto` takes on a CUDA GP
 native bf16, and, for a generator built of resolution blocks, which blocks run in the half type (`HalfBlocks`).
 On a CPU `auto` is fp32 (exact; CPU half precision is slower).
 
-StyleGAN2's choice depends on the file (models/stylegan2.py): a generator trained with its own conv_clamp gets
+StyleGAN2's choice depends on the file (models/stylegan/generator.py): a generator trained with its own conv_clamp gets
 NVlabs' recipe for the generators it trains (stylegan2-ada-pytorch, stylegan3: fp16 in the 4 highest-resolution
 blocks at that clamp, the rest fp32); one trained without (rosinality .pt, TF-era conversions, which NVlabs' own
 legacy loader runs in fp32) gets bf16, whose range is fp32's. Checked against fp32 on trained-like weights
