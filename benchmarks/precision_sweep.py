@@ -124,7 +124,7 @@ def _encoder(family: str, quick: bool):
 def dino(quick: bool):
     from bench_splice import build_dino, dino_config
 
-    from transedit.models.splice.training.dino import DinoConfig, preprocess
+    from transedit.models.splice.dino import DinoConfig, preprocess
 
     cfg = DinoConfig(patch_size=8, embed_dim=64, depth=2, num_heads=2) if quick else dino_config("base", 8)
     with tempfile.TemporaryDirectory() as tmp:

@@ -64,9 +64,9 @@ def test_policy_resolution():
 def test_nodes_read_each_family_policy():
     """The policy a node resolves with is its model's: `auto` on a GPU is fp16 for a generator trained with
     conv_clamp, bf16 for one without and for the others (recorded evidence on each)."""
-    from transedit.models.splice.training.dino import DinoViT
+    from transedit.models.splice.dino import DinoViT
     from transedit.models.encoders.latent_encoder import LatentEncoder
-    from transedit.models.put.transformer.transformer import PUTTransformerCVPR, PUTTransformerTPAMI
+    from transedit.models.put.transformer import PUTTransformerCVPR, PUTTransformerTPAMI
     from transedit.models.core.descriptor import ModelDescriptor
 
     def precision_policy(module):  # what a handle's `precision` reads: its descriptor's, i.e. the model's
@@ -203,7 +203,7 @@ def dino(tmp_path_factory):
 
 @pytest.mark.parametrize("fmt", ["bf16", "fp16"])
 def test_dino_keys_and_cls(dino, fmt):
-    from transedit.models.splice.training.dino import preprocess, self_similarity
+    from transedit.models.splice.dino import preprocess, self_similarity
 
     x = preprocess(torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(1)), size=48)
     with torch.no_grad():
@@ -217,7 +217,7 @@ def test_dino_keys_and_cls(dino, fmt):
 @pytest.mark.parametrize("fmt", ["bf16", "fp16"])
 def test_splice_step_losses(dino, fmt):
     """The same first two steps (same draws) in fp32 and under half-precision autocast: the loss values agree."""
-    from transedit.models.splice.training.training import SpliceSettings, SpliceTrainer
+    from transedit.models.splice.training import SpliceSettings, SpliceTrainer
 
     a = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(2))
     b = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(3))

@@ -424,7 +424,7 @@ def test_rocm_has_bf16(two_gpus, monkeypatch):
 def test_nodes_resolve_auto_for_their_own_device(two_gpus, current):
     """An encoder/PUT node on the T4 gets fp16 (not emulated bf16), on the H100 bf16, whichever device torch
     currently points at; Splice's DINO on the T4 gets fp32 (fp16 would need loss scaling)."""
-    from transedit.models.splice.training.dino import DinoViT
+    from transedit.models.splice.dino import DinoViT
     from transedit.nodes.precision import resolve_precision
 
     two_gpus["index"] = current
@@ -444,8 +444,8 @@ def test_nodes_resolve_auto_for_their_own_device(two_gpus, current):
 
 
 def test_tooltips_say_what_auto_means_for_each_family():
-    from transedit.models.splice.training.dino import DinoViT
-    from transedit.models.put.transformer.transformer import PUTTransformer
+    from transedit.models.splice.dino import DinoViT
+    from transedit.models.put.transformer import PUTTransformer
     from transedit.nodes import NODE_CLASS_MAPPINGS
     from transedit.nodes.precision import auto_tooltip, auto_tooltip_by_file
 
