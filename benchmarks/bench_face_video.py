@@ -340,8 +340,10 @@ def smoother_memory_case(frames: int, columns: int, dense: bool) -> dict:
             "seconds": round(seconds, 3)}
 
 
-def smoother_memory_study() -> list[dict]:
+def smoother_memory_study(quick: bool = False) -> list[dict]:
     cases = [(18000, 4, False), (18000, 512, False), (1800, 4, False), (1800, 4, True), (3600, 4, True)]
+    if quick:  # the GPU check on the CPU: one banded and one dense case, so the command never rots
+        cases = [(1800, 4, False), (600, 4, True)]
     out = []
     for frames, columns, dense in cases:
         proc = subprocess.run([sys.executable, __file__, "--smoother-case", f"{frames},{columns},{int(dense)}"],
@@ -417,6 +419,8 @@ def main() -> None:
     ap.add_argument("--strip", default=str(HERE / "results" / "face_video_strip.jpg"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--footage-seeds", type=int, default=8, help="noise seeds per smoothing scheme (lag)")
+    ap.add_argument("--quick", action="store_true", help="small smoother-memory cases (CI's GPU check on the CPU); "
+                    "pass --footage-seeds 1 too")
     ap.add_argument("--memory-case", help=argparse.SUPPRESS)
     ap.add_argument("--smoother-case", help=argparse.SUPPRESS)
     ap.add_argument("--keep-long-clips", action="store_true", help="skip the long-clip Paste Back cases and keep "
@@ -434,7 +438,7 @@ def main() -> None:
     footage = footage_study((480, 640), [0.5, 1.0], args.footage_seeds)
     print(json.dumps({k: footage[k] for k in ("picked", "mediapipe")}, default=str)[:2000], flush=True)
     print("banded smoother memory ...", flush=True)
-    smoother = smoother_memory_study()
+    smoother = smoother_memory_study(args.quick)
     device = torch.device(args.device)
     os.environ.setdefault("TRANSEDIT_DEVICE", args.device)
     hw = (480, 640)
