@@ -360,16 +360,16 @@ def test_policy_resolution_on_gpus_with_and_without_native_bf16():
 
 
 def test_fp16_on_a_generator_without_conv_clamp_says_it_clamps_at_256():
-    """fp16 asked for (or reached by falling back from bf16 on an old GPU) on a file trained without conv_clamp
-    runs the recipe and warns that its +-256 clamp may cut that file's activations; a clamped file runs it
-    silently, and neither bf16 nor fp32 warns."""
+    """fp16 asked for on a file trained without conv_clamp runs the recipe and warns that its +-256 clamp may cut
+    that file's activations; bf16 asked for on an old GPU does not fall back into that fp16 but into fp32, as its
+    auto does there; a clamped file runs fp16 silently, and neither bf16 nor fp32 warns."""
     caution = PRECISION_WITHOUT_CLAMP.fp16_caution
     assert "256" in caution and "without conv_clamp" in caution and not PRECISION_WITH_CLAMP.fp16_caution
     warnings = []
     assert PRECISION_WITHOUT_CLAMP.resolve("fp16", CUDA, True, warnings.append) == torch.float16
     assert warnings == [caution]
-    assert PRECISION_WITHOUT_CLAMP.resolve("bf16", CUDA, False, warnings.append) == torch.float16
-    assert warnings[1:] == ["bf16 requested but the device has no native bf16; running in fp16", caution]
+    assert PRECISION_WITHOUT_CLAMP.resolve("bf16", CUDA, False, warnings.append) == torch.float32
+    assert warnings[1:] == ["bf16 requested but the device has no native bf16; running in fp32"]
     warnings.clear()
     assert PRECISION_WITHOUT_CLAMP.resolve("bf16", CUDA, True, warnings.append) == torch.bfloat16
     assert PRECISION_WITHOUT_CLAMP.resolve("fp32", CUDA, True, warnings.append) == torch.float32

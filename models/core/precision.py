@@ -100,7 +100,8 @@ class PrecisionPolicy:
         other = "bf16" if choice == "fp16" else "fp16"
         why = "this model's fp16 path is not safe" if choice == "fp16" else (
             "the device has no native bf16" if not device_has_bf16 else "this model does not support bf16")
-        if allowed[other] and device.type == "cuda":
+        # a model whose fp16 path comes with a caution never falls back into it: fp32 instead (what its auto does)
+        if allowed[other] and device.type == "cuda" and not (other == "fp16" and self.fp16_caution):
             warn(f"{choice} requested but {why}; running in {other}")
             return self._half(other, warn)
         warn(f"{choice} requested but {why}; running in fp32")
