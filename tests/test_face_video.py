@@ -533,12 +533,20 @@ def test_noise_estimate_and_adaptive_width():
     assert w[56] == min(w[55], w[57])
 
 
-def adaptive_reference(values, sigma, present, segments, noise_floor, threshold):
+def adaptive_reference(values, sigma, present, segments, noise_floor, threshold, pooled=False):
     """The interval rule written out with dense matrices from :func:`dense_reference`: per width the estimate
     M @ v and its noise gain sqrt(sum of squared weights in the row); per present frame the widest width whose
-    interval meets all narrower ones' in every column; a missing frame the narrower of its neighbours'."""
+    interval meets all narrower ones' in every column; a missing frame the narrower of its neighbours'. The noise
+    is each shot's own (``pooled``: the clip's, the old rule, kept to show the difference is caught); a shot too
+    short for an estimate never narrows."""
     count = len(values)
-    noise = np.maximum(temporal.estimate_noise(values, present, segments), noise_floor)
+    noise = np.full(values.shape, np.inf)  # an infinite interval agrees with everything: the widest is kept
+    for shot in np.unique(segments):
+        rows = segments == shot
+        est = (temporal.estimate_noise(values, present, segments) if pooled
+               else temporal.estimate_noise(values[rows], present[rows]))
+        if not np.isnan(est).any():
+            noise[rows] = np.maximum(est, noise_floor)
     widths = temporal.adaptive_ladder(sigma)
     estimates, choice = [], np.zeros(count, dtype=int)
     lower, upper = np.full(values.shape, -np.inf), np.full(values.shape, np.inf)
@@ -548,8 +556,9 @@ def adaptive_reference(values, sigma, present, segments, noise_floor, threshold)
         est = rows @ np.where(present[:, None], values, 0.0)
         gain = np.sqrt((rows ** 2).sum(axis=1))
         estimates.append(dense_reference(values, width, present, segments))
-        lower = np.maximum(lower, est - threshold * gain[:, None] * noise)
-        upper = np.minimum(upper, est + threshold * gain[:, None] * noise)
+        half = np.where(np.isfinite(noise), threshold * gain[:, None] * noise, np.inf)  # 0 * inf: no NaN
+        lower = np.maximum(lower, est - half)
+        upper = np.minimum(upper, est + half)
         alive &= (lower <= upper).all(axis=1) | ~present
         choice[alive] = k
     for t in np.flatnonzero(~present):
@@ -975,3 +984,97 @@ def test_paste_strength_two_lost_runs_and_the_first_frame():
     frames = [[face_at(100 + 3 * t, 100)] for t in range(30)]
     assert fv.align_clip(frames, smoothing=1.0).summary().splitlines()[0].endswith("less where the face moves fast")
     assert not fv.align_clip(frames, smoothing=0.0).summary().splitlines()[0].endswith("moves fast")
+
+
+# ------------------------------------------------------- a detected face is never lost; shots smoothed alone
+def test_a_detected_face_is_never_lost_after_a_jump(monkeypatch):
+    size = fv.ffhq_quad(face_at(300, 300))[1]
+
+    def jumped(share, at=10, count=20):
+        """The only face of every frame moves ``share`` crop sizes at frame ``at`` (a jolt, no cut)."""
+        return [[face_at(300 + (share * size if t >= at else 0), 300)] for t in range(count)]
+
+    def check(frames, **kw):
+        clip = fv.align_clip(frames, smoothing=2.0, **kw)
+        assert clip.frames(fv.FOUND) == list(range(len(frames)))
+        assert all(clip.landmarks[t] is frames[t][-1] for t in range(len(frames)))  # the person: last listed
+        centres = np.array([fv.ffhq_quad(f[-1])[0].mean(0) for f in frames])
+        assert np.abs(clip.quads.mean(axis=1) - centres)[[0, 9, 11, 19]].max() < 0.5  # crops at the face
+        return clip
+
+    for share in (0.5, 0.75):  # interpolated (gap 2) and lost (gap 4) before
+        check(jumped(share))
+    # the track runs backwards too: face_index 1 exists only after the jump; the frames before are claimed
+    frames = jumped(0.6)
+    frames[12:] = [[face_at(0, 300, 60), f[0]] for f in frames[12:]]
+    check(frames, face_index=1)
+    # with a colour change at the jump it is a cut, and the report says so: a new person from frame 10
+    change = np.r_[0.0, np.full(19, 0.01)]
+    change[10] = 0.15
+    clip = check(jumped(0.75), change=change)
+    assert clip.cuts == [10] and clip.shots[1].how == "new person" and clip.shots[1].start == 10
+    # other people in the gap are not claimed: a stranger stays a stranger while the person jumps
+    frames = jumped(0.7)
+    stranger = face_at(300 + 0.7 * size, 300 + 1.2 * size)
+    for t in range(10, 14):
+        frames[t] = [stranger, frames[t][0]]
+    track = fv.track_person(frames)[0]
+    assert all(track[t] is frames[t][1] for t in range(10, 14))
+    # planted: without the step back over the gap the jump leaves detected frames out
+    monkeypatch.setattr(fv, "reclaim_gap", lambda *a, **k: None)
+    with pytest.raises(AssertionError):
+        check(jumped(0.5))
+    with pytest.raises(AssertionError):
+        check(jumped(0.75))
+
+
+def test_a_jump_inside_the_track_is_still_a_face_jump_cut(monkeypatch):
+    size = fv.ffhq_quad(face_at(100, 100))[1]
+    frames = [[face_at(100, 100)]] * 6 + [[face_at(100 + 0.6 * size, 100)]] * 6
+    track = fv.track_person(frames)[0]
+    assert all(f is not None for f in track)  # found throughout, yet the person vanished at frame 6
+    change = np.r_[0.0, np.full(11, 0.01)]
+    change[6] = 0.15
+    assert fv.face_jump_cuts(frames, track, change) == [6]
+    assert fv.face_jump_cuts(frames, track, np.where(change == 0.15, 0.05, change)) == []  # too little change
+    steady = [[face_at(100 + 0.3 * size * (t >= 6), 100)] for t in range(12)]  # within a frame's gate: no jump
+    assert fv.face_jump_cuts(steady, fv.track_person(steady)[0], change) == []
+
+
+def test_a_shot_is_smoothed_alone_whatever_the_other_shots(monkeypatch):
+    rng = np.random.default_rng(0)
+    nod = [[face_at(300 + 20 * np.sin(t / 2.0), 300)] for t in range(30)]  # shot A: a fast nod, clean landmarks
+    steady = [[face_at(300, 300)] for _ in range(60)]  # shot B: a steady face ...
+    jittery = [[face_at(300 + rng.normal(0, 3), 300 + rng.normal(0, 3))] for _ in range(60)]  # ... or a noisy one
+    change = np.full(90, 0.01)
+    change[0], change[30] = 0.0, 0.9
+
+    def shot_a(shot_b):
+        clip = fv.align_clip(nod + shot_b, change=change)
+        assert clip.cuts == [30]
+        return clip.quads[:30], clip.widths[:30]
+
+    (q1, w1), (q2, w2) = shot_a(steady), shot_a(jittery)
+    assert np.array_equal(q1, q2) and np.array_equal(w1, w2)
+    # a shot too short for a noise estimate keeps the full width, whatever the other shot's noise
+    short = temporal.segment_ids(36, [30])
+    series = np.r_[20 * np.sin(np.arange(30) / 2.0), [0.0, 5.0, -5.0, 5.0, -5.0, 0.0]][:, None]
+    _, widths = temporal.smooth_adaptive(series, 3.0, None, short)
+    assert (widths[30:] == 3.0).all() and (widths[:30] < 3.0).any()
+    # planted: the clip's pooled noise (the old rule) lets shot B move shot A's crops
+    pooled = temporal.estimate_noise
+    monkeypatch.setattr(temporal, "noise_per_segment",
+                        lambda v, p, s: np.broadcast_to(pooled(v, p, s), np.shape(v)).copy())
+    (p1, _), (p2, _) = shot_a(steady), shot_a(jittery)
+    assert np.abs(p1 - p2).max() > 0.1
+
+
+def test_adaptive_reference_per_shot_differs_from_the_pooled_one():
+    # the reference used above is per shot; the pooled rule picks other widths on shots of unequal noise
+    rng = np.random.default_rng(3)
+    t = np.arange(80, dtype=float)
+    values = (np.where(t < 40, 15 * np.sin(t / 2.0), 0.0) + np.where(t < 40, 0.1, 3.0) * rng.normal(size=80))[:, None]
+    present, segments = np.ones(80, dtype=bool), temporal.segment_ids(80, [40])
+    _, widths = temporal.smooth_adaptive(values, 3.0, present, segments)
+    assert np.array_equal(widths, adaptive_reference(values, 3.0, present, segments, 0.0, 1.5)[1])
+    assert not np.array_equal(widths, adaptive_reference(values, 3.0, present, segments, 0.0, 1.5, pooled=True)[1])

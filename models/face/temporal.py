@@ -176,6 +176,19 @@ def estimate_noise(values, present=None, segments=None) -> np.ndarray:
     return 1.4826 * mad / np.sqrt(6.0)
 
 
+def noise_per_segment(values, present=None, segments=None) -> np.ndarray:
+    """[T, C]: per frame, :func:`estimate_noise` of its own segment alone (NaN where that segment is too short
+    for an estimate), so a shot's smoothing never depends on how noisy another shot is."""
+    count = values.shape[0]
+    present, segments = _as_inputs(count, present, segments)
+    flat = _flatten(values).double().cpu().numpy()
+    noise = np.full(flat.shape, np.nan)
+    for segment in np.unique(segments):
+        rows = segments == segment
+        noise[rows] = estimate_noise(flat[rows], present[rows])
+    return noise
+
+
 def adaptive_ladder(sigma: float) -> list[float]:
     """The widths :func:`smooth_adaptive` tries, narrowest first: 0 (the raw series), then from
     MIN_ADAPTIVE_SIGMA up to ``sigma`` in steps of sqrt(2)."""
@@ -191,8 +204,11 @@ def smooth_adaptive(values, sigma: float, present=None, segments=None, *, noise_
                     threshold: float = ICI_THRESHOLD):
     """Like :func:`smooth_series` with ``sigma`` as the widest Gaussian, narrowed per frame where the series
     moves faster than the smoother follows. Each frame takes the widest width of :func:`adaptive_ladder` whose
-    estimate's interval (+-``threshold`` standard deviations of the noise, from :func:`estimate_noise`, at least
-    ``noise_floor``) overlaps the intervals of all narrower widths in every column. A missing frame takes the
+    estimate's interval (+-``threshold`` standard deviations of the noise of the frame's own segment, from
+    :func:`noise_per_segment`, at least ``noise_floor``) overlaps the intervals of all narrower widths in every
+    column. A segment too short for a noise estimate (fewer than 5 second differences) keeps ``sigma``: with no
+    measure of its noise there is no basis to narrow, and borrowing another shot's noise would tie the shots
+    together. A missing frame takes the
     narrower choice of the present frames around it. Meant for a few columns (it keeps one estimate per width).
     Returns (smoothed like ``values``, the width used per frame [T])."""
     count = values.shape[0]
@@ -200,10 +216,12 @@ def smooth_adaptive(values, sigma: float, present=None, segments=None, *, noise_
     if not present.any():
         raise ValueError("no frame of the series is present; nothing to smooth")
     flat = _flatten(values)
-    noise = estimate_noise(values, present, segments)
-    if np.isnan(noise).any():  # too few frames to know the noise: no basis to narrow anything
+    noise = noise_per_segment(values, present, segments)
+    known = ~np.isnan(noise).any(axis=1)  # a segment too short to know its noise: no basis to narrow anything
+    if not known.any():
         return smooth_series(values, sigma, present, segments), np.full(count, float(max(sigma, 0.0)))
-    noise = torch.from_numpy(np.maximum(noise, noise_floor)).to(device=flat.device, dtype=flat.dtype)
+    noise = np.where(known[:, None], np.maximum(noise, noise_floor), 0.0)
+    noise = torch.from_numpy(noise).to(device=flat.device, dtype=flat.dtype)
     widths = adaptive_ladder(float(sigma))
     estimates = []
     lower = torch.full_like(flat, -np.inf)
@@ -217,7 +235,7 @@ def smooth_adaptive(values, sigma: float, present=None, segments=None, *, noise_
         lower = torch.maximum(lower, fit - half)
         upper = torch.minimum(upper, fit + half)
         agree = (lower <= upper).all(dim=1).cpu().numpy()
-        alive &= agree | ~present
+        alive &= agree | ~present | ~known
         choice[alive] = k
     # a missing frame follows the narrower of its present neighbours' widths (it has no interval of its own)
     before, after = _neighbours(present, segments)

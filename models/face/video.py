@@ -140,8 +140,24 @@ class Shot:
     detail: str = ""
 
 
+def reclaim_gap(frames, track: list, found: int, direction: int, skipped: int) -> None:
+    """The person was found again at frame ``found`` after ``skipped`` frames without them (the gate had to
+    widen first): walk back over those frames (``direction``: the step towards them) from the re-found face,
+    with the same gate rules, and claim the detections that continue it; the others stay without the person."""
+    centre, size = _centre_and_size(track[found])
+    gap = 0
+    for t in range(found + direction, found + direction * (skipped + 1), direction):
+        gap += 1
+        best = _nearest(frames[t], centre, size, gap)
+        if best is not None:
+            track[t] = best
+            centre, size = _centre_and_size(best)
+            gap = 0
+
+
 def _follow(frames, track: list, lo: int, hi: int, start: int) -> None:
-    """Extend the track from ``start`` forwards and backwards inside frames lo..hi-1."""
+    """Extend the track from ``start`` forwards and backwards inside frames lo..hi-1; after each gap also back
+    over the gap from where the person was found again (a detected face of the person is never left out)."""
     for direction in (1, -1):
         centre, size = _centre_and_size(track[start])
         gap, t = 0, start + direction
@@ -151,6 +167,8 @@ def _follow(frames, track: list, lo: int, hi: int, start: int) -> None:
             if best is not None:
                 track[t] = best
                 centre, size = _centre_and_size(best)
+                if gap > 1:
+                    reclaim_gap(frames, track, t, -direction, gap - 1)
                 gap = 0
             t += direction
 
@@ -195,7 +213,8 @@ def track_person(frames: Sequence[Sequence[FaceLandmarks]], face_index: int = 0,
     the person is ``face_index`` (0 = largest) in the first frame with that many faces; from there the track
     runs forwards and backwards, taking in each frame the detection nearest to where the person was last seen
     (within TRACK_GATE crop sizes, widening while the person is missing up to TRACK_GATE_MAX, and of a
-    similar size)."""
+    similar size); where the person is found again after a gap, the track also runs back over the gap from
+    there (:func:`reclaim_gap`), so a face that jumped further than one frame's gate is not left out."""
     track, shots = track_clip(frames, face_index, cuts)
     return track, next((s.start for s in shots if s.start >= 0), -1)
 
@@ -207,17 +226,25 @@ def _appears_from_nowhere(faces, before) -> bool:
     return all(_nearest(before, *_centre_and_size(f), 1) is None for f in faces)
 
 
+def _continues(before, after) -> bool:
+    """True when the track goes on from one frame to the next: absent in both, or within one frame's gate (a
+    track re-found after a gap and claimed back over it may jump further: the person vanished there)."""
+    if before is None or after is None:
+        return before is None and after is None
+    return _nearest([after], *_centre_and_size(before), 1) is not None
+
+
 def face_jump_cuts(frames, track: list, change) -> list[int]:
-    """Frames where the person vanishes while faces appear that were nowhere in the frame before (or the
-    other way round, for the track's backward part), with the colours changing at least CUT_WITH_FACE_JUMP:
+    """Frames where the person vanishes (the track ends, starts, or jumps beyond one frame's gate) while faces
+    appear that were nowhere in the frame before (or the other way round, for the track's backward part), with the colours changing at least CUT_WITH_FACE_JUMP:
     cuts the histogram alone is too weak to call."""
     frames = [[f for f in faces if _usable(f)] for faces in frames]
     change = np.asarray(change, dtype=np.float64)
     cuts = []
     for t in range(1, len(frames)):
-        if (track[t - 1] is None) == (track[t] is None) or not _changes_enough(change, t, CUT_WITH_FACE_JUMP):
+        if _continues(track[t - 1], track[t]) or not _changes_enough(change, t, CUT_WITH_FACE_JUMP):
             continue
-        gone, came = (t, t - 1) if track[t] is None else (t - 1, t)
+        gone, came = (t - 1, t) if track[t - 1] is None else (t, t - 1)
         if _appears_from_nowhere(frames[gone], frames[came]):
             cuts.append(t)
     return cuts
