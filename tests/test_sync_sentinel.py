@@ -2,9 +2,12 @@
 sees it whether the pack is imported through its real path or through a symlink, as ./dev.sh gpu-check imports
 it (/tmp/transedit-src/transedit -> the checkout). The planted module lives in a copy of the pack in a temporary
 folder, never in the checkout. Calls that do not synchronise, calls from outside the pack and @host_side
-functions are not counted."""
+functions are not counted.
+
+Over 600 lines: the planted module is one table of every syncing call the sentinel knows, read beside its checks."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -147,6 +150,35 @@ PLANTED = textwrap.dedent('''
             torch.accelerator.synchronize()
         except Exception:
             pass
+    def empty_cache(x): torch.cuda.empty_cache()  # a no-op without CUDA: the call is what counts
+    def slice_tensor_bound(x): return x[: (x > 2).sum()]
+    def range_index(x): return x[range(2)]
+    def tuple_index(x): return x[(0, 2),]
+    def arange_tensor(x): return torch.arange((x > 2).sum(), device=x.device)
+    def zeros_tensor(x): return torch.zeros((x > 2).sum(), device=x.device)
+    def zeros_tensor_in_size(x): return torch.zeros(((x > 2).sum(), 2), device=x.device)
+    def full_tensor_fill(x): return torch.full((2,), x.sum(), device=x.device)
+    def view_tensor(x): return x.view((x > -1).sum())
+    def reshape_tensor(x): return x.reshape(2, (x > 2).sum())
+    def topk_tensor(x): return x.topk((x > 3).sum())
+    def one_hot_default(x): return torch.nn.functional.one_hot(x.long())
+    def one_hot_minus_one(x): return torch.nn.functional.one_hot(x.long(), num_classes=-1)
+    def linalg_eigh(x): return torch.linalg.eigh(torch.eye(2, device=x.device))
+    def linalg_eigvalsh(x): return torch.linalg.eigvalsh(torch.eye(2, device=x.device))
+    def linalg_svd(x): return torch.linalg.svd(torch.eye(2, device=x.device))
+    def linalg_svdvals(x): return torch.linalg.svdvals(torch.eye(2, device=x.device))
+    def svd(x): return torch.svd(torch.eye(2, device=x.device))
+    def linalg_eig(x): return torch.linalg.eig(torch.eye(2, device=x.device))
+    def legacy_tensor(x): return x + torch.Tensor([1.0] * 6)
+    def legacy_float_tensor(x): return x + torch.FloatTensor([1.0] * 6)
+    def legacy_long_tensor(x): return x + torch.LongTensor(np.ones(6, dtype=np.int64))
+    def type_as(x): return x.type_as(torch.zeros(1, dtype=torch.float64))
+    def type_as_meta(x): return x.type_as(torch.empty(1, device="meta"))
+    def torch_helper_reads_back(x):
+        # the read-back happens inside torch.nn.utils (torch's own Python code): charged to this line
+        weight = torch.nn.Parameter(x.clone())
+        weight.grad = x.clone()
+        return torch.nn.utils.clip_grad_norm_([weight], 1.0, error_if_nonfinite=True)
 
     # calls that make no host sync: none may be counted, with or without moves
     def clean_arithmetic(x): return (x * 2 + 1).sum()
@@ -171,6 +203,15 @@ PLANTED = textwrap.dedent('''
     def clean_scalar_mix(x): return torch.empty(6, device="meta").mul_(x.sum())  # a 0-dim host scalar: read on the host
     def clean_list_of_host_tensors(x): return torch.stack([x, x])
     def clean_meta_only(x): return torch.empty(6, device="meta") * 2
+    def clean_int_sizes(x):
+        sized = torch.zeros(3, 2, device=x.device).view(6).reshape(2, 3).topk(1).values
+        return sized + torch.arange(2, device=x.device)[:1]
+    def clean_one_hot_with_classes(x): return torch.nn.functional.one_hot(x.long(), 6)
+    def clean_scalar_tensor_arithmetic(x): return x * x.sum() + torch.clamp(x, max=x.sum())
+
+    def calls_back(x, callback):
+        """Pack code that calls a caller's function: what that function does is the caller's."""
+        return callback(x)
 
     @host_side
     def draw(gen):
@@ -212,13 +253,24 @@ PLANTED = textwrap.dedent('''
         "host_index_into_meta": "__getitem__(host<->device)", "host_value_into_meta": "__setitem__(host<->device)",
         "cuda": "cuda(host<->device)", "cuda_synchronize": "cuda.synchronize",
         "stream_synchronize": "Stream.synchronize", "event_synchronize": "Event.synchronize",
-        "accelerator_synchronize": "accelerator.synchronize",
+        "accelerator_synchronize": "accelerator.synchronize", "empty_cache": "cuda.empty_cache",
+        "slice_tensor_bound": "__getitem__(host index)", "range_index": "__getitem__(host index)",
+        "tuple_index": "__getitem__(host index)", "arange_tensor": "arange(tensor as number)",
+        "zeros_tensor": "zeros(tensor as number)", "zeros_tensor_in_size": "zeros(tensor as number)",
+        "full_tensor_fill": "full(tensor as number)", "view_tensor": "view(tensor as number)",
+        "reshape_tensor": "reshape(tensor as number)", "topk_tensor": "topk(tensor as number)",
+        "one_hot_default": "one_hot(num_classes=-1)", "one_hot_minus_one": "one_hot(num_classes=-1)",
+        "linalg_eigh": "linalg_eigh", "linalg_eigvalsh": "linalg_eigvalsh", "linalg_svd": "linalg_svd",
+        "linalg_svdvals": "linalg_svdvals", "svd": "svd", "linalg_eig": "linalg_eig",
+        "legacy_tensor": "Tensor(data)", "legacy_float_tensor": "FloatTensor", "legacy_long_tensor": "LongTensor",
+        "type_as_meta": "type_as(host<->device)", "torch_helper_reads_back": "__bool__",
     }
     # counted only with moves=True (on a CPU a move to the compute device looks like any other)
     MOVES = {
         "to_device": "to(device)", "to_device_kw": "to(device)",
         "to_other_tensor": "to(device)", "to_other_tensor_kw": "to(device)", "copy_from_host": "copy_(device)",
         "copy_from_host_kw": "copy_(device)", "blur_kernel_built_on_host": "to(device)",
+        "type_as": "type_as(device)", "torch_helper_reads_back": "to(device)",  # clip_grad_norm_ moves inside
     }
 ''')
 
@@ -358,6 +410,51 @@ def test_code_outside_the_pack_is_not_counted():
         assert syncs.total() == 1, name
 
 
+def test_a_callers_function_called_by_pack_code_is_the_callers():
+    """A call is charged to the code that made it, walking out only through torch's own frames: a test's callback
+    that pack code calls is not the pack's (charging the innermost pack frame on the stack would count it at
+    `return callback(x)`), while pack code that torch calls back, or that syncs inside torch, is the pack's."""
+    module = plant("transedit.models.planted_syncs", "/nowhere/planted_syncs.py")
+    callers = plant("tests.planted_callers", str(TESTS / "planted_callers.py"))
+    x = torch.arange(6.0)
+    with SyncCounter(moves=True) as syncs:
+        module.calls_back(x, lambda t: t.sum().item())
+        module.calls_back(x, callers.mask_index)  # another module's function, outside the pack
+        # a read-back inside torch's code on behalf of the test's function
+        module.calls_back(x, lambda t: torch.distributions.Categorical(probs=t + 1, validate_args=True))
+        callers.calls_back(x, module.clean_arithmetic)
+    assert syncs.total() == 0, syncs.counts
+    line = def_line("item")
+    layer = torch.nn.Identity()
+    layer.register_forward_hook(lambda _layer, _inputs, out: module.item(out))
+    with SyncCounter() as syncs:
+        module.calls_back(x, module.item)  # pack code reached through pack code
+        callers.calls_back(x, module.item)  # pack code reached through the test's code
+        layer(x)  # pack code reached through torch's frames and the test's hook
+    assert syncs.counts == {("item", f"models/planted_syncs.py:{line}"): 3}, syncs.counts
+
+
+def test_the_pack_loaded_the_way_comfyui_loads_it(tmp_path, monkeypatch):
+    """ComfyUI imports the pack as `<folder name>.models...` from custom_nodes/<folder>, often a symlink to the
+    checkout: its files are recognised through the link, and its own copy of devices.py marks @host_side code."""
+    folder = tmp_path / "custom_nodes" / "ComfyUI-TransEdit"
+    folder.parent.mkdir()
+    folder.symlink_to(PACK, target_is_directory=True)
+    spec = importlib.util.spec_from_file_location("ComfyUI-TransEdit.models.core.devices",
+                                                  folder / "models" / "core" / "devices.py")
+    devices = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(devices)
+    monkeypatch.setitem(sys.modules, spec.name, devices)
+    module = plant("ComfyUI-TransEdit.models.planted_syncs", str(folder / "models" / "planted_syncs.py"))
+    with SyncCounter() as syncs:
+        module.item(torch.arange(6.0))
+    assert syncs.counts == {("item", f"models/planted_syncs.py:{def_line('item')}"): 1}, syncs.counts
+    devices.host_side(module.item)
+    with SyncCounter() as syncs:
+        module.item(torch.arange(6.0))
+    assert syncs.total() == 0, syncs.counts
+
+
 def test_host_side_functions_are_left_out():
     module = plant("transedit.models.planted_syncs", "/nowhere/planted_syncs.py")
     with SyncCounter(moves=True) as syncs:
@@ -438,8 +535,12 @@ def test_the_cuda_detector_helpers(monkeypatch):
 def test_waits_are_unwrapped_afterwards():
     originals = [getattr(owner, attr) for owner, attr, _ in sync_sentinel.wrapped_calls()]
     with SyncCounter(), SyncCounter():
-        assert torch.cuda.synchronize is not originals[0]
+        assert torch.cuda.synchronize is not originals[0] and "__new__" in torch.Tensor.__dict__
+        # the legacy constructors' stand-ins still answer isinstance and their attributes
+        assert isinstance(torch.zeros(1), torch.FloatTensor) and not isinstance(torch.zeros(1), torch.LongTensor)
+        assert torch.LongTensor.dtype == torch.int64 and type(torch.Tensor(2, 3)) is torch.Tensor
     assert [getattr(owner, attr) for owner, attr, _ in sync_sentinel.wrapped_calls()] == originals
+    assert "__new__" not in torch.Tensor.__dict__, "torch.Tensor's constructor is its own again"
 
 
 def test_nested_counters_both_count():
