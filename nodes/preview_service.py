@@ -133,7 +133,7 @@ def queued_prompt_id(status: int, body) -> Optional[str]:
         return None
     try:
         answer = json.loads(body)
-    except (TypeError, ValueError, UnicodeDecodeError):
+    except (TypeError, ValueError, UnicodeDecodeError):  # not ComfyUI's JSON answer: nothing was queued to wait for
         return None
     prompt_id = answer.get("prompt_id") if isinstance(answer, dict) else None
     return None if prompt_id is None else str(prompt_id)

@@ -21,6 +21,7 @@ newest-frontend kind serves the same server code).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
@@ -500,38 +501,36 @@ def test_the_event_loop_answers_while_a_preview_is_stuck(server):
 
 
 # ----------------------------------------------------------------------------- the trials catch the old faults
-def test_the_stuck_preview_trial_catches_a_hook_that_holds_the_event_loop(server):
-    server.plant(layer_seconds=LAYER_SECONDS, load_seconds=STUCK_SECONDS, fault="blocking_hook")
+@contextlib.contextmanager
+def planted(server, fault: str, **slow):
+    """The probe pack's `fault` planted for the trial inside, the plain slow layers restored afterwards."""
+    server.plant(layer_seconds=LAYER_SECONDS, fault=fault, **slow)
     try:
-        record = prompt_while_a_preview_is_stuck(server, 99)
+        yield
     finally:
         server.plant(layer_seconds=LAYER_SECONDS)
+
+
+def test_the_stuck_preview_trial_catches_a_hook_that_holds_the_event_loop(server):
+    with planted(server, "blocking_hook", load_seconds=STUCK_SECONDS):
+        record = prompt_while_a_preview_is_stuck(server, 99)
     print(f"\n{server.srv.kind}: with the old blocking hook GET /queue took {record['latency'] * 1000:.0f} ms")
     assert any("event loop was held" in v for v in record["violations"]), record
 
 
 def test_the_finishing_trial_catches_a_hold_cleared_by_another_prompt(server):
-    server.plant(layer_seconds=LAYER_SECONDS, fault="no_hold_while_busy")
-    try:
+    with planted(server, "no_hold_while_busy"):
         record = prompt_while_another_finishes(server, 98)
-    finally:
-        server.plant(layer_seconds=LAYER_SECONDS)
     assert any("on its way" in v for v in record["violations"]), record
 
 
 def test_the_racing_trial_catches_two_previews_rendering_at_once(server):
-    server.plant(layer_seconds=LAYER_SECONDS, fault="no_render_lock")
-    try:
+    with planted(server, "no_render_lock"):
         record = two_previews_race(server, 0)
-    finally:
-        server.plant(layer_seconds=LAYER_SECONDS)
     assert any("two previews rendered at once" in v for v in record["violations"]), record
 
 
 def test_the_racing_cancel_trial_catches_a_preview_deaf_to_cancel(server):
-    server.plant(layer_seconds=LAYER_SECONDS, fault="no_layer_checks")
-    try:
+    with planted(server, "no_layer_checks"):
         record = two_previews_race(server, 0, cancel=True)
-    finally:
-        server.plant(layer_seconds=LAYER_SECONDS)
     assert any("Cancel did not stop" in v for v in record["violations"]), record
