@@ -25,7 +25,7 @@ Encoder reads: encoder + the generator it was trained for + latent_avg), `train_
 An existing output folder is refused unless --resume or --overwrite.
 
 Over 600 lines: one trainer (config, data, DDP, checkpoints, resume) shared by every encoder family; the
-losses live in models/encoders/losses.py.
+losses live in models/encoders/losses.py and models/perceptual (LPIPS).
 """
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models.encoders import losses as L
+from .models.perceptual import LPIPS
 from .models.encoders.latent_encoder import LatentEncoder
 from .models.encoders.irse import offset_by_latent_avg, preprocess_official
 from .models.registry import atomic_write, load_encoder, load_stylegan2
@@ -323,7 +324,7 @@ class Trainer:
         self.lpips = self.id_loss = self.disc = None
         if c.lambda_lpips > 0:
             if c.lpips_backbone and c.lpips_linear and Path(c.lpips_backbone).is_file() and Path(c.lpips_linear).is_file():
-                self.lpips = L.LPIPS.from_files(c.lpips_backbone, c.lpips_linear).to(self.device)
+                self.lpips = LPIPS.from_files(c.lpips_backbone, c.lpips_linear).to(self.device)
             else:
                 self._note("LPIPS is off: --lambda-lpips > 0 needs --lpips-backbone (torchvision vgg16-*.pth) and "
                            "--lpips-linear (LPIPS weights/v0.1/vgg.pth) files")

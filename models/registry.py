@@ -1,6 +1,6 @@
 """Checkpoint registry: the one place that turns a weights file into a model, by dispatch only.
 
-It sits above the families (models/stylegan, encoders, face, splice, put) and the core they share
+It sits above the families (models/stylegan, encoders, face, splice, put, perceptual) and the core they share
 (models/core): it imports them, none of them imports it, and no family imports another.
 
 1. `read_checkpoint` reads the file without executing code from it (core/checkpoint_io.py; NVlabs `.pkl`
@@ -9,8 +9,8 @@ It sits above the families (models/stylegan, encoders, face, splice, put) and th
    `load`s by inferring every hyperparameter from tensor shapes and reading its official side files
    (opts, config.yaml): the StyleGAN2 generator, the encoder families (style_transformer, psp / e4e,
    styleprompter, swinstyleformer; shared assembly in encoders/latent_encoder.py), the EditTransformer,
-   dino, put, retinaface; an encoder file's bundled generator is read by the stylegan family's loader,
-   handed to the encoder loaders here;
+   dino, put, retinaface, the LPIPS backbone and heads; an encoder file's bundled generator is read by the
+   stylegan family's loader, handed to the encoder loaders here;
 3. a file that is not the family asked for is named by the family it *is*, with the node that loads it.
 
 Errors are `CheckpointError` (a ValueError) naming the file.
@@ -31,6 +31,7 @@ from .encoders import psp, style_transformer, styleprompter, swinstyleformer
 from .encoders.latent_encoder import EncoderDescriptor, checkpoint_opts, load_encoder_checkpoint
 from .encoders.style_transformer import EditTransformerDescriptor  # noqa: F401
 from .face import retinaface
+from .perceptual import lpips
 from .put import transformer as put
 from .put.transformer import PUTDescriptor, read_put_config  # noqa: F401
 from .splice import dino
@@ -97,6 +98,10 @@ FAMILIES = {f.id: f for f in (
     Family("dino", "a DINO ViT", "'TransEdit Load DINO'", "models/vit", dino.detect, dino.load),
     Family("retinaface", "a RetinaFace face detector", "'TransEdit Align Face' (detector)", "models/facedetection",
            retinaface.detect, retinaface.load),
+    Family("lpips_backbone", "an LPIPS backbone (torchvision's ImageNet AlexNet / VGG16)", "'TransEdit Load LPIPS' "
+           "(backbone)", "models/lpips", lpips.detect_backbone, lpips.load_backbone),
+    Family("lpips_heads", "an LPIPS v0.1 heads file (alex.pth / vgg.pth)", "'TransEdit Load LPIPS' (heads)",
+           "models/lpips", lpips.detect_heads, lpips.load_heads),
     Family("stylegan2", "a StyleGAN2 generator", "'TransEdit Load StyleGAN'", "models/stylegan",
            stylegan2.detect, stylegan2.load),
 )}
@@ -144,3 +149,10 @@ def load_put(path, **overrides) -> PUTDescriptor:
 
 def load_retinaface(path) -> retinaface.RetinaFaceDescriptor:
     return load_as(path, "retinaface")
+
+
+def load_lpips(backbone_path, heads_path) -> lpips.LPIPS:
+    """LPIPS from a torchvision backbone file and its v0.1 heads file (either .pth or .safetensors); each file
+    must be what its input asks for, and the two must be the same net."""
+    return lpips.LPIPS.from_state_dicts(load_as(backbone_path, "lpips_backbone"), load_as(heads_path, "lpips_heads"),
+                                        backbone_path, heads_path)

@@ -41,6 +41,8 @@ MODEL_FOLDERS: dict[str, tuple[str, set[str]]] = {
     "face_landmarks": ("face_landmarks", {".dat"}),  # optional dlib shape predictor for Align Face
     # RetinaFace for Align Face: the folder face-restore / face-swap packs keep facexlib's detectors in
     "facedetection": ("facedetection", {".pth", ".pt", ".safetensors"}),
+    # LPIPS for pivotal tuning: torchvision's AlexNet / VGG16 backbone and the LPIPS v0.1 heads file beside it
+    "lpips": ("lpips", {".pth", ".pt", ".safetensors"}),
 }
 
 # Used when ComfyUI is absent: $TRANSEDIT_MODELS_DIR/<folder>, default ./models/<folder>.

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from transedit.models.encoders import losses as L
+from transedit.models import perceptual
 from transedit.models.registry import load_encoder
 from transedit.random_weights import save_random_generator
 from transedit.models.stylegan.generator import StyleGAN2Config
@@ -275,7 +276,7 @@ def test_lpips_and_arcface_load_from_local_files_in_official_layouts(tmp_path):
     vgg = {}
     c_in = 3
     i = 0
-    for v in L.VGG16_LAYOUT:
+    for v in perceptual.VGG16_LAYOUT:
         if v == "M":
             i += 1
             continue
@@ -285,9 +286,9 @@ def test_lpips_and_arcface_load_from_local_files_in_official_layouts(tmp_path):
         i += 2
     vgg["classifier.0.weight"] = torch.zeros(2, 2)  # torchvision files carry the classifier too
     torch.save(vgg, tmp_path / "vgg16.pth")
-    torch.save({f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate(L.LPIPS_CHANNELS)},
+    torch.save({f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate(perceptual.VGG16_CHANNELS)},
                tmp_path / "lpips_vgg.pth")
-    lpips = L.LPIPS.from_files(tmp_path / "vgg16.pth", tmp_path / "lpips_vgg.pth")
+    lpips = perceptual.LPIPS.from_files(tmp_path / "vgg16.pth", tmp_path / "lpips_vgg.pth")
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     d_same, d_other = lpips(x, x), lpips(x, torch.rand(2, 3, 64, 64) * 2 - 1)
     assert torch.allclose(d_same, torch.zeros(2), atol=1e-6) and (d_other > 0).all()

@@ -1,10 +1,7 @@
-"""Training losses for the inversion encoders (`transedit.train`): LPIPS, ArcFace identity, the latent
-discriminator and the distribution alignment loss. The pretrained networks are read from files the user
-provides (nothing is downloaded); every loss is optional.
+"""Training losses for the inversion encoders (`transedit.train`): ArcFace identity, the latent
+discriminator and the distribution alignment loss (LPIPS lives in models/perceptual). The pretrained networks
+are read from files the user provides (nothing is downloaded); every loss is optional.
 
-- :class:`LPIPS` — Zhang et al.'s learned perceptual metric (VGG16 variant, the one pSp / e4e / Style
-  Transformer / StylePrompter train with): torchvision's VGG16 ``features`` layout (a torchvision
-  ``vgg16-*.pth`` file) plus LPIPS's linear layers (``lpips/weights/v0.1/vgg.pth``).
 - :class:`IdentityLoss` — 1 - cosine similarity of ArcFace IR-SE-50 embeddings (pSp's ``model_ir_se50.pth``),
   on the face crop pSp uses at 256².
 - :class:`LatentDiscriminator` — e4e's latent-code MLP discriminator (non-saturating loss, R1 on real codes).
@@ -18,58 +15,6 @@ from torch import nn
 
 from .irse import IRSEConfig, make_body, make_input_layer
 from ..core.checkpoint_io import load_plain_state_dict
-
-VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
-LPIPS_TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in torchvision's numbering
-LPIPS_CHANNELS = (64, 128, 256, 512, 512)
-# LPIPS's input scaling layer: images in [-1, 1] shifted/scaled to ImageNet statistics
-LPIPS_SHIFT = (-0.030, -0.088, -0.188)
-LPIPS_SCALE = (0.458, 0.448, 0.450)
-
-
-class LPIPS(nn.Module):
-    def __init__(self):
-        super().__init__()
-        layers, c_in = [], 3
-        for v in VGG16_LAYOUT:
-            if v == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                layers += [nn.Conv2d(c_in, v, 3, padding=1), nn.ReLU(inplace=False)]
-                c_in = v
-        self.features = nn.Sequential(*layers[:LPIPS_TAPS[-1] + 1])
-        self.lins = nn.ModuleList([nn.Conv2d(c, 1, 1, bias=False) for c in LPIPS_CHANNELS])
-        self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1))
-        self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1))
-
-    @classmethod
-    def from_files(cls, backbone_path, linear_path) -> "LPIPS":
-        model = cls()
-        vgg = {k[len("features."):]: v for k, v in load_plain_state_dict(backbone_path).items()
-               if k.startswith("features.")}
-        model.features.load_state_dict({k: v for k, v in vgg.items() if int(k.split(".")[0]) <= LPIPS_TAPS[-1]})
-        lin = load_plain_state_dict(linear_path)
-        for i, conv in enumerate(model.lins):
-            conv.weight.data.copy_(lin[f"lin{i}.model.1.weight"])
-        return model.eval().requires_grad_(False)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x, y [B, 3, H, W] in [-1, 1] -> distance [B]."""
-        h = torch.cat([x, y]).sub(self.shift).div(self.scale)
-        total = 0.0
-        taps = iter(zip(LPIPS_TAPS, self.lins))
-        tap, lin = next(taps)
-        for i, layer in enumerate(self.features):
-            h = layer(h)
-            if i == tap:
-                f = h / (h.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-                fx, fy = f.chunk(2)
-                total = total + lin((fx - fy) ** 2).mean(dim=(1, 2, 3))
-                nxt = next(taps, None)
-                if nxt is None:
-                    break
-                tap, lin = nxt
-        return total
 
 
 class ArcFaceIRSE50(nn.Module):
