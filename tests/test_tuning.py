@@ -1,0 +1,177 @@
+"""The tuning engine's own contract (models/stylegan/tuning.py); parity with the official PTI/STIT code is
+tests/test_tuning_parity.py. Each check here ships with its planted fault."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+from transedit.models.stylegan import tuning as T
+from transedit.models.stylegan.generator import StyleGAN2Config, StyleGAN2Generator
+
+TINY = StyleGAN2Config(size=16, style_dim=32, n_mlp=2, channels={4: 16, 8: 16, 16: 8})
+
+
+def l1_distance(x, y):
+    """A small differentiable stand-in for LPIPS: [B] distances."""
+    return (x - y).abs().mean((1, 2, 3))
+
+
+@pytest.fixture
+def tiny():
+    torch.manual_seed(0)
+    g = StyleGAN2Generator(TINY).eval().requires_grad_(False)
+    with torch.no_grad():
+        for p in g.parameters():
+            if p.ndim == 1 and p.numel() == 1:
+                p.fill_(0.1)  # noise strengths: let the constant noise matter
+    pivots = g.mapping(torch.randn(4, 32))[:, None].expand(-1, g.n_latent, -1).clone()
+    targets = torch.rand(4, 3, 16, 16) * 2 - 1
+    return g, pivots, targets
+
+
+def reference_pti(g, pivot, target, config, stop_after_step=False):
+    """PTI's single-id loop written plainly (the official order: loss, check, then step)."""
+    tuned = T.tunable_copy(g, "cpu")
+    opt = torch.optim.Adam(T.synthesis_parameters(tuned), lr=config.lr, betas=config.betas)
+    steps = 0
+    for _ in range(config.steps):
+        image = tuned.synthesis(pivot, noise_mode="const")
+        lp = l1_distance(image, target)[0]
+        loss = torch.nn.functional.mse_loss(image, target) + lp
+        opt.zero_grad()
+        if lp <= config.early_stop_lpips and not stop_after_step:
+            break
+        loss.backward()
+        opt.step()
+        steps += 1
+        if stop_after_step and lp <= config.early_stop_lpips:
+            break
+    return tuned, steps
+
+
+def max_weight_diff(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return max(float((sa[k] - sb[k]).abs().max()) for k in sa)
+
+
+@pytest.mark.parametrize("poll_every", [1, 7])
+def test_early_stop_leaves_the_weights_of_the_official_break(tiny, poll_every):
+    """The stop is decided on the device (lr tensor -> 0) and read every `poll_every` steps: the weights must be
+    those of PTI's break before the step, whichever step the poll falls on. Planted: stepping once more (stop
+    after the step) is caught."""
+    g, pivots, targets = tiny
+    probe = T.pivotal_tune(g, pivots[:1], targets[:1], l1_distance, replace(T.PTI_PRESET, steps=40,
+                           early_stop_lpips=None), device="cpu")
+    threshold = float(probe.losses[11, 1])  # reached at step 11
+    config = replace(T.PTI_PRESET, steps=40, early_stop_lpips=threshold, poll_every=poll_every)
+    result = T.pivotal_tune(g, pivots[:1], targets[:1], l1_distance, config, device="cpu")
+    ref, ref_steps = reference_pti(g, pivots[:1], targets[:1], config)
+    assert result.stopped_early and result.steps_run == ref_steps == 11
+    assert result.losses.shape == (11, 3)
+    assert max_weight_diff(result.generator, ref) < 1e-6
+    late, _ = reference_pti(g, pivots[:1], targets[:1], config, stop_after_step=True)
+    assert max_weight_diff(result.generator, late) > 1e-5
+
+
+def test_input_generator_is_untouched_and_the_copy_is_frozen(tiny):
+    g, pivots, targets = tiny
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    result = T.pivotal_tune(g, pivots[:2], targets[:2], l1_distance, replace(T.STIT_PRESET, steps=2), device="cpu",
+                            w_avg=g.mean_latent(64))
+    assert all(torch.equal(before[k], v) for k, v in g.state_dict().items())
+    assert not any(p.requires_grad for p in result.generator.parameters())
+    assert result.steps_run == 4 and not result.stopped_early
+    # the mapping network is never trained (it has no gradient in the official loss either)
+    tuned = result.generator.state_dict()
+    assert all(torch.equal(tuned[k], before[k]) for k in before if k.startswith("style."))
+    assert any(not torch.equal(tuned[k], before[k]) for k in before if k.startswith("convs."))
+
+
+def test_works_under_inference_mode(tiny):
+    """ComfyUI runs nodes under inference_mode; a generator loaded there still tunes."""
+    g, pivots, targets = tiny
+    with torch.inference_mode():
+        g2 = T.tunable_copy(g, "cpu").requires_grad_(False)
+        result = T.pivotal_tune(g2, pivots[:1], targets[:1], l1_distance, replace(T.PTI_PRESET, steps=2),
+                                device="cpu")
+    assert result.steps_run == 2
+
+
+def test_progress_cancel_and_bad_inputs(tiny):
+    g, pivots, targets = tiny
+    calls = []
+    config = replace(T.STIT_PRESET, steps=3, poll_every=2)
+    T.pivotal_tune(g, pivots[:3], targets[:3], l1_distance, config, device="cpu", w_avg=g.mean_latent(64),
+                   on_step=lambda step, total, preview: calls.append((step, total, tuple(preview.shape))))
+    assert [c[0] for c in calls] == [2, 4, 6, 8, 9] and all(c[1] == 9 and c[2] == (1, 3, 16, 16) for c in calls)
+    polls = []
+
+    def cancel():
+        polls.append(1)
+        return len(polls) >= 2
+
+    with pytest.raises(T.TuningCancelled):
+        T.pivotal_tune(g, pivots[:3], targets[:3], l1_distance, config, device="cpu", w_avg=g.mean_latent(64),
+                       should_cancel=cancel)
+    assert len(polls) == 2
+    with pytest.raises(ValueError, match="pivots must be W\\+ latents"):
+        T.pivotal_tune(g, pivots[:1, :3], targets[:1], l1_distance, device="cpu")
+    with pytest.raises(ValueError, match="targets must be RGB images"):
+        T.pivotal_tune(g, pivots[:1], targets[:1, :, :8], l1_distance, device="cpu")
+    with pytest.raises(ValueError, match="one latent per image"):
+        T.pivotal_tune(g, pivots[:2], targets[:1], l1_distance, device="cpu")
+    with pytest.raises(ValueError, match="needs w_avg"):
+        T.pivotal_tune(g, pivots[:1], targets[:1], l1_distance, T.STIT_PRESET, device="cpu")
+
+
+class TargetMoves(TorchFunctionMode):
+    """Records how many frames of `targets` each device move/copy touches (any tensor viewing its storage)."""
+
+    def __init__(self, targets):
+        super().__init__()
+        self.ptr, self.frame_bytes = targets.untyped_storage().data_ptr(), targets[0].nbytes
+        self.frames = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in ("to", "cuda", "clone", "contiguous", "copy_") and args and isinstance(args[0], torch.Tensor):
+            t = args[0]
+            if t.untyped_storage().data_ptr() == self.ptr:
+                self.frames.append(t.nbytes // self.frame_bytes)
+        return func(*args, **kwargs)
+
+
+def test_targets_stream_in_chunks(tiny):
+    """A clip's frames reach the device `chunk_frames` at a time, never all at once (memory flat in N; measured
+    in benchmarks/bench_tuning.py). Planted: a chunk as long as the clip is seen."""
+    g, _, _ = tiny
+    n = 12
+    pivots = g.mapping(torch.randn(n, 32))[:, None].expand(-1, g.n_latent, -1).clone()
+    targets = torch.rand(n, 3, 16, 16) * 2 - 1
+    for chunk, expect_ok in ((4, True), (n, False)):
+        with TargetMoves(targets) as moves:
+            T.pivotal_tune(g, pivots, targets, l1_distance, replace(T.PTI_PRESET, steps=1, chunk_frames=chunk),
+                           device="cpu")
+        assert moves.frames, "no move of the targets was seen"
+        assert (max(moves.frames) <= 4) == expect_ok, moves.frames
+
+
+def test_regularizer_seed_is_numpys_global_stream(tiny):
+    """seed s draws what the official code draws after np.random.seed(s): one z per regularised step."""
+    import numpy as np
+
+    g, pivots, _ = tiny
+    config = replace(T.STIT_PRESET, regularizer_samples=2)
+    reg = T.LocalityRegularizer(g, g.mean_latent(64), config, seed=5, device=torch.device("cpu"))
+    drawn = torch.cat([reg.draw(1), reg.draw(3)]).reshape(-1, 32)
+    np.random.seed(5)
+    z = torch.cat([torch.from_numpy(np.random.randn(2, 32)) for _ in range(4)]).float()
+    w_avg = g.mean_latent(64)
+    expected = w_avg + 0.5 * (g.mapping(z) - w_avg)
+    assert torch.allclose(drawn, expected, atol=1e-6)
+    morphed = reg.morph(drawn[:2], pivots[:1])
+    assert torch.allclose((morphed - pivots[:1]).flatten(1).norm(dim=1), torch.full((2,), 30.0), atol=1e-4)
