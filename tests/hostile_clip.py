@@ -133,41 +133,140 @@ def make_clip(frame_hw: tuple[int, int] = (480, 640), count: int = FRAMES, rende
                        occluded=list(range(OCCLUDED[0], OCCLUDED[1] + 1)), nod=list(range(NOD[0], NOD[1] + 1)))
 
 
-def _render(frame_hw, count: int) -> np.ndarray:
-    from PIL import Image, ImageDraw
+def _sprites(tints=((1.0, 1.0, 1.0), (0.8, 0.95, 1.15))):
+    """The face patch cut from the test photo, once per tint, and the soft round mask that makes it a head."""
+    from PIL import Image
     from skimage import data
 
-    h, w = frame_hw
-    photo = Image.fromarray(data.astronaut()).convert("RGB")
-    patch = photo.crop(PATCH)
-    tinted = Image.fromarray((np.asarray(patch) * np.array([0.8, 0.95, 1.15])).clip(0, 255).astype(np.uint8))
-    # a soft round mask so the patch reads as a head, not a square
-    side = patch.size[0]
+    patch = np.asarray(Image.fromarray(data.astronaut()).convert("RGB").crop(PATCH), dtype=np.float64)
+    images = [Image.fromarray((patch * np.array(tint)).clip(0, 255).astype(np.uint8)) for tint in tints]
+    side = patch.shape[0]
     yy, xx = np.mgrid[:side, :side]
     mask = Image.fromarray((np.clip(1.0 - np.hypot(xx - side / 2, yy - side / 2) / (side / 2), 0, 0.15) / 0.15
                             * 255).astype(np.uint8))
+    return images, mask
+
+
+def _background(frame_hw, colour):
+    from PIL import Image
+
+    h, w = frame_hw
     ys = np.linspace(0.0, 1.0, h)[:, None, None]
+    return Image.fromarray(np.broadcast_to(np.array(colour, dtype=np.float64) * (0.8 + 0.4 * ys), (h, w, 3))
+                           .astype(np.uint8))
+
+
+def _draw(canvas, image, mask, motion) -> None:
+    """Paste one head (``image`` through ``mask``) where ``motion`` puts it, into the PIL ``canvas``."""
+    from PIL import Image
+
+    w, h = canvas.size
+    inv = np.linalg.inv(_matrix(motion, h))
+    corner = inv @ np.array([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1]])  # PIL maps pixel corners
+    corner[:2, 2] += 0.5
+    coeffs = tuple(corner[:2].reshape(-1))
+    moved = image.transform((w, h), Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BICUBIC)
+    alpha = mask.transform((w, h), Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR)
+    canvas.paste(moved, (0, 0), alpha)
+
+
+def _render(frame_hw, count: int) -> np.ndarray:
+    from PIL import ImageDraw
+
+    h, w = frame_hw
+    (patch, tinted), mask = _sprites()
     frames = np.empty((count, h, w, 3), np.uint8)
     for t in range(count):
-        shot = 0 if t < CUT else 1
-        base = np.array(BACKGROUNDS[shot], dtype=np.float64)
-        canvas = Image.fromarray(np.broadcast_to(base * (0.8 + 0.4 * ys), (h, w, 3)).astype(np.uint8))
+        canvas = _background(frame_hw, BACKGROUNDS[0 if t < CUT else 1])
         layers = [(patch, person_motion(t))]
         if t >= CUT:
             layers.insert(0, (tinted, other_motion(t)))
         for image, motion in layers:
-            inv = np.linalg.inv(_matrix(motion, h))
-            corner = inv @ np.array([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1]])  # PIL maps pixel corners
-            corner[:2, 2] += 0.5
-            coeffs = tuple(corner[:2].reshape(-1))
-            moved = image.transform((w, h), Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BICUBIC)
-            alpha = mask.transform((w, h), Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR)
-            canvas.paste(moved, (0, 0), alpha)
+            _draw(canvas, image, mask, motion)
         bar = _bar(t, frame_hw)
         if bar is not None:
             ImageDraw.Draw(canvas).rectangle((bar[0], bar[1], bar[2] - 1, bar[3] - 1), fill=(28, 28, 30))
         frames[t] = np.asarray(canvas)
     return frames
+
+
+# ------------------------------------------------------------------------------ the two-person clip
+# 60 frames at 240x360 (any size: unit coordinates). Shot 1: A (the photo's face) walks right while B (smaller,
+# tinted blue: further back) walks left; they cross and B is hidden behind A in frames TWO_HIDDEN. A hard cut at
+# TWO_CUT: A goes on where they were, B is gone and C (tinted orange) stands far from where B was last seen; A
+# leaves to the right in frames TWO_EXIT and is gone for the rest.
+TWO_FRAMES = 60
+TWO_CUT = 30
+TWO_EXIT = (44, 51)
+TWO_HIDDEN_DISTANCE = 0.15  # B is hidden while its centre is this close (frame heights) to A's
+TWO_TINTS = {"A": (1.0, 1.0, 1.0), "B": (0.8, 0.95, 1.15), "C": (1.15, 0.9, 0.75)}
+
+
+def two_person_motion(name: str, t: int):
+    """(side, angle, x, y) in frame heights of person A, B or C at frame t (None: not in this shot)."""
+    if name == "A":
+        if t < TWO_CUT:
+            return 0.5, 0.0, 0.4 + 0.02 * t, 0.5
+        return 0.5, 0.0, 0.4 + 0.02 * (TWO_CUT - 1) + 0.002 * (t - TWO_CUT) + 0.9 * _ramp(t, TWO_EXIT[0],
+                                                                                           TWO_EXIT[1] + 1), 0.5
+    if name == "B":
+        return (0.42, 0.03, 1.1 - 0.02 * t, 0.52) if t < TWO_CUT else None
+    return (0.45, -0.03, 0.2, 0.52) if t >= TWO_CUT else None
+
+
+@dataclass
+class TwoPersonClip:
+    frames: np.ndarray | None
+    points: dict  # name -> [T, 4, 2] eyes and mouth corners (NaN while not in the shot)
+    visible: dict  # name -> [T] bools
+    cuts: list
+
+    def detections(self, noise: float = 0.0, seed: int = 0) -> list:
+        """Per frame the visible faces as a detector reports them (largest first)."""
+        from transedit.models.face.landmarks import FaceLandmarks
+
+        rng = np.random.default_rng(seed)
+        out = []
+        for t in range(len(self.visible["A"])):
+            faces = []
+            for name in self.points:
+                p = self.points[name][t] + rng.normal(0.0, noise, (4, 2))
+                if self.visible[name][t]:
+                    faces.append(FaceLandmarks(eye_left=p[0], eye_right=p[1], mouth_left=p[2], mouth_right=p[3]))
+            out.append(sorted(faces, key=lambda f: -f.area))
+        return out
+
+    def identity(self, t: int, face, tolerance: float = 6.0):
+        """Whose face ``face`` (landmarks in frame t) is, or None."""
+        for name, points in self.points.items():
+            if np.isfinite(points[t]).all() and np.abs(face.as_array() - points[t]).max() <= tolerance:
+                return name
+        return None
+
+
+def make_two_person_clip(frame_hw: tuple[int, int] = (240, 360), render: bool = True) -> TwoPersonClip:
+    h, w = frame_hw
+    points, visible = {}, {}
+    for name in TWO_TINTS:
+        motions = [two_person_motion(name, t) for t in range(TWO_FRAMES)]
+        points[name] = np.stack([np.full((4, 2), np.nan) if m is None else _points(_matrix(m, h)) for m in motions])
+        visible[name] = np.array([m is not None and _inside(points[name][t], frame_hw)
+                                  for t, m in enumerate(motions)])
+    for t in range(TWO_CUT):  # B walks behind A
+        if abs(two_person_motion("A", t)[2] - two_person_motion("B", t)[2]) < TWO_HIDDEN_DISTANCE:
+            visible["B"][t] = False
+    frames = None
+    if render:
+        sprites, mask = _sprites(tuple(TWO_TINTS.values()))
+        frames = np.empty((TWO_FRAMES, h, w, 3), np.uint8)
+        for t in range(TWO_FRAMES):
+            canvas = _background(frame_hw, BACKGROUNDS[0 if t < TWO_CUT else 1])
+            for name, image in sorted(zip(TWO_TINTS, sprites), key=lambda item: item[0] != "A", reverse=True):
+                motion = two_person_motion(name, t)  # A last: in front
+                if motion is not None:
+                    _draw(canvas, image, mask, motion)
+            frames[t] = np.asarray(canvas)
+    return TwoPersonClip(frames=frames, points=points, visible=visible, cuts=[TWO_CUT])
 
 
 # ------------------------------------------------------------------------------ what the tests measure

@@ -96,12 +96,12 @@ def find_cuts(change) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------------- tracking
-def _centre_and_size(face: FaceLandmarks) -> tuple[np.ndarray, float]:
+def centre_and_size(face: FaceLandmarks) -> tuple[np.ndarray, float]:
     quad, qsize = ffhq_quad(face)
     return quad.mean(axis=0), qsize
 
 
-def _usable(face: FaceLandmarks) -> bool:
+def usable(face: FaceLandmarks) -> bool:
     """False for degenerate landmarks (eyes and mouth in one point), which no crop can be made from."""
     try:
         ffhq_quad(face)
@@ -120,7 +120,7 @@ def _nearest(faces, centre: np.ndarray, size: float, gap: int):
     """The face nearest ``centre`` inside the gate and of a similar size, or None."""
     best, best_dist = None, np.inf
     for face in faces:
-        c, s = _centre_and_size(face)
+        c, s = centre_and_size(face)
         dist = float(np.hypot(*(c - centre)))
         if dist <= size * track_gate(gap) and 1.0 / TRACK_SCALE <= s / size <= TRACK_SCALE and dist < best_dist:
             best, best_dist = face, dist
@@ -144,14 +144,14 @@ def reclaim_gap(frames, track: list, found: int, direction: int, skipped: int) -
     """The person was found again at frame ``found`` after ``skipped`` frames without them (the gate had to
     widen first): walk back over those frames (``direction``: the step towards them) from the re-found face,
     with the same gate rules, and claim the detections that continue it; the others stay without the person."""
-    centre, size = _centre_and_size(track[found])
+    centre, size = centre_and_size(track[found])
     gap = 0
     for t in range(found + direction, found + direction * (skipped + 1), direction):
         gap += 1
         best = _nearest(frames[t], centre, size, gap)
         if best is not None:
             track[t] = best
-            centre, size = _centre_and_size(best)
+            centre, size = centre_and_size(best)
             gap = 0
 
 
@@ -159,14 +159,14 @@ def _follow(frames, track: list, lo: int, hi: int, start: int) -> None:
     """Extend the track from ``start`` forwards and backwards inside frames lo..hi-1; after each gap also back
     over the gap from where the person was found again (a detected face of the person is never left out)."""
     for direction in (1, -1):
-        centre, size = _centre_and_size(track[start])
+        centre, size = centre_and_size(track[start])
         gap, t = 0, start + direction
         while lo <= t < hi:
             gap += 1
             best = _nearest(frames[t], centre, size, gap)
             if best is not None:
                 track[t] = best
-                centre, size = _centre_and_size(best)
+                centre, size = centre_and_size(best)
                 if gap > 1:
                     reclaim_gap(frames, track, t, -direction, gap - 1)
                 gap = 0
@@ -176,7 +176,7 @@ def _follow(frames, track: list, lo: int, hi: int, start: int) -> None:
 def track_clip(frames: Sequence[Sequence[FaceLandmarks]], face_index: int = 0, cuts: Sequence[int] = ()):
     """Follow one person through a clip split into shots at ``cuts``. ``frames``: per frame, the detected faces
     largest first. Returns (per frame the person's landmarks or None, the shots as :class:`Shot`)."""
-    frames = [[f for f in faces if _usable(f)] for faces in frames]
+    frames = [[f for f in faces if usable(f)] for faces in frames]
     track: list = [None] * len(frames)
     bounds = sorted({0, len(frames)} | {int(c) for c in cuts if 0 < c < len(frames)})
     shots, last_seen = [], None  # (frame, face) where the person was last found
@@ -185,7 +185,7 @@ def track_clip(frames: Sequence[Sequence[FaceLandmarks]], face_index: int = 0, c
         if last_seen is not None:  # the same person if a face is where they were
             first = next((t for t in range(lo, hi) if frames[t]), -1)
             if first >= 0:
-                centre, size = _centre_and_size(last_seen[1])
+                centre, size = centre_and_size(last_seen[1])
                 same = _nearest(frames[first], centre, size, first - last_seen[0])
                 if same is not None:
                     start, how = first, "same person"
@@ -196,7 +196,7 @@ def track_clip(frames: Sequence[Sequence[FaceLandmarks]], face_index: int = 0, c
                 track[start] = frames[start][face_index]
                 how = "first" if last_seen is None else "new person"
                 if last_seen is not None:
-                    (c0, s0), (c1, s1) = _centre_and_size(last_seen[1]), _centre_and_size(track[start])
+                    (c0, s0), (c1, s1) = centre_and_size(last_seen[1]), centre_and_size(track[start])
                     detail = (f"{np.hypot(*(c1 - c0)):.0f} px from where the person was last seen, "
                               f"{s1 / s0:.2g}x the size")
         if start >= 0:
@@ -223,7 +223,7 @@ def _appears_from_nowhere(faces, before) -> bool:
     """True when ``faces`` is not empty and none of them was near in the other frame (all faces jumped)."""
     if not faces:
         return False
-    return all(_nearest(before, *_centre_and_size(f), 1) is None for f in faces)
+    return all(_nearest(before, *centre_and_size(f), 1) is None for f in faces)
 
 
 def _continues(before, after) -> bool:
@@ -231,14 +231,14 @@ def _continues(before, after) -> bool:
     track re-found after a gap and claimed back over it may jump further: the person vanished there)."""
     if before is None or after is None:
         return before is None and after is None
-    return _nearest([after], *_centre_and_size(before), 1) is not None
+    return _nearest([after], *centre_and_size(before), 1) is not None
 
 
 def face_jump_cuts(frames, track: list, change) -> list[int]:
     """Frames where the person vanishes (the track ends, starts, or jumps beyond one frame's gate) while faces
     appear that were nowhere in the frame before (or the other way round, for the track's backward part), with the colours changing at least CUT_WITH_FACE_JUMP:
     cuts the histogram alone is too weak to call."""
-    frames = [[f for f in faces if _usable(f)] for faces in frames]
+    frames = [[f for f in faces if usable(f)] for faces in frames]
     change = np.asarray(change, dtype=np.float64)
     cuts = []
     for t in range(1, len(frames)):
@@ -369,20 +369,32 @@ def align_clip(frames: Sequence[Sequence[FaceLandmarks]], *, face_index: int = 0
     if smoothing < 0:
         raise ValueError(f"smoothing must be >= 0 frames, got {smoothing}")
     count = len(frames)
-    cuts: list[int] = []
-    if change is not None:
-        change = np.asarray(change, dtype=np.float64)
-        if change.shape != (count,):
-            raise ValueError(f"change has {change.shape[0]} entries for {count} frames")
-        cuts = find_cuts(change)
+    cuts = [] if change is None else find_clip_cuts(frames, change, face_index)
     track, shots = track_clip(frames, face_index, cuts)
-    while change is not None:  # each round adds a cut, so this ends
+    return clip_from_track(track, shots, segment_ids(count, cuts), smoothing=smoothing,
+                           interpolate_lost=interpolate_lost, adaptive=adaptive)
+
+
+def find_clip_cuts(frames: Sequence[Sequence[FaceLandmarks]], change, face_index: int = 0) -> list[int]:
+    """The clip's cuts as :func:`align_clip` finds them (colours, then face jumps of ``face_index``'s track)."""
+    change = np.asarray(change, dtype=np.float64)
+    if change.shape != (len(frames),):
+        raise ValueError(f"change has {change.shape[0]} entries for {len(frames)} frames")
+    cuts = find_cuts(change)
+    track, _ = track_clip(frames, face_index, cuts)
+    while True:  # each round adds a cut, so this ends
         jumps = [t for t in face_jump_cuts(frames, track, change) if t not in cuts]
         if not jumps:
-            break
+            return cuts
         cuts = sorted(cuts + jumps[:1])
-        track, shots = track_clip(frames, face_index, cuts)
-    segments = segment_ids(count, cuts)
+        track, _ = track_clip(frames, face_index, cuts)
+
+
+def clip_from_track(track: list, shots: list, segments: np.ndarray, *, smoothing: float = 3.0,
+                    interpolate_lost: bool = True, adaptive: bool = True) -> ClipAlignment:
+    """One person's track (per frame landmarks or None) -> the smoothed crops of every frame (see
+    :func:`align_clip`)."""
+    count = len(track)
     start = next((s.start for s in shots if s.start >= 0), -1)
     raw = np.full((count, 4, 2), np.nan)
     present = np.array([face is not None for face in track], dtype=bool)
