@@ -30,6 +30,7 @@ from .core.errors import CheckpointError
 from .encoders import psp, style_transformer, styleprompter, swinstyleformer
 from .encoders.latent_encoder import EncoderDescriptor, checkpoint_opts, load_encoder_checkpoint
 from .encoders.style_transformer import EditTransformerDescriptor  # noqa: F401
+from .face import parsing as face_parsing
 from .face import retinaface
 from .perceptual import lpips
 from .put import transformer as put
@@ -98,6 +99,8 @@ FAMILIES = {f.id: f for f in (
     Family("dino", "a DINO ViT", "'TransEdit Load DINO'", "models/vit", dino.detect, dino.load),
     Family("retinaface", "a RetinaFace face detector", "'TransEdit Align Face' (detector)", "models/facedetection",
            retinaface.detect, retinaface.load),
+    Family("face_parsing", "a BiSeNet face parser (face-parsing.PyTorch)", "'TransEdit Load Face Parser'",
+           "models/face_parsing", face_parsing.detect, face_parsing.load),
     Family("lpips_backbone", "an LPIPS backbone (torchvision's ImageNet AlexNet / VGG16)", "'TransEdit Load LPIPS' "
            "(backbone)", "models/lpips", lpips.detect_backbone, lpips.load_backbone),
     Family("lpips_heads", "an LPIPS v0.1 heads file (alex.pth / vgg.pth)", "'TransEdit Load LPIPS' (heads)",
@@ -149,6 +152,11 @@ def load_put(path, **overrides) -> PUTDescriptor:
 
 def load_retinaface(path) -> retinaface.RetinaFaceDescriptor:
     return load_as(path, "retinaface")
+
+
+def load_face_parser(path) -> face_parsing.FaceParserDescriptor:
+    """face-parsing.PyTorch's BiSeNet (79999_iter.pth, as STIT uses it), every key loaded strictly."""
+    return load_as(path, "face_parsing")
 
 
 def load_lpips(backbone_path, heads_path) -> lpips.LPIPS:

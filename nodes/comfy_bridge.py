@@ -43,6 +43,8 @@ MODEL_FOLDERS: dict[str, tuple[str, set[str]]] = {
     "facedetection": ("facedetection", {".pth", ".pt", ".safetensors"}),
     # LPIPS for pivotal tuning: torchvision's AlexNet / VGG16 backbone and the LPIPS v0.1 heads file beside it
     "lpips": ("lpips", {".pth", ".pt", ".safetensors"}),
+    # BiSeNet face parsing for stitching tuning's face region (face-parsing.PyTorch's 79999_iter.pth, as STIT)
+    "face_parsing": ("face_parsing", {".pth", ".pt", ".safetensors"}),
 }
 
 # Used when ComfyUI is absent: $TRANSEDIT_MODELS_DIR/<folder>, default ./models/<folder>.
