@@ -136,8 +136,9 @@ def heads_net(sd: dict) -> Optional[str]:
 
 
 def looks_like_backbone(sd: dict) -> bool:
-    return "features.0.weight" in sd and ("classifier.0.weight" in sd or "classifier.1.weight" in sd
-                                          or "features.3.weight" in sd)
+    """A torchvision-style trunk: its first conv, `features.0`, reads RGB."""
+    first = sd.get("features.0.weight")
+    return isinstance(first, torch.Tensor) and first.dim() == 4 and first.shape[1] == 3
 
 
 def looks_like_heads(sd: dict) -> bool:
