@@ -1,9 +1,12 @@
-"""Face stage: FFHQ alignment before inversion, paste-back into the photo afterwards."""
+"""Face stage: FFHQ alignment before inversion, paste-back into the photo afterwards, and Select Faces between.
+Over 600 lines: Align Face's four ways (one face or every face, photos or a clip), Paste Back and Select Faces all
+read and write the one TE_ALIGN type defined here."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import os
+import re
 
 import numpy as np
 import torch
@@ -11,6 +14,7 @@ import torch
 from ..models.face import align as face_align
 from ..models.face import landmarks as face_landmarks
 from ..models.face import paste as face_paste
+from ..models.face import people as face_people
 from ..models.face import video as face_video
 from ..models.face.temporal import smooth_series
 from ..models.registry import load_retinaface
@@ -28,6 +32,20 @@ TEMPORAL_MODES = ("off", "video")
 PADDING_CHOICES = face_align.PADDING_MODES
 MASK_SHAPES = face_paste.MASK_SHAPES
 COLOR_MATCH = ("lab", "rgb", "off")
+FACES_CHOICES = ("one", "all")
+MAX_FACES = 64
+
+
+def big_enough(faces, min_size: int, ordered: bool = False) -> list:
+    """The detected faces whose FFHQ crop is at least ``min_size`` pixels across, degenerate ones left out;
+    ``ordered``: largest crop first (ties keep the detector's order). With neither, the detector's list as it is
+    (face_index counts in it, as before these options)."""
+    if min_size <= 0 and not ordered:
+        return list(faces)
+    sized = [(face_video.centre_and_size(f)[1], f) for f in faces if face_video.usable(f)]
+    if ordered:
+        sized.sort(key=lambda pair: -pair[0])
+    return [f for size, f in sized if size >= min_size]
 
 
 @dataclass
@@ -43,6 +61,11 @@ class FaceAlignment:
     # video mode: per frame the number of its shot (a new one after each hard cut), so that Paste Back's colour
     # match and Smooth Latents stay inside a shot; None: one shot
     segments: list | None = None
+    # faces: all: per crop the image (video: frame) it was cut from, and its face number there (photos: its rank
+    # by size in its image, 0 = the largest; video: the person's track); None: crop i is face 0 of image i
+    sources: list | None = None
+    faces: list | None = None
+    image_count: int | None = None  # how many photos the crops came from (None: one crop per photo)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -50,6 +73,32 @@ class FaceAlignment:
     @property
     def is_video(self) -> bool:
         return self.status is not None
+
+    @property
+    def images(self) -> int:
+        return len(self.records) if self.image_count is None else self.image_count
+
+    def source(self, crop: int) -> int:
+        return crop if self.sources is None else self.sources[crop]
+
+    def face(self, crop: int) -> int:
+        return 0 if self.faces is None else self.faces[crop]
+
+    def box(self, crop: int) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1): the pixels of its photo the crop's square covers (clipped to the photo)."""
+        rec = self.records[crop]
+        h, w = rec.source_size
+        x0, y0 = np.floor(rec.quad.min(axis=0)).astype(int)
+        x1, y1 = np.ceil(rec.quad.max(axis=0)).astype(int) + 1
+        return max(int(x0), 0), max(int(y0), 0), min(int(x1), w), min(int(y1), h)
+
+    def select(self, crops: list) -> "FaceAlignment":
+        """The same photos with only the given crops (in that order), e.g. one person to edit on their own."""
+        pick = lambda values: None if values is None else [values[k] for k in crops]  # noqa: E731
+        return FaceAlignment([self.records[k] for k in crops], pick(self.found), status=pick(self.status),
+                             smoothing=self.smoothing, segments=pick(self.segments),
+                             sources=[self.source(k) for k in crops], faces=[self.face(k) for k in crops],
+                             image_count=self.images)
 
 
 RETINAFACE = "retinaface: "
@@ -158,6 +207,19 @@ class TransEditAlignFace:
                                                "as in STIT); narrower where the face moves fast, so it does not "
                                                "lag. 0 follows each frame's detection. Paste Back smooths its "
                                                "colour match over the same span."}),
+            "faces": (list(FACES_CHOICES), {"default": "one",
+                                            "tooltip": "one: the face face_index picks, one crop per image. all: "
+                                                       "every face becomes its own crop, ordered by image, then "
+                                                       "largest first (video: by person, then frame; each person "
+                                                       "followed as its own track). Paste Back puts them all back; "
+                                                       "Select Faces picks some for their own edit."}),
+            "max_faces": ("INT", {"default": 8, "min": 1, "max": MAX_FACES,
+                                  "tooltip": "faces: all: at most this many faces per image (video: per frame), "
+                                             "the largest."}),
+            "min_face_size": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 8,
+                                      "tooltip": "Faces whose crop square is smaller than this many pixels in the "
+                                                 "photo are ignored (e.g. 64 to skip faces in the background). "
+                                                 "0: any size."}),
         }}
 
     RETURN_TYPES = ("IMAGE", "TE_ALIGN", "STRING")
@@ -170,7 +232,7 @@ class TransEditAlignFace:
     SEARCH_ALIASES = ["face crop", "ffhq align", "face detection", "retinaface", "video face", "face tracking"]
 
     def align(self, images, detector, output_size, face_index, if_no_face, padding, temporal_mode="off",
-              smoothing=3.0):
+              smoothing=3.0, faces="one", max_faces=8, min_face_size=0):
         node = "TransEdit Align Face"
         images = check_images(node, "images", images)
         size = check_int(node, "output_size", output_size, 64, 2048)
@@ -179,16 +241,25 @@ class TransEditAlignFace:
         padding = check_choice(node, "padding", padding, PADDING_CHOICES)
         temporal_mode = check_choice(node, "temporal_mode", temporal_mode, TEMPORAL_MODES)
         smoothing = check_float(node, "smoothing", smoothing, 0.0, 30.0)
+        every_face = check_choice(node, "faces", faces, FACES_CHOICES) == "all"
+        max_faces = check_int(node, "max_faces", max_faces, 1, MAX_FACES)
+        min_size = check_int(node, "min_face_size", min_face_size, 0, 4096)
         if if_no_face == "interpolate" and temporal_mode != "video":
             raise NodeInputError(node, "if_no_face", "'interpolate' fills a lost frame from the frames around it, "
                                  "which separate photos do not have.",
                                  "set temporal_mode to 'video' for a clip's frames, or if_no_face to 'pass through'.")
         finder = _make_detector(node, detector)
         device = bridge.compute_device()  # the 2x-supersampled warp and the blur padding are the heavy part
-        if temporal_mode == "video":
+        if temporal_mode == "video" or every_face:
             try:
+                if temporal_mode != "video":
+                    return self._align_every_face(node, images, finder, size, if_no_face, padding, max_faces,
+                                                  min_size, device)
+                if every_face:
+                    return self._align_people(node, images, finder, size, if_no_face, padding, smoothing,
+                                              max_faces, min_size, device)
                 return self._align_clip(node, images, finder, size, face_index, if_no_face, padding, smoothing,
-                                        device)
+                                        device, min_size)
             finally:
                 close = getattr(finder, "close", None)
                 if close is not None:
@@ -206,6 +277,7 @@ class TransEditAlignFace:
                     faces = pending.pop(0)
                 else:
                     faces = finder.detect_landmarks(image)
+                faces = big_enough(faces, min_size)
                 if len(faces) > face_index:
                     aligned, recs = face_align.align_faces(image[None], [faces], output_size=size,
                                                            face_index=face_index, padding=padding, device=device)
@@ -237,25 +309,124 @@ class TransEditAlignFace:
         return (aligned, FaceAlignment(records, found), report)
 
     @staticmethod
-    def _align_clip(node, images, finder, size, face_index, if_no_face, padding, smoothing, device):
-        """Video mode: every frame's faces first (landmarks only, so a long clip costs little), then the person's
-        track and the smoothed crops, then one warp per frame."""
+    def _detect_all(node, images, finder, progress, device, min_size: int = 0, signatures: bool = True,
+                    ordered: bool = False):
+        """Every image's faces (landmarks only, largest first, none under min_size) and, for a clip, the frames'
+        colour signatures (the cuts)."""
         count = images.shape[0]
-        progress = bridge.Progress(2 * count)
         batch_detect = getattr(finder, "detect_batch", None)
         step = DETECTOR_BATCH if batch_detect is not None else 1
 
-        def detect(start: int, stop: int) -> tuple[list, torch.Tensor]:
+        def detect(start: int, stop: int) -> tuple[list, torch.Tensor | None]:
             found = (batch_detect(images[start:stop]) if batch_detect is not None
                      else [finder.detect_landmarks(image) for image in images[start:stop]])
-            signatures = face_video.frame_signatures(images[start:stop].to(device))  # colour histograms: the cuts
+            found = [big_enough(faces, min_size, ordered) for faces in found]
+            marks = face_video.frame_signatures(images[start:stop].to(device)) if signatures else None
             progress.update(stop - start)
-            return found, signatures
+            return found, marks
 
         chunks = run_in_chunks(node, count, step, detect, what="detecting faces in one frame",
                                advice="use a smaller detector (mobilenet0.25) or free GPU memory.")
         frames = [faces for found, _ in chunks for faces in found]
-        change = face_video.frame_change(torch.cat([signatures for _, signatures in chunks]))
+        change = face_video.frame_change(torch.cat([marks for _, marks in chunks])) if signatures else None
+        return frames, change
+
+    @staticmethod
+    def _align_every_face(node, images, finder, size, if_no_face, padding, max_faces, min_size, device):
+        """faces: all on separate photos: each image's faces, largest first (at most max_faces), one crop each;
+        an image without a face gives one pass-through crop (or the error)."""
+        count = images.shape[0]
+        progress = bridge.Progress(2 * count)
+        frames, _ = TransEditAlignFace._detect_all(node, images, finder, progress, device, min_size,
+                                                   signatures=False, ordered=True)
+        out, records, found, sources, numbers = [], [], [], [], []
+        for i, (image, faces) in enumerate(zip(images, frames)):
+            bridge.check_interrupt()
+            faces = faces[:max_faces]
+            if not faces:
+                if if_no_face == "error":
+                    raise NodeInputError(node, "images", f"image {i} of the batch: no face found"
+                                         + (f" of at least {min_size} px" if min_size else "") + ".",
+                                         "use photos with clearly visible faces, lower min_face_size, or set "
+                                         "if_no_face to 'pass through'.")
+                h, w = image.shape[:2]
+                aligned, record = face_align.align_to_quad(image, face_align.centre_quad(h, w), size,
+                                                           padding=padding, device=device)
+                out.append(aligned)
+                records.append(record)
+                found.append(False)
+                sources.append(i)
+                numbers.append(0)
+                bridge.log.warning("%s: no face in image %d; passing its centre square through", node, i)
+            else:
+                for k, face in enumerate(faces):
+                    aligned, record = face_align.align_to_quad(image, face_align.ffhq_quad(face)[0], size,
+                                                               padding=padding, device=device, face_index=k,
+                                                               landmarks=face)
+                    out.append(aligned)
+                    records.append(record)
+                found.extend([True] * len(faces))
+                sources.extend([i] * len(faces))
+                numbers.extend(range(len(faces)))
+            progress.update(1, preview=comfy_image_to_pil(out[-1]))
+        aligned = torch.stack(out).to(bridge.intermediate_device())
+        per_image = [sum(1 for s, ok in zip(sources, found) if s == i and ok) for i in range(count)]
+        report = (f"{count} photos, every face: {sum(per_image)} faces aligned (ordered by photo, then largest "
+                  f"first; at most {max_faces} per photo" + (f", none under {min_size} px" if min_size else "")
+                  + ")\nfaces per photo: " + ", ".join(map(str, per_image)))
+        missing = [i for i, k in enumerate(per_image) if k == 0]
+        if missing:
+            report += f"\nno face (passed through): {face_video.frame_ranges(missing)}"
+        return (aligned, FaceAlignment(records, found, sources=sources, faces=numbers, image_count=count), report)
+
+    @staticmethod
+    def _align_people(node, images, finder, size, if_no_face, padding, smoothing, max_faces, min_size, device):
+        """faces: all in video mode: every person as their own track; crops ordered by person, then frame (each
+        person a clip of its own for Smooth Latents), each track's crops smoothed inside its shots."""
+        count = images.shape[0]
+        progress = bridge.Progress(2 * count)
+        frames, change = TransEditAlignFace._detect_all(node, images, finder, progress, device, min_size)
+        people = face_people.align_people(frames, max_people=max_faces, min_size=min_size, smoothing=smoothing,
+                                          interpolate_lost=if_no_face == "interpolate", change=change)
+        faceless = [t for t, faces in enumerate(frames) if not faces]
+        if if_no_face == "error" and faceless:
+            raise NodeInputError(node, "images", f"no face in frames {face_video.frame_ranges(faceless)} (of "
+                                 f"{count}).", "set if_no_face to 'interpolate' or 'pass through' (frames without "
+                                 "anyone are left untouched), or lower min_face_size.")
+        crops = [(track, t) for track in people.tracks for t in track.span]
+        if not crops:  # nobody anywhere: one pass-through crop per frame, as in 'one' mode
+            h, w = images.shape[1:3]
+            out, records = zip(*(face_align.align_to_quad(images[t], face_align.centre_quad(h, w), size,
+                                                          padding=padding, device=device) for t in range(count)))
+            alignment = FaceAlignment(list(records), [False] * count, status=[face_video.LOST] * count,
+                                      smoothing=smoothing, segments=[int(s) for s in people.segments],
+                                      sources=list(range(count)), faces=[0] * count, image_count=count)
+            return (torch.stack(out).to(bridge.intermediate_device()), alignment, people.summary())
+        out, records, status, segments = [], [], [], []
+        shots = {}  # (person, shot) -> a segment number of its own, so nothing is smoothed from one to the other
+        progress = bridge.Progress(len(crops))
+        for k, (track, t) in enumerate(crops):
+            bridge.check_interrupt()
+            aligned, record = face_align.align_to_quad(images[t], track.clip.quads[t], size, padding=padding,
+                                                       device=device, face_index=track.number,
+                                                       landmarks=track.clip.landmarks[t])
+            out.append(aligned.to(bridge.intermediate_device()))
+            records.append(record)
+            status.append(track.clip.status[t])
+            segments.append(shots.setdefault((track.number, int(people.segments[t])), len(shots)))
+            progress.update(1, preview=comfy_image_to_pil(aligned) if k % 8 == 0 else None)
+        alignment = FaceAlignment(records, [s != face_video.LOST for s in status], status=status,
+                                  smoothing=smoothing, segments=segments, sources=[t for _, t in crops],
+                                  faces=[track.number for track, _ in crops], image_count=count)
+        return (torch.stack(out), alignment, people.summary())
+
+    @staticmethod
+    def _align_clip(node, images, finder, size, face_index, if_no_face, padding, smoothing, device, min_size=0):
+        """Video mode: every frame's faces first (landmarks only, so a long clip costs little), then the person's
+        track and the smoothed crops, then one warp per frame."""
+        count = images.shape[0]
+        progress = bridge.Progress(2 * count)
+        frames, change = TransEditAlignFace._detect_all(node, images, finder, progress, device, min_size)
         clip = face_video.align_clip(frames, face_index=face_index, smoothing=smoothing,
                                      interpolate_lost=if_no_face == "interpolate", change=change)
         lost = [t for t, s in enumerate(clip.status) if s != face_video.FOUND]
@@ -329,24 +500,26 @@ class TransEditPasteBack:
         feather = check_float(node, "feather", feather, 0.0, 0.5)
         color_match = check_choice(node, "color_match", color_match, COLOR_MATCH)
         color_smoothing = check_float(node, "color_smoothing", color_smoothing, -1.0, 30.0)
-        n = len(align)
-        if original.shape[0] != n:
-            raise NodeInputError(node, "original", f"has {original.shape[0]} images but 'align' describes {n}.",
+        n, photos = len(align), align.images
+        if original.shape[0] != photos:
+            raise NodeInputError(node, "original", f"has {original.shape[0]} images but 'align' describes {photos}.",
                                  "connect the same photos that went into Align Face.")
         if edited.shape[0] != n:
+            what = "aligned photo" if align.sources is None else "aligned face"
             raise NodeInputError(node, "edited", f"has {edited.shape[0]} images but 'align' describes {n}.",
-                                 "generate one edited face per aligned photo.")
+                                 f"generate one edited face per {what}.")
         if edited.shape[1] != edited.shape[2]:
             raise NodeInputError(node, "edited", f"is {edited.shape[2]}x{edited.shape[1]}; aligned faces are square.")
-        for i, rec in enumerate(align.records):
+        for k, rec in enumerate(align.records):
             if tuple(rec.source_size) != tuple(original.shape[1:3]):
-                raise NodeInputError(node, "original", f"image {i} is {original.shape[2]}x{original.shape[1]} but was "
-                                     f"{rec.source_size[1]}x{rec.source_size[0]} when aligned.",
-                                     "connect the same photos that went into Align Face.")
+                raise NodeInputError(node, "original", f"image {align.source(k)} is {original.shape[2]}x"
+                                     f"{original.shape[1]} but was {rec.source_size[1]}x{rec.source_size[0]} when "
+                                     "aligned.", "connect the same photos that went into Align Face.")
         sigma = (align.smoothing if align.is_video else 0.0) if color_smoothing < 0 else color_smoothing
         space = False if color_match == "off" else color_match
         device = bridge.compute_device()
-        todo = [i for i, ok in enumerate(align.found) if ok]
+        todo = [k for k, ok in enumerate(align.found) if ok]
+        source = [align.source(k) for k in range(n)]
         # a clip's face fades out and back in around frames where it was lost, instead of popping
         strength = (face_video.paste_strength(align.status, align.smoothing, align.segments) if align.is_video
                     else None)
@@ -357,9 +530,9 @@ class TransEditPasteBack:
             progress = bridge.Progress(len(todo))
 
             def measure(start: int, stop: int):
-                found = [face_paste.paste_color_stats(original[i:i + 1], edited[i:i + 1], [align.records[i]],
-                                                      feather=feather, mask_shape=mask_shape, color_match=space,
-                                                      device=device) for i in todo[start:stop]]
+                found = [face_paste.paste_color_stats(original[source[k]:source[k] + 1], edited[k:k + 1],
+                                                      [align.records[k]], feather=feather, mask_shape=mask_shape,
+                                                      color_match=space, device=device) for k in todo[start:stop]]
                 progress.update(stop - start)
                 return torch.cat([m for m, _ in found]), torch.cat([v for _, v in found])
 
@@ -369,32 +542,109 @@ class TransEditPasteBack:
             per_frame, present = torch.zeros(n, 4, 3), np.zeros(n, dtype=bool)
             per_frame[todo] = torch.cat([m for m, _ in measured])
             present[todo] = torch.cat([v for _, v in measured]).numpy()
-            stats = smooth_series(per_frame, sigma, present, align.segments)[todo] if present.any() else None
+            if present.any():
+                stats = torch.zeros(n, 4, 3)
+                stats[todo] = smooth_series(per_frame, sigma, present, align.segments)[todo]
         # each face is blended straight into the output over its box: a long clip of full-size frames is copied
         # once (the output itself), and only a face's neighbourhood is ever converted, warped or colour-matched.
-        # A chunk that runs out of memory is redone from the photos, which these writes never touch.
+        # A chunk that runs out of memory is redone from the photos, which these writes never touch: a photo
+        # with several faces starts again from itself and pastes them smallest first (the closest face on top).
+        order = face_paste.paste_order([align.records[k] for k in todo], [source[k] for k in todo])
+        photo_list = sorted(order)
         out, masks = original.clone(), torch.zeros(original.shape[:3], dtype=original.dtype, device=original.device)
-        progress = bridge.Progress(max(len(todo), 1))
+        progress = bridge.Progress(max(len(photo_list), 1))
 
         def paste(start: int, stop: int) -> None:
-            for k, i in enumerate(todo[start:stop], start):
-                face_paste.paste_back(original[i:i + 1], edited[i:i + 1], [align.records[i]], feather=feather,
-                                      mask_shape=mask_shape, color_match=space,
-                                      color_stats=None if stats is None else stats[k:k + 1],
-                                      strength=None if strength is None else strength[i:i + 1],
-                                      into=(out[i:i + 1], masks[i:i + 1]), device=device)
-            progress.update(stop - start, preview=comfy_image_to_pil(out[todo[start]]))
+            for i in photo_list[start:stop]:
+                crops = [todo[j] for j in order[i]]
+                several = len(crops) > 1
+                if several:
+                    out[i].copy_(original[i])
+                    masks[i].zero_()
+                for k in crops:
+                    face_paste.paste_back(original[i:i + 1], edited[k:k + 1], [align.records[k]], feather=feather,
+                                          mask_shape=mask_shape, color_match=space,
+                                          color_stats=None if stats is None else stats[k:k + 1],
+                                          strength=None if strength is None else strength[k:k + 1],
+                                          into=(out[i:i + 1], masks[i:i + 1]), over=several, device=device)
+            progress.update(stop - start, preview=comfy_image_to_pil(out[photo_list[start]]))
 
-        run_in_chunks(node, len(todo), chunk, paste, what="pasting one face back", advice=advice)
+        run_in_chunks(node, len(photo_list), chunk, paste, what="pasting one face back", advice=advice)
         device = bridge.intermediate_device()
         return bridge.with_ui((out.to(device), masks.to(device)), compare_ui(original, out, "photo", "pasted back"))
+
+
+_FACE_LIST = re.compile(r"^\s*\d+\s*(-\s*\d*\s*)?(,\s*\d+\s*(-\s*\d*\s*)?)*$")
+
+
+def parse_face_list(node: str, name: str, text) -> list[tuple[int, int]]:
+    """'0', '0, 2', '1-3', '2-' (2 and up) -> inclusive (first, last) ranges (last may be a large number)."""
+    if not isinstance(text, str) or not _FACE_LIST.match(text):
+        raise NodeInputError(node, name, f"must list face numbers like '0', '0, 2', '1-3' or '1-' (1 and up), "
+                             f"got {str(text)[:40]!r}.", "write face numbers as Align Face's report counts them "
+                             "(0 = the largest face in each photo; in video, person 0 is the first one seen).")
+    ranges = []
+    for part in text.split(","):
+        lo, dash, hi = part.partition("-")
+        first = int(lo)
+        last = (int(hi) if hi.strip() else 1 << 30) if dash else first
+        if last < first:
+            raise NodeInputError(node, name, f"range '{part.strip()}' runs backwards.", f"write it as '{last}-{first}'.")
+        ranges.append((first, last))
+    return ranges
+
+
+class TransEditSelectFaces:
+    DESCRIPTION = ("Picks some of the faces Align Face found (faces: all), so they get an edit of their own: "
+                   "edit the selection, Paste Back with the selected align, then paste another selection's edit "
+                   "into that result. Face numbers as in Align Face's report: 0 = the largest face of each photo; "
+                   "in video mode the person's number.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "aligned": ("IMAGE", {"tooltip": "Align Face's aligned faces."}),
+            "align": ("TE_ALIGN", {"tooltip": "Align Face's align output for the same faces."}),
+            "faces": ("STRING", {"default": "0", "tooltip": "Which faces: '0', '0, 2', '1-3' or '1-' (1 and up). "
+                                                            "0 is the largest face of each photo; in video, "
+                                                            "person 0 is the first one seen."}),
+        }}
+
+    RETURN_TYPES = ("IMAGE", "TE_ALIGN")
+    RETURN_NAMES = ("aligned", "align")
+    OUTPUT_TOOLTIPS = ("The selected aligned faces, in Align Face's order.",
+                       "Their transform, for Paste Back into the same photos (the others stay as they are).")
+    FUNCTION = "select"
+    CATEGORY = CATEGORY
+    SEARCH_ALIASES = ["face index", "choose face", "pick face", "per face edit", "split faces"]
+
+    def select(self, aligned, align, faces):
+        node = "TransEdit Select Faces"
+        aligned = check_images(node, "aligned", aligned)
+        if not isinstance(align, FaceAlignment):
+            raise NodeInputError(node, "align", f"must be a TE_ALIGN, got {type(align).__name__}.",
+                                 "connect the 'align' output of TransEdit Align Face.")
+        if aligned.shape[0] != len(align):
+            raise NodeInputError(node, "aligned", f"has {aligned.shape[0]} images but 'align' describes "
+                                 f"{len(align)}.", "connect the aligned faces and the align of the same Align Face.")
+        ranges = parse_face_list(node, "faces", faces)
+        crops = [k for k in range(len(align)) if any(lo <= align.face(k) <= hi for lo, hi in ranges)]
+        if not crops:
+            present = sorted({align.face(k) for k in range(len(align))})
+            raise NodeInputError(node, "faces", f"selects none of the faces there are ({', '.join(map(str, present))}).",
+                                 "choose among those numbers (set Align Face's faces to 'all' to get more than "
+                                 "one face per photo).")
+        index = torch.tensor(crops, dtype=torch.long)
+        return (aligned.index_select(0, index), align.select(crops))
 
 
 NODE_CLASS_MAPPINGS = {
     "TransEditAlignFace": TransEditAlignFace,
     "TransEditPasteBack": TransEditPasteBack,
+    "TransEditSelectFaces": TransEditSelectFaces,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "TransEditAlignFace": "TransEdit Align Face",
     "TransEditPasteBack": "TransEdit Paste Back",
+    "TransEditSelectFaces": "TransEdit Select Faces",
 }

@@ -85,3 +85,170 @@ def test_align_people_on_the_rendered_clip_finds_the_cut_and_reports_each_track(
     assert "person 0: frames 0-47 (48 crops), found in 48" in report
     assert "person 1: frames 0-29 (30 crops), found in 22, left untouched 14-21" in report
     assert "person 2: frames 30-59 (30 crops), found in 30; a new person after the cut at frame 30" in report
+
+
+# ------------------------------------------------------------------------------------------- the nodes
+from transedit.models.face import landmarks as fl  # noqa: E402
+from transedit.models.face import paste as fp  # noqa: E402
+from transedit.nodes import faces as nodes  # noqa: E402
+from transedit.nodes.inputs import NodeInputError  # noqa: E402
+
+
+class ManyFaces:
+    """A detector stub: per image a fixed list of faces (in the order given, not sorted)."""
+
+    def __init__(self, per_image):
+        self.per_image = list(per_image)
+
+    def detect_landmarks(self, image):
+        return list(self.per_image.pop(0))
+
+
+def face_at(cx, cy, scale=40.0):
+    return fl.FaceLandmarks(eye_left=(cx - scale / 2, cy), eye_right=(cx + scale / 2, cy),
+                            mouth_left=(cx - scale / 3, cy + scale), mouth_right=(cx + scale / 3, cy + scale))
+
+
+def align_all(monkeypatch, images, per_image, **kw):
+    monkeypatch.setattr(nodes, "_make_detector", lambda node, choice: ManyFaces(per_image))
+    args = dict(detector=nodes.MEDIAPIPE, output_size=64, face_index=0, if_no_face="error", padding="zeros",
+                faces="all")
+    args.update(kw)
+    return nodes.TransEditAlignFace().align(images, **args)
+
+
+@pytest.fixture
+def group():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(3, 220, 300, 3, generator=g)
+
+
+def test_every_face_of_every_photo_in_order_with_its_map(monkeypatch, group):
+    small, big, mid = face_at(60, 80, 20), face_at(200, 90, 40), face_at(120, 100, 30)
+    aligned, align, report = align_all(monkeypatch, group, [[small, big, mid], [], [mid]],
+                                       if_no_face="pass through")
+    assert aligned.shape == (5, 64, 64, 3) and len(align) == 5 and align.images == 3
+    assert align.sources == [0, 0, 0, 1, 2] and align.faces == [0, 1, 2, 0, 0]
+    assert align.found == [True, True, True, False, True]
+    # largest first inside a photo: the crop of face k is the crop face_index k gives in 'one' mode
+    for k, face in enumerate([big, mid, small]):
+        one, one_align, _ = align_all(monkeypatch, group[:1], [[big, mid, small]], faces="one", face_index=k)
+        assert torch.allclose(aligned[k], one[0]) and np.allclose(align.records[k].quad, one_align.records[0].quad)
+    x0, y0, x1, y1 = align.box(1)  # the map back: the middle face's square in photo 0
+    centre = fv.centre_and_size(mid)[0]
+    assert x0 < centre[0] < x1 and y0 < centre[1] < y1 and 0 <= x0 and x1 <= 300
+    assert "5 faces" not in report and "4 faces aligned" in report and "faces per photo: 3, 0, 1" in report
+    assert "no face (passed through): 1" in report
+
+
+def test_cap_minimum_size_and_errors(monkeypatch, group):
+    faces = [face_at(60, 80, 20), face_at(200, 90, 40), face_at(120, 100, 30)]
+    _, align, _ = align_all(monkeypatch, group[:1], [faces], max_faces=2)
+    assert len(align) == 2 and [r.landmarks for r in align.records] == [faces[1], faces[2]]
+    _, align, _ = align_all(monkeypatch, group[:1], [faces], min_face_size=100)
+    sizes = [fv.centre_and_size(f)[1] for f in faces]
+    assert len(align) == sum(s >= 100 for s in sizes) >= 1
+    with pytest.raises(NodeInputError, match=r"TransEdit Align Face: input 'images' image 1 of the batch: no face"
+                                             r" found of at least \d+ px.*lower min_face_size"):
+        align_all(monkeypatch, group[:2], [[faces[1]], faces[:1]], min_face_size=int(sizes[1]) - 1)
+    with pytest.raises(NodeInputError, match="input 'max_faces'"):
+        align_all(monkeypatch, group[:1], [faces], max_faces=0)
+    with pytest.raises(NodeInputError, match="input 'faces' must be one of"):
+        align_all(monkeypatch, group[:1], [faces], faces="every")
+    with pytest.raises(NodeInputError, match="input 'min_face_size'"):
+        align_all(monkeypatch, group[:1], [faces], min_face_size=-1)
+
+
+def test_one_mode_with_a_minimum_size_skips_small_faces(monkeypatch, group):
+    faces = [face_at(200, 90, 40), face_at(60, 80, 20)]
+    _, align, _ = align_all(monkeypatch, group[:1], [faces], faces="one", face_index=1, if_no_face="pass through",
+                            min_face_size=int(fv.centre_and_size(faces[0])[1]) - 1)
+    assert align.found == [False]  # only one face is big enough: face_index 1 has none
+
+
+def test_paste_back_every_face_in_one_pass_larger_on_top(monkeypatch, group):
+    near, far = face_at(150, 100, 44), face_at(185, 110, 30)  # overlapping squares; 'near' is larger
+    photos = group[:1]
+    aligned, align, _ = align_all(monkeypatch, photos, [[far, near]])
+    assert align.faces == [0, 1] and align.records[0].landmarks is near
+    red, blue = torch.zeros(64, 64, 3), torch.zeros(64, 64, 3)
+    red[..., 0], blue[..., 2] = 1.0, 1.0
+    edited = torch.stack([red, blue])  # near: red, far: blue
+    out, mask = nodes.TransEditPasteBack().paste(photos, edited, align, "ellipse", 0.0, "off")
+    singles = [fp.paste_back(photos, edited[k:k + 1], [align.records[k]], feather=0.0, color_match=False)[1][0]
+               for k in range(2)]
+    inside = [m >= 0.999 for m in singles]  # fully covered (the warped mask's edge pixels are partly)
+    both = inside[0] & inside[1]
+    assert both.sum() > 50  # the faces do overlap
+    assert (out[0][both][:, 0] > 0.99).all() and (out[0][both][:, 2] < 0.01).all()  # the nearer face on top
+    only_far = inside[1] & (singles[0] == 0)
+    assert (out[0][only_far][:, 2] > 0.99).all()  # the far face where the near one does not cover it
+    assert torch.equal(mask[0], torch.maximum(singles[0], singles[1]))  # one mask: both faces
+    outside = mask[0] == 0
+    assert torch.equal(out[0][outside], photos[0][outside])
+    # planted fault: pasted in crop order (largest first) the far face ends on top where they overlap
+    monkeypatch.setattr(fp, "paste_order", lambda records, sources: {0: [0, 1]})
+    wrong, _ = nodes.TransEditPasteBack().paste(photos, edited, align, "ellipse", 0.0, "off")
+    assert not (wrong[0][both][:, 0] > 0.99).all()
+
+
+def test_each_photo_gets_its_own_faces_and_errors_name_the_fix(monkeypatch, group):
+    per_image = [[face_at(60, 80, 20), face_at(200, 90, 40)], [face_at(150, 120, 36)], [face_at(80, 60, 24)] * 1]
+    aligned, align, _ = align_all(monkeypatch, group, per_image)
+    assert align.sources == [0, 0, 1, 2]
+    out, mask = nodes.TransEditPasteBack().paste(group, torch.zeros_like(aligned), align, "ellipse", 0.04, "off")
+    for i in range(3):  # each photo changed exactly where its own faces are
+        expected = torch.zeros(220, 300, dtype=torch.bool)
+        for k in [k for k in range(4) if align.sources[k] == i]:
+            expected |= fp.paste_back(group[i:i + 1], aligned[k:k + 1], [align.records[k]])[1][0] > 0
+        assert torch.equal(mask[i] > 0, expected)
+    with pytest.raises(NodeInputError, match="'edited' has 3 images but 'align' describes 4.*one edited face per "
+                                             "aligned face"):
+        nodes.TransEditPasteBack().paste(group, aligned[:3], align, "ellipse", 0.04, "off")
+    with pytest.raises(NodeInputError, match="'original' has 4 images but 'align' describes 3"):
+        nodes.TransEditPasteBack().paste(torch.cat([group, group[:1]]), aligned, align, "ellipse", 0.04, "off")
+
+
+def test_select_faces_edits_one_face_and_pastes_into_the_other_result(monkeypatch, group):
+    per_image = [[face_at(60, 80, 20), face_at(200, 90, 40)], [face_at(150, 120, 36)]]
+    aligned, align, _ = align_all(monkeypatch, group[:2], per_image)
+    select = nodes.TransEditSelectFaces()
+    first, first_align = select.select(aligned, align, "0")
+    rest, rest_align = select.select(aligned, align, "1-")
+    assert first.shape[0] == 2 and first_align.sources == [0, 1] and rest_align.sources == [0]
+    assert torch.equal(first[1], aligned[2]) and torch.equal(rest[0], aligned[1])
+    step, _ = nodes.TransEditPasteBack().paste(group[:2], torch.zeros_like(first), first_align, "ellipse", 0.04, "off")
+    final, _ = nodes.TransEditPasteBack().paste(step, torch.ones_like(rest), rest_align, "ellipse", 0.04, "off")
+    together, _ = nodes.TransEditPasteBack().paste(group[:2], torch.cat([torch.zeros_like(aligned[:1]),
+                                                                         torch.ones_like(aligned[1:2]),
+                                                                         torch.zeros_like(aligned[2:])]),
+                                                   align, "ellipse", 0.04, "off")
+    assert torch.allclose(final, together, atol=1e-6)  # the faces do not overlap: two passes = one
+    assert select.select(aligned, align, "0, 1")[1].faces == [0, 1, 0]
+    for bad, match in (("x", "must list face numbers"), ("3-1", "runs backwards"), ("5", "selects none of the faces "
+                                                                                        "there are \\(0, 1\\)")):
+        with pytest.raises(NodeInputError, match=f"TransEdit Select Faces: input 'faces' {bad and ''}.*{match}"):
+            select.select(aligned, align, bad)
+    with pytest.raises(NodeInputError, match="input 'aligned' has 2 images but 'align' describes 3"):
+        select.select(aligned[:2], align, "0")
+
+
+def test_video_every_person_node(monkeypatch):
+    clip = hc.make_two_person_clip(frame_hw=(120, 180))
+    frames = torch.from_numpy(clip.frames[10:40]).float() / 255  # B hidden in 4-11, the cut at 20
+    (aligned, align, report) = align_all(monkeypatch, frames, clip.detections(noise=0.3)[10:40],
+                                         temporal_mode="video", smoothing=2.0, if_no_face="interpolate")
+    assert aligned.shape[0] == len(align) == 30 + 20 + 10 and align.images == 30
+    assert align.faces == [0] * 30 + [1] * 20 + [2] * 10  # by person, then frame
+    assert align.sources == list(range(30)) + list(range(20)) + list(range(20, 30))
+    # each person's shots are segments of their own: person 0's two shots, then 1, then 2
+    assert align.segments == [0] * 20 + [1] * 10 + [2] * 20 + [3] * 10
+    assert [align.status[30 + t] for t in range(2, 14)] == [fv.FOUND] * 2 + [fv.LOST] * 8 + [fv.FOUND] * 2
+    assert "3 people followed" in report and "person 1: frames 0-19 (20 crops), found in 12" in report
+    out, mask = nodes.TransEditPasteBack().paste(frames, aligned, align, "ellipse", 0.04, "lab")
+    assert out.shape == frames.shape and mask[25].max() > 0.9 and mask[3].max() > 0.9
+    with pytest.raises(NodeInputError, match="no face in frames 0-2"):
+        align_all(monkeypatch, frames[:3], [[], [], []], temporal_mode="video")
+    (empty, none_align, none_report) = align_all(monkeypatch, frames[:3], [[], [], []], temporal_mode="video",
+                                                 if_no_face="pass through")
+    assert empty.shape[0] == 3 and none_align.found == [False] * 3 and "no frame has a face" in none_report

@@ -124,10 +124,13 @@ class _Pasted:
         self.mask = warp(mask_a, m_from_s @ shift, (S_mask, S_mask), region, padding_mode="zeros").clamp_(0.0, 1.0)
         self.photo = as_float(img[None, :, self.y0:self.y1, self.x0:self.x1], device)
 
-    def composite(self, out_hwc: torch.Tensor, mask_hw: torch.Tensor, space, stats=None, strength=None) -> None:
+    def composite(self, out_hwc: torch.Tensor, mask_hw: torch.Tensor, space, stats=None, strength=None,
+                  over: bool = False) -> None:
         """Blend into ``out_hwc`` [H, W, 3] and record the mask in ``mask_hw`` [H, W] (any device and float
         dtype), over the box only: with ``space`` ("lab"/"rgb") the face's colour statistics are first moved to
-        ``stats`` ([4, 3]) or, without, to the photo's own inside the mask; ``strength`` scales the mask."""
+        ``stats`` ([4, 3]) or, without, to the photo's own inside the mask; ``strength`` scales the mask.
+        ``over``: blend over what ``out_hwc`` already holds there (a face pasted before, in a group photo) and
+        keep the larger mask value, instead of over the photo itself."""
         if self.empty:
             return
         face, m, photo = self.face, self.mask, self.photo
@@ -140,6 +143,11 @@ class _Pasted:
         if strength is not None:
             m = m * float(strength)
         box = (slice(self.y0, self.y1), slice(self.x0, self.x1))
+        if over:
+            base = out_hwc[box].permute(2, 0, 1)[None].to(device=face.device, dtype=face.dtype)
+            out_hwc[box] = (base + (face - base) * m)[0].permute(1, 2, 0).to(out_hwc)
+            mask_hw[box] = torch.maximum(mask_hw[box], m[0, 0].to(mask_hw))
+            return
         out_hwc[box] = (photo + (face - photo) * m)[0].permute(1, 2, 0).to(out_hwc)
         mask_hw[box] = m[0, 0].to(mask_hw)
 
@@ -203,6 +211,7 @@ def paste_back(
     color_stats: torch.Tensor | None = None,
     strength: Sequence[float] | None = None,
     into: tuple[torch.Tensor, torch.Tensor] | None = None,
+    over: bool = False,
     device: torch.device | str | None = None,
 ) -> tuple[Any, Any]:
     """Warp edited aligned faces back into their photos.
@@ -227,7 +236,8 @@ def paste_back(
     ``into`` = (images [B, H, W, 3], masks [B, H, W]), already holding the
     photos and zeros, the faces are blended into those in place, over their
     boxes only (a clip's full-size frames are never copied), and they are
-    returned.
+    returned. With ``over`` each face is blended over what ``into`` already holds (several faces of one
+    photo, pasted one after another: see :func:`paste_order`) and the masks keep their maximum.
     """
     if mask_shape not in MASK_SHAPES:
         raise ValueError(f"mask_shape must be one of {MASK_SHAPES}, not {mask_shape!r}")
@@ -248,7 +258,7 @@ def paste_back(
             out = as_float(img, device).permute(1, 2, 0).contiguous()
             mask_full = torch.zeros(img.shape[1:], device=device)
         pasted.composite(out, mask_full, space, None if color_stats is None else color_stats[i],
-                         None if strength is None else strength[i])
+                         None if strength is None else strength[i], over=over)
         outs.append(out)
         masks.append(mask_full)
     if into is not None:
@@ -256,3 +266,12 @@ def paste_back(
     if batched and len({tuple(o.shape) for o in outs}) == 1:
         return torch.stack(outs), torch.stack(masks)
     return outs, masks
+
+
+def paste_order(records: Sequence[AlignRecord], sources: Sequence[int]) -> dict[int, list[int]]:
+    """Photo -> its crops in the order they are pasted: smallest face first, so where faces overlap the larger
+    (closer) one ends on top; equal sizes keep the crops' order."""
+    order: dict[int, list[int]] = {}
+    for k in sorted(range(len(records)), key=lambda k: (records[k].qsize, k)):
+        order.setdefault(int(sources[k]), []).append(k)
+    return order
