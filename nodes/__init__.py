@@ -1,8 +1,9 @@
 """ComfyUI glue: one module per stage plus `comfy_bridge`, the only module that imports ComfyUI, and
 `http_routes`, the endpoints the frontend extension calls."""
-from . import comfy_bridge, compare, edit_studio, editing, faces, http_routes, inversion, put, splice, stylegan
+from . import (comfy_bridge, compare, edit_studio, editing, faces, http_routes, inversion, put, splice, stylegan,
+               tuning)
 
-_STAGES = (stylegan, faces, inversion, editing, edit_studio, splice, put, compare)
+_STAGES = (stylegan, faces, inversion, editing, edit_studio, splice, put, tuning, compare)
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}

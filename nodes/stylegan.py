@@ -9,9 +9,10 @@ from ..models.stylegan.generator import PRECISION_BY_FILE
 from . import comfy_bridge as bridge
 from .compare import compare_ui
 from .handles import load_handle
-from .inputs import MAX_SEED, NodeInputError, check_choice, check_float, check_int
+from .inputs import MAX_SEED, NodeInputError, check_choice, check_float, check_int, require_model_file
 from .precision import PRECISIONS, auto_tooltip_by_file
 from .rendering import StyleGANHandle, check_generator, render_latents
+from .tuning import is_tuning_delta_file, load_tuned_delta
 
 CATEGORY = "TransEdit/StyleGAN"
 MAX_BATCH = 64
@@ -21,7 +22,8 @@ NOISE_MODES = ("const", "random", "none")
 class TransEditLoadStyleGAN:
     DESCRIPTION = ("Loads a StyleGAN2 generator from models/stylegan: rosinality .pt (pSp/e4e/Style "
                    "Transformer/StylePrompter checkpoints included), NVlabs StyleGAN2-ADA .pkl, or TransEdit "
-                   ".safetensors. Size, widths and latent shape are read from the weights.")
+                   ".safetensors (a tuned generator's delta too: its base file must be in the same model folder). "
+                   "Size, widths and latent shape are read from the weights.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -40,6 +42,9 @@ class TransEditLoadStyleGAN:
 
     def load(self, ckpt_name):
         node = "TransEdit Load StyleGAN"
+        path = require_model_file(node, "ckpt_name", "stylegan", ckpt_name)
+        if is_tuning_delta_file(path):  # Save Tuned StyleGAN's delta: its base file plus the tuned differences
+            return (load_tuned_delta(node, "ckpt_name", path, ckpt_name),)
         return (load_handle(node, "ckpt_name", "stylegan", ckpt_name, load_stylegan2, StyleGANHandle),)
 
 

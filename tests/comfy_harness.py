@@ -92,6 +92,14 @@ MODEL_INPUTS: dict[tuple[str, str], str] = {
     ("TransEditLoadDINO", "vit_name"): "vit",
     ("TransEditLoadPUT", "put_name"): "put",
     ("TransEditAlignFace", "detector"): "facedetection",
+    ("TransEditLoadLPIPS", "backbone"): "lpips",
+    ("TransEditLoadLPIPS", "heads"): "lpips",
+    ("TransEditLoadFaceParser", "parser_name"): "face_parsing",
+}
+# Where a loader's file name sits among its widget values when it is not the first widget.
+MODEL_WIDGET_INDEX: dict[tuple[str, str], int] = {
+    ("TransEditLoadLPIPS", "backbone"): 1,  # after `net`
+    ("TransEditLoadLPIPS", "heads"): 2,
 }
 # Values of those inputs that name no file (Load Direction's GANSpace presets and SeFa entry; Align Face's
 # mediapipe, which bundles its models, and dlib predictors, which only the user can supply).
@@ -174,10 +182,47 @@ def _save_tiny_retinaface(path: Path, seed: int = 0) -> Path:
     return save_random_retinaface(path, backbone="mobilenet0.25", seed=seed, overwrite=True)
 
 
+def save_tiny_lpips(path: Path, seed: int = 0) -> Path:
+    """An LPIPS file in its released layout with random values, by file name: alex.pth / vgg.pth are v0.1 heads
+    (lin{i}.model.1.weight, non-negative as trained), other names torchvision's trunk (alexnet-owt-*.pth, vgg16-*.pth;
+    features.* only, which is all LPIPS reads). 'vgg' in the name picks VGG16, else AlexNet."""
+    import math
+
+    import torch
+
+    from transedit.models.perceptual.lpips import NETS
+
+    path = Path(path)
+    net = "vgg" if "vgg" in path.name.lower() else "alex"
+    gen = torch.Generator().manual_seed(seed)
+    if path.stem.lower() in ("alex", "vgg"):
+        sd = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1, generator=gen) for i, c in enumerate(NETS[net].channels)}
+    else:  # He-scaled weights, so features keep their size through the trunk
+        sd = {k: torch.randn(*shape, generator=gen) * ((2.0 / math.prod(shape[1:])) ** 0.5 if len(shape) > 1 else 0.01)
+              for k, shape in NETS[net].conv_shapes().items()}
+    torch.save(sd, path)
+    return path
+
+
+def save_tiny_face_parser(path: Path, seed: int = 0) -> Path:
+    """BiSeNet (face-parsing.PyTorch's layout, as 79999_iter.pth) with random weights: the real architecture (the
+    loader reads it unchanged), about 50 MB."""
+    import torch
+
+    from transedit.models.face.parsing import BiSeNet
+
+    torch.manual_seed(seed)
+    torch.save(BiSeNet().state_dict(), path)
+    return Path(path)
+
+
 # Workflow settings that are shortened when a run uses tiny random weights (e2e tests, the demo without
 # real weights): Splice's presets train for minutes to hours, which says nothing more about tiny models.
 TINY_RUN_OVERRIDES: dict[str, dict] = {
     "TransEditSplice": {"steps": 4, "output_size": 96, "preview_every": 2},
+    # PTI's 350 steps / STIT's 50 passes over the clip and 100 stitching steps per frame: a few show the same
+    "TransEditPivotalTune": {"steps": 3},
+    "TransEditStitchingTune": {"steps": 2},
 }
 
 
@@ -234,10 +279,12 @@ TINY_WEIGHT_MAKERS: dict[str, Callable[[Path], Path]] = {
     "vit": _save_tiny_dino,
     "put": _save_tiny_put,
     "facedetection": _save_tiny_retinaface,
+    "lpips": save_tiny_lpips,
+    "face_parsing": save_tiny_face_parser,
 }
 # Folders whose tiny files are each made afresh (cheap, and must differ per name); for the others one
 # random model is copied under every name of the same format.
-TINY_PER_NAME = {"latent_directions", "gan_encoders", "put"}  # encoders / PUT: the version follows the file name
+TINY_PER_NAME = {"latent_directions", "gan_encoders", "put", "lpips"}  # encoders / PUT / LPIPS: the file name decides
 TINY_STYLEGAN_SIZE = 64  # what save_random_generator's / save_random_encoder's default configs generate
 TINY_STYLE_DIM = 64  # their W width (W+ is 10 x 64)
 
@@ -266,8 +313,9 @@ def workflow_model_files(ui_workflow: dict, model_inputs: Optional[Mapping[tuple
             values = node.get("widgets_values")
             if isinstance(values, dict):
                 name = values.get(input_name)
-            else:  # these loaders have the file name as their first widget
-                name = values[0] if values else None
+            else:  # these loaders have the file name as their first widget, unless MODEL_WIDGET_INDEX says
+                index = MODEL_WIDGET_INDEX.get((node_type, input_name), 0)
+                name = values[index] if values and len(values) > index else None
             if not isinstance(name, str) or not name:
                 continue
             if name.startswith(NO_FILE_PREFIXES.get((node_type, input_name), ())):
@@ -325,13 +373,41 @@ def write_example_face(path: os.PathLike) -> Path:
 EXAMPLE_PICTURES = {"appearance": "coffee", "structure": "chelsea"}
 
 
+# The group photo's heads, cut from the astronaut photo: (left x, top y, height, tint) on a 768x512 canvas;
+# the two on the right overlap, the larger (closer) one in front.
+GROUP_HEADS = ((40, 90, 300, (1.0, 1.0, 1.0)), (520, 150, 220, (1.1, 0.95, 0.85)), (400, 60, 260, (0.85, 0.95, 1.1)))
+GROUP_SIZE = (512, 768)  # height, width
+
+
+def make_group_photo():
+    """A picture with three faces from the astronaut photo (a group photo stand-in): uint8 [512, 768, 3]."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    head = Image.fromarray(data.astronaut()).crop((90, 0, 360, 270))
+    side = head.size[0]
+    yy, xx = np.mgrid[:side, :side]
+    alpha = Image.fromarray((np.clip(1.0 - np.hypot(xx - side / 2, yy - side / 2) / (side / 2), 0, 0.12) / 0.12
+                             * 255).astype(np.uint8))
+    h, w = GROUP_SIZE
+    ys = np.linspace(0.0, 1.0, h)[:, None, None]
+    canvas = Image.fromarray((np.array([110, 128, 120]) * (0.8 + 0.4 * ys) * np.ones((h, w, 3))).astype(np.uint8))
+    for x, y, size, tint in GROUP_HEADS:  # in order: the last one is in front
+        tinted = Image.fromarray((np.asarray(head, dtype=np.float64) * np.array(tint)).clip(0, 255).astype(np.uint8))
+        canvas.paste(tinted.resize((size, size), Image.Resampling.LANCZOS), (x, y),
+                     alpha.resize((size, size), Image.Resampling.BILINEAR))
+    return np.asarray(canvas)
+
+
 # Holes of the inpainting example (transparent pixels = Load Image's MASK): a rectangle and a disk.
 INPAINT_HOLES = {"rect": (300, 360, 60, 200), "disk": (130, 400, 28)}  # (y0, y1, x0, x1), (cy, cx, r)
 
 
 def write_example_picture(path: os.PathLike, picture: Optional[str] = None) -> Path:
     """A real photo from scikit-image as PNG: `picture` names it (astronaut, chelsea, coffee); by default
-    chosen from the file name (EXAMPLE_PICTURES), the astronaut's face otherwise. Names containing
+    chosen from the file name (EXAMPLE_PICTURES), the astronaut's face otherwise. Names containing "group"
+    get a group photo of three faces (make_group_photo); names containing
     "inpaint" get the astronaut with two transparent holes (INPAINT_HOLES), which ComfyUI's Load Image
     turns into its MASK."""
     import numpy as np
@@ -343,6 +419,8 @@ def write_example_picture(path: os.PathLike, picture: Optional[str] = None) -> P
         picture = next((p for key, p in EXAMPLE_PICTURES.items() if key in path.name.lower()), "astronaut")
     path.parent.mkdir(parents=True, exist_ok=True)
     rgb = np.asarray(Image.fromarray(getattr(data, picture)()).convert("RGB"))
+    if "group" in path.name.lower():  # Align Face's faces: all example: several faces
+        rgb = make_group_photo()
     if "inpaint" in path.name.lower():
         alpha = np.full(rgb.shape[:2], 255, np.uint8)
         y0, y1, x0, x1 = INPAINT_HOLES["rect"]

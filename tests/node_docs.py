@@ -35,6 +35,14 @@ WEIGHTS = {
         ("timm vit_small_patch8_224.dino (safetensors)", "https://huggingface.co/timm/vit_small_patch8_224.dino")]),
     "TransEditLoadPUT": ("models/put", [
         ("PUT transformer checkpoints (CVPR 2022 / TPAMI 2024)", "https://github.com/liuqk3/PUT")]),
+    "TransEditLoadLPIPS": ("models/lpips", [
+        ("torchvision AlexNet (alexnet-owt-7be5be79.pth)", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
+        ("torchvision VGG16 (vgg16-397923af.pth)", "https://download.pytorch.org/models/vgg16-397923af.pth"),
+        ("LPIPS v0.1 heads (alex.pth, vgg.pth)",
+         "https://github.com/richzhang/PerceptualSimilarity/tree/master/lpips/weights/v0.1")]),
+    "TransEditLoadFaceParser": ("models/face_parsing", [
+        ("face-parsing.PyTorch 79999_iter.pth (BiSeNet, as STIT uses)",
+         "https://github.com/zllrunning/face-parsing.PyTorch#demo")]),
 }
 
 

@@ -54,7 +54,8 @@ def test_nodes_offer_search_aliases_and_mark_their_intermediate_pictures():
     without being an output node, so a run that takes it from the cache still shows them."""
     import transedit
 
-    shows_pictures = {"TransEditGenerate", "TransEditPasteBack", "TransEditPUTInpaint", "TransEditSplice"}
+    shows_pictures = {"TransEditGenerate", "TransEditPasteBack", "TransEditPUTInpaint", "TransEditSplice",
+                      "TransEditPivotalTune", "TransEditStitchingTune"}
     for node_id, cls in transedit.NODE_CLASS_MAPPINGS.items():
         aliases = cls.SEARCH_ALIASES
         assert aliases and all(isinstance(a, str) and a == a.lower() and a.strip() == a for a in aliases), node_id
