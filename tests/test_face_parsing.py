@@ -4,7 +4,8 @@ calc_masks, on seeded random weights (tests/golden/face_parsing: regenerate.py, 
 Tolerances: logits within atol 2e-4 + rtol 1e-5 of the official fp32 ones (they reach |30|; ours fold each
 BatchNorm into its convolution, measured max difference 4e-5). Labels: STIT's argmax at 512x512, where ours may
 differ only at near-ties (the official label's logit within 1e-3 of our maximum), on at most 1e-4 of the pixels.
-Half precision on the CPU against fp32: logits within 2% of their range, labels equal on >= 98% of pixels.
+Half precision on the CPU against fp32 (TOL_HALF): fp16 logits within 0.5% of their range and labels equal on
+>= 99.5% of pixels; bf16 2% and 98.5%.
 """
 from __future__ import annotations
 
@@ -252,17 +253,23 @@ def test_the_parser_runs_in_its_own_device_and_dtype_and_answers_on_the_images(p
     assert labels.device.type == "cpu" and labels.dtype == torch.uint8
 
 
-def test_half_precision_on_cpu_is_close_to_fp32(official_sd, golden):
+# dtype -> (largest logit difference as a share of the fp32 logits' range, least share of equal labels); measured
+# on these weights: fp16 0.09% / 99.95%, bf16 0.6% / 99.4%
+TOL_HALF = {torch.float16: (0.005, 0.995), torch.bfloat16: (0.02, 0.985)}
+
+
+@pytest.mark.parametrize("dtype", list(TOL_HALF))
+def test_half_precision_on_cpu_is_close_to_fp32(official_sd, golden, dtype):
     model = BiSeNet().eval()
     model.load_state_dict(official_sd)
     x = golden["net32_input"]
     with torch.no_grad():
         full = model(x)
-        half = model.to(torch.float16)(x.half())
-    assert half.dtype == torch.float16
+        half = model.to(dtype)(x)  # fp32 images into a half model: cast on entry
+    assert half.dtype == dtype
     spread = float(full.max() - full.min())
-    assert float((half.float() - full).abs().max()) <= 0.02 * spread
-    assert float((half.argmax(1) == full.argmax(1)).float().mean()) >= 0.98
+    assert float((half.float() - full).abs().max()) <= TOL_HALF[dtype][0] * spread
+    assert float((half.argmax(1) == full.argmax(1)).float().mean()) >= TOL_HALF[dtype][1]
 
 
 def test_bad_inputs_say_what_is_wrong(parser):
@@ -335,7 +342,7 @@ def test_torchscript_is_refused_without_running_it(official_sd, tmp_path):
     model.load_state_dict(official_sd)
     scripted = tmp_path / "79999_iter_scripted.pt"
     torch.jit.trace(model.conv_out16, torch.zeros(1, 128, 4, 4)).save(str(scripted))
-    with pytest.raises(CheckpointError, match=str(scripted.name)):
+    with pytest.raises(CheckpointError, match=rf"{scripted.name}.*(Refusing|TorchScript)"):
         load_face_parser(scripted)
 
 
