@@ -166,12 +166,15 @@ def _make_detector(node: str, choice: str):
 
 class TransEditAlignFace:
     DESCRIPTION = ("Finds a face in each photo and crops it the way FFHQ was made (eyes level, fixed eye and "
-                   "mouth positions). StyleGAN encoders only work on such crops. Connect TE_ALIGN to Paste Back.")
+                   "mouth positions). StyleGAN encoders only work on such crops. Connect TE_ALIGN to Paste Back. "
+                   "faces: all crops every face of a group photo (in video: follows every person), for one edit "
+                   "on all of them or, through Select Faces, one per face.")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "images": ("IMAGE", {"tooltip": "Photos; one face per image is aligned."}),
+            "images": ("IMAGE", {"tooltip": "Photos; one face per image is aligned (every face with faces: "
+                                            "all)."}),
             "detector": (_detector_choices(), {"tooltip": "RetinaFace (pure PyTorch, GPU or CPU, batched): "
                                                           "detection_Resnet50_Final.pth or detection_mobilenet0.25_"
                                                           "Final.pth from facexlib's release in models/facedetection. "
@@ -224,9 +227,11 @@ class TransEditAlignFace:
 
     RETURN_TYPES = ("IMAGE", "TE_ALIGN", "STRING")
     RETURN_NAMES = ("aligned", "align", "report")
-    OUTPUT_TOOLTIPS = ("Aligned face squares [B, S, S, 3].", "The transform per image, for Paste Back.",
-                       "What happened: in video mode which frames had the face, which were interpolated or left "
-                       "untouched.")
+    OUTPUT_TOOLTIPS = ("Aligned face squares [B, S, S, 3]; faces: all: one per face, by image then largest "
+                       "first (video: by person, then frame).",
+                       "The transform per crop and the image it came from, for Paste Back and Select Faces.",
+                       "What happened: faces per photo; in video mode which frames had the face (every face: "
+                       "each person's frames), which were interpolated or left untouched.")
     FUNCTION = "align"
     CATEGORY = CATEGORY
     SEARCH_ALIASES = ["face crop", "ffhq align", "face detection", "retinaface", "video face", "face tracking"]
@@ -456,13 +461,16 @@ class TransEditAlignFace:
 
 class TransEditPasteBack:
     DESCRIPTION = ("Puts edited aligned faces back into the original photos with a feathered, colour-matched "
-                   "blend; the MASK output is the pasted region (e.g. for a diffusion inpaint pass).")
+                   "blend; the MASK output is the pasted region (e.g. for a diffusion inpaint pass). With Align "
+                   "Face's faces: all, every face goes back into its own photo in one pass; where faces overlap "
+                   "the smaller is pasted first, so the larger (closer) face ends on top.")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             "original": ("IMAGE", {"tooltip": "The photos that went into Align Face."}),
-            "edited": ("IMAGE", {"tooltip": "Edited aligned faces (any square size), one per photo."}),
+            "edited": ("IMAGE", {"tooltip": "Edited aligned faces (any square size), one per aligned face (one "
+                                            "per photo unless Align Face aligned every face)."}),
             "align": ("TE_ALIGN", {"tooltip": "From Align Face, for the same photos."}),
             "mask_shape": (list(MASK_SHAPES), {"default": "ellipse",
                                                "tooltip": "Shape of the blended region in the aligned square."}),
@@ -481,7 +489,8 @@ class TransEditPasteBack:
 
     RETURN_TYPES = ("IMAGE", "MASK")
     RETURN_NAMES = ("images", "mask")
-    OUTPUT_TOOLTIPS = ("Photos with the edited faces pasted in.", "Where the face was pasted (0..1).")
+    OUTPUT_TOOLTIPS = ("Photos with the edited faces pasted in.", "Where the faces were pasted (0..1; "
+                                                                     "overlapping faces: the larger value).")
     FUNCTION = "paste"
     CATEGORY = CATEGORY
     SEARCH_ALIASES = ["face paste", "uncrop", "face composite", "blend face back"]

@@ -143,7 +143,9 @@ def _pasted_photos(prompt: dict) -> list[tuple[str, str]]:
         paste_id, paste = _upstream(prompt, save, "images")
         if paste["class_type"] != "TransEditPasteBack":
             continue
-        _, load = _upstream(prompt, paste_id, "original")
+        source_id, load = _upstream(prompt, paste_id, "original")
+        while load["class_type"] == "TransEditPasteBack":  # a chain: some faces pasted into another paste's result
+            source_id, load = _upstream(prompt, source_id, "original")
         assert load["class_type"] == "LoadImage", load
         found.append((save, load["inputs"]["image"]))
     return found
@@ -396,6 +398,10 @@ def _assert_only_the_face_changed(photo_name: str, photo: np.ndarray, arr: np.nd
             (rows.min(), rows.max(), cols.min(), cols.max())
         face = changed[int(0.12 * H):int(0.3 * H), int(0.35 * W):int(0.52 * W)]
         assert face.mean() > 0.9, f"only {face.mean():.0%} of the face centre changed"
+    if photo_name == "transedit_group_photo.png":  # faces: all: every face changed, not only the largest
+        for x, y, side, _ in h.GROUP_HEADS:
+            cx, cy, r = int(x + 0.54 * side), int(y + 0.41 * side), int(0.05 * side)
+            assert changed[cy - r:cy + r, cx - r:cx + r].mean() > 0.9, f"the face at x={cx}, y={cy} was not pasted"
     assert (~changed.any(1)).any(), "every row changed: the paste covers the whole photo"
 
 
