@@ -22,8 +22,9 @@ from safetensors.torch import load_file, save_file
 from conftest import TEST_DEVICE
 from transedit.models.core.errors import CheckpointError
 from transedit.models.face import parsing
-from transedit.models.face.parsing import (CLASS_NAMES, NOT_FACE_CLASSES, BiSeNet, class_ids, face_region_mask,
-                                           labels_to_mask, parse_faces, parser_input, resize_mask)
+from transedit.models.face.parsing import (CLASS_NAMES, FACE_PARSING_FILE, FACE_PARSING_HINT, FACE_PARSING_URL,
+                                           NOT_FACE_CLASSES, BiSeNet, class_ids, face_region_mask, labels_to_mask,
+                                           parse_faces, parser_input, resize_mask)
 from transedit.models.registry import load_face_parser, load_retinaface
 
 GOLDEN = Path(__file__).parent / "golden" / "face_parsing"
@@ -272,11 +273,28 @@ def test_half_precision_on_cpu_is_close_to_fp32(official_sd, golden, dtype):
     assert float((half.argmax(1) == full.argmax(1)).float().mean()) >= TOL_HALF[dtype][1]
 
 
+def test_preprocessing_is_stits_and_survives_nan():
+    """[-1, 1] -> clip -> [0, 1] -> ImageNet normalisation, nearest to 512 (from smaller and larger images); a NaN
+    pixel is read as 0 instead of spreading through the network's global pooling."""
+    images = torch.rand(2, 3, 37, 29) * 3 - 1.5
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    for x in (images, F.interpolate(images, (700, 600), mode="nearest")):
+        expected = (F.interpolate(x, (512, 512), mode="nearest").clip(-1, 1).add(1).div(2) - mean) / std
+        torch.testing.assert_close(parser_input(x), expected, atol=1e-6, rtol=0)
+    holed = images.clone()
+    holed[0, 1, 3:9, 4:7] = float("nan")
+    filled = holed.nan_to_num(0.0)
+    assert torch.equal(parser_input(holed), parser_input(filled)) and parser_input(holed).isfinite().all()
+
+
 def test_bad_inputs_say_what_is_wrong(parser):
     with pytest.raises(ValueError, match=r"\[N, 3, H, W\].*\(1, 4, 8, 8\)"):
         face_region_mask(parser, torch.zeros(1, 4, 8, 8))
     with pytest.raises(ValueError, match="floating-point"):
         face_region_mask(parser, torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        parse_faces(parser, torch.zeros(1, 3, 8, 8), batch_size=0)
     with pytest.raises(ValueError, match="classes_excluded.*0..18.*19"):
         face_region_mask(parser, torch.zeros(1, 3, 8, 8), classes_excluded=(0, 19))
 
@@ -353,3 +371,14 @@ def test_other_class_counts_load_with_a_note(official_sd, tmp_path):
     assert desc.config.n_classes == 11 and "class names do not apply" in desc.notes[0]
     with pytest.raises(ValueError, match="0..10"):
         face_region_mask(desc.model, torch.zeros(1, 3, 8, 8), classes_excluded=(0, 16))
+
+
+def test_the_face_parsing_folder_and_download_link():
+    """The ComfyUI folder the loader lists, and the official README's link for the file STIT names."""
+    from transedit.nodes import comfy_bridge as bridge
+
+    sub, exts = bridge.MODEL_FOLDERS["face_parsing"]
+    assert sub == "face_parsing" and {".pth", ".pt", ".safetensors"} <= exts
+    assert FACE_PARSING_FILE == "79999_iter.pth"
+    assert FACE_PARSING_URL == "https://drive.google.com/open?id=154JgKpzCPW82qINcVieuPH3fZ2e0P812"
+    assert FACE_PARSING_URL in FACE_PARSING_HINT and "models/face_parsing" in FACE_PARSING_HINT

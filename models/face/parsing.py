@@ -190,14 +190,14 @@ class BiSeNet(nn.Module):
 # ------------------------------------------------------------------------------------------------ masks
 def parser_input(images: torch.Tensor, size: int = PARSING_SIZE) -> torch.Tensor:
     """STIT's preprocessing: [-1, 1] images resized to size x size (nearest), clipped, to [0, 1], ImageNet-
-    normalised. The pointwise part runs at whichever of the two sizes is smaller (nearest resizing commutes
-    with it exactly)."""
+    normalised (NaN read as 0, mid-grey). The pointwise part runs at whichever of the two sizes is smaller
+    (nearest resizing commutes with it exactly)."""
     scale = device_constant([0.5 / s for s in IMAGENET_STD], images.device, images.dtype, (1, 3, 1, 1))
     shift = device_constant([(0.5 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)], images.device,
                             images.dtype, (1, 3, 1, 1))
     if images.shape[-2] * images.shape[-1] > size * size:
         images = F.interpolate(images, (size, size), mode="nearest")
-    x = torch.addcmul(shift, images.clamp(-1, 1), scale)
+    x = torch.addcmul(shift, images.nan_to_num(0.0).clamp(-1, 1), scale)  # a NaN pixel would spread everywhere
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, (size, size), mode="nearest")
     return x
@@ -222,6 +222,8 @@ def parse_faces(parser: BiSeNet, images: torch.Tensor, *, batch_size: int = 8) -
     [N, 512, 512] uint8 on the images' device. The parser runs on its own device and dtype, `batch_size` images
     at a time (the labels of a whole clip are small; the 512x512 logits of a chunk are not)."""
     check_images(images)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     device, dtype = model_device_dtype(parser)
     chunks = []
     for start in range(0, images.shape[0], batch_size):
