@@ -405,6 +405,19 @@ def _assert_only_the_face_changed(photo_name: str, photo: np.ndarray, arr: np.nd
     assert (~changed.any(1)).any(), "every row changed: the paste covers the whole photo"
 
 
+def test_the_group_photo_check_sees_a_face_left_out():
+    """Planted: a paste that changed two of the group photo's three faces fails the check (no server needed)."""
+    photo = h.make_group_photo().astype(np.int16)
+    pasted = photo.copy()
+    for x, y, side, _ in h.GROUP_HEADS[:2]:
+        pasted[y + side // 5:y + 3 * side // 4, x + side // 4:x + 3 * side // 4] += 9
+    with pytest.raises(AssertionError, match="was not pasted"):
+        _assert_only_the_face_changed("transedit_group_photo.png", photo, pasted)
+    x, y, side, _ = h.GROUP_HEADS[2]
+    pasted[y + side // 5:y + 3 * side // 4, x + side // 4:x + 3 * side // 4] += 9
+    _assert_only_the_face_changed("transedit_group_photo.png", photo, pasted)
+
+
 @pytest.mark.parametrize("path", FACE_WORKFLOWS, ids=lambda p: p.name)
 def test_paste_back_changes_only_the_face(server, path):
     """The face workflows with a real detector on the real photo: the pasted result differs from the photo in
