@@ -18,6 +18,7 @@ GAP = 40
 # nodes that draw a picture inside themselves after a run (previews while running, compare widgets, outputs)
 PICTURE_NODES = {"TransEditAlignFace", "TransEditGenerate", "TransEditPasteBack", "TransEditCompare",
                  "TransEditPUTInpaint", "TransEditSplice", "TransEditApplySplice", "TransEditSMARTRefine", "TransEditEditStudio",
+                 "TransEditPivotalTune", "TransEditStitchingTune",
                  "PreviewImage", "SaveImage", "LoadImage", "LoadVideo", "SaveVideo", "PreviewAny"}
 
 
