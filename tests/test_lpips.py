@@ -91,7 +91,8 @@ def assert_parity(errors):
 def test_distances_and_gradients_match_the_reference(models, golden, case, net):
     # batch > 1, non-square, a flat region whose features are all zero (the eps case), noise, saturated inputs
     assert_parity(parity_errors(models[net], golden, case))
-    assert golden[f"{case}_dist"].min() > 0 and golden[f"{case}_dist"].unique().numel() == golden[f"{case}_dist"].numel()
+    dist = golden[f"{case}_dist"]
+    assert dist.min() > 0 and dist.unique().numel() == dist.numel()  # the pairs really differ, each its own way
 
 
 @pytest.mark.parametrize("live", ["x", "y", "neither"])
@@ -291,6 +292,8 @@ def test_files_are_detected_by_their_keys_and_load(tmp_path, golden):
     alexnet = torchvision_file(tmp_path, "alex", "alexnet-owt-7be5be79")
     vgg16 = torchvision_file(tmp_path, "vgg", "vgg16-397923af", fmt="safetensors")
     heads = {net: GOLDEN / f"{net}.pth" for net in NETS}
+    save_file(load_plain_state_dict(heads["vgg"]), str(tmp_path / "vgg.safetensors"))  # heads converted: same
+    heads["vgg"] = tmp_path / "vgg.safetensors"
     for path, family in ((alexnet, "lpips_backbone"), (vgg16, "lpips_backbone"), (heads["alex"], "lpips_heads"),
                          (heads["vgg"], "lpips_heads")):
         assert identify(read_checkpoint(path)).id == family, path
@@ -342,6 +345,16 @@ def test_file_mistakes_are_named_with_the_fix(tmp_path):
     ints = torchvision_file(tmp_path, "alex", "ints", **{"features.3.bias": torch.zeros(192, dtype=torch.int64)})
     with pytest.raises(CheckpointError, match=r"^ints\.pth: holds non-floating-point"):
         load_lpips(ints, alex_heads)
+    squeeze = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1)
+               for i, c in enumerate((64, 128, 256, 384, 384, 512, 512))}
+    torch.save(squeeze, tmp_path / "squeeze.pth")
+    with pytest.raises(CheckpointError, match=r"^squeeze\.pth: holds LPIPS's SqueezeNet heads"):
+        load_lpips(alexnet, tmp_path / "squeeze.pth")
+    save_file({"foo.weight": torch.zeros(3, 3)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(CheckpointError, match=r"^other\.safetensors: is not a torchvision AlexNet / VGG16 file"):
+        load_lpips(tmp_path / "other.safetensors", alex_heads)
+    with pytest.raises(CheckpointError, match=r"^other\.safetensors: is not an LPIPS heads file"):
+        load_lpips(alexnet, tmp_path / "other.safetensors")
     with pytest.raises(CheckpointError, match="file not found"):
         load_lpips(tmp_path / "missing.pth", alex_heads)
 

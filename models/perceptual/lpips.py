@@ -212,6 +212,8 @@ class LPIPS(nn.Module):
         head = heads_net(heads)
         if head is None:
             what = ("is a torchvision backbone, not an LPIPS heads file" if backbone_net(heads) is not None
+                    else "holds LPIPS's SqueezeNet heads (seven layers); TransEdit's LPIPS is the AlexNet or VGG16 "
+                    "variant" if "lin6.model.1.weight" in heads
                     else "is not an LPIPS v0.1 heads file (expected lin0..lin4.model.1.weight of shape [1, C, 1, 1])")
             raise CheckpointError(heads_path, what + ".", PAIRING_HINT)
         if head != net:
