@@ -271,6 +271,11 @@ def test_half_precision_on_cpu_is_close_to_fp32(official_sd, golden, dtype):
     spread = float(full.max() - full.min())
     assert float((half.float() - full).abs().max()) <= TOL_HALF[dtype][0] * spread
     assert float((half.argmax(1) == full.argmax(1)).float().mean()) >= TOL_HALF[dtype][1]
+    # what the nodes' precision resolver may then choose: both halves when asked, fp16 for auto on a GPU
+    name = {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    gpu = torch.device("cuda")
+    assert BiSeNet.PRECISION.resolve(name, gpu, device_has_bf16=True) == dtype
+    assert BiSeNet.PRECISION.resolve("auto", gpu, device_has_bf16=dtype == torch.bfloat16) == torch.float16
 
 
 def test_preprocessing_is_stits_and_survives_nan():
