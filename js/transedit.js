@@ -124,7 +124,9 @@ function makeCompareWidget(node) {
       ctx.textAlign = "center";
       ctx.fillStyle = "#aaa";
       ctx.font = "11px sans-serif";
-      const more = this.total > this.pairs.length ? ` (first ${this.pairs.length} of ${this.total})` : "";
+      const first = this.first || 0; // Edit Studio's preview_face: the pairs start there
+      const more = this.total > this.pairs.length ? (first ? ` (${first + 1}–${first + this.pairs.length} of ${this.total})`
+        : ` (first ${this.pairs.length} of ${this.total})`) : "";
       const text = this.pairs.length > 1 ? `pair ${this.pair + 1}/${this.pairs.length}${more} — click here for the next`
         : "drag to compare";
       ctx.fillText(text, x0 + w / 2, y + h + 13);
@@ -202,7 +204,8 @@ function requestPreview(node) {
   const studio = node.__transeditStudio;
   if (!studio || !studioSupported()) return;
   const compare = node.widgets?.find((w) => w.name === "transedit_compare");
-  const item = compare?.pairs?.length ? compare.pair % compare.pairs.length : 0;
+  const pair = compare?.pairs?.length ? compare.pair % compare.pairs.length : 0;
+  const item = studio.items?.[pair] ?? pair; // the batch item (face) that pair shows: preview_face onwards
   const values = studioValues(node);
   const key = JSON.stringify([values, item]);
   if (key === studio.shownKey && !studio.inFlight) return;
@@ -224,8 +227,8 @@ function requestPreview(node) {
           im.onerror = () => resolve(null);
           im.src = answer.image;
         });
-        if (img && compare?.pairs?.[item]) {
-          compare.pairs[item] = { ...compare.pairs[item], after: img };
+        if (img && compare?.pairs?.[pair]) {
+          compare.pairs[pair] = { ...compare.pairs[pair], after: img };
           compare.labels = ["before", `after · live ${answer.width}²`];
           studio.shownKey = key;
           studio.previews += 1;
@@ -311,12 +314,14 @@ async function showStudio(node, payload) {
   const previous = node.__transeditStudio;
   node.__transeditStudio = { node_id: String(payload.node_id), prompt_id: String(payload.prompt_id),
     route: payload.route || "/transedit/studio/preview", full_size: payload.full_size, preview_size: payload.preview_size,
-    previews: previous?.previews || 0, inFlight: false, shownKey: null, wanted: null };
+    previews: previous?.previews || 0, inFlight: false, shownKey: null, wanted: null,
+    items: Array.isArray(payload.items) ? payload.items.map(Number) : null };
+  compare.first = node.__transeditStudio.items?.[0] || 0;
   // what the run rendered is on screen: remember it, so an unchanged slider asks for nothing
   const values = payload.values || {};
   const shown = { strengths: [1, 2, 3, 4].map((i) => Number(values.strengths?.[i - 1] ?? 0)),
     start_layer: Number(values.start_layer ?? -1), end_layer: Number(values.end_layer ?? -1) };
-  node.__transeditStudio.shownKey = JSON.stringify([shown, 0]);
+  node.__transeditStudio.shownKey = JSON.stringify([shown, compare.first]);
   compare.onPairChange = () => requestPreview(node);
   rememberRunNames(node, payload.directions);
   updateStudioSlots(node);

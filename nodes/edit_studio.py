@@ -48,6 +48,7 @@ MAX_DIRECTIONS = 4
 STUDIO_STRENGTH = 20.0  # slider range: multiples of a direction's default strength
 PREVIEW_SIZES = ("256", "128", "512", "1024")
 MAX_NAME_CHARS = 48  # a direction's name as a slider label: longer ones are cut (the node stays narrow)
+MAX_ITEM = 4095  # the highest batch item a preview may ask for
 MAX_REMEMBERED = 8  # runs kept for previews (LRU); each holds latents and a weak generator handle, no weights
 _ID = re.compile(r"^[A-Za-z0-9:_.\-]{1,64}$")
 REQUEST_KEYS = {"node_id", "prompt_id", "strengths", "start_layer", "end_layer", "item", "seq"}
@@ -297,7 +298,7 @@ def parse_request(payload) -> dict:
     out["strengths"] = [_number("strengths", s, -STUDIO_STRENGTH, STUDIO_STRENGTH) for s in strengths]
     out["start_layer"] = _number("start_layer", payload.get("start_layer", -1), -1, MAX_LAYER, integer=True)
     out["end_layer"] = _number("end_layer", payload.get("end_layer", -1), -1, MAX_LAYER, integer=True)
-    out["item"] = _number("item", payload.get("item", 0), 0, 4095, integer=True)
+    out["item"] = _number("item", payload.get("item", 0), 0, MAX_ITEM, integer=True)
     seq = payload.get("seq")
     out["seq"] = None if seq is None else _number("seq", seq, 0, 2 ** 53, integer=True)
     return out
@@ -353,8 +354,17 @@ class TransEditEditStudio:
                                                  "tooltip": auto_tooltip_by_file(PRECISION_BY_FILE)
                                                  + " Previews and the queued image use the same."}),
             },
-            "optional": {f"direction_{i}": ("TE_DIRECTION", {"tooltip": f"Optional direction for strength_{i}."})
-                         for i in range(2, MAX_DIRECTIONS + 1)},
+            "optional": {
+                **{f"direction_{i}": ("TE_DIRECTION", {"tooltip": f"Optional direction for strength_{i}."})
+                   for i in range(2, MAX_DIRECTIONS + 1)},
+                "preview_face": ("INT", {"default": 0, "min": 0, "max": MAX_ITEM,
+                                         "tooltip": "Which face (latent of the batch) the before/after and the "
+                                                    "live previews show first; the picture's pair switch steps "
+                                                    f"through it and the next {MAX_PAIRS - 1}. With Align Face's "
+                                                    "faces: all, faces count in its order (photo, then largest "
+                                                    "first); Select Faces before Invert narrows the batch to the "
+                                                    "faces you pick."}),
+            },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
@@ -369,7 +379,7 @@ class TransEditEditStudio:
 
     def edit(self, generator, latent, direction_1, strength_1, strength_2, strength_3, strength_4, start_layer,
              end_layer, preview_size, precision, direction_2=None, direction_3=None, direction_4=None,
-             unique_id=None):
+             preview_face=0, unique_id=None):
         generator = check_generator(NODE, generator)
         latent = generator.check_latent(check_latent(NODE, "latent", latent), NODE)
         directions = []
@@ -384,6 +394,11 @@ class TransEditEditStudio:
         end_layer = check_int(NODE, "end_layer", end_layer, -1, MAX_LAYER)
         preview_size = check_choice(NODE, "preview_size", preview_size, PREVIEW_SIZES)
         precision = check_choice(NODE, "precision", precision, PRECISIONS)
+        first = check_int(NODE, "preview_face", preview_face, 0, MAX_ITEM)
+        if first >= latent.batch_size:
+            raise NodeInputError(NODE, "preview_face", f"is {first} but the latent holds {latent.batch_size} "
+                                 f"face(s) (0..{latent.batch_size - 1}).",
+                                 "lower preview_face, or connect the latents of all the faces you mean.")
         if not torch.isfinite(latent.wplus).all():
             raise NodeInputError(NODE, "latent", "contains NaN or infinite values.",
                                  "check the node that produced it (e.g. an edit strength that is too large).")
@@ -412,15 +427,15 @@ class TransEditEditStudio:
                                        smart=smart))
             if bridge.IN_COMFYUI:  # nobody looks at previews elsewhere
                 ui = self._ui(node_id, prompt_id, generator, latent, wplus, previews, res, values, precision,
-                              slot_names(directions))
+                              slot_names(directions), first)
         return bridge.with_ui((images, edited), ui)
 
     @staticmethod
-    def _ui(node_id, prompt_id, generator, latent, wplus, previews, res, values, precision, names):
+    def _ui(node_id, prompt_id, generator, latent, wplus, previews, res, values, precision, names, first=0):
         """The frontend's data: the compare widget's (before, after) pairs at preview size — 'after' is the skip
         RGB of the queued render itself, what the route renders for these values —, the ids for the route, and
         each slot's direction name (the sliders' labels: js/transedit.js)."""
-        shown = list(range(min(MAX_PAIRS, latent.batch_size)))
+        shown = list(range(first, min(first + MAX_PAIRS, latent.batch_size)))  # from the face it is pointed at
         before = previews[shown]
         if not torch.equal(wplus, latent.wplus):  # an edit: render the unedited faces at preview size too
             before, _ = render_latents(NODE, generator, latent, items=shown, precision=precision,
@@ -428,7 +443,7 @@ class TransEditEditStudio:
         (pairs,) = compare_ui(before, previews[shown])[COMPARE_KEY]
         return {UI_KEY: [{**pairs, "total": latent.batch_size, "node_id": node_id, "prompt_id": prompt_id,
                           "route": ROUTE, "preview_size": res, "full_size": generator.config.size,
-                          "values": values, "directions": names}]}
+                          "values": values, "directions": names, "items": shown}]}
 
 
 NODE_CLASS_MAPPINGS = {"TransEditEditStudio": TransEditEditStudio}

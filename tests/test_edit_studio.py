@@ -791,3 +791,40 @@ def test_smart_refined_latents_preview_and_queue_with_smart(tmp_path, ids):
     status, body = preview(strengths=[2.0], item=1)
     assert status == 200, body
     np.testing.assert_array_equal(decode(body["image"]), to_u8(images[1]))  # 64 px: preview = full image
+
+
+def test_the_studio_previews_the_face_it_is_pointed_at(generator, directions, ids, monkeypatch):
+    """preview_face k (a group photo's faces in one batch): the before/after pairs and the payload's items start
+    at face k, so the frontend's pair switch and live previews show faces k.. (items beyond the batch: an error
+    naming the input)."""
+    faces = TransEditSampleLatent().sample(generator, 3, 6, 0.7)[0]
+    real_render = studio.render_latents
+
+    def render_then_in_comfyui(*args, **kwargs):
+        monkeypatch.setattr(bridge, "IN_COMFYUI", False)
+        out = real_render(*args, **kwargs)
+        monkeypatch.setattr(bridge, "IN_COMFYUI", True)
+        return out
+
+    seen = {}
+    monkeypatch.setattr(studio, "render_latents", render_then_in_comfyui)
+    monkeypatch.setattr(studio, "compare_ui", lambda before, after: seen.update(after=after) or
+                        {studio.COMPARE_KEY: [{"pairs": []}]})
+    age = directions[0]
+    out = studio.TransEditEditStudio().edit(generator, faces, age, 1.0, 0.0, 0.0, 0.0, -1, -1, "128", "fp32",
+                                            preview_face=4, unique_id="7")
+    (payload,) = out["ui"][studio.UI_KEY]
+    assert payload["items"] == [4, 5] and payload["total"] == 6
+    images = out["result"][0]
+    small = torch.nn.functional.interpolate(images[4:6].permute(0, 3, 1, 2), size=128, mode="area")
+    assert seen["after"].shape[0] == 2
+    # the pairs are faces 4 and 5 (the skip RGB at 128 is close to the full render shrunk, unlike other faces)
+    err = lambda k: (seen["after"][0].permute(2, 0, 1) - small[k]).abs().mean()  # noqa: E731
+    assert err(0) < err(1)
+    monkeypatch.setattr(bridge, "IN_COMFYUI", False)
+    status, body = preview(strengths=[1.0], item=5)  # the frontend asks for the item its pair shows
+    assert status == 200 and body["item"] == 5
+    with pytest.raises(NodeInputError, match="TransEdit Edit Studio: input 'preview_face' is 6 but the latent "
+                                             "holds 6 face"):
+        studio.TransEditEditStudio().edit(generator, faces, age, 1.0, 0.0, 0.0, 0.0, -1, -1, "128", "fp32",
+                                          preview_face=6, unique_id="7")

@@ -393,7 +393,7 @@ def test_edit_studio_degrades_without_the_preview_route(report):
 
 SLOTS = range(1, 5)
 STUDIO_PROMPT_INPUTS = {"generator", "latent", "direction_1", "direction_2", "strength_1", "strength_2", "strength_3",
-                        "strength_4", "start_layer", "end_layer", "preview_size", "precision"}
+                        "strength_4", "start_layer", "end_layer", "preview_size", "precision", "preview_face"}
 
 
 def slot_faults(view: dict, names: dict[int, str]) -> list[str]:
