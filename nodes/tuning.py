@@ -372,13 +372,15 @@ def file_sha256(path: str) -> str:
 
 
 def locate_base(path: str) -> Optional[tuple[str, str]]:
-    """(model folder, name inside it) of a file in one of BASE_FOLDERS, or None."""
-    real = os.path.realpath(path)
-    for folder in BASE_FOLDERS:
-        for root in bridge.folder_paths_for(folder):
-            root = os.path.realpath(root)
-            if os.path.commonpath([root, real]) == root and real != root:
-                return folder, os.path.relpath(real, root).replace(os.sep, "/")
+    """(model folder, name inside it) of a file in one of BASE_FOLDERS, or None. The path as the folder lists it
+    counts first (a model file is often a link to a shared store), then with links resolved."""
+    for resolve in (os.path.abspath, os.path.realpath):
+        file = resolve(path)
+        for folder in BASE_FOLDERS:
+            for root in bridge.folder_paths_for(folder):
+                root = resolve(root)
+                if os.path.commonpath([root, file]) == root and file != root:
+                    return folder, os.path.relpath(file, root).replace(os.sep, "/")
     return None
 
 
@@ -652,6 +654,8 @@ class TransEditStitchingTune:
     SEARCH_ALIASES = ["stit", "stitching tuning", "seamless paste", "border tuning"]
     HAS_INTERMEDIATE_OUTPUT = True  # 0.33: a cached run still shows its before/after pictures
 
+    chunk_size = 8  # frames per engine call (each still tuned alone, from the same weights); halved on out-of-memory
+
     def stitch(self, generator, latent, images, mask, steps, learning_rate, content_weight, border_pixels,
                inner_dilation, outer_dilation, whole_image_border, loss="l2", border_threshold=0.0):
         node = "TransEdit Stitching Tune"
@@ -683,7 +687,7 @@ class TransEditStitchingTune:
             border_pixels, inner_dilation, outer_dilation)), whole_image_border=whole_image_border, crop_size=size)
         progress = _StepProgress(steps, grand_total=steps * n)
 
-        def frame(start: int, stop: int) -> torch.Tensor:
+        def frames(start: int, stop: int) -> torch.Tensor:
             module = generator.load()
             device = next(module.parameters()).device
             progress.offset = start * steps
@@ -694,8 +698,9 @@ class TransEditStitchingTune:
                                   on_step=progress, should_cancel=_should_cancel)
             return gan_to_comfy_image(out.detach())
 
-        # one frame per pass: STIT tunes a fresh copy for each
-        out = run_in_chunks(node, n, 1, frame, what=f"stitching one {size}px frame", keep=(generator.managed,),
+        # the engine tunes each frame of a chunk from a fresh copy, as STIT; chunks only save its set-up per call
+        out = run_in_chunks(node, n, self.chunk_size, frames, what=f"stitching one {size}px frame",
+                            keep=(generator.managed,),
                             advice="free GPU memory held by other models or programs, or stitch on a CPU.")
         stitched = torch.cat(out, 0)
         full_mask = full[:, 0].float().clamp(0, 1).to(bridge.intermediate_device())

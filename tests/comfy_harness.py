@@ -221,8 +221,8 @@ def save_tiny_face_parser(path: Path, seed: int = 0) -> Path:
 TINY_RUN_OVERRIDES: dict[str, dict] = {
     "TransEditSplice": {"steps": 4, "output_size": 96, "preview_every": 2},
     # PTI's 350 steps / STIT's 50 passes over the clip and 100 stitching steps per frame: a few show the same
-    "TransEditPivotalTune": {"steps": 3},
-    "TransEditStitchingTune": {"steps": 2},
+    "TransEditPivotalTune": {"steps": 2},
+    "TransEditStitchingTune": {"steps": 1},
 }
 
 

@@ -521,6 +521,7 @@ def test_stitching_tune_errors_and_cancel(generator, pivots, monkeypatch):
             raise Interrupted()
 
     monkeypatch.setattr(bridge, "check_interrupt", interrupt)
+    monkeypatch.setattr(nodes.TransEditStitchingTune, "chunk_size", 1)
     with pytest.raises(Interrupted):
         stitch(generator, pivots, crops(2), centre_mask(2, 48), steps=10)
     assert calls["n"] == 3
@@ -534,3 +535,18 @@ def test_stitching_tune_out_of_memory_names_what_to_do(generator, pivots, monkey
     with pytest.raises(bridge.oom_exception()) as e:
         stitch(generator, pivots, crops(2), centre_mask(2, 48))
     assert str(e.value).startswith("TransEdit Stitching Tune: out of memory stitching one 32px frame")
+
+
+def test_a_linked_base_file_is_named_by_its_place_in_the_folder(own_stylegan_folder, lpips, tmp_path):
+    """Model files are often links into a shared store: the delta names the base as the folder lists it."""
+    store = tmp_path / "store"
+    store.mkdir()
+    target = save_random_generator(store / "real_name.pt", config=CONFIG, seed=3)
+    os.symlink(target, own_stylegan_folder / "stylegan" / "linked.pt")
+    handle = sg_nodes.TransEditLoadStyleGAN().load("linked.pt")[0]
+    latent = sg_nodes.TransEditSampleLatent().sample(handle, 1, 1, 0.7)[0]
+    (name,) = nodes.TransEditSaveTunedStyleGAN().save(tune(handle, latent, crops(1), lpips, steps=1), "linked")
+    from transedit.models.stylegan.tuning import read_tuning_delta
+
+    assert read_tuning_delta(own_stylegan_folder / "stylegan" / name).metadata["base_name"] == "linked.pt"
+    assert sg_nodes.TransEditLoadStyleGAN().load(name)[0].tuning.base_source.endswith("linked.pt")

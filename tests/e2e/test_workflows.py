@@ -862,3 +862,36 @@ def test_current_server_reads_search_aliases_and_resends_cached_pictures(server)
     for outputs in (first, again):
         reporting = {prompt[k]["class_type"] for k, v in outputs.items() if v.get("transedit_compare")}
         assert {"TransEditGenerate", "TransEditPasteBack"} <= reporting, reporting
+
+
+# ------------------------------------------------------------------------------------ pivotal tuning
+PTI_WORKFLOW = wg.WORKFLOWS_DIR / "invert_pti_edit.json"
+
+
+def test_tuned_generator_is_saved_and_loaded_back(server):
+    """invert_pti_edit.json with Save Tuned StyleGAN un-muted: the delta lands in the server's models/stylegan under
+    a new name, Load StyleGAN lists it and loads it (its base, the e4e file, found in models/gan_encoders), and the
+    loaded generator renders what the tuned one rendered."""
+    ui = copy.deepcopy(wg.load_workflow(PTI_WORKFLOW))
+    for node in ui["nodes"]:
+        if node["type"] == "TransEditSaveTunedStyleGAN":
+            assert node["mode"] == wg.MODE_NEVER  # shipped muted: a run does not write into the user's models
+            node["mode"] = 0
+    prompt, _ = _runnable_prompt(server, ui)
+    (save_gan,) = _nodes_of(prompt, "TransEditSaveTunedStyleGAN")
+    prompt[save_gan]["inputs"]["filename_prefix"] = "e2e/pti"
+    (tune,) = _nodes_of(prompt, "TransEditPivotalTune")
+    (tuned_gen,) = [k for k in _nodes_of(prompt, "TransEditGenerate") if prompt[k]["inputs"]["generator"][0] == tune]
+    (save_rec,) = [k for k in _nodes_of(prompt, "SaveImage") if prompt[k]["inputs"]["images"][0] == tuned_gen]
+    history = server.run(prompt)
+    name = history["outputs"][save_gan]["text"][0]
+    assert name.startswith("e2e/pti_") and name.endswith(".safetensors"), name
+    listed = server.object_info(refresh=True)["TransEditLoadStyleGAN"]["input"]["required"]["ckpt_name"][0]
+    assert name in listed
+    before = _saved_by(server, history, save_rec)
+    prompt, _ = wg.drop_nodes(prompt, [save_gan])
+    prompt["900"] = {"class_type": "TransEditLoadStyleGAN", "inputs": {"ckpt_name": name}}
+    prompt[tuned_gen]["inputs"]["generator"] = ["900", 0]
+    prompt[save_rec]["inputs"]["filename_prefix"] = "e2e/pti_from_delta"
+    after = _saved_by(server, server.run(prompt), save_rec)
+    assert len(after) == len(before) == 1 and np.abs(after[0] - before[0]).max() <= 1
