@@ -65,6 +65,8 @@ REPOS = {
     "splice": "omerbt/Splice",
     "dino": "facebookresearch/dino",
     "put": "liuqk3/PUT",
+    "pti": "danielroich/PTI",
+    "stit": "rotemtzaban/STIT",
 }
 # top-level package names the official repositories share (each has its own `models`, `configs`, `utils`...)
 _SHARED_NAMES = ("models", "configs", "op", "utils", "util", "criteria", "training", "options", "datasets", "data",
@@ -665,6 +667,9 @@ STAGES = {
     "styleprompter": (stage_styleprompter, ("stylegan2", "styleprompter")),
     "splice": (stage_splice, ("splice", "dino")),
     "put": (stage_put, ("put",)),
+    # pivotal tuning (benchmarks/bench_tuning.py): NVlabs networks.py comes from the STIT checkout for both
+    "pti": (lambda ctx: __import__("bench_tuning").stage_pti(ctx), ("pti", "stit")),
+    "stit": (lambda ctx: __import__("bench_tuning").stage_stit(ctx), ("stit",)),
 }
 
 
@@ -734,6 +739,8 @@ def main(argv=None):
     ap.add_argument("--profile", default="", metavar="STAGES",
                     help="comma list of stages to profile once per case (one more call of each side); "
                          "PUT: the all-at-once cases")
+    ap.add_argument("--tuning-size", type=int, default=256, help="pti/stit: generator size (config-f widths)")
+    ap.add_argument("--tuning-steps", type=int, default=6, help="pti: steps (stit: half, over 2 frames)")
     ap.add_argument("--official-cuda-ops", action="store_true",
                     help="compile rosinality's CUDA kernels for the official side (needs nvcc; minutes)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

@@ -38,6 +38,7 @@ from .put.transformer import PUTDescriptor, read_put_config  # noqa: F401
 from .splice import dino
 from .splice.dino import DinoDescriptor  # noqa: F401
 from .stylegan import generator as stylegan2
+from .stylegan import tuning as stylegan_tuning
 from .stylegan.generator import (StyleGAN2Descriptor, infer_stylegan2_config, is_stylegan2_state_dict,  # noqa: F401
                                  save_stylegan2_safetensors)
 
@@ -129,8 +130,27 @@ def load_as(path, family_id: str, **options):
 
 
 def load_stylegan2(path) -> StyleGAN2Descriptor:
-    """A StyleGAN2 generator from any supported file (the EMA weights when there are several)."""
+    """A StyleGAN2 generator from any supported file (the EMA weights when there are several); a tuning delta
+    (Save Tuned StyleGAN) loads as its base file, found in the same folder and hash-checked, plus the delta."""
+    if stylegan_tuning.is_tuning_delta_file(path):
+        return load_tuned_stylegan2(path)
     return load_as(path, "stylegan2")
+
+
+def load_tuned_stylegan2(delta_path) -> StyleGAN2Descriptor:
+    """A tuning delta applied to the base generator it names (same folder, sha256 checked)."""
+    delta = stylegan_tuning.read_tuning_delta(delta_path)
+    base_path = stylegan_tuning.delta_base_path(delta_path, delta)
+    if stylegan_tuning.is_tuning_delta_file(base_path):
+        raise CheckpointError(delta_path, f"names {delta.base_file} as its base, which is itself a tuning delta.",
+                              "Save tuning deltas against a full generator file.")
+    base = load_as(base_path, "stylegan2")
+    try:
+        tuned = stylegan_tuning.apply_tuning_delta(base.model, delta)
+    except ValueError as e:
+        raise CheckpointError(delta_path, f"does not fit {delta.base_file}: {e}.") from None
+    return stylegan_tuning.tuned_descriptor(base, tuned, source=str(delta_path),
+                                            note=f"tuning delta {Path(delta_path).name} applied to {delta.base_file}")
 
 
 def load_encoder(path) -> EncoderDescriptor:

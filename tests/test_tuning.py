@@ -175,3 +175,47 @@ def test_regularizer_seed_is_numpys_global_stream(tiny):
     assert torch.allclose(drawn, expected, atol=1e-6)
     morphed = reg.morph(drawn[:2], pivots[:1])
     assert torch.allclose((morphed - pivots[:1]).flatten(1).norm(dim=1), torch.full((2,), 30.0), atol=1e-4)
+
+
+def test_tuning_delta_round_trip_and_registry(tiny, tmp_path):
+    """Save Tuned StyleGAN's delta: only the changed tensors, tuned - base; Load StyleGAN on the delta finds the
+    base beside it, checks its hash and gives back the tuned weights. Planted: a different base file, a missing
+    one, a delta applied to another layout."""
+    from transedit.models.registry import load_stylegan2
+    from transedit.models.stylegan.generator import StyleGAN2Descriptor, save_stylegan2_safetensors
+
+    g, pivots, targets = tiny
+    base_desc = StyleGAN2Descriptor(family="stylegan2", model=g, config=g.config, source="base.pt",
+                                    source_format="torch", weights="g_ema", fingerprint="f" * 16,
+                                    latent_avg=g.mean_latent(64).reshape(-1))
+    base_file = save_stylegan2_safetensors(base_desc, tmp_path / "base.safetensors")
+    loaded_base = load_stylegan2(base_file)
+    result = T.pivotal_tune(loaded_base.model, pivots[:1], targets[:1], l1_distance,
+                            replace(T.PTI_PRESET, steps=3), device="cpu")
+    delta_file = T.save_tuning_delta(result.generator, loaded_base.model, tmp_path / "tuned.safetensors",
+                                     T.file_sha256(base_file), base_file.name)
+    delta = T.read_tuning_delta(delta_file)
+    assert delta.base_file == "base.safetensors" and not any(k.startswith(("style.", "noises.")) for k in
+                                                              delta.tensors)
+    assert delta.tensors and all(k.startswith(("conv", "to_rgb", "input")) for k in delta.tensors)
+    assert T.is_tuning_delta_file(delta_file) and not T.is_tuning_delta_file(base_file)
+    tuned = load_stylegan2(delta_file)
+    ref = result.generator.state_dict()
+    assert max(float((v - ref[k]).abs().max()) for k, v in tuned.model.state_dict().items()) < 1e-6
+    assert tuned.fingerprint != loaded_base.fingerprint and tuned.source == str(delta_file)
+    assert torch.equal(tuned.latent_avg, loaded_base.latent_avg)
+
+    # planted: the base beside the delta is another file
+    other = StyleGAN2Generator(TINY)
+    save_stylegan2_safetensors(replace(base_desc, model=other), tmp_path / "base.safetensors", overwrite=True)
+    with pytest.raises(ValueError, match="made from a different base.safetensors"):
+        load_stylegan2(delta_file)
+    (tmp_path / "base.safetensors").unlink()
+    with pytest.raises(ValueError, match="not in the same folder"):
+        load_stylegan2(delta_file)
+    small = StyleGAN2Generator(StyleGAN2Config(size=8, style_dim=32, n_mlp=2, channels={4: 16, 8: 8}))
+    with pytest.raises(ValueError, match="are not in this generator"):
+        T.apply_tuning_delta(small, delta)
+    narrow = StyleGAN2Generator(StyleGAN2Config(size=16, style_dim=32, n_mlp=2, channels={4: 16, 8: 16, 16: 4}))
+    with pytest.raises(ValueError, match="has shape"):
+        T.apply_tuning_delta(narrow, delta)

@@ -473,6 +473,53 @@ def is_tuning_delta_metadata(metadata: dict) -> bool:
     return (metadata or {}).get(TRANSEDIT_FORMAT_KEY) == DELTA_FORMAT
 
 
+def is_tuning_delta_file(path) -> bool:
+    """Whether `path` is a tuning delta, from the safetensors header alone (no tensors read)."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors" or not path.is_file():
+        return False
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return is_tuning_delta_metadata(f.metadata() or {})
+    except Exception:  # not readable as safetensors: the normal loader reports it
+        return False
+
+
+def delta_base_path(delta_path, delta: TuningDelta) -> Path:
+    """The base generator a delta names, in the delta's folder, checked against the sha256 it recorded."""
+    delta_path = Path(delta_path)
+    base = delta_path.parent / delta.base_file
+    if not base.is_file():
+        raise CheckpointError(delta_path, f"is a tuning delta of {delta.base_file}, which is not in the same "
+                              f"folder ({delta_path.parent}).",
+                              f"Put {delta.base_file} (the generator the tuning started from) beside it.")
+    digest = file_sha256(base)
+    if digest != delta.base_sha256:
+        raise CheckpointError(delta_path, f"was made from a different {delta.base_file} (sha256 "
+                              f"{delta.base_sha256[:12]}..., the file beside it has {digest[:12]}...).",
+                              f"Put the exact {delta.base_file} the tuning started from beside it.")
+    return base
+
+
+def tuned_fingerprint(base_fingerprint: str, tuned: StyleGAN2Generator) -> str:
+    """A fingerprint for tuned weights: the base's and a digest of every parameter's sum (cheap, content-bound),
+    so caches keyed by generator never take the tuned generator for its base."""
+    h = hashlib.sha1(base_fingerprint.encode())
+    sums = torch.stack([p.detach().double().sum() for p in tuned.parameters()]).cpu()
+    h.update(sums.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def tuned_descriptor(base_desc, tuned: StyleGAN2Generator, source: Optional[str] = None, note: str = ""):
+    """The base's StyleGAN2Descriptor with `tuned` as its model (same W space and latent_avg), a fingerprint of
+    its own, `source` (e.g. the delta file) and a note saying what was tuned."""
+    notes = list(getattr(base_desc, "notes", []) or []) + ([note] if note else [])
+    return replace(base_desc, model=tuned, fingerprint=tuned_fingerprint(base_desc.fingerprint, tuned),
+                   source=str(source or base_desc.source), notes=notes)
+
+
 def read_tuning_delta(path) -> TuningDelta:
     tensors, metadata = read_safetensors(Path(path))
     if not is_tuning_delta_metadata(metadata):
