@@ -64,6 +64,7 @@ def node_label(ui_workflow: dict, node_id: str) -> str:
 
 
 MEDIAPIPE = "mediapipe (bundled models)"  # Align Face's detector choice for it
+TUNING_NODES = ("TransEditPivotalTune", "TransEditStitchingTune")  # shortened on tiny generators (as e2e does)
 
 
 def _stand_in_face_detector(tiny: list, stand_ins: list) -> str | None:
@@ -407,6 +408,12 @@ def run_workflow(server, path: Path, wf: dict, info: dict, results: dict, run: R
             if h.shorten_for_tiny_weights(prompt):
                 print(f"[demo] {path.name}: tiny random DINO, so Splice trains for "
                       f"{h.TINY_RUN_OVERRIDES['TransEditSplice']['steps']} steps only", flush=True)
+        generators = [need for need in h.workflow_model_files(wf) if need[0] in ("stylegan", "gan_encoders")]
+        if any(need in tiny for need in generators):  # a tiny random generator: a few tuning steps say as much
+            tuning = {k: v for k, v in h.TINY_RUN_OVERRIDES.items() if k in TUNING_NODES}
+            if h.shorten_for_tiny_weights(prompt, tuning):
+                print(f"[demo] {path.name}: tiny random generator, so Pivotal Tune / Stitching Tune run "
+                      f"{', '.join(f'{k[9:]} {v}' for k, v in tuning.items())} only", flush=True)
         if real_detector:
             for node in prompt.values():
                 if node["class_type"] == "TransEditAlignFace" and \
