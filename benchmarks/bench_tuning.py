@@ -82,7 +82,7 @@ def speed(args):
     from transedit.models.stylegan import tuning as T
 
     device = torch.device(args.device)
-    g = random_generator(args.size, device)
+    g = random_generator(args.size, device, max_channels=args.max_channels)
     lpips = seeded_lpips(device)
     pivots, targets = inputs(g, 1, device)
     targets = targets.to(device)
@@ -100,7 +100,8 @@ def speed(args):
             times.append(time.perf_counter() - t0)
         dtype = str(T.resolve_precision(g, precision, device)).replace("torch.", "")
         s = statistics.median(times)
-        rows.append({"precision": precision, "dtype": dtype, "size": args.size, "steps": args.steps,
+        rows.append({"precision": precision, "dtype": dtype, "size": args.size, "max_channels": args.max_channels,
+                     "steps": args.steps,
                      "seconds": round(s, 3), "steps_per_s": round(args.steps / s, 2),
                      "all_s": [round(t, 3) for t in times], "final_lpips": round(float(result.losses[-1, 1]), 5),
                      "target_s": 5.0 if (args.size, args.steps) == (1024, 350) else None})
@@ -115,6 +116,12 @@ def device_name(device):
 
 
 # ----------------------------------------------------------------------------------------------- memory
+def l1_distance(x, y):
+    """A cheap stand-in perceptual loss for the memory runs: LPIPS's activations do not depend on the clip's
+    length, the question is whether the frames pile up."""
+    return (x - y).abs().mean((1, 2, 3))
+
+
 def memory_child(args):
     """One clip length in this process: JSON {frames, peak_mib, seconds} on stdout."""
     from bench_stylegan import RSSPeak
@@ -123,7 +130,7 @@ def memory_child(args):
 
     device = torch.device(args.device)
     g = random_generator(args.size, device, max_channels=args.max_channels)
-    lpips = seeded_lpips(device)
+    lpips = seeded_lpips(device) if args.perceptual == "lpips" else l1_distance
     pivots, targets = inputs(g, args.child, "cpu")
     config = replace(T.STIT_PRESET, steps=1, regularizer_interval=1)
     # a first short run: one-time allocations (kernels, allocator pools, thread pools) are not the clip's
@@ -151,7 +158,7 @@ def memory(args):
     rows = []
     for n in [int(f) for f in args.frames.split(",") if f]:
         cmd = [sys.executable, __file__, "memory", "--device", args.device, "--size", str(args.size),
-               "--max-channels", str(args.max_channels), "--child", str(n)]
+               "--max-channels", str(args.max_channels), "--perceptual", args.perceptual, "--child", str(n)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
@@ -160,6 +167,7 @@ def memory(args):
     return {"benchmark": "tuning_memory", "device": args.device, "device_name": device_name(torch.device(args.device)),
             "torch": torch.__version__, "size": args.size, "max_channels": args.max_channels,
             "config": "STIT preset, 1 pass over the frames, locality regularisation, chunks of 16 frames",
+            "perceptual": args.perceptual,
             "rows": rows, "flat": flat}
 
 
@@ -262,16 +270,20 @@ def main(argv=None):
     ap.add_argument("mode", choices=["speed", "memory"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--size", type=int, default=None, help="generator size (speed: 1024; memory: 64)")
-    ap.add_argument("--max-channels", type=int, default=64, help="memory: channel cap (a small fast generator)")
+    ap.add_argument("--max-channels", type=int, default=None,
+                    help="channel cap (speed: 512 = config-f; memory: 64, a small fast generator)")
     ap.add_argument("--steps", type=int, default=350)
     ap.add_argument("--poll-every", type=int, default=50)
     ap.add_argument("--dtypes", default="fp32,auto")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--frames", default="30,120,300")
+    ap.add_argument("--perceptual", choices=["lpips", "l1"], default="lpips",
+                    help="memory: the loss (l1: a cheap stand-in, for slow machines)")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    args.size = args.size or (1024 if args.mode == "speed" else 64)
+    args.size = args.size or (1024 if args.mode == "speed" else 256)
+    args.max_channels = args.max_channels or (512 if args.mode == "speed" else 32)
     if args.child is not None:
         memory_child(args)
         return

@@ -67,6 +67,10 @@ def benchmark_steps(device: str, quick: bool, out: Path) -> list[tuple[str, list
                                  "--memory-height", "360", "--quick", "--footage-seeds", "1",
                                  "--out", str(out / "face_video.json"),
                                  "--strip", str(out / "face_video_strip.jpg")], 0.08),
+            ("tuning", py + ["benchmarks/bench_tuning.py", "speed", *d, "--size", "32", "--max-channels", "32", "--steps",
+                             "4", "--dtypes", "fp32", "--reps", "1", "--out", str(out / "tuning.json")], 0.04),
+            ("tuning_memory", py + ["benchmarks/bench_tuning.py", "memory", *d, "--size", "32", "--max-channels", "16",
+                                    "--frames", "4,12", "--out", str(out / "tuning_memory.json")], 0.04),
         ]
     return [
         ("generate", py + ["benchmarks/bench_stylegan.py", *d, "--sizes", "1024", "--batches", "1,8,32", "--dtypes",
@@ -83,6 +87,11 @@ def benchmark_steps(device: str, quick: bool, out: Path) -> list[tuple[str, list
                          "--reps", "20", "--out", str(out / "studio.json")], 0.06),
         ("face_video", py + ["benchmarks/bench_face_video.py", *d, "--memory-frames", "30,120",
                              "--out", str(out / "face_video.json"), "--strip", str(out / "face_video_strip.jpg")], 0.05),
+        # PTI: 350 steps on a 1024² config-f generator, target 5 s on an H100 (fp32 = the official force_fp32)
+        ("tuning", py + ["benchmarks/bench_tuning.py", "speed", *d, "--size", "1024", "--steps", "350", "--dtypes",
+                         "fp32,auto", "--reps", "2", "--out", str(out / "tuning.json")], 0.1),
+        ("tuning_memory", py + ["benchmarks/bench_tuning.py", "memory", *d, "--size", "256", "--max-channels", "512",
+                                "--frames", "30,120,300", "--out", str(out / "tuning_memory.json")], 0.05),
     ]
 
 
@@ -166,7 +175,8 @@ def main(argv=None) -> int:
     if args.official:
         official = [f"--official={n}={Path(args.official) / d}" for n, d in
                     (("stylegan2", "stylegan2-pytorch"), ("style_transformer", "style-transformer"),
-                     ("styleprompter", "StylePrompter"), ("splice", "Splice"), ("dino", "dino"), ("put", "PUT"))
+                     ("styleprompter", "StylePrompter"), ("splice", "Splice"), ("dino", "dino"), ("put", "PUT"),
+                     ("pti", "PTI"), ("stit", "STIT"))
                     if (Path(args.official) / d).is_dir()]
         steps.append(run_step("vs_official", [sys.executable, "benchmarks/vs_official.py", "--device", args.device,
                                               *official, "--batches", "1,32", "--reps", "5", "--put-samples", "1",
@@ -193,7 +203,8 @@ def main(argv=None) -> int:
                           "torch": torch.__version__, "python": sys.version.split()[0]},
               "seconds": round(time.monotonic() - started, 1), "steps": steps,
               "results": {name: load(f"{name}.json") for name in ("precision", "generate", "inversion", "splice", "put",
-                                                                   "studio", "vs_official")},
+                                                                   "studio", "vs_official", "tuning",
+                                                                   "tuning_memory")},
               "ok": all(s["ok"] for s in steps)}
     path = out_dir / f"gpu_check_{tag}.json"
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")

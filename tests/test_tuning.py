@@ -166,8 +166,10 @@ def test_regularizer_seed_is_numpys_global_stream(tiny):
 
     g, pivots, _ = tiny
     config = replace(T.STIT_PRESET, regularizer_samples=2)
-    reg = T.LocalityRegularizer(g, g.mean_latent(64), config, seed=5, device=torch.device("cpu"))
+    reg = T.LocalityRegularizer(g, g.mean_latent(64), config, seed=5, device=torch.device("cpu"), draws=4)
     drawn = torch.cat([reg.draw(1), reg.draw(3)]).reshape(-1, 32)
+    with pytest.raises(RuntimeError, match="more draws"):
+        reg.draw(1)
     np.random.seed(5)
     z = torch.cat([torch.from_numpy(np.random.randn(2, 32)) for _ in range(4)]).float()
     w_avg = g.mean_latent(64)
@@ -219,3 +221,27 @@ def test_tuning_delta_round_trip_and_registry(tiny, tmp_path):
     narrow = StyleGAN2Generator(StyleGAN2Config(size=16, style_dim=32, n_mlp=2, channels={4: 16, 8: 16, 16: 4}))
     with pytest.raises(ValueError, match="has shape"):
         T.apply_tuning_delta(narrow, delta)
+
+
+@pytest.mark.parametrize("preset", ["pti", "stit"])
+def test_no_host_sync_per_step(tiny, preset, monkeypatch):
+    """The per-step loop waits for nothing (counted by the sync sentinel, as tests/test_sync_free.py does): the
+    early stop is decided on the device (Adam's lr a tensor), losses stay there until the end. Planted: without
+    the tensor lr (an optimiser without a fused kernel) the stop is read every step, and that is counted."""
+    from sync_sentinel import per_step
+
+    g, pivots, targets = tiny
+    w_avg = g.mean_latent(64)
+    config = T.PTI_PRESET if preset == "pti" else T.STIT_PRESET
+    frames = 1 if preset == "pti" else 2
+
+    def run(n):
+        T.pivotal_tune(g, pivots[:frames], targets[:frames], l1_distance, replace(config, steps=n, poll_every=1000,
+                       early_stop_lpips=0.0 if preset == "pti" else None), device="cpu", w_avg=w_avg)
+
+    assert per_step(run, 2, 5) == {}
+    if preset == "pti":
+        real = T.make_adam
+        monkeypatch.setattr(T, "make_adam", lambda params, lr, betas, device, tensor_lr: (real(
+            params, lr, betas, torch.device("meta"), False)[0], None))
+        assert per_step(run, 2, 5) != {}

@@ -158,20 +158,27 @@ def _check_inputs(generator, pivots, targets, where="pivotal_tune"):
 
 
 class LocalityRegularizer:
-    """The locality regulariser's samples: z from numpy's legacy RNG (the official draw, chunk by chunk: a
-    RandomState continues its normal stream across calls), mapped by the original generator with truncation."""
+    """The locality regulariser's samples: z from numpy's legacy RNG, all of the run's draws at once on the host
+    (the official code draws one per regularised step; a RandomState continues one normal stream across calls,
+    so the values are the same), moved to the device a chunk at a time and mapped there by the original
+    generator with truncation."""
 
     def __init__(self, original: StyleGAN2Generator, w_avg: torch.Tensor, config: TuningConfig, seed: int,
-                 device: torch.device):
+                 device: torch.device, draws: int):
         self.original, self.config, self.device = original, config, device
-        self.rng = np.random.RandomState(seed)
+        s = config.regularizer_samples
+        z = np.random.RandomState(seed).randn(draws * s, original.config.input_dim)
+        self.z = torch.from_numpy(z).float()  # host; 2 KiB a step for 512-d z
+        self.taken = 0
         self.w_avg = w_avg.reshape(1, -1).to(device, torch.float32)
 
     def draw(self, count: int) -> torch.Tensor:
-        """W of `count` x samples, [count, samples, style_dim] on the device."""
+        """W of the next `count` regularised steps, [count, samples, style_dim] on the device."""
         s = self.config.regularizer_samples
-        z = torch.from_numpy(self.rng.randn(count * s, self.original.config.input_dim)).to(self.device,
-                                                                                             torch.float32)
+        z = self.z[self.taken * s:(self.taken + count) * s].to(self.device, non_blocking=True)
+        if z.shape[0] != count * s:
+            raise RuntimeError("locality regulariser: more draws asked for than the run has steps")
+        self.taken += count
         with torch.no_grad():
             w = self.original.mapping(z)
             w = self.w_avg + self.config.regularizer_truncation * (w - self.w_avg)
@@ -223,7 +230,9 @@ def pivotal_tune(generator: StyleGAN2Generator, pivots: torch.Tensor, targets: t
     optimizer, lr_tensor = make_adam(params, config.lr, config.betas, device, tensor_lr=early)
     sync_each_step = early and lr_tensor is None  # no fused kernel here: the official check, one sync per step
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    reg = LocalityRegularizer(original, w_avg, config, seed, device) if config.locality_regularization else None
+    regularised_steps = len(range(0, total, config.regularizer_interval))  # t % interval == 0
+    reg = (LocalityRegularizer(original, w_avg, config, seed, device, regularised_steps)
+           if config.locality_regularization else None)
     n_reg = config.regularizer_samples
     batched_noise = _noise_pivot_then_none(tuned, n_reg) if reg is not None else None
     losses = torch.zeros(total, 3, device=device)
