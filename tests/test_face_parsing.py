@@ -294,8 +294,10 @@ def test_preprocessing_is_stits_and_survives_nan():
 
 
 def test_bad_inputs_say_what_is_wrong(parser):
-    with pytest.raises(ValueError, match=r"\[N, 3, H, W\].*\(1, 4, 8, 8\)"):
-        face_region_mask(parser, torch.zeros(1, 4, 8, 8))
+    for wrong, shown in ((torch.zeros(1, 4, 8, 8), r"\(1, 4, 8, 8\)"), (torch.zeros(3, 8, 8), r"\(3, 8, 8\)"),
+                         (torch.zeros(1, 3, 8), r"\(1, 3, 8\)"), ([[0.0]], "list")):
+        with pytest.raises(ValueError, match=r"\[N, 3, H, W\].*" + shown):
+            face_region_mask(parser, wrong)
     with pytest.raises(ValueError, match="floating-point"):
         face_region_mask(parser, torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
