@@ -278,6 +278,18 @@ def test_half_precision_on_cpu_is_close_to_fp32(official_sd, golden, dtype):
     assert BiSeNet.PRECISION.resolve("auto", gpu, device_has_bf16=dtype == torch.bfloat16) == torch.float16
 
 
+@pytest.mark.parametrize("n, batch_size", [(5, 2), (3, 8), (7, 3)])
+def test_chunks_cover_every_image_in_order(n, batch_size):
+    """parse_faces' chunking with a cheap stand-in parser (a 1x1 convolution, 19 classes): every image, in order,
+    whatever the chunk size, the same as one pass."""
+    torch.manual_seed(n)
+    stand_in = torch.nn.Conv2d(3, 19, 1).eval()
+    images = torch.rand(n, 3, 20, 24) * 2 - 1
+    with torch.no_grad():
+        expected = stand_in(parser_input(images)).argmax(1).to(torch.uint8)
+    assert torch.equal(parse_faces(stand_in, images, batch_size=batch_size), expected)
+
+
 def test_preprocessing_is_stits_and_survives_nan():
     """[-1, 1] -> clip -> [0, 1] -> ImageNet normalisation, nearest to 512 (from smaller and larger images); a NaN
     pixel is read as 0 instead of spreading through the network's global pooling."""
