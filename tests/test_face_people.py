@@ -68,6 +68,44 @@ def test_cap_and_minimum_size(two):
         fpeople.track_people(frames, max_people=0)
 
 
+def synthetic_face(cx, cy, eyes=20.0):
+    from transedit.models.face.landmarks import FaceLandmarks
+
+    return FaceLandmarks(eye_left=(cx - eyes / 2, cy), eye_right=(cx + eyes / 2, cy),
+                         mouth_left=(cx - eyes / 3, cy + eyes), mouth_right=(cx + eyes / 3, cy + eyes))
+
+
+def test_the_gate_does_not_widen_with_time_caps_count_and_a_cut_at_frame_one():
+    x = synthetic_face(100, 100)
+    size = fv.centre_and_size(x)[1]
+    # X stands still for 10 frames, then vanishes as Y appears half a crop away: one frame's gate says new person
+    frames = [[x]] * 10 + [[synthetic_face(100 + 0.5 * size, 100)]] * 3
+    tracks = fpeople.track_people(frames)
+    assert [t.found for t in tracks] == [list(range(10)), [10, 11, 12]] and tracks[1].how == "appeared"
+    # at most max_people faces per frame, the largest; 8 by default
+    crowd = [[synthetic_face(60 * k, 100, 20 + k) for k in range(1, 11)]] * 2
+    assert len(fpeople.track_people(crowd)) == 8
+    capped = fpeople.track_people(crowd, max_people=2)
+    assert [fv.centre_and_size(t.faces[0])[0][0] for t in capped] == [600.0, 540.0]
+    # a cut right after the first frame still splits the shots
+    moved = [[x], [synthetic_face(100 + 2 * size, 100)]]
+    assert [t.how for t in fpeople.track_people(moved, cuts=[1])] == ["first", "new person"]
+    assert [t.how for t in fpeople.track_people(moved)] == ["first", "appeared"]
+
+
+def test_a_short_gap_is_interpolated_by_default_and_reported():
+    x = [[synthetic_face(100 + t, 100)] for t in range(12)]
+    x[5] = x[6] = []
+    people = fpeople.align_people(x, smoothing=1.0)
+    (track,) = people.tracks
+    assert [track.clip.status[t] for t in (4, 5, 6, 7)] == [fv.FOUND, fv.INTERPOLATED, fv.INTERPOLATED, fv.FOUND]
+    assert "person 0: frames 0-11 (12 crops), found in 10, interpolated 5-6" in people.summary()
+    default = fpeople.align_people(x)
+    assert (default.max_people, default.smoothing) == (8, 3.0) and "up to 3 frames" in default.summary()
+    lost = fpeople.align_people(x, smoothing=1.0, interpolate_lost=False)
+    assert "left untouched 5-6" in lost.summary() and "interpolated" not in lost.summary()
+
+
 def test_align_people_on_the_rendered_clip_finds_the_cut_and_reports_each_track():
     clip = hc.make_two_person_clip(frame_hw=(120, 180))
     change = fv.frame_change(fv.frame_signatures(torch.from_numpy(clip.frames).float() / 255))
