@@ -25,6 +25,10 @@ How the official code is made to run here (shims live in this file only, the off
   official ones; the image pair is synthetic (benchmarks/bench_splice.py).
 - PUT: the official yaml configs (full size), `torch._six` aliased (its lr_scheduler imports it); the
   transformer's random weights are saved as the official `last.pth` container and loaded by TransEdit.
+- PTI / STIT (benchmarks/bench_tuning.py): the official coaches' train() with wandb, e4e and plotting as stand-ins,
+  on an NVlabs networks.py generator (STIT's copy) pickled as NVlabs does and loaded by TransEdit's converter;
+  the same LPIPS AlexNet module (random weights) on both sides; size --tuning-size (256 by default, config-f
+  widths), equal steps (PTI's early stop off).
 
 Sizes are the official ones: config-f 1024 generator, IR-SE-50 Style Transformer, SwinV2-T StylePrompter + SMART,
 DINO ViT-S/8 and ViT-B/8 at 224 px, PUT CVPR 2022 FFHQ (30 x 512) and TPAMI 2024 FFHQ-256 (12 x 768) at 256².
