@@ -102,6 +102,10 @@ def test_a_short_gap_is_interpolated_by_default_and_reported():
     assert "person 0: frames 0-11 (12 crops), found in 10, interpolated 5-6" in people.summary()
     default = fpeople.align_people(x)
     assert (default.max_people, default.smoothing) == (8, 3.0) and "up to 3 frames" in default.summary()
+    assert default.tracks[0].clip.adaptive  # narrower smoothing where the face moves fast, as for one person
+    assert fpeople.align_people(x, smoothing=0.5).smoothing == 0.5
+    with pytest.raises(ValueError, match="smoothing must be >= 0"):
+        fpeople.align_people(x, smoothing=-0.5)
     lost = fpeople.align_people(x, smoothing=1.0, interpolate_lost=False)
     assert "left untouched 5-6" in lost.summary() and "interpolated" not in lost.summary()
 
