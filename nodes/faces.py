@@ -485,6 +485,10 @@ class TransEditPasteBack:
                                                      "sigma), so a clip's face does not flicker. -1 follows Align "
                                                      "Face: its smoothing in video mode, per image otherwise. 0: "
                                                      "per image."}),
+            "mask": ("MASK", {"tooltip": "Paste with this region instead of mask_shape: a MASK in aligned-crop "
+                                         "space, the edited faces' size, one per face or one for all (e.g. "
+                                         "Stitching Tune's mask, STIT's paste). feather then shrinks and blurs it "
+                                         "by that share of the side (STIT's feathered paste; 0: as is)."}),
         }}
 
     RETURN_TYPES = ("IMAGE", "MASK")
@@ -498,7 +502,7 @@ class TransEditPasteBack:
 
     chunk_size = None  # frames per chunk (None: 8 on a CPU, 16 on a GPU); tests set it
 
-    def paste(self, original, edited, align, mask_shape, feather, color_match, color_smoothing=-1.0):
+    def paste(self, original, edited, align, mask_shape, feather, color_match, color_smoothing=-1.0, mask=None):
         node = "TransEdit Paste Back"
         original = check_images(node, "original", original)
         edited = check_images(node, "edited", edited)
@@ -524,6 +528,7 @@ class TransEditPasteBack:
                 raise NodeInputError(node, "original", f"image {align.source(k)} is {original.shape[2]}x"
                                      f"{original.shape[1]} but was {rec.source_size[1]}x{rec.source_size[0]} when "
                                      "aligned.", "connect the same photos that went into Align Face.")
+        crop_mask = _check_crop_mask(node, mask, n, edited.shape[1])
         sigma = (align.smoothing if align.is_video else 0.0) if color_smoothing < 0 else color_smoothing
         space = False if color_match == "off" else color_match
         device = bridge.compute_device()
@@ -541,7 +546,8 @@ class TransEditPasteBack:
             def measure(start: int, stop: int):
                 found = [face_paste.paste_color_stats(original[source[k]:source[k] + 1], edited[k:k + 1],
                                                       [align.records[k]], feather=feather, mask_shape=mask_shape,
-                                                      color_match=space, device=device) for k in todo[start:stop]]
+                                                      color_match=space, crop_mask=crop_mask(k), device=device)
+                         for k in todo[start:stop]]
                 progress.update(stop - start)
                 return torch.cat([m for m, _ in found]), torch.cat([v for _, v in found])
 
@@ -575,12 +581,35 @@ class TransEditPasteBack:
                                           mask_shape=mask_shape, color_match=space,
                                           color_stats=None if stats is None else stats[k:k + 1],
                                           strength=None if strength is None else strength[k:k + 1],
-                                          into=(out[i:i + 1], masks[i:i + 1]), over=several, device=device)
+                                          into=(out[i:i + 1], masks[i:i + 1]), over=several,
+                                          crop_mask=crop_mask(k), device=device)
             progress.update(stop - start, preview=comfy_image_to_pil(out[photo_list[start]]))
 
         run_in_chunks(node, len(photo_list), chunk, paste, what="pasting one face back", advice=advice)
         device = bridge.intermediate_device()
         return bridge.with_ui((out.to(device), masks.to(device)), compare_ui(original, out, "photo", "pasted back"))
+
+
+def _check_crop_mask(node: str, mask, crops: int, side: int):
+    """Paste Back's optional region mask -> crop number -> its [1, S, S] mask (None without a mask)."""
+    if mask is None:
+        return lambda k: None
+    if not isinstance(mask, torch.Tensor) or mask.dim() not in (2, 3):
+        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise NodeInputError(node, "mask", f"must be a MASK [N, H, W], got {got}.",
+                             "connect a MASK, e.g. Stitching Tune's mask output.")
+    mask = mask[None] if mask.dim() == 2 else mask
+    if tuple(mask.shape[1:]) != (side, side):
+        raise NodeInputError(node, "mask", f"is {mask.shape[2]}x{mask.shape[1]} but the edited faces are "
+                             f"{side}x{side}; the mask must be in the same aligned-crop space.",
+                             "use the mask made for these crops (Stitching Tune's), or resize it to the edited "
+                             "faces' size.")
+    if mask.shape[0] not in (1, crops):
+        raise NodeInputError(node, "mask", f"has {mask.shape[0]} masks but 'align' describes {crops} faces.",
+                             f"give one mask per aligned face ({crops}), or a single mask for all.")
+    if not torch.isfinite(mask).all():
+        raise NodeInputError(node, "mask", "holds NaN or infinite values.", "check the node that made the mask.")
+    return lambda k: mask[k if mask.shape[0] > 1 else 0][None]
 
 
 _FACE_LIST = re.compile(r"^\s*\d+\s*(-\s*\d*\s*)?(,\s*\d+\s*(-\s*\d*\s*)?)*$")

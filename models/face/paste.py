@@ -1,12 +1,14 @@
 """Paste-back: an edited, aligned face warped back into its photo with a feathered mask of a chosen shape and
-optional colour matching (LAB or RGB statistics inside the mask); pixels outside the pasted square are returned
-unchanged. The inverse of align.py's mapping (AlignRecord)."""
+optional colour matching (LAB or RGB statistics inside the mask), or with a caller's mask in aligned-crop space (e.g.
+STIT's stitching region); pixels outside the pasted square are returned unchanged. The inverse of align.py's mapping
+(AlignRecord)."""
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .align import AlignRecord
 from .image_ops import as_float, as_image_list, blur, resize, translate, warp
@@ -44,6 +46,36 @@ def face_mask(size: int, shape: str = "ellipse", margin: float = 0.1, feather: f
     if feather > 0:
         m = blur(m, float(feather) * size, border="zeros")
     return m[0, 0].clamp_(0.0, 1.0)
+
+
+_SMALL_KERNELS = (None, (0.25, 0.5, 0.25), (0.0625, 0.25, 0.375, 0.25, 0.0625),
+                  (0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125))
+
+
+def feather_crop_mask(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """A caller's mask [N, 1, S, S] softened the way STIT's feathered paste does it: shrunk by ``radius`` pixels (a
+    minimum over a (2r+1) square, nothing beyond the crop's edge) and then blurred over the same (2r+1) support
+    (Gaussian, the sigma OpenCV picks for that kernel), so the soft edge stays inside the region. 0: unchanged."""
+    radius = int(radius)
+    if radius <= 0:
+        return mask
+    k = 2 * radius + 1
+    # the minimum is separable: rows then columns (a k x k pool would cost k times more)
+    m = -F.max_pool2d(-F.pad(mask, (radius, radius, 0, 0)), (1, k), stride=1)
+    m = -F.max_pool2d(-F.pad(m, (0, 0, radius, radius)), (k, 1), stride=1)
+    if radius < len(_SMALL_KERNELS):  # OpenCV's fixed kernels for sizes 3, 5 and 7
+        g = torch.tensor(_SMALL_KERNELS[radius], device=mask.device, dtype=mask.dtype)
+    else:
+        sigma = 0.3 * ((k - 1) * 0.5 - 1) + 0.8
+        xs = torch.arange(-radius, radius + 1, device=mask.device, dtype=mask.dtype)
+        g = torch.exp(-0.5 * (xs / sigma) ** 2)
+    g = g / g.sum()
+    # OpenCV's default border (mirrored without repeating the edge pixel); a mask too small for that is padded
+    # with its edge
+    small = radius >= min(m.shape[-2:])
+    m = F.pad(m, (radius, radius, radius, radius), mode="replicate" if small else "reflect")
+    m = F.conv2d(m, g.view(1, 1, 1, -1))
+    return F.conv2d(m, g.view(1, 1, -1, 1)).clamp_(0.0, 1.0)
 
 
 def _weighted_stats(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,9 +118,11 @@ def _apply_in_space(a: torch.Tensor, stats: torch.Tensor, space: str) -> torch.T
 class _Pasted:
     """One edited face warped into its photo's region: the box (x0, y0, x1, y1), the warped face, the mask and
     the photo's pixels there ([1, C, h, w] on the device); empty when the square misses the photo. ``img`` is
-    the whole photo [3, H, W] on any device (a view is enough: only the region is read)."""
+    the whole photo [3, H, W] on any device (a view is enough: only the region is read). ``crop_mask``: a caller's
+    mask [s, s] in aligned-crop space used instead of the shape, ``feather`` then being STIT's radius as a fraction
+    of its side."""
 
-    def __init__(self, i, img, edit, rec, feather, mask_shape, mask_margin, device):
+    def __init__(self, i, img, edit, rec, feather, mask_shape, mask_margin, device, crop_mask=None):
         _, H, W = img.shape
         if tuple(rec.source_size) != (H, W):
             raise BatchSizeMismatch(
@@ -106,9 +140,18 @@ class _Pasted:
             S_use = max(1, int(round(rec.qsize)))
             edit = resize(edit, (S_use, S_use))
         a_from_s = rec.resized(S_use).aligned_from_source
-        # The feathered mask is smooth: build it at <= 256 px (cheap blur) and let the warp interpolate it.
-        S_mask = S_use if feather <= 0 else min(S_use, _MASK_RES)
-        mask_a = face_mask(S_mask, mask_shape, mask_margin, feather, device=device)[None, None]
+        if crop_mask is not None:
+            if crop_mask.dim() != 2 or crop_mask.shape[0] != crop_mask.shape[1]:
+                raise ValueError(f"crop mask {i} must be a square [S, S] mask, got {tuple(crop_mask.shape)}")
+            mask_a = crop_mask.to(device=device, dtype=torch.float32)[None, None].clamp(0.0, 1.0)
+            mask_a = feather_crop_mask(mask_a, round(float(feather) * mask_a.shape[-1]))
+            if mask_a.shape[-1] > S_use:  # anti-aliased like the face; area: no ringing beyond the region
+                mask_a = F.interpolate(mask_a, size=(S_use, S_use), mode="area")
+            S_mask = mask_a.shape[-1]
+        else:
+            # The feathered mask is smooth: build it at <= 256 px (cheap blur) and let the warp interpolate it.
+            S_mask = S_use if feather <= 0 else min(S_use, _MASK_RES)
+            mask_a = face_mask(S_mask, mask_shape, mask_margin, feather, device=device)[None, None]
         m_from_s = rec.resized(S_mask).aligned_from_source
         # Region of the photo covered by the warped square.
         self.x0 = max(int(np.floor(rec.quad[:, 0].min())) - 2, 0)
@@ -171,6 +214,19 @@ def _prepare(original, edited_aligned, records, device, color_match):
     return origs, edits, records, batched, device, color_match
 
 
+def _crop_masks(crop_mask, count: int) -> list | None:
+    """A caller's masks ([B, S, S], one per face or one for all, or a list of [S, S]) -> one [S, S] per face."""
+    if crop_mask is None:
+        return None
+    masks = list(crop_mask.unbind(0)) if isinstance(crop_mask, torch.Tensor) and crop_mask.dim() == 3 else (
+        [crop_mask] if isinstance(crop_mask, torch.Tensor) else list(crop_mask))
+    if len(masks) == 1:
+        masks = masks * count
+    if len(masks) != count:
+        raise BatchSizeMismatch(f"{len(masks)} crop masks for {count} faces (give one per face, or one for all)")
+    return masks
+
+
 def paste_color_stats(
     original: Any,
     edited_aligned: Any,
@@ -180,6 +236,7 @@ def paste_color_stats(
     mask_shape: str = "ellipse",
     mask_margin: float = 0.1,
     color_match: bool | str = "lab",
+    crop_mask: Any = None,
     device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The colour statistics :func:`paste_back` would match, per image: ([B, 4, 3] float32 on the CPU, rows: the
@@ -189,8 +246,10 @@ def paste_color_stats(
     if not space:
         raise ValueError("color_match is off: there are no statistics to compute")
     stats, valid = torch.zeros(len(origs), 4, 3), torch.zeros(len(origs), dtype=torch.bool)
+    crop_masks = _crop_masks(crop_mask, len(origs))
     for i, (img, edit, rec) in enumerate(zip(origs, edits, records)):
-        pasted = _Pasted(i, img, edit, rec, feather, mask_shape, mask_margin, device)
+        pasted = _Pasted(i, img, edit, rec, feather, mask_shape, mask_margin, device,
+                         None if crop_masks is None else crop_masks[i])
         if pasted.empty:
             continue
         found = _stats_in_space(_to_space(pasted.face, space), _to_space(pasted.photo, space), pasted.mask)
@@ -212,6 +271,7 @@ def paste_back(
     strength: Sequence[float] | None = None,
     into: tuple[torch.Tensor, torch.Tensor] | None = None,
     over: bool = False,
+    crop_mask: Any = None,
     device: torch.device | str | None = None,
 ) -> tuple[Any, Any]:
     """Warp edited aligned faces back into their photos.
@@ -221,7 +281,10 @@ def paste_back(
     (any ``S``; the records are rescaled); ``records``: one per image.
 
     The blend mask is :func:`face_mask` (``mask_shape``, ``mask_margin``,
-    ``feather`` as fractions of the aligned side) warped into the photo.
+    ``feather`` as fractions of the aligned side) warped into the photo;
+    with ``crop_mask`` ([B, s, s] in aligned-crop space, any square size,
+    one per image or one for all) that mask is warped instead, shrunk and
+    blurred by ``feather`` × s pixels as STIT's feathered paste (0: as is).
     ``color_match`` (``True``/``"lab"``, ``"rgb"`` or ``False``) matches the
     per-channel mean and standard deviation of the edited face to the
     original's inside the mask before blending (gain clamped to 0.5..2);
@@ -249,13 +312,16 @@ def paste_back(
     if into is not None and (into[0].shape[0] != len(origs) or into[1].shape[0] != len(origs)):
         raise BatchSizeMismatch(f"into holds {into[0].shape[0]} images for {len(origs)} photos")
 
+    crop_masks = _crop_masks(crop_mask, len(origs))
     outs, masks = [], []
     for i, (img, edit, rec) in enumerate(zip(origs, edits, records)):
-        pasted = _Pasted(i, img, edit, rec, feather, mask_shape, mask_margin, device)
+        pasted = _Pasted(i, img, edit, rec, feather, mask_shape, mask_margin, device,
+                         None if crop_masks is None else crop_masks[i])
         if into is not None:
             out, mask_full = into[0][i], into[1][i]
         else:
-            out = as_float(img, device).permute(1, 2, 0).contiguous()
+            # a copy: the photo is a view of the caller's tensor, which must not be written to
+            out = as_float(img, device).permute(1, 2, 0).clone(memory_format=torch.contiguous_format)
             mask_full = torch.zeros(img.shape[1:], device=device)
         pasted.composite(out, mask_full, space, None if color_stats is None else color_stats[i],
                          None if strength is None else strength[i], over=over)
