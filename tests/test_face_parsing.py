@@ -367,7 +367,7 @@ def test_damaged_files_are_refused(official_sd, weights_file, tmp_path):
     with pytest.raises(CheckpointError, match="shapes do not fit.*ffm.conv1.weight"):
         load_face_parser(tmp_path / "reshaped.pth")
 
-    heads = dict(official_sd, **{"conv_out16.conv_out.weight": torch.zeros(5, 64, 1, 1)})
+    heads = dict(official_sd, **{"conv_out.conv_out.weight": torch.zeros(5, 256, 1, 1)})
     torch.save(heads, tmp_path / "heads.pth")
     with pytest.raises(CheckpointError, match=r"heads disagree on the number of classes \(\[5, 19\]\)"):
         load_face_parser(tmp_path / "heads.pth")
