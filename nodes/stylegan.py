@@ -12,7 +12,8 @@ from .handles import load_handle
 from .inputs import MAX_SEED, NodeInputError, check_choice, check_float, check_int, require_model_file
 from .precision import PRECISIONS, auto_tooltip_by_file
 from .rendering import StyleGANHandle, check_generator, render_latents
-from .tuning import is_tuning_delta_file, load_tuned_delta
+from ..models.stylegan.tuning import is_tuning_delta_file
+from .tuning import load_tuned_delta
 
 CATEGORY = "TransEdit/StyleGAN"
 MAX_BATCH = 64

@@ -26,7 +26,7 @@ from ..models.face.parsing import FACE_PARSING_FILE, FACE_PARSING_URL, PARSING_S
 from ..models.perceptual.lpips import LPIPS_DOWNLOADS
 from ..models.registry import load_face_parser, load_lpips, load_stylegan2
 from ..models.stylegan.tuning import (PTI_PRESET, STIT_PRESET, apply_tuning_delta, file_sha256 as hash_file,
-                                      is_tuning_delta_metadata, pivotal_tune, read_tuning_delta, save_tuning_delta, stitch_tune,
+                                      pivotal_tune, read_tuning_delta, save_tuning_delta, stitch_tune,
                                       stitching_masks)
 from . import comfy_bridge as bridge
 from .chunks import run_in_chunks
@@ -475,22 +475,6 @@ class TransEditSaveTunedStyleGAN:
         name = os.path.relpath(final, bridge.folder_paths_for("stylegan")[0]).replace(os.sep, "/")
         bridge.log.info("%s: wrote %s (base %s/%s)", node, final, *where)
         return bridge.with_ui((name,), {"text": [name]})
-
-
-def is_tuning_delta_file(path: str) -> bool:
-    """Whether a file in models/stylegan is a tuning delta (Load StyleGAN then reads it with load_tuned_delta): its
-    safetensors header says so (only the header is read; a damaged file is left to the generator loader's error)."""
-    if not str(path).lower().endswith(".safetensors"):
-        return False
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return is_tuning_delta_metadata(f.metadata() or {})
-    except Exception as e:  # safetensors' own error class is not public
-        if isinstance(e, (KeyboardInterrupt, SystemExit)):
-            raise
-        return False
 
 
 def _meta_int(meta: dict, key: str) -> int:

@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 
 from transedit.models.core.directions import load_direction
 from transedit.models.core.errors import CheckpointError
-from transedit.models.registry import load_dino, load_edit_transformer, load_encoder, load_put, load_stylegan2
+from transedit.models.registry import (load_dino, load_edit_transformer, load_encoder, load_face_parser, load_lpips,
+                                      load_put, load_stylegan2)
 from transedit.random_weights import save_random_dino, save_random_encoder, save_random_generator, save_random_put
 
 LOADERS = {
@@ -29,6 +30,8 @@ LOADERS = {
     "direction": load_direction,
     "dino": load_dino,
     "put": load_put,
+    "lpips_heads": lambda path: load_lpips(path, path),
+    "face_parsing": load_face_parser,
 }
 EVIL_MODULE = "transedit_evil_payload_module"  # never exists; importing it would show in sys.modules
 
@@ -157,6 +160,16 @@ def test_hostile_files_are_refused_by_every_loader(hostile, loader_name):
     tmp, files = hostile
     for case, path in files.items():
         _assert_clear_refusal(LOADERS[loader_name], path, tmp / "canary")
+
+
+def test_torchscript_is_named_and_refused_by_every_loader(tmp_path):
+    """A TorchScript export is a program: every loader refuses it before torch.load and says what it is."""
+    scripted = tmp_path / "exported.pt"
+    torch.jit.trace(torch.nn.Conv2d(3, 4, 1), torch.zeros(1, 3, 4, 4)).save(str(scripted))
+    for name, loader in LOADERS.items():
+        with pytest.raises(CheckpointError, match="TorchScript program") as e:
+            loader(scripted)
+        assert "exported.pt" in str(e.value), name
 
 
 def test_zip_bomb_is_refused_before_inflating(hostile):

@@ -82,6 +82,13 @@ def _check_torch_zip(path: Path) -> None:
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
         raise CheckpointError(path, f"could not be read as a PyTorch checkpoint ({type(e).__name__}: {e}); the "
                               "file may be truncated or corrupt — download it again.", formats_hint()) from None
+    # TorchScript archives (torch.jit.save) carry their program as code/ and constants.pkl members; name them as
+    # what they are before any other check, since a program is refused whatever its packing
+    names = [m.filename for m in members]
+    if any("/code/" in n or n.endswith("/constants.pkl") for n in names):
+        raise CheckpointError(path, "is a TorchScript program (torch.jit.save), not a checkpoint of weights: loading "
+                              "it would run its code, which TransEdit never does.",
+                              "Download the official checkpoint (.pt/.pth saved with torch.save, or .safetensors).")
     packed = [m.filename for m in members if m.compress_type != zipfile.ZIP_STORED]
     if packed:
         raise CheckpointError(path, f"has compressed members ({', '.join(packed[:2])}): torch.save never "

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
@@ -482,18 +483,25 @@ def is_tuning_delta_metadata(metadata: dict) -> bool:
     return (metadata or {}).get(TRANSEDIT_FORMAT_KEY) == DELTA_FORMAT
 
 
+MAX_SAFETENSORS_HEADER = 100 * 2**20  # a delta's header is a few KB; a larger claim is not one
+
+
 def is_tuning_delta_file(path) -> bool:
     """Whether `path` is a tuning delta, from the safetensors header alone (no tensors read)."""
     path = Path(path)
     if path.suffix.lower() != ".safetensors" or not path.is_file():
         return False
+    # the safetensors layout: an 8-byte little-endian header length, then the JSON header with "__metadata__"
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            return is_tuning_delta_metadata(f.metadata() or {})
-    except Exception:  # not readable as safetensors: the normal loader reports it
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > MAX_SAFETENSORS_HEADER:
+                return False
+            header = json.loads(f.read(length).decode("utf-8"))
+    except (OSError, ValueError, struct.error):  # not readable as safetensors: the normal loader reports it
         return False
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(metadata, dict) and is_tuning_delta_metadata(metadata)
 
 
 def delta_base_path(delta_path, delta: TuningDelta) -> Path:
