@@ -227,3 +227,35 @@ def test_model_mask_count_mismatch(scene):
     photos, recs = scene
     with pytest.raises(fp.BatchSizeMismatch, match="3 crop masks for 2 faces"):
         fp.paste_back(photos, torch.stack([gradient_crop()] * 2), recs, crop_mask=torch.ones(3, S, S))
+
+
+def test_colour_statistics_are_measured_inside_the_mask(scene):
+    """The colour match's statistics come from the caller's mask, not the built-in shape: the paste equals one
+    handed the statistics measured with that mask, and differs from one handed the ellipse's."""
+    photos, recs = scene
+    crops, mask = gradient_crop()[None], quadrant_mask()[None]
+    kw = dict(feather=0.0, color_match="rgb")
+    with_mask, _ = fp.paste_back(photos[:1], crops, recs[:1], crop_mask=mask, **kw)
+    stats, valid = fp.paste_color_stats(photos[:1], crops, recs[:1], crop_mask=mask, **kw)
+    ellipse, _ = fp.paste_color_stats(photos[:1], crops, recs[:1], **kw)
+    assert valid.all() and not torch.allclose(stats, ellipse, atol=1e-3)
+    handed, _ = fp.paste_back(photos[:1], crops, recs[:1], crop_mask=mask, color_stats=stats, **kw)
+    assert torch.allclose(with_mask, handed, atol=1e-5)
+    wrong, _ = fp.paste_back(photos[:1], crops, recs[:1], crop_mask=mask, color_stats=ellipse, **kw)
+    assert not torch.allclose(with_mask, wrong, atol=1e-3)
+
+
+def test_face_video_tuned_pastes_with_the_stitching_mask():
+    """The shipped workflow feeds Stitching Tune's region (its output 1) into Paste Back's mask input."""
+    import json
+    from pathlib import Path
+
+    graph = json.loads((Path(__file__).resolve().parents[1] / "workflows" / "face_video_tuned.json").read_text())
+    by_id = {n["id"]: n for n in graph["nodes"]}
+    (paste,) = [n for n in graph["nodes"] if n["type"] == "TransEditPasteBack"]
+    (link,) = [inp["link"] for inp in paste["inputs"] if inp["name"] == "mask"]
+    ((src, slot),) = [(l[1], l[2]) for l in graph["links"] if l[0] == link]
+    assert by_id[src]["type"] == "TransEditStitchingTune" and by_id[src]["outputs"][slot]["name"] == "mask"
+    # the same crops: Paste Back's edited faces are that node's stitched images
+    (edited,) = [inp["link"] for inp in paste["inputs"] if inp["name"] == "edited"]
+    assert [(l[1], l[2]) for l in graph["links"] if l[0] == edited] == [(src, 0)]
