@@ -26,6 +26,7 @@ from ..models.face.parsing import FACE_PARSING_FILE, FACE_PARSING_URL, PARSING_S
 from ..models.perceptual.lpips import LPIPS_DOWNLOADS
 from ..models.registry import load_face_parser, load_lpips, load_stylegan2
 from ..models.stylegan.tuning import (PTI_PRESET, STIT_PRESET, apply_tuning_delta, file_sha256 as hash_file,
+                                      is_tuning_delta_file,
                                       pivotal_tune, read_tuning_delta, save_tuning_delta, stitch_tune,
                                       stitching_masks)
 from . import comfy_bridge as bridge
@@ -500,6 +501,13 @@ def load_tuned_delta(node: str, input_name: str, path: str, shown: str) -> Tuned
                              f"{bridge.folder_paths_for(folder)}.",
                              f"put '{base_name}' (the generator it was tuned from) in ComfyUI/models/{folder} "
                              "and press Refresh (R).")
+    if locate_base(base_path) is None:  # the folder lookup confines names; a linked-in folder must not widen it
+        raise NodeInputError(node, input_name, f"'{shown}' names its base '{base_name}' outside "
+                             f"ComfyUI/models/{folder}.",
+                             f"put '{base_name}' in ComfyUI/models/{folder} and save the tuned generator again.")
+    if is_tuning_delta_file(base_path):  # a delta's base found by the registry could name a file anywhere
+        raise NodeInputError(node, input_name, f"'{shown}' names '{base_name}' as its base, which is itself a "
+                             "tuning delta.", "load the full generator it was tuned from, tune again and save.")
     if file_sha256(base_path) != delta.base_sha256:
         raise NodeInputError(node, input_name, f"'{shown}' was tuned from another '{base_name}' than the one in "
                              f"models/{folder} (its SHA-256 differs).",

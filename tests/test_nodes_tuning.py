@@ -550,3 +550,33 @@ def test_a_linked_base_file_is_named_by_its_place_in_the_folder(own_stylegan_fol
 
     assert read_tuning_delta(own_stylegan_folder / "stylegan" / name).metadata["base_name"] == "linked.pt"
     assert sg_nodes.TransEditLoadStyleGAN().load(name)[0].tuning.base_source.endswith("linked.pt")
+
+
+def test_a_delta_chained_through_another_delta_or_out_of_the_folder_is_refused(own_stylegan_folder, tmp_path):
+    """Planted (the reviewer's chain): delta A names delta B beside it (right SHA-256), B names a generator outside
+    the model folders by an absolute path or '..'; A and B are refused, neither loads the outside weights."""
+    from test_tuning import write_delta
+    from transedit.models.stylegan.tuning import file_sha256
+
+    folder = own_stylegan_folder / "stylegan"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = save_random_generator(outside / "secret.pt", config=CONFIG, seed=11)
+    base = save_random_generator(folder / "g.pt", config=CONFIG, seed=3)
+    model = sg_nodes.TransEditLoadStyleGAN().load("g.pt")[0].descriptor.model
+    key = next(k for k in model.state_dict() if k.startswith("convs"))
+    zero = {key: torch.zeros_like(model.state_dict()[key])}
+    node = "TransEdit Load StyleGAN"
+    for i, name in enumerate((str(secret), f"../{outside.name}/secret.pt", "../../outside/secret.pt")):
+        write_delta(folder / f"B{i}.safetensors", zero, name, file_sha256(secret), CONFIG)
+        write_delta(folder / f"A{i}.safetensors", zero, f"B{i}.safetensors",
+                    file_sha256(folder / f"B{i}.safetensors"), CONFIG)
+        for delta in (f"A{i}.safetensors", f"B{i}.safetensors"):
+            with pytest.raises(NodeInputError) as e:
+                sg_nodes.TransEditLoadStyleGAN().load(delta)
+            assert_names(e, node, "ckpt_name")
+    with pytest.raises(NodeInputError) as e:
+        sg_nodes.TransEditLoadStyleGAN().load("A0.safetensors")
+    assert_names(e, node, "ckpt_name", "itself a tuning delta")
+    write_delta(folder / "fine.safetensors", zero, "g.pt", file_sha256(base), CONFIG)
+    assert isinstance(sg_nodes.TransEditLoadStyleGAN().load("fine.safetensors")[0], nodes.TunedStyleGANHandle)

@@ -245,3 +245,46 @@ def test_no_host_sync_per_step(tiny, preset, monkeypatch):
         monkeypatch.setattr(T, "make_adam", lambda params, lr, betas, device, tensor_lr: (real(
             params, lr, betas, torch.device("meta"), False)[0], None))
         assert per_step(run, 1, 3) != {}
+
+
+def write_delta(path, tensors, base_file, base_sha256, config):
+    """A delta file as Save Tuned StyleGAN writes it, with any base name and tensors (hostile files)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from transedit.models.core.checkpoint_io import TRANSEDIT_FORMAT_KEY
+
+    save_file(tensors, str(path), metadata={TRANSEDIT_FORMAT_KEY: T.DELTA_FORMAT, "format_version": T.DELTA_VERSION,
+                                            "base_file": base_file, "base_sha256": base_sha256,
+                                            "config": json.dumps(config.to_dict())})
+    return path
+
+
+def test_a_delta_base_outside_its_folder_or_a_delta_base_is_refused(tiny, tmp_path):
+    """Planted: a delta naming its base by an absolute path or '..' (with the right sha256), and a chain A -> B
+    where B is a delta naming a file outside the folder; the same base named plainly loads."""
+    from transedit.models.registry import load_stylegan2
+    from transedit.models.stylegan.generator import StyleGAN2Descriptor, save_stylegan2_safetensors
+
+    g = tiny[0]
+    desc = StyleGAN2Descriptor(family="stylegan2", model=g, config=g.config, source="x", source_format="torch",
+                               weights="g_ema", fingerprint="f" * 16, latent_avg=g.mean_latent(64).reshape(-1))
+    folder, outside = tmp_path / "models", tmp_path / "outside"
+    folder.mkdir(), outside.mkdir()
+    secret = save_stylegan2_safetensors(desc, outside / "secret.safetensors")
+    inside = save_stylegan2_safetensors(desc, folder / "g.safetensors")
+    key = next(k for k in g.state_dict() if k.startswith("convs"))
+    zero = {key: torch.zeros_like(g.state_dict()[key])}
+    assert load_stylegan2(write_delta(folder / "ok.safetensors", zero, "g.safetensors", T.file_sha256(inside),
+                                      g.config)).source.endswith("ok.safetensors")
+    for name in (str(secret), "../outside/secret.safetensors", "./../outside/secret.safetensors"):
+        bad = write_delta(folder / "bad.safetensors", zero, name, T.file_sha256(secret), g.config)
+        with pytest.raises(ValueError, match="leaves the delta's folder"):
+            load_stylegan2(bad)
+    chained = write_delta(folder / "B.safetensors", zero, str(secret), T.file_sha256(secret), g.config)
+    top = write_delta(folder / "A.safetensors", zero, "B.safetensors", T.file_sha256(chained), g.config)
+    with pytest.raises(ValueError, match="itself a tuning delta"):
+        T.delta_base_path(top, T.read_tuning_delta(top))
+    with pytest.raises(ValueError, match="itself a tuning delta"):
+        load_stylegan2(top)

@@ -507,7 +507,17 @@ def is_tuning_delta_file(path) -> bool:
 def delta_base_path(delta_path, delta: TuningDelta) -> Path:
     """The base generator a delta names, in the delta's folder, checked against the sha256 it recorded."""
     delta_path = Path(delta_path)
-    base = delta_path.parent / delta.base_file
+    name = str(delta.base_file)
+    parts = name.replace("\\", "/").split("/")
+    # a plain name (or subfolder/name) beside the delta: an absolute path or '..' would let a file in the model
+    # folder pull weights from anywhere on the disk
+    folder = os.path.abspath(delta_path.parent)
+    base = Path(os.path.normpath(os.path.join(folder, *parts)))
+    if (os.path.isabs(name) or os.path.splitdrive(name)[0] or any(p in ("", ".", "..") for p in parts)
+            or os.path.commonpath([folder, str(base)]) != folder):
+        raise CheckpointError(delta_path, f"names its base generator as {name!r}, a path that leaves the delta's "
+                              "folder; a delta's base must be a file name in the same folder.",
+                              "Save the tuned generator again with 'TransEdit Save Tuned StyleGAN'.")
     if not base.is_file():
         raise CheckpointError(delta_path, f"is a tuning delta of {delta.base_file}, which is not in the same "
                               f"folder ({delta_path.parent}).",
@@ -517,6 +527,9 @@ def delta_base_path(delta_path, delta: TuningDelta) -> Path:
         raise CheckpointError(delta_path, f"was made from a different {delta.base_file} (sha256 "
                               f"{delta.base_sha256[:12]}..., the file beside it has {digest[:12]}...).",
                               f"Put the exact {delta.base_file} the tuning started from beside it.")
+    if is_tuning_delta_file(base):  # deltas chain only through full generator files
+        raise CheckpointError(delta_path, f"names {delta.base_file} as its base, which is itself a tuning delta.",
+                              "Save tuning deltas against a full generator file.")
     return base
 
 
