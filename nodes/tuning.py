@@ -491,7 +491,8 @@ def load_tuned_delta(node: str, input_name: str, path: str, shown: str) -> Tuned
     try:
         delta = read_tuning_delta(path)
     except CheckpointError as e:
-        raise NodeInputError(node, input_name, f"cannot be used: {e}") from None
+        raise NodeInputError(node, input_name, f"cannot be used: {e}",
+                             "pick another file, or tune the base generator again and save.") from None
     meta = delta.metadata
     folder = meta.get("base_folder") if meta.get("base_folder") in BASE_FOLDERS else "stylegan"
     base_name = meta.get("base_name") or delta.base_file
@@ -516,7 +517,8 @@ def load_tuned_delta(node: str, input_name: str, path: str, shown: str) -> Tuned
         base = load_stylegan2(base_path)
         tuned = apply_tuning_delta(base.model, delta)
     except (CheckpointError, ValueError) as e:
-        raise NodeInputError(node, input_name, f"cannot be used: {e}") from None
+        raise NodeInputError(node, input_name, f"cannot be used: {e}",
+                             "pick another file, or tune the base generator again and save.") from None
     for note in base.notes:
         bridge.log.info("TransEdit: %s: %s", base.name, note)
     info = TuningInfo(base_source=base_path, base_fingerprint=base.fingerprint, mode=meta.get("mode") or "delta",

@@ -580,3 +580,22 @@ def test_a_delta_chained_through_another_delta_or_out_of_the_folder_is_refused(o
     assert_names(e, node, "ckpt_name", "itself a tuning delta")
     write_delta(folder / "fine.safetensors", zero, "g.pt", file_sha256(base), CONFIG)
     assert isinstance(sg_nodes.TransEditLoadStyleGAN().load("fine.safetensors")[0], nodes.TunedStyleGANHandle)
+
+
+@pytest.mark.parametrize("fill, dtype", [(float("nan"), torch.float32), (float("inf"), torch.float32),
+                                         (1, torch.int64)])
+def test_a_nan_or_integer_delta_is_refused_by_load_stylegan(own_stylegan_folder, fill, dtype):
+    """Planted: the reviewer's NaN, Inf and int64 deltas with the right base and SHA-256; refused naming the file."""
+    from test_tuning import write_delta
+    from transedit.models.stylegan.tuning import file_sha256
+
+    folder = own_stylegan_folder / "stylegan"
+    base = save_random_generator(folder / "g.pt", config=CONFIG, seed=3)
+    model = sg_nodes.TransEditLoadStyleGAN().load("g.pt")[0].descriptor.model
+    key = next(k for k in model.state_dict() if k.startswith("convs"))
+    value = torch.full(model.state_dict()[key].shape, fill, dtype=dtype)
+    write_delta(folder / "hostile.safetensors", {key: value}, "g.pt", file_sha256(base), CONFIG)
+    with pytest.raises(NodeInputError) as e:
+        sg_nodes.TransEditLoadStyleGAN().load("hostile.safetensors")
+    assert_names(e, "TransEdit Load StyleGAN", "ckpt_name", "hostile.safetensors", key,
+                 "Save the tuned generator again")

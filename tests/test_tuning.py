@@ -288,3 +288,29 @@ def test_a_delta_base_outside_its_folder_or_a_delta_base_is_refused(tiny, tmp_pa
         T.delta_base_path(top, T.read_tuning_delta(top))
     with pytest.raises(ValueError, match="itself a tuning delta"):
         load_stylegan2(top)
+
+
+@pytest.mark.parametrize("fill, dtype", [(float("nan"), torch.float32), (float("inf"), torch.float32),
+                                         (float("-inf"), torch.float16), (1, torch.int64), (1, torch.bool)])
+def test_a_non_finite_or_integer_delta_is_refused(tiny, tmp_path, fill, dtype):
+    """Planted: one element NaN/Inf, or a whole delta of integers; read_tuning_delta names the file and the key,
+    apply_tuning_delta refuses the same tensors handed to it in memory, and a finite overflowing sum."""
+    g = tiny[0]
+    key = next(k for k in g.state_dict() if k.startswith("convs"))
+    value = torch.zeros_like(g.state_dict()[key])
+    if dtype.is_floating_point:
+        value = value.to(dtype)
+        value.view(-1)[3] = fill
+    else:
+        value = torch.full(value.shape, fill, dtype=dtype)
+    path = write_delta(tmp_path / "hostile.safetensors", {key: value}, "g.pt", "0" * 64, g.config)
+    with pytest.raises(ValueError, match=rf"hostile.safetensors: holds .*{key}") as e:
+        T.read_tuning_delta(path)
+    assert "Save the tuned generator again" in str(e.value)
+    with pytest.raises(ValueError, match="not finite floating point"):
+        T.apply_tuning_delta(g, T.TuningDelta(tensors={key: value}, base_file="g.pt", base_sha256="0" * 64))
+    huge = T.TuningDelta(tensors={key: torch.full_like(g.state_dict()[key], 3.4e38)}, base_file="g.pt",
+                         base_sha256="0" * 64)
+    T.apply_tuning_delta(g, huge, strength=0.5)  # large but finite: allowed
+    with pytest.raises(ValueError, match="overflows"):
+        T.apply_tuning_delta(g, huge, strength=2.0)

@@ -566,6 +566,14 @@ def read_tuning_delta(path) -> TuningDelta:
         config = json.loads(metadata.get("config") or "{}")
     except json.JSONDecodeError:
         raise CheckpointError(path, "has an unreadable 'config' entry in its metadata.") from None
+    for key, value in tensors.items():  # a NaN or integer delta would load and render garbage without a word
+        if not value.is_floating_point():
+            raise CheckpointError(path, f"holds {key} as {str(value.dtype).replace('torch.', '')}; a tuning delta "
+                                  "holds floating-point differences.", "Save the tuned generator again.")
+        if not bool(torch.isfinite(value).all()):
+            raise CheckpointError(path, f"holds NaN or infinite values in {key}.",
+                                  "Save the tuned generator again (the tuning may have diverged: lower its "
+                                  "learning rate).")
     return TuningDelta(tensors=tensors, base_file=metadata["base_file"], base_sha256=metadata["base_sha256"],
                        config=config, metadata=dict(metadata))
 
@@ -586,7 +594,13 @@ def apply_tuning_delta(base_generator: StyleGAN2Generator, delta: TuningDelta, s
             if d.shape != value.shape:
                 raise ValueError(f"tuning delta for {delta.base_file}: {key} has shape {tuple(d.shape)}, the "
                                  f"generator's is {tuple(value.shape)}; load the delta with its own base file")
+            if not d.is_floating_point() or not bool(torch.isfinite(d).all()):
+                raise ValueError(f"tuning delta for {delta.base_file}: {key} is not finite floating point "
+                                 f"({d.dtype}); save the tuned generator again")
             value = value + strength * d.to(value.device, value.dtype)
+            if not bool(torch.isfinite(value).all()):  # finite but huge: the sum overflows
+                raise ValueError(f"tuning delta for {delta.base_file}: {key} overflows when added to the base; "
+                                 "save the tuned generator again")
         out[key] = value
     gen = StyleGAN2Generator(base_generator.config)
     gen.load_state_dict(out)
