@@ -39,7 +39,7 @@ def test_planted_faults_swap_identities(two, monkeypatch):
         m.setattr(fv, "TRACK_SCALE", np.inf)
         assert {"B", "C"} in identities(two, fpeople.track_people(frames, cuts=two.cuts))
 
-    def each_track_its_nearest(tracks, last, faces, t):  # not one to one: hidden B's track takes A's face
+    def each_track_its_nearest(tracks, last, faces, t, motion=None):  # not one to one: hidden B's track takes A's face
         taken = {}
         for number in tracks:
             centre, size = fv.centre_and_size(last[number][1])
@@ -294,3 +294,82 @@ def test_video_every_person_node(monkeypatch):
     (empty, none_align, none_report) = align_all(monkeypatch, frames[:3], [[], [], []], temporal_mode="video",
                                                  if_no_face="pass through")
     assert empty.shape[0] == 3 and none_align.found == [False] * 3 and "no frame has a face" in none_report
+
+
+# ------------------------------------------- motion model and retirement (people crossing, fast movers, leavers)
+CROP = fv.centre_and_size(synthetic_face(0, 0))[1]  # 80 px
+
+
+def named_walk(paths: dict, frames: int, noise: float = 0.0, seed: int = 0):
+    """Per frame [(name, face)] for people walking ``paths``: name -> t -> (x, y) or None (not there)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for t in range(frames):
+        here = [(name, path(t)) for name, path in paths.items() if path(t) is not None]
+        out.append([(name, synthetic_face(*(np.asarray(xy) + rng.normal(0, noise, 2)))) for name, xy in here])
+    return out
+
+
+def follow(named, **kw):
+    """Track the faces and give per track the names its found frames show."""
+    frames = [[face for _, face in faces] for faces in named]
+    names = [{id(face): name for name, face in faces} for faces in named]
+    tracks = fpeople.track_people(frames, **kw)
+    return [{names[t][id(track.faces[t])] for t in track.found} for track in tracks], tracks
+
+
+def crossing(speed, frames=30):
+    """A walks right and B left along the same line at ``speed`` crop sizes per frame, same size, no one hidden."""
+    step = speed * CROP
+    return named_walk({"A": lambda t: (100 + step * t, 200),
+                       "B": lambda t: (100 + step * (frames - 1 - t), 200)}, frames, noise=0.5)
+
+
+@pytest.mark.parametrize("speed", [0.1, 0.2, 0.4])
+def test_two_people_crossing_at_the_same_height_keep_their_identities(speed, monkeypatch):
+    people, tracks = follow(crossing(speed))
+    assert people == [{"A"}, {"B"}] and [len(t.found) for t in tracks] == [30, 30]
+    with monkeypatch.context() as m:  # planted: no motion model (each track looked for where last seen)
+        m.setattr(fpeople, "velocity", lambda history: None if len(history) < 2 else np.zeros(2))
+        assert any(len(names) > 1 for names in follow(crossing(speed))[0])
+
+
+def test_a_fast_mover_stays_one_track(monkeypatch):
+    fast = 0.5 * CROP  # 40 px a frame for 80 px crops, beyond one frame's gate around the last position
+    walk = named_walk({"A": lambda t: (50 + fast * t, 100),
+                       "B": lambda t: (50 + fast * (29 - t), 400)}, 30, noise=0.5)
+    people, tracks = follow(walk)
+    assert people == [{"A"}, {"B"}] and [t.found for t in tracks] == [list(range(30))] * 2
+    with monkeypatch.context() as m:  # planted: no motion model -> one 'person' per frame or so
+        m.setattr(fpeople, "velocity", lambda history: None if len(history) < 2 else np.zeros(2))
+        assert len(follow(walk)[0]) > 10
+    with monkeypatch.context() as m:  # planted: the first step no wider than a moving track's gate
+        m.setattr(fpeople, "FIRST_STEP_GATE", fv.TRACK_GATE)
+        assert len(follow(walk)[0]) > 10
+
+
+def test_a_retired_track_does_not_take_a_later_arrival(monkeypatch):
+    step = 0.1 * CROP
+    gone = fpeople.RETIRE_AFTER + 2  # frames A is missing before C appears where A would have walked to
+    paths = {"A": lambda t: (100 + step * t, 100) if t < 6 else None,
+             "B": lambda t: (600, 300),  # keeps the shot's frames from being empty
+             "C": lambda t: (100 + step * t, 100) if t >= 6 + gone else None}
+    walk = named_walk(paths, 6 + gone + 10, noise=0.3)
+    people, tracks = follow(walk)
+    assert people == [{"A"}, {"B"}, {"C"}] and tracks[2].how == "appeared"
+    assert tracks[0].found == list(range(6))
+    with monkeypatch.context() as m:  # planted: no retirement -> A's stale track takes C
+        m.setattr(fpeople, "RETIRE_AFTER", 10 ** 6)
+        assert {"A", "C"} in follow(walk)[0]
+    # a person hidden for up to RETIRE_AFTER frames is still taken up again (B behind A in the two-person clip
+    # is hidden for 8); the limit, documented: someone else where A would be within that time continues A's track
+    soon = dict(paths, C=lambda t: (100 + step * t, 100) if t >= 9 else None)
+    assert follow(named_walk(soon, 20, noise=0.3))[0] == [{"A", "C"}, {"B"}]
+
+
+def test_the_documented_limit_two_people_swapping_places_at_a_cut_swap_tracks():
+    # faces are not recognised: after a cut each track goes on with the face where it was last seen
+    walk = named_walk({"A": lambda t: (100, 100) if t < 10 else (400, 100),
+                       "B": lambda t: (400, 100) if t < 10 else (100, 100)}, 20)
+    people, tracks = follow(walk, cuts=[10])
+    assert people == [{"A", "B"}, {"A", "B"}] and [t.how for t in tracks] == ["first", "first"]

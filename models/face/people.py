@@ -2,13 +2,21 @@
 
 The one-person tracking of video.py generalised: the clip is split into shots at the same cuts
 (:func:`video.find_clip_cuts`), and inside a shot every open track takes, frame by frame, the detection
-nearest to where its person was last seen, within the same gate (TRACK_GATE crop sizes, widening while the
-person is missing up to TRACK_GATE_MAX, and a similar size: TRACK_SCALE). Tracks and detections are paired
-one to one, nearest pairs first, so two people never share a face and a person who is hidden while another
-passes in front keeps their own track instead of taking the other's face. A detection no track takes starts a
-new person (largest first, at most ``max_people`` faces per frame). After a cut a person goes on when a face
-is where they were in the first frame of the new shot that has faces; otherwise their track ends and the
-faces there are new people: faces are not recognised.
+nearest to where its person is predicted to be: moving on at the velocity a line fitted to their last
+MOTION_FRAMES detections in the shot gives (constant velocity), within the same gate (TRACK_GATE crop sizes
+around the prediction, widening while the person is missing up to TRACK_GATE_MAX, and a similar size:
+TRACK_SCALE). A track with one detection has no velocity yet: its first step may go FIRST_STEP_GATE crop sizes,
+so a fast mover is not split into one person per frame. Tracks and detections are paired one to one, nearest
+pairs first, so two people never share a face, two people crossing keep their own tracks, and a person who is
+hidden while another passes in front keeps their own track instead of taking the other's face. A track missing
+for more than RETIRE_AFTER frames is closed for the rest of the shot (it cannot take someone who comes later). A
+detection no track takes starts a new person (largest first, at most ``max_people`` faces per frame). After a cut
+a person goes on when a face is where they were last seen (no motion is carried over a cut) in the first frame of
+the new shot that has faces; otherwise their track ends and the faces there are new people.
+
+Faces are not recognised, so two limits remain: someone who leaves and someone else who appears where the first
+one would be within RETIRE_AFTER frames continue one track, and two people who swap places exactly at a cut swap
+tracks.
 
 Each track is then smoothed and filled like the one-person clip (:func:`video.clip_from_track`) over its own
 span: from the first to the last frame it was found in.
@@ -23,6 +31,10 @@ import numpy as np
 from . import video
 from .landmarks import FaceLandmarks
 from .temporal import segment_ids
+
+MOTION_FRAMES = 4  # a track's velocity: a line through its last this many detections in the shot
+FIRST_STEP_GATE = video.TRACK_GATE_MAX  # crop sizes a one-detection track (velocity unknown) may step
+RETIRE_AFTER = 10  # a track missing this many frames in a row is closed: longer than a passer-by hides someone
 
 
 @dataclass
@@ -83,17 +95,37 @@ class PeopleAlignment:
         return "\n".join(lines)
 
 
-def _pair(tracks: list, last: dict, faces: list, t: int) -> dict:
-    """Track number -> index into ``faces``: gated (track, face) pairs taken nearest first, one to one."""
+def velocity(history: list) -> np.ndarray | None:
+    """Pixels per frame of a line fitted to ``history`` ([(frame, centre)], the last detections in the shot);
+    None with fewer than two (unknown)."""
+    if len(history) < 2:
+        return None
+    frames = np.array([t for t, _ in history], dtype=float)
+    centres = np.stack([c for _, c in history])
+    frames -= frames.mean()
+    return (frames[:, None] * (centres - centres.mean(axis=0))).sum(axis=0) / (frames ** 2).sum()
+
+
+def _pair(tracks: list, last: dict, faces: list, t: int, motion: dict | None = None) -> dict:
+    """Track number -> index into ``faces``: gated (track, face) pairs taken nearest first, one to one.
+    ``motion``: track number -> its detections in this shot ([(frame, centre)]); a track not in it (carried
+    over a cut) is looked for where it was last seen."""
+    motion = motion or {}
     pairs = []
     for number in tracks:
         seen_at, seen = last[number]
         centre, size = video.centre_and_size(seen)
+        gate = video.track_gate(t - seen_at)
+        if number in motion:
+            speed = velocity(motion[number][-MOTION_FRAMES:])
+            if speed is None:  # one detection: no velocity yet, allow a fast first step
+                gate = max(gate, FIRST_STEP_GATE)
+            else:
+                centre = centre + speed * (t - seen_at)
         for j, face in enumerate(faces):
             c, s = video.centre_and_size(face)
             dist = float(np.hypot(*(c - centre)))
-            if (dist <= size * video.track_gate(t - seen_at)
-                    and 1.0 / video.TRACK_SCALE <= s / size <= video.TRACK_SCALE):
+            if dist <= size * gate and 1.0 / video.TRACK_SCALE <= s / size <= video.TRACK_SCALE:
                 pairs.append((dist, number, j))
     taken, used = {}, set()
     for _, number, j in sorted(pairs):
@@ -118,17 +150,21 @@ def track_people(frames: Sequence[Sequence[FaceLandmarks]], cuts: Sequence[int] 
     carried: list = []  # people seen in the shot before, who may go on after the cut
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         open_tracks: list = []
+        motion: dict = {}  # track number -> its detections in this shot, [(frame, centre)]
         known = len(tracks)  # people seen before this shot
         first = next((t for t in range(lo, hi) if frames[t]), -1)
         for t in range(lo, hi):
             faces = frames[t]
             if not faces:
                 continue
+            # a track missing more than RETIRE_AFTER frames is closed: it cannot take a later arrival
+            open_tracks = [n for n in open_tracks if t - last[n][0] - 1 <= RETIRE_AFTER]
             candidates = open_tracks + (carried if t == first else [])
-            taken = _pair(candidates, last, faces, t)
+            taken = _pair(candidates, last, faces, t, motion)
             for number, j in taken.items():
                 tracks[number].faces[t] = faces[j]
                 last[number] = (t, faces[j])
+                motion.setdefault(number, []).append((t, video.centre_and_size(faces[j])[0]))
                 if number not in open_tracks:
                     open_tracks.append(number)
             used = set(taken.values())
@@ -141,9 +177,10 @@ def track_people(frames: Sequence[Sequence[FaceLandmarks]], cuts: Sequence[int] 
                 tracks.append(PersonTrack(number, [None] * count, how))
                 tracks[number].faces[t] = face
                 last[number] = (t, face)
+                motion[number] = [(t, video.centre_and_size(face)[0])]
                 open_tracks.append(number)
                 room -= 1
-        carried = open_tracks
+        carried = [n for n in open_tracks if hi - last[n][0] - 1 <= RETIRE_AFTER]
     return tracks
 
 
