@@ -383,13 +383,40 @@ def test_torchscript_is_refused_without_running_it(official_sd, tmp_path):
         load_face_parser(scripted)
 
 
-def test_other_class_counts_load_with_a_note(official_sd, tmp_path):
-    sd = {k: (v[:11] if k.endswith("conv_out.weight") else v) for k, v in official_sd.items()}
-    torch.save(sd, tmp_path / "eleven.pth")
-    desc = load_face_parser(tmp_path / "eleven.pth")
-    assert desc.config.n_classes == 11 and "class names do not apply" in desc.notes[0]
-    with pytest.raises(ValueError, match="0..10"):
-        face_region_mask(desc.model, torch.zeros(1, 3, 8, 8), classes_excluded=(0, 16))
+@pytest.mark.parametrize("classes", [1, 2, 11, 18])
+def test_fewer_than_19_classes_are_refused_at_load(official_sd, tmp_path, classes):
+    """Planted: the reviewer's 1- and 2-class parsers (they loaded, then Face Region Mask crashed on class 16)."""
+    sd = {k: (v[:classes] if k.endswith("conv_out.weight") else v) for k, v in official_sd.items()}
+    torch.save(sd, tmp_path / "few.pth")
+    with pytest.raises(CheckpointError, match=rf"few.pth: is a BiSeNet with {classes} classes; STIT.*19-class "
+                                              "CelebAMask-HQ.*79999_iter.pth"):
+        load_face_parser(tmp_path / "few.pth")
+
+
+def test_more_classes_load_with_a_note(official_sd, tmp_path):
+    sd = {k: (torch.cat([v, v[:2]]) if k.endswith("conv_out.weight") else v) for k, v in official_sd.items()}
+    torch.save(sd, tmp_path / "more.pth")
+    desc = load_face_parser(tmp_path / "more.pth")
+    assert desc.config.n_classes == 21 and "class names do not apply" in desc.notes[0]
+    with pytest.raises(ValueError, match="0..20"):
+        face_region_mask(desc.model, torch.zeros(1, 3, 8, 8), classes_excluded=(0, 21))
+
+
+@pytest.mark.parametrize("damage", ["nan", "inf", "all_nan", "negative_var"])
+def test_nan_weights_and_negative_variances_are_refused(official_sd, tmp_path, damage):
+    """Planted: one NaN or Inf weight, every weight NaN, one negative BatchNorm running_var (all loaded silently
+    and gave an empty face mask)."""
+    sd = {k: v.clone() for k, v in official_sd.items()}
+    if damage == "all_nan":
+        sd = {k: (v * float("nan") if v.is_floating_point() else v) for k, v in sd.items()}
+    elif damage == "negative_var":
+        sd["cp.arm16.bn_atten.running_var"][5] = -1.0
+    else:
+        sd["ffm.convblk.conv.weight"].view(-1)[7] = float(damage)
+    torch.save(sd, tmp_path / "damaged.pth")
+    what = "negative BatchNorm variances" if damage == "negative_var" else "NaN or infinite weights"
+    with pytest.raises(CheckpointError, match=rf"damaged.pth: holds {what}.*damaged.*79999_iter.pth"):
+        load_face_parser(tmp_path / "damaged.pth")
 
 
 def test_the_face_parsing_folder_and_download_link():

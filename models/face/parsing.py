@@ -304,6 +304,11 @@ def load(raw: RawCheckpoint) -> FaceParserDescriptor:
         raise CheckpointError(raw.path, f"its three output heads disagree on the number of classes ({sorted(heads)})"
                               "; the file is damaged or edited.", FACE_PARSING_HINT)
     config = FaceParsingConfig(n_classes=heads.pop())
+    if config.n_classes < len(CLASS_NAMES):  # STIT's face region excludes classes 0, 16 and 18 by index
+        raise CheckpointError(raw.path, f"is a BiSeNet with {config.n_classes} classes; STIT's face region needs "
+                              f"the {len(CLASS_NAMES)}-class CelebAMask-HQ parser (its classes "
+                              f"{', '.join(map(str, NOT_FACE_CLASSES))} are background, cloth and hat).",
+                              FACE_PARSING_HINT)
     model = BiSeNet(config.n_classes)
     own = model.state_dict()
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]  # unused in eval
@@ -312,6 +317,15 @@ def load(raw: RawCheckpoint) -> FaceParserDescriptor:
         raise CheckpointError(raw.path, f"does not match face-parsing.PyTorch's BiSeNet (missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]}).", FACE_PARSING_HINT)
     check_weight_dtypes(raw.path, model, sd)
+    # damaged weights would parse every pixel as background without a word: a mask of nothing
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(raw.path, f"holds NaN or infinite weights ({', '.join(bad[:3])}); the file is damaged.",
+                              FACE_PARSING_HINT)
+    bad = [k for k, v in sd.items() if k.endswith("running_var") and bool((v < 0).any())]
+    if bad:
+        raise CheckpointError(raw.path, f"holds negative BatchNorm variances ({', '.join(bad[:3])}); the file is "
+                              "damaged.", FACE_PARSING_HINT)
     model.load_state_dict(sd, strict=True)  # a BatchNorm without num_batches_tracked still loads
     notes = [] if config.n_classes == len(CLASS_NAMES) else [
         f"{config.n_classes} classes, not CelebAMask-HQ's {len(CLASS_NAMES)}: class names do not apply"]
