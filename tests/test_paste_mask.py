@@ -259,3 +259,29 @@ def test_face_video_tuned_pastes_with_the_stitching_mask():
     # the same crops: Paste Back's edited faces are that node's stitched images
     (edited,) = [inp["link"] for inp in paste["inputs"] if inp["name"] == "edited"]
     assert [(l[1], l[2]) for l in graph["links"] if l[0] == edited] == [(src, 0)]
+
+
+def test_model_mask_forms_and_bad_shapes(scene):
+    """A single [S, S] mask or a list serves like [1, S, S]; values past 1 count as 1; a mask that is not square
+    is refused."""
+    photos, recs = scene
+    crops, mask = gradient_crop()[None], quadrant_mask()
+    want, _ = fp.paste_back(photos[:1], crops, recs[:1], feather=0.0, color_match=False, crop_mask=mask[None])
+    for form in (mask, [mask], mask[None] * 1.5 - 0.25 * (1 - mask)[None]):
+        got, _ = fp.paste_back(photos[:1], crops, recs[:1], feather=0.0, color_match=False, crop_mask=form)
+        assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="square"):
+        fp.paste_back(photos[:1], crops, recs[:1], crop_mask=torch.ones(1, S, S - 2))
+
+
+def test_a_shrunk_face_gets_an_anti_aliased_mask(scene):
+    """A face smaller in the photo than its crop: a mask of one-pixel stripes is averaged down before the warp
+    (even, about half pasted), not sampled into a moire of 0s and 1s."""
+    photos, _ = scene
+    rec = record(70, 90, 45, 35, 20, 0.0)  # 20 photo pixels for 32 crop pixels
+    stripes = torch.zeros(S, S)
+    stripes[:, ::2] = 1.0
+    _, pasted = fp.paste_back(photos[:1], gradient_crop()[None], [rec], feather=0.0, color_match=False,
+                              crop_mask=stripes[None])
+    inner = pasted[0, 35 - 6:35 + 6, 45 - 6:45 + 6]
+    assert abs(float(inner.mean()) - 0.5) < 0.1 and float(inner.std()) < 0.1
