@@ -373,3 +373,13 @@ def test_the_documented_limit_two_people_swapping_places_at_a_cut_swap_tracks():
                        "B": lambda t: (400, 100) if t < 10 else (100, 100)}, 20)
     people, tracks = follow(walk, cuts=[10])
     assert people == [{"A", "B"}, {"A", "B"}] and [t.how for t in tracks] == ["first", "first"]
+
+
+def test_a_person_who_stops_or_turns_back_keeps_their_track(monkeypatch):
+    stops = named_walk({"A": lambda t: (50 + 0.5 * CROP * min(t, 10), 100)}, 20, noise=0.5)  # fast, then still
+    turns = named_walk({"A": lambda t: (400 + 0.3 * CROP * (10 - abs(t - 10)), 100)}, 20, noise=0.5)
+    assert [len(follow(stops)[0]), len(follow(turns)[0])] == [1, 1]
+    with monkeypatch.context() as m:  # planted: only the predicted place is looked at -> a second 'person'
+        m.setattr(fpeople, "places_to_look",
+                  lambda centre, speed, gap: [centre if speed is None else centre + speed * gap])
+        assert [len(follow(stops)[0]), len(follow(turns)[0])] == [2, 2]

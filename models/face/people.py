@@ -3,7 +3,8 @@
 The one-person tracking of video.py generalised: the clip is split into shots at the same cuts
 (:func:`video.find_clip_cuts`), and inside a shot every open track takes, frame by frame, the detection
 nearest to where its person is predicted to be: moving on at the velocity a line fitted to their last
-MOTION_FRAMES detections in the shot gives (constant velocity), within the same gate (TRACK_GATE crop sizes
+MOTION_FRAMES detections in the shot gives (constant velocity; where no face is there, where they were last
+seen: they stopped or turned), within the same gate (TRACK_GATE crop sizes
 around the prediction, widening while the person is missing up to TRACK_GATE_MAX, and a similar size:
 TRACK_SCALE). A track with one detection has no velocity yet: its first step may go FIRST_STEP_GATE crop sizes,
 so a fast mover is not split into one person per frame. Tracks and detections are paired one to one, nearest
@@ -106,32 +107,48 @@ def velocity(history: list) -> np.ndarray | None:
     return (frames[:, None] * (centres - centres.mean(axis=0))).sum(axis=0) / (frames ** 2).sum()
 
 
+def places_to_look(centre: np.ndarray, speed: np.ndarray | None, gap: int) -> list:
+    """Where a track's person may be ``gap`` frames after they were last seen at ``centre``, in the order they
+    are looked for: moved on at their velocity, then (no face claimed there) where they were: they stopped or
+    turned, which the velocity of the frames before does not foresee."""
+    if speed is None:
+        return [centre]
+    return [centre + speed * gap, centre]
+
+
 def _pair(tracks: list, last: dict, faces: list, t: int, motion: dict | None = None) -> dict:
-    """Track number -> index into ``faces``: gated (track, face) pairs taken nearest first, one to one.
+    """Track number -> index into ``faces``: gated (track, face) pairs taken nearest first, one to one; first
+    around each track's predicted place, then the faces left around the places where tracks left were last seen.
     ``motion``: track number -> its detections in this shot ([(frame, centre)]); a track not in it (carried
     over a cut) is looked for where it was last seen."""
     motion = motion or {}
-    pairs = []
+    looks = {}
     for number in tracks:
         seen_at, seen = last[number]
         centre, size = video.centre_and_size(seen)
         gate = video.track_gate(t - seen_at)
+        speed = None
         if number in motion:
             speed = velocity(motion[number][-MOTION_FRAMES:])
             if speed is None:  # one detection: no velocity yet, allow a fast first step
                 gate = max(gate, FIRST_STEP_GATE)
-            else:
-                centre = centre + speed * (t - seen_at)
-        for j, face in enumerate(faces):
-            c, s = video.centre_and_size(face)
-            dist = float(np.hypot(*(c - centre)))
-            if dist <= size * gate and 1.0 / video.TRACK_SCALE <= s / size <= video.TRACK_SCALE:
-                pairs.append((dist, number, j))
+        looks[number] = (places_to_look(centre, speed, t - seen_at), size, gate)
+    found = [video.centre_and_size(face) for face in faces]
     taken, used = {}, set()
-    for _, number, j in sorted(pairs):
-        if number not in taken and j not in used:
-            taken[number] = j
-            used.add(j)
+    for rank in range(max((len(places) for places, _, _ in looks.values()), default=0)):
+        pairs = []
+        for number, (places, size, gate) in looks.items():
+            if number in taken or rank >= len(places):
+                continue
+            for j, (c, s) in enumerate(found):
+                dist = float(np.hypot(*(c - places[rank])))
+                if (j not in used and dist <= size * gate
+                        and 1.0 / video.TRACK_SCALE <= s / size <= video.TRACK_SCALE):
+                    pairs.append((dist, number, j))
+        for _, number, j in sorted(pairs):
+            if number not in taken and j not in used:
+                taken[number] = j
+                used.add(j)
     return taken
 
 
