@@ -599,3 +599,45 @@ def test_a_nan_or_integer_delta_is_refused_by_load_stylegan(own_stylegan_folder,
         sg_nodes.TransEditLoadStyleGAN().load("hostile.safetensors")
     assert_names(e, "TransEdit Load StyleGAN", "ckpt_name", "hostile.safetensors", key,
                  "Save the tuned generator again")
+
+
+def hostile_images(kind: str, n: int = 2, size: int = 32) -> torch.Tensor:
+    images = crops(n, size)
+    if kind == "nan":
+        images[0, 3, 3, 0] = float("nan")
+    elif kind == "inf":
+        images[1, 5, 7, 2] = float("inf")
+    elif kind == "0..255":
+        images = images * 255
+    elif kind == "negative":
+        images = images - 0.5
+    return images
+
+
+@pytest.mark.parametrize("kind, words", [("nan", ("NaN or infinite",)), ("inf", ("NaN or infinite",)),
+                                         ("0..255", ("0..1", "255")), ("negative", ("0..1",))])
+def test_tuning_nodes_refuse_non_finite_or_out_of_range_images(generator, lpips, pivots, parser, kind, words):
+    """Planted: one NaN pixel, one Inf pixel, a 0..255 picture, a -0.5..0.5 one (all were cleaned silently and
+    tuned towards); a slight overshoot (resampling ringing) is still taken."""
+    images = hostile_images(kind)
+    with pytest.raises(NodeInputError) as e:
+        tune(generator, pivots, images, lpips, steps=1)
+    assert_names(e, "TransEdit Pivotal Tune", "images", *words)
+    with pytest.raises(NodeInputError) as e:
+        stitch(generator, pivots, images, centre_mask(2, 32), steps=1)
+    assert_names(e, "TransEdit Stitching Tune", "images", *words)
+    with pytest.raises(NodeInputError) as e:
+        nodes.TransEditFaceRegionMask().mask(parser, images)
+    assert_names(e, "TransEdit Face Region Mask", "images", *words)
+    ringing = crops(2, 32)
+    ringing[0, 0, 0, 0], ringing[1, 0, 0, 0] = 1.005, -0.005
+    assert isinstance(tune(generator, pivots, ringing, lpips, steps=1), nodes.TunedStyleGANHandle)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_stitching_tune_refuses_a_nan_mask_as_paste_back_does(generator, pivots, bad):
+    mask = centre_mask(2, 32)
+    mask[1, 16, 16] = bad
+    with pytest.raises(NodeInputError) as e:
+        stitch(generator, pivots, crops(2, 32), mask, steps=1)
+    assert_names(e, "TransEdit Stitching Tune", "mask", "NaN or infinite")
