@@ -383,3 +383,11 @@ def test_a_person_who_stops_or_turns_back_keeps_their_track(monkeypatch):
         m.setattr(fpeople, "places_to_look",
                   lambda centre, speed, gap: [centre if speed is None else centre + speed * gap])
         assert [len(follow(stops)[0]), len(follow(turns)[0])] == [2, 2]
+
+
+def test_only_a_one_detection_track_gets_the_wide_first_step():
+    x = synthetic_face(100, 100)
+    half_away = [synthetic_face(100 + 0.5 * CROP, 100)]
+    # seen twice, standing still: its velocity is known (zero), so a face half a crop away is someone else
+    assert [t.found for t in fpeople.track_people([[x]] * 2 + [half_away] * 2)] == [[0, 1], [2, 3]]
+    assert [t.found for t in fpeople.track_people([[x]] + [half_away] * 2)] == [[0, 1, 2]]  # seen once: goes on
