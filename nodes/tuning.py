@@ -405,6 +405,8 @@ def locate_base(path: str) -> Optional[tuple[str, str]]:
     return None
 
 
+MAX_PREFIX = 1000  # with the models folder, well under the usual 4096-byte path limit
+MAX_NAME_PART = 150  # file systems allow 255 bytes; ".<stem>.<pid>.partial.safetensors" adds up to ~45
 _PREFIX = re.compile(r"^[A-Za-z0-9 _.\-]+(/[A-Za-z0-9 _.\-]+)*$")
 
 
@@ -414,6 +416,14 @@ def _unique_target(node: str, prefix: str) -> tuple[str, str]:
     if not prefix or not _PREFIX.match(prefix) or any(part in (".", "..") for part in prefix.split("/")):
         raise NodeInputError(node, "filename_prefix", f"{prefix!r} is not a usable name (letters, digits, space, "
                              "'_', '-', '.', and '/' between folder names).", "use e.g. tuned/pti.")
+    too_long = [part for part in prefix.split("/") if len(part) > MAX_NAME_PART]
+    if len(prefix) > MAX_PREFIX:  # refused before any folder of it is made
+        raise NodeInputError(node, "filename_prefix", f"is {len(prefix)} characters long; at most {MAX_PREFIX}.",
+                             "use a shorter name, e.g. tuned/pti.")
+    if too_long:
+        raise NodeInputError(node, "filename_prefix", f"has a name part of {len(too_long[0])} characters; at most "
+                             f"{MAX_NAME_PART} fit a file name with the number and temporary suffix added.",
+                             "use a shorter name, e.g. tuned/pti.")
     root = bridge.folder_paths_for("stylegan")[0]
     sub, _, stem = prefix.rpartition("/")
     folder = os.path.join(root, *sub.split("/")) if sub else root
@@ -482,7 +492,12 @@ class TransEditSaveTunedStyleGAN:
         if base.fingerprint != info.base_fingerprint:
             raise NodeInputError(node, "generator", f"was tuned from '{where[1]}', but that file has changed since.",
                                  "put the original file back, or tune the generator again.")
-        os.makedirs(folder, exist_ok=True)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:  # a folder part names an existing file, or the path is too long for the system
+            raise NodeInputError(node, "filename_prefix", f"{filename_prefix.strip()!r} cannot be made into a folder "
+                                 f"under models/stylegan: {e.strerror or e}.",
+                                 "use a folder name that is not an existing file, and a shorter path.") from None
         tmp = os.path.join(folder, f".{stem}.{os.getpid()}.partial.safetensors")
         try:
             save_tuning_delta(generator.descriptor.model, base.model, tmp, file_sha256(info.base_source),

@@ -641,3 +641,20 @@ def test_stitching_tune_refuses_a_nan_mask_as_paste_back_does(generator, pivots,
     with pytest.raises(NodeInputError) as e:
         stitch(generator, pivots, crops(2, 32), mask, steps=1)
     assert_names(e, "TransEdit Stitching Tune", "mask", "NaN or infinite")
+
+
+def test_save_prefix_through_a_file_or_too_long_is_refused(root, generator, lpips, pivots):
+    """Planted (the reviewer's raw OSErrors): a folder part that is an existing file, a 300-character name, a path
+    too long for the system; a 150-character name still saves."""
+    node = "TransEdit Save Tuned StyleGAN"
+    tuned = tune(generator, pivots, crops(2), lpips, steps=1)
+    save = nodes.TransEditSaveTunedStyleGAN().save
+    for prefix, words in (("g.pt/x", ("g.pt/x", "folder", "not an existing file")),
+                          ("a" * 300, ("300 characters", "shorter")),
+                          ("/".join(["b" * 150] * 40), ("6039 characters", "shorter"))):
+        with pytest.raises(NodeInputError) as e:
+            save(tuned, prefix)
+        assert_names(e, node, "filename_prefix", *words)
+    assert (root / "stylegan" / "g.pt").is_file() and not (root / "stylegan" / ("b" * 150)).exists()
+    (name,) = save(tuned, "c" * 150)
+    assert name == "c" * 150 + "_00001.safetensors" and (root / "stylegan" / name).is_file()
