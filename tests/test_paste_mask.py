@@ -285,3 +285,14 @@ def test_a_shrunk_face_gets_an_anti_aliased_mask(scene):
                               crop_mask=stripes[None])
     inner = pasted[0, 35 - 6:35 + 6, 45 - 6:45 + 6]
     assert abs(float(inner.mean()) - 0.5) < 0.1 and float(inner.std()) < 0.1
+
+
+def test_node_takes_a_single_two_dimensional_mask_for_every_face(scene):
+    photos, recs = scene
+    align = nodes.FaceAlignment(recs, [True, True])
+    crops = torch.stack([gradient_crop()] * 2)
+    want = unwrap(nodes.TransEditPasteBack().paste(photos, crops, align, "ellipse", 0.0, "off",
+                                                   mask=quadrant_mask()[None]))
+    got = unwrap(nodes.TransEditPasteBack().paste(photos, crops, align, "ellipse", 0.0, "off", mask=quadrant_mask()))
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    check_mask_paste(photos[1], got[0][1], crops[1], recs[1], quadrant_mask())
