@@ -4,7 +4,9 @@ its delta back), Load Face Parser, Face Region Mask, Stitching Tune; Edit Studio
 Tiny generators (32 px) and random LPIPS / BiSeNet files in their released layouts keep every test in seconds. What
 the tuning computes is the engine's to show (tests/test_tuning*.py, parity with the official code); here: what the
 nodes hand on (shapes, dtypes, devices, the base left alone, ComfyUI's memory management), their errors (node, input,
-fix), Cancel, out of memory, and the delta file (round trip, its base found and checked, nothing overwritten)."""
+fix), Cancel, out of memory, and the delta file (round trip, its base found and checked, nothing overwritten).
+
+Over 600 lines because the six nodes share one set of tiny model files (module fixtures) and helpers."""
 from __future__ import annotations
 
 import json

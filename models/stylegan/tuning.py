@@ -18,6 +18,8 @@ read once at the end; the early stop is decided on the device (Adam's learning r
 the rule fires, so the weights stay exactly as the official break leaves them) and the loop polls it every
 `poll_every` steps; frames stay where the caller keeps them (e.g. the CPU) and move to the device a chunk at a
 time, so device memory does not grow with the clip's length.
+
+Over 600 lines because both tunings share its copies, masks and the delta file that carries their result.
 """
 from __future__ import annotations
 
