@@ -391,3 +391,17 @@ def test_only_a_one_detection_track_gets_the_wide_first_step():
     # seen twice, standing still: its velocity is known (zero), so a face half a crop away is someone else
     assert [t.found for t in fpeople.track_people([[x]] * 2 + [half_away] * 2)] == [[0, 1], [2, 3]]
     assert [t.found for t in fpeople.track_people([[x]] + [half_away] * 2)] == [[0, 1, 2]]  # seen once: goes on
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_retirement_comes_after_exactly_retire_after_missing_frames(cut):
+    def people(missing):  # A seen in frames 0-5, missing, then back where they stood (after a cut, if any)
+        back = 6 + missing
+        frames = [[synthetic_face(100, 100)]] * 6 + [[]] * missing + [[synthetic_face(100, 100)]] * 3
+        frames = [faces + [synthetic_face(600, 300)] for faces in frames] if not cut else frames
+        return [t.found for t in fpeople.track_people(frames, cuts=[back] if cut else [])][:2]
+
+    limit = fpeople.RETIRE_AFTER
+    extra = [] if cut else [list(range(9 + limit))]  # the bystander's track
+    assert people(limit) == [list(range(6)) + list(range(6 + limit, 9 + limit))] + extra
+    assert people(limit + 1)[0] == list(range(6)) and len(people(limit + 1)) == 2
