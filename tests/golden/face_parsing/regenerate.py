@@ -17,7 +17,7 @@ Written here: manifest.json (the official state dict's keys, shapes and dtypes, 
 and golden.safetensors:
   net32_input [2,3,32,32], net32_out / net32_out16 / net32_out32: the official BiSeNet's three heads;
   netodd_input [1,3,42,54], netodd_out*: the same at a size whose strides do not halve evenly;
-  mask_input [2,3,96,80] in [-1.3, 1.3]: through STIT's own calc_masks (edit_video_stitching_tuning.py, executed
+  mask_input [2,3,96,80] in [-1.3, 1.3]: through STIT's own calc_masks (edit_video_stitching_tuning.py, imported
   from its source) with STIT's seg_model_2.BiSeNet; mask_labels [2,512,512] uint8: the argmax it computed;
   mask_foreground_bits: its foreground mask (before dilation) packed with numpy.packbits.
 """
@@ -127,16 +127,29 @@ def stit_bisenet(stit: Path):
         return model.BiSeNet(19).eval()
 
 
+def functions_from_source(path: Path, names, scope: dict):
+    """The named top-level functions of an official file, as a module of their own (written to a temporary file and
+    imported, so nothing is exec'd here), with `scope` as the globals they look up when called."""
+    import importlib.util
+    import tempfile
+
+    tree = ast.parse(Path(path).read_text())
+    body = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in names]
+    folder = Path(tempfile.mkdtemp(prefix="official_functions_"))
+    module_path = folder / f"{Path(path).stem}_functions.py"
+    module_path.write_text(ast.unparse(ast.Module(body=body, type_ignores=[])))
+    spec = importlib.util.spec_from_file_location(module_path.stem, module_path)
+    module = importlib.util.module_from_spec(spec)
+    module.__dict__.update(scope)  # before the definitions run: their annotations name torch
+    spec.loader.exec_module(module)
+    return module, [node.name for node in body]
+
+
 def stit_calc_masks(stit: Path):
-    """STIT's calc_masks and logical_and_reduce, executed from edit_video_stitching_tuning.py's source with the
+    """STIT's calc_masks and logical_and_reduce, imported from edit_video_stitching_tuning.py's source with the
     globals they use; create_masks (the dilation, which needs CUDA there) is replaced by a recorder of its input."""
     from torchvision import transforms
 
-    source = (stit / "edit_video_stitching_tuning.py").read_text()
-    tree = ast.parse(source)
-    wanted = [node for node in tree.body if isinstance(node, ast.FunctionDef)
-              and node.name in ("calc_masks", "logical_and_reduce")]
-    assert len(wanted) == 2, [n.name for n in wanted]
     recorded = []
 
     def create_masks(border_pixels, mask, inner_dilation=0, outer_dilation=0, whole_image_border=False):
@@ -144,8 +157,10 @@ def stit_calc_masks(stit: Path):
         return mask, mask, mask
 
     scope = {"F": F, "transforms": transforms, "torch": torch, "create_masks": create_masks}
-    exec(compile(ast.Module(body=wanted, type_ignores=[]), "edit_video_stitching_tuning.py", "exec"), scope)
-    return scope["calc_masks"], recorded
+    module, found = functions_from_source(stit / "edit_video_stitching_tuning.py",
+                                          ("calc_masks", "logical_and_reduce"), scope)
+    assert len(found) == 2, found
+    return module.calc_masks, recorded
 
 
 def main():

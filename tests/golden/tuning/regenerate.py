@@ -191,14 +191,29 @@ def run_stit(stit: Path, pkl: Path, work: Path, inputs: dict, perceptual, steps:
         return finish(coach, inputs["pivots"][:1], work / "stit_tuned.pkl", convert, keep), rows
 
 
+def functions_from_source(path: Path, names, scope: dict):
+    """The named top-level functions of an official file, as a module of their own (written to a temporary file and
+    imported, so nothing is exec'd here), with `scope` as the globals they look up when called."""
+    import importlib.util
+    import tempfile
+
+    tree = ast.parse(Path(path).read_text())
+    body = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in names]
+    folder = Path(tempfile.mkdtemp(prefix="official_functions_"))
+    module_path = folder / f"{Path(path).stem}_functions.py"
+    module_path.write_text(ast.unparse(ast.Module(body=body, type_ignores=[])))
+    spec = importlib.util.spec_from_file_location(module_path.stem, module_path)
+    module = importlib.util.module_from_spec(spec)
+    module.__dict__.update(scope)  # before the definitions run: their annotations name torch
+    spec.loader.exec_module(module)
+    return module, [node.name for node in body]
+
+
 def stit_functions(stit: Path) -> dict:
     """create_masks, calc_masks, optimize_border and their helpers, read from edit_video_stitching_tuning.py and
     run as written (the module's other imports — video I/O, dlib alignment, the editors — are not needed)."""
-    source = (stit / "edit_video_stitching_tuning.py").read_text()
     wanted = {"create_masks", "calc_masks", "optimize_border", "masked_l2", "logical_or_reduce",
               "logical_and_reduce"}
-    tree = ast.parse(source)
-    body = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in wanted]
     from tqdm import trange
     from torchvision import transforms
     from configs import hyperparameters  # noqa: PLC0415  (inside official())
@@ -206,9 +221,8 @@ def stit_functions(stit: Path) -> dict:
 
     namespace = {"torch": torch, "F": F, "copy": copy, "trange": trange, "transforms": transforms,
                  "hyperparameters": hyperparameters, "dilation": dilation}
-    exec(compile(ast.Module(body=body, type_ignores=[]), str(stit / "edit_video_stitching_tuning.py"), "exec"),
-         namespace)
-    return namespace
+    module, _ = functions_from_source(stit / "edit_video_stitching_tuning.py", wanted, namespace)
+    return vars(module)
 
 
 @contextlib.contextmanager
