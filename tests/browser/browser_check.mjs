@@ -83,7 +83,9 @@ async function frameGraph() {
 // which widget values the pack's nodes carry, as the frontend would save them
 function packValues(graph) {
   return Object.fromEntries((graph.nodes || []).filter((n) => String(n.type).startsWith("TransEdit"))
-    .map((n) => [String(n.id), n.widgets_values ?? null]));
+    // a node without widgets is saved with `[]` or no key, and frontends differ in which they write back
+    // (0.33.0's leaves it out, 0.3.64's pinned one writes []): both mean "no values"
+    .map((n) => [String(n.id), n.widgets_values == null ? [] : n.widgets_values]));
 }
 
 async function loadGraph(graph) {
