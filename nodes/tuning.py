@@ -441,8 +441,9 @@ def _publish(tmp: str, folder: str, stem: str) -> str:
                 os.link(tmp, final)
                 os.unlink(tmp)
                 return final
-            except FileExistsError:
-                pass
+            except FileExistsError:  # another save took this number between the check and the link
+                n += 1
+                continue
             except OSError:  # no hard links on this file system
                 if not os.path.exists(final):
                     os.replace(tmp, final)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import struct
 from dataclasses import dataclass, field, replace
@@ -39,6 +40,8 @@ from ..core.checkpoint_io import TRANSEDIT_FORMAT_KEY, atomic_write, read_safete
 from ..core.devices import has_native_bf16
 from ..core.errors import CheckpointError
 from .generator import StyleGAN2Generator
+
+log = logging.getLogger(__name__)
 
 # (step, total, preview image [1, 3, H, W] in about [-1, 1] on the device, or None)
 StepCallback = Callable[[int, int, Optional[torch.Tensor]], None]
@@ -137,9 +140,23 @@ def make_adam(params, lr: float, betas, device: torch.device, tensor_lr: bool):
         try:
             return torch.optim.Adam(params, lr=lr_value, betas=tuple(betas), fused=True), (
                 lr_value if tensor_lr else None)
-        except (RuntimeError, ValueError, TypeError):
-            pass
+        except (RuntimeError, ValueError, TypeError) as e:
+            # this torch has no fused Adam for these tensors: the plain one gives the same steps, and the early
+            # stop then reads its flag on the host at each step instead of zeroing a device learning rate
+            log.info("pivotal tuning: fused Adam unavailable on %s (%s); using the unfused optimiser", device, e)
     return torch.optim.Adam(params, lr=float(lr), betas=tuple(betas), foreach=device.type != "cpu"), None
+
+
+def optimizer_step(loss: torch.Tensor, optimizer, scaler) -> None:
+    """One backward and Adam step, through the fp16 grad scaler when there is one."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
 
 
 def resolve_precision(generator: StyleGAN2Generator, precision: str, device: torch.device) -> torch.dtype:
@@ -284,14 +301,7 @@ def pivotal_tune(generator: StyleGAN2Generator, pivots: torch.Tensor, targets: t
                     elif bool(stopped):
                         ran = t
                         break
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
+                optimizer_step(loss, optimizer, scaler)
                 t += 1
                 if t % config.poll_every == 0 or t == total:
                     if on_step is not None:
@@ -417,14 +427,7 @@ def stitch_tune(generator: StyleGAN2Generator, edited_latents: torch.Tensor, ori
                     lr_tensor.copy_(torch.where(stopped, 0.0, lr))
                 elif bool(stopped):
                     break
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            optimizer_step(loss, optimizer, scaler)
             done = i * steps + step + 1
             if done % poll_every == 0:
                 if on_step is not None:

@@ -24,7 +24,6 @@ and golden.safetensors:
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import hashlib
 import importlib.util
@@ -40,6 +39,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # tests/golden: the helper both regeneration scripts share
+from official_functions import functions_from_source  # noqa: E402
 SEED = 3421  # among the first seeds whose labels mix many classes, background, cloth and hat included
 MIRRORS = Path("/work/.mirror")
 
@@ -125,24 +126,6 @@ def stit_bisenet(stit: Path):
     sys.modules.pop("stit_seg_model_2", None)
     with no_download():
         return model.BiSeNet(19).eval()
-
-
-def functions_from_source(path: Path, names, scope: dict):
-    """The named top-level functions of an official file, as a module of their own (written to a temporary file and
-    imported, so nothing is exec'd here), with `scope` as the globals they look up when called."""
-    import importlib.util
-    import tempfile
-
-    tree = ast.parse(Path(path).read_text())
-    body = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in names]
-    folder = Path(tempfile.mkdtemp(prefix="official_functions_"))
-    module_path = folder / f"{Path(path).stem}_functions.py"
-    module_path.write_text(ast.unparse(ast.Module(body=body, type_ignores=[])))
-    spec = importlib.util.spec_from_file_location(module_path.stem, module_path)
-    module = importlib.util.module_from_spec(spec)
-    module.__dict__.update(scope)  # before the definitions run: their annotations name torch
-    spec.loader.exec_module(module)
-    return module, [node.name for node in body]
 
 
 def stit_calc_masks(stit: Path):

@@ -22,7 +22,6 @@ comparison is about the tuning loops. LPIPS itself is checked against the refere
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import copy
 import json
@@ -38,6 +37,8 @@ import torch
 import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # tests/golden: the helper both regeneration scripts share
+from official_functions import functions_from_source  # noqa: E402
 TESTS = HERE.parents[1]
 sys.path.insert(0, str(TESTS))
 import test_tuning_parity as P  # noqa: E402  (the shared recipe: sizes, seeds, inputs, the perceptual loss)
@@ -189,24 +190,6 @@ def run_stit(stit: Path, pkl: Path, work: Path, inputs: dict, perceptual, steps:
         np.random.seed(seed)
         coach.train()
         return finish(coach, inputs["pivots"][:1], work / "stit_tuned.pkl", convert, keep), rows
-
-
-def functions_from_source(path: Path, names, scope: dict):
-    """The named top-level functions of an official file, as a module of their own (written to a temporary file and
-    imported, so nothing is exec'd here), with `scope` as the globals they look up when called."""
-    import importlib.util
-    import tempfile
-
-    tree = ast.parse(Path(path).read_text())
-    body = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in names]
-    folder = Path(tempfile.mkdtemp(prefix="official_functions_"))
-    module_path = folder / f"{Path(path).stem}_functions.py"
-    module_path.write_text(ast.unparse(ast.Module(body=body, type_ignores=[])))
-    spec = importlib.util.spec_from_file_location(module_path.stem, module_path)
-    module = importlib.util.module_from_spec(spec)
-    module.__dict__.update(scope)  # before the definitions run: their annotations name torch
-    spec.loader.exec_module(module)
-    return module, [node.name for node in body]
 
 
 def stit_functions(stit: Path) -> dict:
