@@ -191,10 +191,40 @@ def test_the_fixture_exercises_dead_features(models, golden):
         assert dead[0] > 0, (net, dead)
 
 
+def reference_package():
+    """The installed `lpips` package, or a skip. A folder named lpips on sys.path (tests/golden/lpips, if some
+    script put tests/golden there) imports as an empty namespace package: that is not the reference."""
+    ref = pytest.importorskip("lpips")
+    if not hasattr(ref, "LPIPS"):
+        pytest.skip(f"`import lpips` found {list(getattr(ref, '__path__', []))}, not the lpips package (pip install lpips)")
+    return ref
+
+
+def test_golden_scripts_do_not_shadow_the_reference_package(monkeypatch):
+    # Importing the other golden scripts (the parity tests do) must not put tests/golden on sys.path, where
+    # tests/golden/lpips would shadow the reference: CI, without the lpips package, imported that folder instead
+    import_file("golden_tuning_regenerate", GOLDEN.parent / "tuning" / "regenerate.py")
+    import_file("golden_face_parsing_regenerate", GOLDEN.parent / "face_parsing" / "regenerate.py")
+    assert str(GOLDEN.parent) not in sys.path
+    # the planted fault: with tests/golden on sys.path and no installed package, the skip names the folder
+    before = sys.modules.pop("lpips", None)
+    monkeypatch.syspath_prepend(str(GOLDEN.parent))
+    try:
+        real = importlib.util.find_spec("lpips")
+        if real is not None and real.origin not in (None, "namespace"):
+            pytest.skip("the lpips package is installed here; it wins over the namespace folder")
+        with pytest.raises(pytest.skip.Exception, match="golden/lpips"):
+            reference_package()
+    finally:  # leave no namespace module behind for the live test
+        sys.modules.pop("lpips", None)
+        if before is not None:
+            sys.modules["lpips"] = before
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")  # torchvision on the reference's `pretrained=` argument
 def test_live_against_the_installed_reference(models):
     # AlexNet only: torchvision builds VGG16's 100M-weight classifier too (seconds); the golden tensors cover VGG
-    ref = pytest.importorskip("lpips")
+    ref = reference_package()
     pytest.importorskip("torchvision")
     gen = torch.Generator().manual_seed(7)
     for net in ("alex",):

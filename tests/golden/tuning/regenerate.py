@@ -37,10 +37,10 @@ import torch
 import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # tests/golden: the helper both regeneration scripts share
-from official_functions import functions_from_source  # noqa: E402
 TESTS = HERE.parents[1]
-sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(TESTS))  # tests/: the shared recipe and official_functions (never tests/golden: its
+# folders are named like the reference packages, and `import lpips` would find tests/golden/lpips instead)
+from official_functions import functions_from_source  # noqa: E402
 import test_tuning_parity as P  # noqa: E402  (the shared recipe: sizes, seeds, inputs, the perceptual loss)
 
 SHARED_NAMES = ("configs", "criteria", "training", "utils", "models", "torch_utils", "dnnlib", "editings", "lpips",
