@@ -108,9 +108,7 @@ def _with_grad(fn):
 def tunable_copy(generator: StyleGAN2Generator, device) -> StyleGAN2Generator:
     """A copy of `generator` on `device` whose synthesis weights take gradients (cloned outside inference mode,
     so a generator loaded under ComfyUI's inference mode can be trained)."""
-    copy = StyleGAN2Generator(generator.config)
-    copy.load_state_dict({k: v.detach().clone() for k, v in generator.state_dict().items()})
-    copy = copy.to(device).eval().requires_grad_(False)
+    copy = _copy_on(generator, device)
     for p in synthesis_parameters(copy):
         p.requires_grad_(True)
     return copy
@@ -120,9 +118,17 @@ def frozen_on(generator: StyleGAN2Generator, device) -> StyleGAN2Generator:
     """`generator` itself when it already lives on `device`, else a frozen copy there (the caller's stays put)."""
     if next(generator.parameters()).device == torch.device(device):
         return generator
-    copy = StyleGAN2Generator(generator.config)
-    copy.load_state_dict({k: v.detach().clone() for k, v in generator.state_dict().items()})
-    return copy.to(device).eval().requires_grad_(False)
+    return _copy_on(generator, device)
+
+
+def _copy_on(generator: StyleGAN2Generator, device) -> StyleGAN2Generator:
+    """A frozen copy of `generator` on `device`, built on the meta device and given copies of the weights (no
+    random initialisation to overwrite: at 1024² that was a second of normal_ per tuning call on a CPU)."""
+    with torch.device("meta"):
+        copy = StyleGAN2Generator(generator.config)
+    state = {k: v.detach().to(device, copy=True) for k, v in generator.state_dict().items()}
+    copy.load_state_dict(state, assign=True)
+    return copy.eval().requires_grad_(False)
 
 
 def synthesis_parameters(generator: StyleGAN2Generator) -> list[torch.nn.Parameter]:
