@@ -28,7 +28,8 @@ How the official code is made to run here (shims live in this file only, the off
 - PTI / STIT (benchmarks/bench_tuning.py): the official coaches' train() with wandb, e4e and plotting as stand-ins,
   on an NVlabs networks.py generator (STIT's copy) pickled as NVlabs does and loaded by TransEdit's converter;
   the same LPIPS AlexNet module (random weights) on both sides; size --tuning-size (256 by default, config-f
-  widths), equal steps (PTI's early stop off).
+  widths), equal steps (PTI's early stop off). Where bf16 can be faster (a GPU, a CPU with bf16 instructions) each
+  also gets a `*_bf16` row: TransEdit in bf16 against the official fp32, judged on the last step's losses.
 
 Sizes are the official ones: config-f 1024 generator, IR-SE-50 Style Transformer, SwinV2-T StylePrompter + SMART,
 DINO ViT-S/8 and ViT-B/8 at 224 px, PUT CVPR 2022 FFHQ (30 x 512) and TPAMI 2024 FFHQ-256 (12 x 768) at 256².
@@ -721,6 +722,9 @@ def markdown(report) -> str:
         diff = "-" if r.get("max_abs_diff") is None else f"{r['max_abs_diff']:.2g} (±{r['ref_max_abs']:.3g})"
         if r["stage"].startswith("put_") and r.get("max_abs_diff") is None:
             diff = "greedy fills checked"
+        if r.get("final_loss_rel_diff") is not None:  # a half-precision row: the tuning compared, not the arithmetic
+            diff = (f"final losses within {r['final_loss_rel_diff']:.2g} rel. ({r['loss_max_rel_diff_any_step']:.2g} at "
+                    f"worst per step); render {r['render_max_abs_diff']:.2g} (±{r.get('ref_max_abs', 0):.3g})")
         lines.append(f"| {r['stage']} | {case} | {r['official_s']:.2f} | {r['pack_s']:.2f} | **{r['ratio']:.2f}×** | "
                      f"{diff} | {_num(r['official_peak_mib'], '.0f')} / {_num(r['pack_peak_mib'], '.0f')} |")
     return "\n".join(lines)

@@ -295,7 +295,9 @@ class TransEditPivotalTune:
                                             "as numpy's seed in the official code)."}),
                 "precision": (list(PRECISIONS), {"default": "auto",
                                                  "tooltip": auto_tooltip_by_file(PRECISION_BY_FILE)
-                                                 + " fp32 is the official code's (force_fp32)."}),
+                                                 + " fp32 is the official code's (force_fp32). On a CPU with bf16 "
+                                                   "instructions (AVX512-BF16, AMX) bf16 tunes about 1.8x faster to "
+                                                   "the same losses, not the same weights."}),
             },
             "optional": {
                 "learning_rate": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 1e-5, "advanced": True,

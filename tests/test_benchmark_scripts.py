@@ -47,6 +47,47 @@ def test_outputs_that_differ_are_not_timed():
     assert ok["agrees"]
 
 
+def _bf16_race(final_offset: float):
+    """bench_tuning.bf16_row on stand-ins: an official coach whose losses halve each step and a bf16 run that
+    wobbles 6 % mid-run and ends `final_offset` (relative) away; returns the row or the refusal."""
+    import types
+
+    import torch
+
+    bench_tuning = pytest.importorskip("bench_tuning")
+    official_rows = [[1.0 / 2 ** k, 0.5 / 2 ** k, 0.0] for k in range(4)]
+    pack_losses = torch.tensor(official_rows)[:, :2].clone()
+    pack_losses[1] *= 1.06
+    pack_losses[-1] *= 1 + final_offset
+    holder, timed = {}, []
+
+    def official():
+        holder["rows"] = official_rows
+        return torch.ones(1, 3, 4, 4)
+
+    def pack(precision="fp32", keep=None):
+        assert precision == "bf16"
+        if keep is not None:
+            keep["losses"] = pack_losses
+        return torch.ones(1, 3, 4, 4) * 1.01
+
+    ctx = types.SimpleNamespace(race=lambda a, b, profile: timed.append(1) or {"ratio": 2.0},
+                                profiled=lambda stage: False)
+    fp32_row = {"stage": "pti", "case": "c", "size": 8, "steps": 4, "config": "PTI"}
+    return bench_tuning.bf16_row(ctx, fp32_row, official, pack, holder), timed
+
+
+def test_bf16_tuning_race_judges_the_last_steps_losses():
+    row, timed = _bf16_race(0.01)
+    assert row["stage"] == "pti_bf16" and row["agrees"] and timed and row["final_loss_rel_diff"] == pytest.approx(0.01, rel=1e-2)
+    assert row["loss_max_rel_diff_any_step"] == pytest.approx(0.06, rel=1e-2)  # reported, not judged
+    assert "final losses within" in vs_official.markdown({"rows": [{**row, "official_s": 2, "pack_s": 1,
+                                                                    "official_peak_mib": 1, "pack_peak_mib": 1}]})
+    # the planted fault: a bf16 run that ends 8 % worse is refused before anything is timed
+    with pytest.raises(AssertionError, match="not timed"):
+        _bf16_race(0.08)
+
+
 def _records(losses):
     return [[i + 1, float(i + 1), loss] for i, loss in enumerate(losses)]
 
