@@ -246,23 +246,26 @@ def stage_pti(ctx):
 
 
 def native_half_speed(device) -> bool:
-    """Whether bf16 can be faster than fp32 here: a CUDA GPU, or a CPU whose oneDNN has bf16 instructions
-    (AVX512-BF16 / AMX); elsewhere CPU bf16 is emulated and slower, and the row would only say so."""
+    """Whether bf16 can be faster than fp32 here: a GPU with native bf16 (Ampere on), or a CPU whose oneDNN has bf16
+    instructions (AVX512-BF16 / AMX); elsewhere bf16 is emulated and slower, and the row would only say so."""
+    from transedit.models.core.devices import has_native_bf16
+
     if device.type == "cuda":
-        return True
+        return has_native_bf16(device)
     return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 # bf16 changes the arithmetic, so the tuned weights cannot match the official fp32 ones (Adam moves every weight by
 # about lr whatever its gradient's size, and bf16 flips the sign of the smallest gradients). The two runs take
-# slightly different paths (per-step losses measured up to 3-8 % apart mid-run) to the same place: what is checked
-# is the last step's L2 and LPIPS, within this relative tolerance; the per-step spread is reported beside it.
+# slightly different paths (per-step losses measured up to 3 % apart mid-run) to the same place: what is checked
+# is the last step's L2 and LPIPS of every frame, within this relative tolerance; the per-step spread is reported.
 BF16_LOSS_TOL = 0.05
 
 
-def bf16_row(ctx, fp32_row: dict, official, pack, holder: dict) -> dict:
-    """PTI or STIT in bf16 (the pack's `precision` input) against the official fp32 coach: agreement is judged on the loss
-    at every step (official rows from its calc_loss), then both are timed as in the fp32 race."""
+def bf16_row(ctx, fp32_row: dict, official, pack, holder: dict, frames: int = 1) -> dict:
+    """PTI or STIT in bf16 (the pack's `precision` input) against the official fp32 coach: agreement is judged on
+    the losses of the last step, every one of its `frames` rows (both sides log one row per step and frame, step
+    by step), then both are timed as in the fp32 race."""
     import vs_official as V
 
     row = {**{k: fp32_row[k] for k in ("case", "size", "steps", "config")}, "stage": f"{fp32_row['stage']}_bf16",
@@ -272,14 +275,17 @@ def bf16_row(ctx, fp32_row: dict, official, pack, holder: dict) -> dict:
     mine = pack("bf16", kept)
     official_losses = torch.tensor(holder["rows"])[:, :2]
     pack_losses = kept["losses"][:, :2].float()
+    if official_losses.shape != pack_losses.shape or len(pack_losses) % frames:
+        raise AssertionError(f"{fp32_row['stage']}_bf16: {len(official_losses)} official loss rows against "
+                             f"{len(pack_losses)} of the pack ({frames} per step); not compared")
     spread = (pack_losses - official_losses).abs() / official_losses.abs().clamp_min(1e-12)
-    rel, worst = spread[-1].max().item(), spread.max().item()
+    rel, worst = spread[-frames:].max().item(), spread.max().item()
     row.update({"final_loss_rel_diff": float(f"{rel:.3g}"), "loss_tolerance": BF16_LOSS_TOL,
                 "loss_max_rel_diff_any_step": float(f"{worst:.3g}"),
-                "final_l2_lpips": {"official": official_losses[-1].tolist(), "pack": pack_losses[-1].tolist()},
+                "final_l2_lpips": {"official": official_losses[-frames:].tolist(), "pack": pack_losses[-frames:].tolist()},
                 **{k if k == "ref_max_abs" else "render_max_abs_diff": v
                    for k, v in V.agreement(reference, mine).items()},
-                "compared": "L2 and LPIPS after the last step (bf16 is not the official arithmetic)"})
+                "compared": "L2 and LPIPS after the last step, every frame (bf16 is not the official arithmetic)"})
     row["agrees"] = rel <= BF16_LOSS_TOL
     if not row["agrees"]:
         raise AssertionError(f"{row['stage']}: the last step's losses differ by {rel:.3g} relative (> {BF16_LOSS_TOL}); "
@@ -316,7 +322,7 @@ def stage_stit(ctx):
 
     rows = [V.raced(ctx, row, official, pack, tol_rel=1e-3)]
     if native_half_speed(ctx.device):
-        rows.append(bf16_row(ctx, row, official, pack, holder))
+        rows.append(bf16_row(ctx, row, official, pack, holder, frames=2))
     return rows
 
 

@@ -296,7 +296,7 @@ class TransEditPivotalTune:
                 "precision": (list(PRECISIONS), {"default": "auto",
                                                  "tooltip": auto_tooltip_by_file(PRECISION_BY_FILE)
                                                  + " fp32 is the official code's (force_fp32). On a CPU with bf16 "
-                                                   "instructions (AVX512-BF16, AMX) bf16 tunes about 1.8x faster to "
+                                                   "instructions (AVX512-BF16, AMX) bf16 tunes about 1.7x faster to "
                                                    "the same losses, not the same weights."}),
             },
             "optional": {

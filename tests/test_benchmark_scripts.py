@@ -47,18 +47,21 @@ def test_outputs_that_differ_are_not_timed():
     assert ok["agrees"]
 
 
-def _bf16_race(final_offset: float):
-    """bench_tuning.bf16_row on stand-ins: an official coach whose losses halve each step and a bf16 run that
-    wobbles 6 % mid-run and ends `final_offset` (relative) away; returns the row or the refusal."""
+def _bf16_race(final_offset: float, frames: int = 1, off_row: int = -1, pack_rows=None):
+    """bench_tuning.bf16_row on stand-ins: an official coach whose losses halve each step (`frames` rows per step,
+    step by step) and a bf16 run that wobbles 6 % mid-run and whose row `off_row` ends `final_offset` (relative)
+    away; returns the row or the refusal."""
     import types
 
     import torch
 
     bench_tuning = pytest.importorskip("bench_tuning")
-    official_rows = [[1.0 / 2 ** k, 0.5 / 2 ** k, 0.0] for k in range(4)]
+    official_rows = [[(1.0 + f) / 2 ** k, (0.5 + f) / 2 ** k, 0.0] for k in range(4) for f in range(frames)]
     pack_losses = torch.tensor(official_rows)[:, :2].clone()
     pack_losses[1] *= 1.06
-    pack_losses[-1] *= 1 + final_offset
+    pack_losses[off_row] *= 1 + final_offset
+    if pack_rows is not None:
+        pack_losses = pack_losses[:pack_rows]
     holder, timed = {}, []
 
     def official():
@@ -74,7 +77,7 @@ def _bf16_race(final_offset: float):
     ctx = types.SimpleNamespace(race=lambda a, b, profile: timed.append(1) or {"ratio": 2.0},
                                 profiled=lambda stage: False)
     fp32_row = {"stage": "pti", "case": "c", "size": 8, "steps": 4, "config": "PTI"}
-    return bench_tuning.bf16_row(ctx, fp32_row, official, pack, holder), timed
+    return bench_tuning.bf16_row(ctx, fp32_row, official, pack, holder, frames=frames), timed
 
 
 def test_bf16_tuning_race_judges_the_last_steps_losses():
@@ -86,6 +89,19 @@ def test_bf16_tuning_race_judges_the_last_steps_losses():
     # the planted fault: a bf16 run that ends 8 % worse is refused before anything is timed
     with pytest.raises(AssertionError, match="not timed"):
         _bf16_race(0.08)
+
+
+def test_bf16_tuning_race_judges_every_frame_of_the_last_step():
+    # STIT logs one row per step and frame: frame 0 of the last step is the second-last row, and it counts too
+    row, _ = _bf16_race(0.01, frames=2, off_row=-2)
+    assert row["agrees"] and row["final_loss_rel_diff"] == pytest.approx(0.01, rel=1e-2)
+    with pytest.raises(AssertionError, match="not timed"):
+        _bf16_race(0.30, frames=2, off_row=-2)
+    # rows that do not pair up (a missing step, a broadcast single row) are refused rather than compared
+    with pytest.raises(AssertionError, match="not compared"):
+        _bf16_race(0.0, frames=2, pack_rows=6)
+    with pytest.raises(AssertionError, match="not compared"):
+        _bf16_race(0.0, frames=2, pack_rows=1)
 
 
 def _records(losses):

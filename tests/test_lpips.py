@@ -205,7 +205,10 @@ def test_golden_scripts_do_not_shadow_the_reference_package(monkeypatch):
     # tests/golden/lpips would shadow the reference: CI, without the lpips package, imported that folder instead
     import_file("golden_tuning_regenerate", GOLDEN.parent / "tuning" / "regenerate.py")
     import_file("golden_face_parsing_regenerate", GOLDEN.parent / "face_parsing" / "regenerate.py")
-    assert str(GOLDEN.parent) not in sys.path
+    on_path = {Path(p).resolve() for p in sys.path if p}
+    assert GOLDEN.parent not in on_path and GOLDEN not in on_path
+    spec = importlib.util.find_spec("lpips")
+    assert spec is None or spec.origin not in (None, "namespace"), spec  # the package, or nothing
     # the planted fault: with tests/golden on sys.path and no installed package, the skip names the folder
     before = sys.modules.pop("lpips", None)
     monkeypatch.syspath_prepend(str(GOLDEN.parent))

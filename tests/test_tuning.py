@@ -90,6 +90,40 @@ def test_input_generator_is_untouched_and_the_copy_is_frozen(tiny):
     assert any(not torch.equal(tuned[k], before[k]) for k in before if k.startswith("convs."))
 
 
+def assert_independent_fp32_copy(copy, source):
+    """Every tensor of `copy`: materialised (not meta, not an inference tensor), fp32 where floating, equal to the
+    source's value and in storage of its own."""
+    state, original = copy.state_dict(), source.state_dict()
+    assert state.keys() == original.keys()
+    for k, v in state.items():
+        assert not v.is_meta and not v.is_inference(), k
+        assert v.dtype == (torch.float32 if v.is_floating_point() else original[k].dtype), k
+        assert torch.equal(v, original[k].to(v.dtype)), k
+        assert v.untyped_storage().data_ptr() != original[k].untyped_storage().data_ptr(), k
+    assert not any(t.is_meta for t in vars(copy).values() if isinstance(t, torch.Tensor))
+
+
+@pytest.mark.parametrize("source_dtype", [torch.float32, torch.bfloat16])
+def test_tuning_copies_are_independent_fp32_and_render_the_same(tiny, source_dtype):
+    g, pivots, _ = tiny
+    with torch.inference_mode():  # as ComfyUI loads a generator
+        source = StyleGAN2Generator(TINY)
+        source.load_state_dict(g.state_dict())
+        source = source.to(source_dtype)
+    copy = T.tunable_copy(source, "cpu")
+    assert_independent_fp32_copy(copy, source)
+    with torch.no_grad():
+        reference = T.tunable_copy(g, "cpu").synthesis(pivots[:1], noise_mode="const")
+        assert torch.equal(reference, g.synthesis(pivots[:1], noise_mode="const"))
+    # planted faults: the source itself (shared storage) and a copy with one weight off are both caught
+    with pytest.raises(AssertionError):
+        assert_independent_fp32_copy(g, g)
+    with torch.no_grad():
+        next(p for n, p in copy.named_parameters() if n.startswith("convs.")).add_(1e-3)
+    with pytest.raises(AssertionError):
+        assert_independent_fp32_copy(copy, source)
+
+
 def test_works_under_inference_mode(tiny):
     """ComfyUI runs nodes under inference_mode; a generator loaded there still tunes."""
     g, pivots, targets = tiny

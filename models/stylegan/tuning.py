@@ -126,7 +126,9 @@ def _copy_on(generator: StyleGAN2Generator, device) -> StyleGAN2Generator:
     random initialisation to overwrite: at 1024² that was a second of normal_ per tuning call on a CPU)."""
     with torch.device("meta"):
         copy = StyleGAN2Generator(generator.config)
-    state = {k: v.detach().to(device, copy=True) for k, v in generator.state_dict().items()}
+    # fp32 weights whatever the source's dtype (tuning's master weights; a half precision runs under autocast)
+    state = {k: v.detach().to(device, torch.float32 if v.is_floating_point() else v.dtype, copy=True)
+             for k, v in generator.state_dict().items()}
     copy.load_state_dict(state, assign=True)
     return copy.eval().requires_grad_(False)
 
