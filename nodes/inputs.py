@@ -2,6 +2,8 @@
 it), model files chosen from a folder, numbers, choices and IMAGEs."""
 from __future__ import annotations
 
+import math
+
 from typing import Callable, TypeVar
 
 import numpy as np
@@ -67,9 +69,15 @@ def check_choice(node: str, name: str, value, choices) -> str:
     return value
 
 
-def check_images(node: str, name: str, images, min_size: int = 8) -> torch.Tensor:
+# how far outside [0, 1] a strict check lets pixels go (resampling overshoot upstream), cleaned like the rest
+IMAGE_RANGE_TOLERANCE = 0.01
+
+
+def check_images(node: str, name: str, images, min_size: int = 8, strict: bool = False) -> torch.Tensor:
     """A ComfyUI IMAGE as fp32 RGB in [0, 1] on the CPU: greyscale expanded, alpha dropped, NaN/inf cleaned.
     A clean fp32 CPU input comes back as itself (no copy), so nodes must not write into what this returns.
+    strict: NaN/inf or values beyond IMAGE_RANGE_TOLERANCE outside [0, 1] are refused, not cleaned (for nodes
+    that fit a model to the pixels: it would fit the cleaned garbage, a 0..255 picture clamped to nearly white).
 
     On the CPU because inputs may come from anywhere (under --gpu-only a VAE Decode hands over CUDA images,
     Load Image CPU ones) and several inputs are combined; each node moves what it computes on to its device."""
@@ -89,4 +97,12 @@ def check_images(node: str, name: str, images, min_size: int = 8) -> torch.Tenso
     lo, hi = images.aminmax()  # NaN and +-inf show up here
     if bool(torch.isfinite(lo) & torch.isfinite(hi) & (lo >= 0) & (hi <= 1)):
         return images
+    if strict:
+        lo, hi = float(lo), float(hi)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise NodeInputError(node, name, "hold NaN or infinite values.",
+                                 "check the node that made them (e.g. a decode or an upscale that overflowed).")
+        if lo < -IMAGE_RANGE_TOLERANCE or hi > 1 + IMAGE_RANGE_TOLERANCE:
+            raise NodeInputError(node, name, f"range from {lo:.3g} to {hi:.3g}; a ComfyUI IMAGE is 0..1.",
+                                 "connect the crops from 'TransEdit Align Face' (or divide 0..255 pictures by 255).")
     return torch.nan_to_num(images, nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)

@@ -10,7 +10,6 @@ Over 600 lines because the stage's six nodes share its handles, input checks and
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass, replace
@@ -120,25 +119,6 @@ def _model_file(node: str, input_name: str, folder: str, filename: str, sources)
                              f"put the file in ComfyUI/models/{folder} and press Refresh (R). Official files: "
                              f"{_links(sources)}")
     return path
-
-
-IMAGE_RANGE_TOLERANCE = 0.01  # resampling overshoot upstream is cleaned; 0..255 pictures are not ComfyUI IMAGEs
-
-
-def _check_pixels(node: str, name: str, images) -> torch.Tensor:
-    """check_images, but NaN/inf or values outside [0, 1] are refused, not cleaned: the tuning would fit the
-    generator to the cleaned garbage (a 0..255 picture clamps to nearly white) and report success."""
-    checked = check_images(node, name, images)
-    pixels = images.detach()[..., :3]
-    pixels = pixels if pixels.is_floating_point() else pixels.float()
-    lo, hi = (float(v) for v in pixels.aminmax())  # one sync per call, on the caller's tensor
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise NodeInputError(node, name, "hold NaN or infinite values.",
-                             "check the node that made them (e.g. a decode or an upscale that overflowed).")
-    if lo < -IMAGE_RANGE_TOLERANCE or hi > 1 + IMAGE_RANGE_TOLERANCE:
-        raise NodeInputError(node, name, f"range from {lo:.3g} to {hi:.3g}; a ComfyUI IMAGE is 0..1.",
-                             "connect the crops from 'TransEdit Align Face' (or divide 0..255 pictures by 255).")
-    return checked
 
 
 def _as_targets(node: str, images: torch.Tensor, size: int) -> torch.Tensor:
@@ -328,7 +308,7 @@ class TransEditPivotalTune:
         generator = check_generator(node, generator)
         latent = generator.check_latent(check_latent(node, "latent", latent), node)
         lpips = _check_lpips(node, lpips)
-        images = _check_pixels(node, "images", images)
+        images = check_images(node, "images", images, strict=True)
         seed = check_int(node, "seed", seed, 0, MAX_SEED)
         precision = check_choice(node, "precision", precision, PRECISIONS)
         config = tuning_config(node, preset, steps, learning_rate, early_stop_lpips, locality_regularization)
@@ -590,7 +570,7 @@ class TransEditFaceRegionMask:
     def mask(self, parser, images):
         node = "TransEdit Face Region Mask"
         parser = _check_parser(node, parser)
-        images = _check_pixels(node, "images", images)
+        images = check_images(node, "images", images, strict=True)
         module = parser.load()
         device = next(module.parameters()).device
         progress = bridge.Progress(images.shape[0])
@@ -695,7 +675,7 @@ class TransEditStitchingTune:
         node = "TransEdit Stitching Tune"
         generator = check_generator(node, generator)
         latent = generator.check_latent(check_latent(node, "latent", latent), node)
-        images = _check_pixels(node, "images", images)
+        images = check_images(node, "images", images, strict=True)
         steps = check_int(node, "steps", steps, 1, 10_000)
         lr = check_float(node, "learning_rate", learning_rate, 1e-6, 1.0)
         content_weight = check_float(node, "content_weight", content_weight, 0.0, 100.0)
