@@ -133,7 +133,9 @@ def queued_prompt_id(status: int, body) -> Optional[str]:
         return None
     try:
         answer = json.loads(body)
-    except (TypeError, ValueError, UnicodeDecodeError):  # not ComfyUI's JSON answer: nothing was queued to wait for
+    except (TypeError, ValueError, UnicodeDecodeError) as e:  # not ComfyUI's JSON answer: no prompt id to wait for
+        log.warning("TransEdit: the prompt route answered 200 with a body that is not JSON (%s); previews resume "
+                    "without waiting for that prompt", e)
         return None
     prompt_id = answer.get("prompt_id") if isinstance(answer, dict) else None
     return None if prompt_id is None else str(prompt_id)

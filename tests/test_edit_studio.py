@@ -466,8 +466,12 @@ def test_one_render_at_a_time_and_rendering_says_so():
     (200, b'{"number": 3}', None),
     (200, 12, None),
 ])
-def test_the_queued_prompt_is_read_from_the_routes_answer(status, body, expected):
-    assert preview_service.queued_prompt_id(status, body) == expected
+def test_the_queued_prompt_is_read_from_the_routes_answer(status, body, expected, caplog):
+    with caplog.at_level("WARNING", logger="TransEdit"):
+        assert preview_service.queued_prompt_id(status, body) == expected
+    # an answer that is not JSON is said, not passed over: previews then go on without waiting for that prompt
+    unreadable = status == 200 and body in (b"not json", b"\xff\xfe", 12)
+    assert ("not JSON" in caplog.text) == unreadable
 
 
 class FakeResponse:
